@@ -1,0 +1,10 @@
+"""The one error type that the entry point shows to the user without a traceback."""
+
+
+class UserError(Exception):
+  """Bad input or an unusable environment: the message says what is wrong and what to do.
+
+  Library code raises it for anything the user can fix (a missing data file, a batch size the
+  replicas cannot split, no network for a download). trainer.main prints the message alone and
+  exits non-zero; any other exception is a bug and keeps its traceback.
+  """

@@ -1,0 +1,174 @@
+"""tf.data input: MNIST-format arrays (tfds or IDX files) or synthetic data, in global batches.
+
+Every dataset yields whole global batches; tf.distribute splits them across replicas (and, with
+the DATA shard policy, across workers). Each epoch's order is a permutation seeded by (seed, epoch),
+so any epoch can be rebuilt exactly and entered at any step.
+"""
+
+import dataclasses
+import os
+import socket
+import urllib.parse
+from typing import Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import errors
+from trainer import idx_files
+
+IMAGE_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
+SYNTHETIC_TRAIN_SIZE = 60_000
+SYNTHETIC_TEST_SIZE = 10_000
+_NETWORK_PROBE_SECONDS = 5.0
+
+
+def _dataset_options() -> tf.data.Options:
+  options = tf.data.Options()
+  # DATA: every worker builds the same batch order and keeps its own slice of each batch. The
+  # arrays live in memory, so there are no files to shard by, and AUTO would only warn about that.
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+  options.deterministic = True
+  return options
+
+
+def _scale(images: tf.Tensor) -> tf.Tensor:
+  return tf.cast(images, tf.float32) / 255.0
+
+
+@dataclasses.dataclass(frozen=True)
+class InputPipeline:
+  """Builds the training and evaluation datasets of one run.
+
+  Holds the uint8 images in memory (the whole cache: MNIST is 55 MB), or None for synthetic data.
+  """
+
+  global_batch_size: int
+  seed: int
+  steps_per_epoch: int
+  eval_steps: int
+  num_test_examples: int
+  train_images: Optional[np.ndarray] = None
+  train_labels: Optional[np.ndarray] = None
+  test_images: Optional[np.ndarray] = None
+  test_labels: Optional[np.ndarray] = None
+
+  @property
+  def synthetic(self) -> bool:
+    return self.train_images is None
+
+  def train_dataset(self, epoch: int, start_step: int = 0) -> tf.data.Dataset:
+    """Returns the global batches of `epoch` from `start_step` on: (images, labels)."""
+    if self.synthetic:
+      steps = tf.data.Dataset.range(start_step, self.steps_per_epoch)
+      dataset = steps.map(lambda step: _synthetic_batch(
+          self.global_batch_size, [self.seed, epoch * self.steps_per_epoch + step]))
+    else:
+      num_used = self.steps_per_epoch * self.global_batch_size
+      order = tf.random.experimental.stateless_shuffle(
+          tf.range(len(self.train_images)), seed=[self.seed, epoch])
+      batches = tf.reshape(order[:num_used], [self.steps_per_epoch, self.global_batch_size])
+      images = tf.constant(self.train_images)
+      labels = tf.constant(self.train_labels)
+      # Gathering whole batches keeps tf.data's per-element cost out of the step: one op a batch.
+      dataset = tf.data.Dataset.from_tensor_slices(batches).skip(start_step).map(
+          lambda index: (_scale(tf.gather(images, index)), tf.gather(labels, index)),
+          num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
+
+  def eval_dataset(self) -> tf.data.Dataset:
+    """Returns the whole test split in global batches: (images, labels, weights).
+
+    The last batch is padded to full size with weight 0, so every batch splits evenly across
+    replicas and every test example counts exactly once.
+    """
+    num_padded = self.eval_steps * self.global_batch_size
+    weights = np.zeros(num_padded, np.float32)
+    weights[:self.num_test_examples] = 1.0
+    index = np.zeros(num_padded, np.int32)
+    index[:self.num_test_examples] = np.arange(self.num_test_examples)
+    batches = tf.data.Dataset.from_tensor_slices((
+        index.reshape(self.eval_steps, -1), weights.reshape(self.eval_steps, -1)))
+    if self.synthetic:
+      # A fixed test set, drawn from a seed stream the training batches never use.
+      dataset = batches.enumerate().map(lambda step, batch: (*_synthetic_batch(
+          self.global_batch_size, [self.seed + 1_000_003, step]), batch[1]))
+    else:
+      images = tf.constant(self.test_images)
+      labels = tf.constant(self.test_labels)
+      dataset = batches.map(lambda index, weight: (
+          _scale(tf.gather(images, index)), tf.gather(labels, index), weight))
+    return dataset.cache().prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
+
+
+def _synthetic_batch(batch_size: int, seed) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Random images with a learnable label: the label's band of 78 pixels is brighter."""
+  label_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  labels = tf.random.stateless_uniform([batch_size], label_seed, maxval=NUM_CLASSES,
+                                       dtype=tf.int32)
+  noise = tf.random.stateless_uniform([batch_size, 784], noise_seed)
+  bands = tf.repeat(tf.one_hot(labels, NUM_CLASSES), 78, axis=1)  # 780 of the 784 pixels.
+  images = 0.75 * noise + 0.25 * tf.pad(bands, [[0, 0], [0, 4]])
+  return tf.reshape(images, (batch_size, *IMAGE_SHAPE)), labels
+
+
+def _ensure_reachable(url: str, dataset: str) -> None:
+  """Fails within seconds when the dataset's download host is unreachable.
+
+  tfds itself retries a failed download with back-off for minutes before giving up.
+  """
+  parsed = urllib.parse.urlparse(url)
+  port = parsed.port or (443 if parsed.scheme == "https" else 80)
+  try:
+    socket.create_connection((parsed.hostname, port), timeout=_NETWORK_PROBE_SECONDS).close()
+  except OSError as e:
+    raise errors.UserError(
+        f"--dataset={dataset} is not in the tfds cache and its download host {parsed.hostname} "
+        f"cannot be reached ({e}). Offline, use one of:\n"
+        "  --data_dir=DIR   a folder with the four MNIST-format IDX files\n"
+        "  --dataset=fashion_mnist --data_dir=/usr/share/datasets/fashion-mnist"
+        "   (apt-get install dataset-fashion-mnist)\n"
+        "  --dataset=synthetic   random data of MNIST's shapes") from None
+
+
+def _load_tfds(name: str, tfds_data_dir: Optional[str]):
+  # Imported here: tfds takes seconds to import and only this path needs it.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  builder = tfds.builder(name, data_dir=tfds_data_dir)
+  if not builder.is_prepared():
+    _ensure_reachable(getattr(builder, "URL", "https://storage.googleapis.com"), name)
+    builder.download_and_prepare()
+  arrays = []
+  for split in ("train", "test"):
+    images, labels = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1,
+                                                      as_supervised=True))
+    arrays += [images, labels.astype(np.int32)]
+  return tuple(arrays)
+
+
+def make_input_pipeline(dataset: str, data_dir: Optional[str], tfds_data_dir: Optional[str],
+                        global_batch_size: int, seed: int,
+                        max_steps_per_epoch: int = 0) -> InputPipeline:
+  """Loads `dataset` and returns the pipeline that batches it by `global_batch_size`."""
+  if dataset == "synthetic":
+    arrays = (None,) * 4
+    num_train, num_test = SYNTHETIC_TRAIN_SIZE, SYNTHETIC_TEST_SIZE
+  else:
+    if data_dir:
+      arrays = idx_files.read_mnist_format(os.path.expanduser(data_dir))
+    else:
+      arrays = _load_tfds(dataset, tfds_data_dir)
+    num_train, num_test = len(arrays[0]), len(arrays[2])
+  steps_per_epoch = num_train // global_batch_size
+  if steps_per_epoch == 0:
+    raise errors.UserError(
+        f"--batch_size={global_batch_size} is larger than the {num_train} training examples.")
+  if max_steps_per_epoch:
+    steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
+  return InputPipeline(
+      global_batch_size=global_batch_size, seed=seed, steps_per_epoch=steps_per_epoch,
+      eval_steps=-(-num_test // global_batch_size), num_test_examples=num_test,
+      train_images=arrays[0], train_labels=arrays[1], test_images=arrays[2],
+      test_labels=arrays[3])
