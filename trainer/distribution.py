@@ -1,0 +1,53 @@
+"""Maps a --strategy name to a tf.distribute.Strategy, and says which process is the chief."""
+
+import tensorflow as tf
+
+from trainer import config
+from trainer import errors
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+  """Returns the strategy called `name` (one of config.STRATEGIES) over this host's devices.
+
+  auto is mirrored over several GPUs (or several logical CPUs from --cpu_devices), one_device on
+  a single GPU, and the default strategy otherwise. Never returns None.
+  """
+  gpus = tf.config.list_logical_devices("GPU")
+  cpus = tf.config.list_logical_devices("CPU")
+  devices = [d.name for d in (gpus or cpus)]
+  if name == "auto":
+    name = "mirrored" if len(devices) > 1 else ("one_device" if gpus else "default")
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "one_device":
+    return tf.distribute.OneDeviceStrategy(devices[0])
+  if name == "mirrored":
+    # Without a device list MirroredStrategy ignores logical CPUs and runs a single replica.
+    return tf.distribute.MirroredStrategy(devices)
+  raise ValueError(f"Unknown strategy {name!r}; expected one of {', '.join(config.STRATEGIES)}.")
+
+
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+  """Returns the --strategy name that `strategy` answers to (after auto is resolved)."""
+  return {tf.distribute.OneDeviceStrategy: "one_device",
+          tf.distribute.MirroredStrategy: "mirrored"}.get(type(strategy), "default")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """True for the one process that writes logs, results and exports."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.cluster_spec().as_dict():
+    return True
+  if resolver.task_type == "chief":
+    return True
+  return resolver.task_type == "worker" and resolver.task_id == 0 and (
+      "chief" not in resolver.cluster_spec().as_dict())
+
+
+def check_batch_size(global_batch_size: int, strategy: tf.distribute.Strategy) -> None:
+  """Refuses a global batch the replicas cannot split evenly (TF would fail mid-step)."""
+  replicas = strategy.num_replicas_in_sync
+  if global_batch_size % replicas:
+    lower = global_batch_size // replicas * replicas
+    raise errors.UserError(
+        f"--batch_size={global_batch_size} cannot be split evenly across {replicas} replicas. "
+        f"Use a multiple of {replicas}, such as {lower or replicas} or {lower + replicas}.")
