@@ -1,0 +1,61 @@
+"""TensorBoard output of a run: train/ and eval/ scalars, the HParams entry and a config text.
+
+Layout under the workdir: train/ (per-log-window scalars), eval/ (per-epoch scalars) and the
+workdir itself (HParams entry, final metrics, config text), which the HParams dashboard reads as
+one session. A writer that is not the chief's writes nothing.
+"""
+
+import json
+import os
+from typing import Dict, Mapping
+
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hparams_api
+
+# The final metrics the HParams dashboard shows beside every run's hyperparameters.
+HPARAM_METRICS = ("test_accuracy", "examples_per_sec")
+
+
+class RunWriter:
+  """Writes the TensorBoard events of one run, or nothing for a non-chief process."""
+
+  def __init__(self, workdir: str, enabled: bool):
+    self._enabled = enabled
+    self._writers: Dict[str, tf.summary.SummaryWriter] = {}
+    if enabled:
+      for name, folder in (("run", ""), ("train", "train"), ("eval", "eval")):
+        self._writers[name] = tf.summary.create_file_writer(os.path.join(workdir, folder))
+
+  def scalars(self, writer: str, step: int, values: Mapping[str, float]) -> None:
+    """Writes `values` at `step` to the "train", "eval" or "run" events."""
+    if not self._enabled:
+      return
+    with self._writers[writer].as_default(step=step):
+      for name, value in values.items():
+        tf.summary.scalar(name, value)
+
+  def run_info(self, hparams: Mapping[str, object], config: Mapping[str, object],
+               environment: Mapping[str, object]) -> None:
+    """Writes the HParams entry and a text summary of the resolved config and environment."""
+    if not self._enabled:
+      return
+    with self._writers["run"].as_default(step=0):
+      hparams_api.hparams_config(
+          hparams=[hparams_api.HParam(name) for name in hparams],
+          metrics=[hparams_api.Metric(name) for name in HPARAM_METRICS])
+      hparams_api.hparams(dict(hparams))
+      tf.summary.text("config", _markdown_table(config))
+      tf.summary.text("environment", _markdown_table(environment))
+
+  def flush(self) -> None:
+    for writer in self._writers.values():
+      writer.flush()
+
+  def close(self) -> None:
+    for writer in self._writers.values():
+      writer.close()
+
+
+def _markdown_table(values: Mapping[str, object]) -> str:
+  rows = "\n".join(f"| {key} | `{json.dumps(value)}` |" for key, value in values.items())
+  return "| name | value |\n|---|---|\n" + rows

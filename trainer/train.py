@@ -1,0 +1,224 @@
+"""train_and_evaluate: the training loop of every run, the same code under every strategy.
+
+The loop is our own, on strategy.run over a distributed dataset, rather than model.fit: Keras 3's
+fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), while this loop trains with
+Keras's model, optimizer, loss and metrics under every strategy. It reads top to bottom: devices
+and strategy, workdir, input, model, step functions, the loop, results.
+"""
+
+import os
+import shutil
+import sys
+import time
+from typing import Optional
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from trainer import config as config_lib
+from trainer import distribution
+from trainer import errors
+from trainer import hardware
+from trainer import input_pipeline
+from trainer import models
+from trainer import precision as precision_lib
+from trainer import run_record
+from trainer import summaries
+
+
+def _check_workdir(workdir: str, overwrite: bool) -> None:
+  """Refuses to mix a new run into an old one unless asked to replace it."""
+  if os.path.isdir(workdir) and os.listdir(workdir) and not overwrite:
+    raise errors.UserError(
+        f"--workdir={workdir} already holds a run. Give a new --workdir, or add --overwrite "
+        "to delete the old run and start again.")
+
+
+def _make_workdir(workdir: str, overwrite: bool) -> None:
+  if overwrite and os.path.isdir(workdir):
+    shutil.rmtree(workdir)
+  os.makedirs(workdir, exist_ok=True)
+
+
+def _loop_settings(config: config_lib.Config, num_replicas: int):
+  """Returns (steps_per_loop, jit_compile), resolving the automatic choices."""
+  steps_per_loop = config.steps_per_loop or 100
+  jit_compile = config.jit_compile if config.jit_compile is not None else num_replicas == 1
+  return steps_per_loop, jit_compile
+
+
+def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = None) -> dict:
+  """Trains and evaluates the model that `config` describes; returns the results.json fields."""
+  start_time = start_time or time.time()
+
+  # ---------------------------------------------------------------- Devices and strategy.
+  hardware.split_cpu(config.cpu_devices)
+  strategy = distribution.make_strategy(config.strategy)
+  num_replicas = strategy.num_replicas_in_sync
+  distribution.check_batch_size(config.batch_size, strategy)
+  is_chief = distribution.is_chief(strategy)
+  policy, policy_reason = precision_lib.resolve_precision(config.precision)
+  steps_per_loop, jit_compile = _loop_settings(config, num_replicas)
+  device = hardware.describe_devices()
+  if is_chief:
+    _check_workdir(config.workdir, config.overwrite)
+  logging.info("Strategy %s with %d replicas on %s; precision %s (%s); %d steps per loop, XLA %s.",
+               distribution.strategy_name(strategy), num_replicas, device, policy, policy_reason,
+               steps_per_loop, "on" if jit_compile else "off")
+
+  # ---------------------------------------------------------------- Input.
+  pipeline = input_pipeline.make_input_pipeline(
+      config.dataset, config.data_dir, config.tfds_data_dir, config.batch_size, config.seed,
+      config.max_steps_per_epoch)
+  eval_dataset = strategy.experimental_distribute_dataset(pipeline.eval_dataset())
+
+  # ---------------------------------------------------------------- Workdir.
+  # Made only once the input has loaded, so that bad input leaves nothing behind.
+  if is_chief:
+    _make_workdir(config.workdir, config.overwrite)
+  writer = summaries.RunWriter(config.workdir, enabled=is_chief)
+
+  # ---------------------------------------------------------------- Model and optimizer.
+  with strategy.scope():
+    model = models.build_model(config.api, config.hidden_units, config.seed, policy)
+    optimizer = keras.optimizers.Adam(config.learning_rate)
+    if precision_lib.uses_loss_scaling(policy):
+      optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # Dynamic loss scaling.
+    optimizer.build(model.trainable_variables)
+    train_loss = keras.metrics.Mean("loss")
+    train_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
+    eval_loss = keras.metrics.Mean("loss")
+    eval_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
+  loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+
+  # ---------------------------------------------------------------- Step functions.
+  def forward_backward(images, labels):
+    with tf.GradientTape() as tape:
+      probabilities = model(images, training=True)
+      per_example_loss = loss_fn(labels, probabilities)
+      # Divide by the GLOBAL batch: the optimizer sums gradients across replicas.
+      loss = tf.reduce_sum(per_example_loss) / config.batch_size
+      scaled_loss = optimizer.scale_loss(loss)
+    gradients = tape.gradient(scaled_loss, model.trainable_variables)
+    return gradients, per_example_loss, probabilities
+
+  def apply_update(images, labels):
+    gradients, per_example_loss, probabilities = forward_backward(images, labels)
+    optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+    return per_example_loss, probabilities
+
+  if jit_compile and num_replicas == 1:
+    # One replica: XLA fuses the whole step, optimizer update included.
+    apply_update = tf.function(apply_update, jit_compile=True)
+  elif jit_compile:
+    # Several replicas: the cross-replica gradient sum cannot run inside XLA, the rest can.
+    forward_backward = tf.function(forward_backward, jit_compile=True)
+
+  def replica_train_step(images, labels):
+    per_example_loss, probabilities = apply_update(images, labels)
+    train_loss.update_state(per_example_loss)
+    train_accuracy.update_state(labels, probabilities)
+
+  @tf.function
+  def train_loop(iterator, num_steps):
+    # Several steps per call: the Python round trip is paid once per loop, not once per step.
+    for _ in tf.range(num_steps):
+      strategy.run(replica_train_step, args=next(iterator))
+
+  def replica_eval_step(images, labels, weights):
+    probabilities = model(images, training=False)
+    eval_loss.update_state(loss_fn(labels, probabilities), sample_weight=weights)
+    eval_accuracy.update_state(labels, probabilities, sample_weight=weights)
+
+  @tf.function
+  def evaluate(dataset):
+    for batch in dataset:
+      strategy.run(replica_eval_step, args=batch)
+
+  # ---------------------------------------------------------------- Run description.
+  params = model.count_params()
+  env = {"tf_version": tf.__version__, "keras_version": keras.__version__,
+         "python_version": sys.version.split()[0], "device": device,
+         "devices": [d.name for d in tf.config.list_logical_devices()],
+         "num_replicas": num_replicas, "precision_reason": policy_reason,
+         "steps_per_loop": steps_per_loop, "jit_compile": jit_compile}
+  hparams = {"api": config.api, "strategy": distribution.strategy_name(strategy),
+             "num_replicas": num_replicas, "precision": policy, "device": device,
+             "global_batch_size": config.batch_size, "dataset": config.dataset,
+             "hidden_units": config.hidden_units, "seed": config.seed}
+  writer.run_info(hparams, config.to_dict(), env)
+
+  # ---------------------------------------------------------------- Training loop.
+  step = 0
+  timed_examples, timed_seconds = 0, 0.0
+  first_step_s = None
+  for epoch in range(config.epochs):
+    iterator = iter(strategy.experimental_distribute_dataset(pipeline.train_dataset(epoch)))
+    progress = keras.utils.Progbar(pipeline.steps_per_epoch, stateful_metrics=["loss", "accuracy"],
+                                   verbose=1 if is_chief else 0)
+    print(f"Epoch {epoch + 1}/{config.epochs}", flush=True) if is_chief else None
+    step_in_epoch = 0
+    window_steps, window_seconds = 0, 0.0
+    while step_in_epoch < pipeline.steps_per_epoch:
+      # Loops end at log points and at the epoch's end. The run's first loop is one step: it
+      # carries the tracing cost, which is left out of every throughput figure.
+      num_steps = 1 if first_step_s is None else min(
+          steps_per_loop, pipeline.steps_per_epoch - step_in_epoch,
+          config.log_every - step % config.log_every)
+      loop_start = time.perf_counter()
+      train_loop(iterator, tf.constant(num_steps))
+      loss_value = float(train_loss.result())  # Also waits for the loop to finish.
+      seconds = time.perf_counter() - loop_start
+      step += num_steps
+      step_in_epoch += num_steps
+      if first_step_s is None:
+        first_step_s = time.time() - start_time
+      else:
+        timed_examples += num_steps * config.batch_size
+        timed_seconds += seconds
+        window_steps += num_steps
+        window_seconds += seconds
+      accuracy_value = float(train_accuracy.result())
+      progress.update(step_in_epoch, [("loss", loss_value), ("accuracy", accuracy_value)])
+      if step % config.log_every == 0 or step_in_epoch == pipeline.steps_per_epoch:
+        scalars = {"loss": loss_value, "accuracy": accuracy_value}
+        if window_steps:
+          scalars["examples_per_sec"] = window_steps * config.batch_size / window_seconds
+          scalars["step_time_ms"] = 1000 * window_seconds / window_steps
+        writer.scalars("train", step, scalars)
+        train_loss.reset_state()
+        train_accuracy.reset_state()
+        window_steps, window_seconds = 0, 0.0
+
+    eval_loss.reset_state()
+    eval_accuracy.reset_state()
+    evaluate(eval_dataset)
+    test_loss, test_accuracy = float(eval_loss.result()), float(eval_accuracy.result())
+    writer.scalars("eval", step, {"loss": test_loss, "accuracy": test_accuracy})
+    writer.flush()
+    if is_chief:
+      print(f"  test loss {test_loss:.4f}, test accuracy {test_accuracy:.4f}", flush=True)
+
+  # ---------------------------------------------------------------- Results.
+  examples_per_sec = timed_examples / timed_seconds if timed_seconds else 0.0
+  results = {
+      "api": config.api, "strategy": hparams["strategy"], "num_replicas": num_replicas,
+      "precision": policy, "dataset": config.dataset, "epochs": config.epochs,
+      "global_batch_size": config.batch_size, "params": params, "hidden_units": config.hidden_units,
+      "seed": config.seed, "steps": step, "steps_per_epoch": pipeline.steps_per_epoch,
+      "steps_per_loop": steps_per_loop, "jit_compile": jit_compile,
+      "test_accuracy": test_accuracy, "test_loss": test_loss,
+      "examples_per_sec": examples_per_sec, "time_to_first_step_s": first_step_s,
+      "wall_time_s": time.time() - start_time, "device": device,
+      "tf_version": tf.__version__, "keras_version": keras.__version__,
+  }
+  writer.scalars("run", step, {"test_accuracy": test_accuracy,
+                               "examples_per_sec": examples_per_sec})
+  writer.close()
+  if is_chief:
+    run_record.write_results(config.workdir, results)
+    print(f"{config.api} on {hparams['strategy']} x{num_replicas} ({policy}, {device}): "
+          f"test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}, "
+          f"{examples_per_sec:,.0f} examples/s, {results['wall_time_s']:.1f} s", flush=True)
+  return results
