@@ -1,0 +1,34 @@
+"""Shared test fixtures: two logical CPU devices, the real Fashion-MNIST files, a small config."""
+
+import os
+
+import pytest
+import tensorflow as tf
+
+from trainer import config as config_lib
+
+FASHION_MNIST_DIR = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
+
+# Split the CPU before any test runs an op: TensorFlow fixes its devices on first use, and the
+# multi-replica tests need two of them. Single-device code simply uses the first.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> str:
+  """The folder of Debian's Fashion-MNIST IDX files; CI must have it, elsewhere a skip."""
+  if not os.path.isfile(os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")):
+    message = (f"Fashion-MNIST is not in {FASHION_MNIST_DIR}: "
+               "apt-get install dataset-fashion-mnist")
+    if os.environ.get("CI"):
+      pytest.fail(message)
+    pytest.skip(message)
+  return FASHION_MNIST_DIR
+
+
+@pytest.fixture
+def small_config(tmp_path) -> config_lib.Config:
+  """A seconds-long synthetic run in tmp_path; tests replace what they exercise."""
+  return config_lib.Config(dataset="synthetic", epochs=1, batch_size=64, max_steps_per_epoch=20,
+                           strategy="default", workdir=str(tmp_path / "run"), log_every=10)

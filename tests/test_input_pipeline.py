@@ -1,0 +1,89 @@
+"""The tf.data pipeline: global batches, scaling, seeded epochs, full evaluation, offline errors."""
+
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import errors
+from trainer import input_pipeline
+
+
+@pytest.fixture(scope="module")
+def fashion_pipeline(fashion_mnist_dir):
+  return input_pipeline.make_input_pipeline(
+      "fashion_mnist", fashion_mnist_dir, None, global_batch_size=100, seed=3)
+
+
+def _labels(dataset):
+  return np.concatenate([batch[1].numpy() for batch in dataset])
+
+
+def test_train_batches_are_global_sized_and_scaled(fashion_pipeline):
+  assert fashion_pipeline.steps_per_epoch == 600
+  images, labels = next(iter(fashion_pipeline.train_dataset(epoch=0)))
+  assert images.shape == (100, 28, 28, 1) and images.dtype == tf.float32
+  assert labels.shape == (100,) and labels.dtype == tf.int32
+  assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+  assert float(tf.reduce_max(images)) > 0.9  # Scaled, not squashed.
+
+
+def test_an_epoch_is_a_seeded_permutation_of_the_training_split(fashion_pipeline):
+  epoch0 = _labels(fashion_pipeline.train_dataset(epoch=0))
+  np.testing.assert_array_equal(np.bincount(epoch0), np.bincount(fashion_pipeline.train_labels))
+  np.testing.assert_array_equal(epoch0, _labels(fashion_pipeline.train_dataset(epoch=0)))
+  assert not np.array_equal(epoch0, _labels(fashion_pipeline.train_dataset(epoch=1)))
+  assert not np.array_equal(epoch0, fashion_pipeline.train_labels)  # Shuffled at all.
+
+
+def test_start_step_enters_the_epoch_where_a_full_pass_would_be(fashion_pipeline):
+  whole = _labels(fashion_pipeline.train_dataset(epoch=2))
+  resumed = _labels(fashion_pipeline.train_dataset(epoch=2, start_step=250))
+  np.testing.assert_array_equal(resumed, whole[250 * 100:])
+
+
+def test_evaluation_sees_every_test_example_once(fashion_mnist_dir):
+  # 10,000 test examples in batches of 64: the last batch is padded with weight 0.
+  pipeline = input_pipeline.make_input_pipeline(
+      "fashion_mnist", fashion_mnist_dir, None, global_batch_size=64, seed=0)
+  batches = list(pipeline.eval_dataset())
+  assert len(batches) == 157 and all(batch[0].shape[0] == 64 for batch in batches)
+  weights = np.concatenate([batch[2].numpy() for batch in batches])
+  labels = np.concatenate([batch[1].numpy() for batch in batches])
+  assert weights.sum() == 10_000
+  np.testing.assert_array_equal(labels[weights == 1], pipeline.test_labels)
+
+
+def test_max_steps_per_epoch_cuts_the_epoch(fashion_mnist_dir):
+  pipeline = input_pipeline.make_input_pipeline(
+      "fashion_mnist", fashion_mnist_dir, None, global_batch_size=32, seed=0,
+      max_steps_per_epoch=5)
+  assert len(list(pipeline.train_dataset(epoch=0))) == 5
+
+
+def test_synthetic_data_has_mnist_shapes_and_all_classes():
+  pipeline = input_pipeline.make_input_pipeline("synthetic", None, None, 256, seed=0)
+  assert (pipeline.steps_per_epoch, pipeline.num_test_examples) == (234, 10_000)
+  images, labels = next(iter(pipeline.train_dataset(epoch=0)))
+  assert images.shape == (256, 28, 28, 1) and images.dtype == tf.float32
+  assert set(labels.numpy()) == set(range(10))
+  again, _ = next(iter(pipeline.train_dataset(epoch=0)))
+  np.testing.assert_array_equal(images, again)
+
+
+def test_batch_larger_than_the_split_is_refused():
+  with pytest.raises(errors.UserError, match="larger than the 60000 training examples"):
+    input_pipeline.make_input_pipeline("synthetic", None, None, 70_000, seed=0)
+
+
+def test_offline_tfds_fails_fast_and_names_the_offline_options(tmp_path, monkeypatch):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  # A download host that refuses at once, as an unreachable one does when offline.
+  monkeypatch.setattr(tfds.image_classification.MNIST, "URL", "http://127.0.0.1:9/")
+  start = time.monotonic()
+  with pytest.raises(errors.UserError) as raised:
+    input_pipeline.make_input_pipeline("mnist", None, str(tmp_path / "tfds"), 32, seed=0)
+  assert time.monotonic() - start < 10
+  for option in ("--data_dir", "--dataset=fashion_mnist", "--dataset=synthetic"):
+    assert option in str(raised.value)

@@ -1,0 +1,64 @@
+"""The command line, run as users run it: a real process, its exit code, output and files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_trainer(*flags: str, timeout: float = 240) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "trainer.main", *flags], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_mirrored_over_two_cpu_devices_from_the_command_line(fashion_mnist_dir, tmp_path):
+  result = run_trainer("--api=subclass", "--dataset=fashion_mnist",
+                       f"--data_dir={fashion_mnist_dir}", "--strategy=mirrored",
+                       "--cpu_devices=2", "--epochs=1", "--max_steps_per_epoch=50",
+                       f"--workdir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert (results["strategy"], results["num_replicas"], results["api"]) == (
+      "mirrored", 2, "subclass")
+  assert "test accuracy" in result.stdout.splitlines()[-1]  # The one-line summary comes last.
+
+
+def test_flagfile_preset_is_read_and_later_flags_override_it(tmp_path):
+  result = run_trainer("--flagfile=configs/smoke.cfg", "--dataset=synthetic", "--epochs=1",
+                       f"--workdir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["epochs"] == 1 and results["dataset"] == "synthetic"
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--api=graph", "value should be one of <sequential|functional|subclass>"),
+    ("--batch_size=0", "--batch_size=0: 0 is not a positive integer"),
+    ("--precision=float8", "value should be one of"),
+])
+def test_bad_flag_values_give_absls_usage_error(flag, message, tmp_path):
+  result = run_trainer(flag, f"--workdir={tmp_path}", timeout=60)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert not os.listdir(tmp_path)
+
+
+def test_missing_data_file_is_a_one_line_error_not_a_traceback(tmp_path):
+  result = run_trainer("--dataset=fashion_mnist", f"--data_dir={tmp_path}",
+                       f"--workdir={tmp_path / 'run'}", timeout=60)
+  assert result.returncode == 2
+  assert "train-images-idx3-ubyte.gz is missing" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_uneven_batch_is_refused_with_the_fix(tmp_path):
+  result = run_trainer("--dataset=synthetic", "--strategy=mirrored", "--cpu_devices=2",
+                       "--batch_size=33", f"--workdir={tmp_path / 'run'}", timeout=60)
+  assert result.returncode == 2
+  assert "Use a multiple of 2, such as 32 or 34" in result.stderr
+  assert "Traceback" not in result.stderr

@@ -1,0 +1,124 @@
+"""End-to-end training: accuracy on real data, strategies, precisions, TensorBoard, results.json."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from trainer import config as config_lib
+from trainer import errors
+from trainer import run_record
+from trainer import train
+
+
+def _events(folder: str) -> event_accumulator.EventAccumulator:
+  accumulator = event_accumulator.EventAccumulator(
+      folder, size_guidance={event_accumulator.TENSORS: 0})
+  accumulator.Reload()
+  return accumulator
+
+
+def _scalar_steps(folder: str, tag: str):
+  return [(event.step, float(tensor_util.make_ndarray(event.tensor_proto)))
+          for event in _events(folder).Tensors(tag)]
+
+
+@pytest.mark.parametrize("api", config_lib.APIS)
+def test_each_api_learns_fashion_mnist_in_one_epoch(api, fashion_mnist_dir, tmp_path):
+  config = config_lib.Config(api=api, dataset="fashion_mnist", data_dir=fashion_mnist_dir,
+                             epochs=1, strategy="default", workdir=str(tmp_path))
+  results = train.train_and_evaluate(config)
+  assert results["test_accuracy"] >= 0.80
+  assert results["steps"] == 1875 and results["params"] == 203_530
+
+
+@pytest.mark.parametrize("api", config_lib.APIS)
+def test_each_api_learns_synthetic_data(api, small_config):
+  results = train.train_and_evaluate(small_config.replace(api=api, max_steps_per_epoch=200))
+  # The synthetic label brightens its own pixel band: a model that trains finds it.
+  assert results["test_accuracy"] > 0.9 and math.isfinite(results["test_loss"])
+
+
+def test_mirrored_over_two_cpu_devices_matches_the_default_strategy(fashion_mnist_dir, tmp_path):
+  base = config_lib.Config(dataset="fashion_mnist", data_dir=fashion_mnist_dir, epochs=1,
+                           batch_size=64, max_steps_per_epoch=100, log_every=20, jit_compile=False)
+  single = train.train_and_evaluate(base.replace(strategy="default", workdir=str(tmp_path / "1")))
+  mirrored = train.train_and_evaluate(
+      base.replace(strategy="mirrored", cpu_devices=2, workdir=str(tmp_path / "2")))
+  assert (single["num_replicas"], mirrored["num_replicas"]) == (1, 2)
+  single_losses = _scalar_steps(str(tmp_path / "1" / "train"), "loss")
+  mirrored_losses = _scalar_steps(str(tmp_path / "2" / "train"), "loss")
+  assert [step for step, _ in single_losses] == [step for step, _ in mirrored_losses]
+  np.testing.assert_allclose([v for _, v in mirrored_losses], [v for _, v in single_losses],
+                             rtol=1e-3)
+  assert mirrored["test_accuracy"] == pytest.approx(single["test_accuracy"], abs=2e-3)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_with_finite_loss(policy, small_config):
+  results = train.train_and_evaluate(small_config.replace(precision=policy))
+  assert results["precision"] == policy
+  assert math.isfinite(results["test_loss"]) and results["test_accuracy"] > 0.1
+
+
+def test_mixed_float16_under_mirrored_uses_loss_scaling(small_config):
+  results = train.train_and_evaluate(
+      small_config.replace(precision="mixed_float16", strategy="mirrored", cpu_devices=2))
+  assert results["num_replicas"] == 2 and math.isfinite(results["test_loss"])
+
+
+def test_tensorboard_holds_scalars_hparams_and_config(small_config):
+  config = small_config.replace(epochs=2, max_steps_per_epoch=30, log_every=10)
+  results = train.train_and_evaluate(config)
+  train_dir, eval_dir = (os.path.join(config.workdir, name) for name in ("train", "eval"))
+  assert [step for step, _ in _scalar_steps(train_dir, "loss")] == [10, 20, 30, 40, 50, 60]
+  for tag in ("accuracy", "examples_per_sec", "step_time_ms"):
+    assert _scalar_steps(train_dir, tag), tag
+  assert [step for step, _ in _scalar_steps(eval_dir, "accuracy")] == [30, 60]
+  assert _scalar_steps(eval_dir, "loss")[-1][1] == pytest.approx(results["test_loss"])
+
+  run = _events(config.workdir)
+  assert _scalar_steps(config.workdir, "test_accuracy")[-1][1] == pytest.approx(
+      results["test_accuracy"])
+  hparams_content = run.PluginTagToContent("hparams")
+  session = plugin_data_pb2.HParamsPluginData.FromString(
+      hparams_content["_hparams_/session_start_info"]).session_start_info
+  values = {name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+            for name, value in session.hparams.items()}
+  assert values["api"] == "functional" and values["strategy"] == "default"
+  assert values["num_replicas"] == 1 and values["precision"] == "float32"
+  assert values["global_batch_size"] == 64 and values["dataset"] == "synthetic"
+  assert values["device"].startswith("CPU: ")
+  experiment = plugin_data_pb2.HParamsPluginData.FromString(
+      hparams_content["_hparams_/experiment"]).experiment
+  assert [m.name.tag for m in experiment.metric_infos] == ["test_accuracy", "examples_per_sec"]
+  assert {"config", "environment"} <= set(run.Tags()["tensors"])
+
+
+def test_results_json_has_every_field(small_config):
+  train.train_and_evaluate(small_config)
+  results = run_record.read_results(small_config.workdir)
+  assert set(run_record.REQUIRED_FIELDS) <= set(results)
+  assert results["examples_per_sec"] > 0 and results["wall_time_s"] > 0
+  assert results["global_batch_size"] == 64 and results["steps"] == 20
+
+
+def test_batch_size_not_divisible_by_replicas_is_refused_before_training(small_config):
+  with pytest.raises(errors.UserError, match="--batch_size=63 cannot be split evenly across 2"):
+    train.train_and_evaluate(small_config.replace(batch_size=63, strategy="mirrored",
+                                                  cpu_devices=2))
+  assert not os.path.exists(small_config.workdir)
+
+
+def test_a_finished_run_is_not_overwritten_by_accident(small_config):
+  train.train_and_evaluate(small_config)
+  before = run_record.read_results(small_config.workdir)
+  with pytest.raises(errors.UserError, match="already holds a run.*--overwrite"):
+    train.train_and_evaluate(small_config.replace(seed=1))
+  assert run_record.read_results(small_config.workdir) == before
+  train.train_and_evaluate(small_config.replace(seed=1, overwrite=True))
+  assert run_record.read_results(small_config.workdir)["seed"] == 1
