@@ -6,5 +6,13 @@ class UserError(Exception):
 
   Library code raises it for anything the user can fix (a missing data file, a batch size the
   replicas cannot split, no network for a download). trainer.main prints the message alone and
-  exits non-zero; any other exception is a bug and keeps its traceback.
+  exits with `exit_code`; any other exception is a bug and keeps its traceback.
   """
+
+  exit_code = 2
+
+
+class ClusterError(UserError):
+  """A peer worker is unreachable or has died."""
+
+  exit_code = 3

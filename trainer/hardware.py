@@ -30,6 +30,16 @@ def split_cpu(num_devices: int) -> None:
           f"{len(tf.config.list_logical_devices('CPU'))} CPU devices in this process.") from None
 
 
+def num_cpu_devices() -> int:
+  """Returns how many logical devices the CPU is split into, without starting TensorFlow.
+
+  MultiWorkerMirroredStrategy must configure TensorFlow before it starts, so this reads the
+  configuration rather than listing the devices.
+  """
+  configured = tf.config.get_logical_device_configuration(tf.config.list_physical_devices("CPU")[0])
+  return len(configured) if configured else 1
+
+
 def gpus() -> List[tf.config.PhysicalDevice]:
   """Returns the physical GPUs TensorFlow sees."""
   return tf.config.list_physical_devices("GPU")
