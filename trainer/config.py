@@ -1,12 +1,12 @@
 """The immutable run configuration that trainer.main builds from flags and passes down."""
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Tuple
 
 # The choices of the enum flags; the modules that act on them validate against these.
 APIS = ("sequential", "functional", "subclass")
 DATASETS = ("mnist", "fashion_mnist", "synthetic")
-STRATEGIES = ("auto", "default", "one_device", "mirrored")
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker_mirrored")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -31,6 +31,10 @@ class Config:
   strategy: str = "auto"
   cpu_devices: int = 1
   precision: str = "auto"
+  # Multi-worker: the cluster comes from TF_CONFIG unless worker_hosts is given.
+  worker_hosts: Tuple[str, ...] = ()
+  task_index: int = 0
+  worker_timeout: float = 120.0  # Seconds without progress before a worker gives up on its peers.
   steps_per_loop: int = 0  # 0 chooses automatically.
   jit_compile: Optional[bool] = None  # None chooses automatically.
   # Output.

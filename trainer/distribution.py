@@ -1,16 +1,22 @@
 """Maps a --strategy name to a tf.distribute.Strategy, and says which process is the chief."""
 
+from typing import Optional
+
 import tensorflow as tf
 
+from trainer import cluster
 from trainer import config
 from trainer import errors
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
+def make_strategy(name: str, tf_config: Optional[dict] = None) -> tf.distribute.Strategy:
   """Returns the strategy called `name` (one of config.STRATEGIES) over this host's devices.
 
   auto is mirrored over several GPUs (or several logical CPUs from --cpu_devices), one_device on
-  a single GPU, and the default strategy otherwise. Never returns None.
+  a single GPU, and the default strategy otherwise. multi_worker_mirrored spans the cluster of
+  `tf_config` (see trainer.cluster). Never returns None.
   """
+  if name == "multi_worker_mirrored":
+    return cluster.make_multi_worker_strategy(tf_config)
   gpus = tf.config.list_logical_devices("GPU")
   cpus = tf.config.list_logical_devices("CPU")
   devices = [d.name for d in (gpus or cpus)]
@@ -28,6 +34,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
 def strategy_name(strategy: tf.distribute.Strategy) -> str:
   """Returns the --strategy name that `strategy` answers to (after auto is resolved)."""
+  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return "multi_worker_mirrored"
   return {tf.distribute.OneDeviceStrategy: "one_device",
           tf.distribute.MirroredStrategy: "mirrored"}.get(type(strategy), "default")
 

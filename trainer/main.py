@@ -52,10 +52,17 @@ flags.DEFINE_integer("max_steps_per_epoch", 0,
 # Hardware.
 flags.DEFINE_enum("strategy", "auto", config_lib.STRATEGIES,
                   "tf.distribute strategy; auto is mirrored over several devices, one_device on "
-                  "one GPU, default on CPU.")
+                  "one GPU, default on CPU. multi_worker_mirrored spans hosts (TF_CONFIG).")
 flags.DEFINE_integer("cpu_devices", 1,
                      "Split the host CPU into this many logical devices, so mirrored runs that many "
                      "replicas without a GPU.", lower_bound=1)
+flags.DEFINE_list("worker_hosts", [],
+                  "With --strategy=multi_worker_mirrored: host:port of every worker, the same list "
+                  "on each; builds TF_CONFIG. Unset reads TF_CONFIG from the environment.")
+flags.DEFINE_integer("task_index", 0, "This worker's index in --worker_hosts.", lower_bound=0)
+flags.DEFINE_float("worker_timeout", 120.0,
+                   "Multi-worker: seconds without progress (a peer that never starts or dies) "
+                   "before this worker exits with code 3.", lower_bound=1.0)
 flags.DEFINE_enum("precision", "auto", config_lib.PRECISIONS,
                   "Keras dtype policy; auto is mixed_float16 on GPUs of compute capability >= 7.0, "
                   "float32 otherwise.")
@@ -85,6 +92,8 @@ def config_from_flags() -> config_lib.Config:
       batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, seed=FLAGS.seed,
       max_steps_per_epoch=FLAGS.max_steps_per_epoch, strategy=FLAGS.strategy,
       cpu_devices=FLAGS.cpu_devices, precision=FLAGS.precision,
+      worker_hosts=tuple(FLAGS.worker_hosts), task_index=FLAGS.task_index,
+      worker_timeout=FLAGS.worker_timeout,
       steps_per_loop=FLAGS.steps_per_loop, jit_compile=FLAGS.jit_compile, workdir=workdir,
       log_every=FLAGS.log_every, overwrite=FLAGS.overwrite)
 
@@ -98,7 +107,7 @@ def main(argv):
     train.train_and_evaluate(config_from_flags(), start_time=_PROCESS_START)
   except errors.UserError as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Keras's model, optimizer, loss and metrics under every strategy. It reads top to
 and strategy, workdir, input, model, step functions, the loop, results.
 """
 
+import hashlib
 import os
 import shutil
 import sys
@@ -16,6 +17,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from trainer import cluster
 from trainer import config as config_lib
 from trainer import distribution
 from trainer import errors
@@ -25,6 +27,7 @@ from trainer import models
 from trainer import precision as precision_lib
 from trainer import run_record
 from trainer import summaries
+from trainer import watchdog as watchdog_lib
 
 
 def _check_workdir(workdir: str, overwrite: bool) -> None:
@@ -54,7 +57,15 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
 
   # ---------------------------------------------------------------- Devices and strategy.
   hardware.split_cpu(config.cpu_devices)
-  strategy = distribution.make_strategy(config.strategy)
+  tf_config, task = None, None
+  if config.strategy == "multi_worker_mirrored":
+    tf_config = cluster.tf_config_from_environment(config.worker_hosts, config.task_index)
+    task = cluster.describe_task(tf_config)
+  # A worker whose peers never come (or die) blocks inside TensorFlow; the watchdog bounds that.
+  watchdog = watchdog_lib.ProgressWatchdog(config.worker_timeout, task) if task else None
+  heartbeat = watchdog.beat if watchdog else lambda: None
+  strategy = distribution.make_strategy(config.strategy, tf_config)
+  heartbeat()
   num_replicas = strategy.num_replicas_in_sync
   distribution.check_batch_size(config.batch_size, strategy)
   is_chief = distribution.is_chief(strategy)
@@ -72,6 +83,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
       config.dataset, config.data_dir, config.tfds_data_dir, config.batch_size, config.seed,
       config.max_steps_per_epoch)
   eval_dataset = strategy.experimental_distribute_dataset(pipeline.eval_dataset())
+  heartbeat()
 
   # ---------------------------------------------------------------- Workdir.
   # Made only once the input has loaded, so that bad input leaves nothing behind.
@@ -150,57 +162,67 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
   writer.run_info(hparams, config.to_dict(), env)
 
   # ---------------------------------------------------------------- Training loop.
-  step = 0
-  timed_examples, timed_seconds = 0, 0.0
-  first_step_s = None
-  for epoch in range(config.epochs):
-    iterator = iter(strategy.experimental_distribute_dataset(pipeline.train_dataset(epoch)))
-    progress = keras.utils.Progbar(pipeline.steps_per_epoch, stateful_metrics=["loss", "accuracy"],
-                                   verbose=1 if is_chief else 0)
-    print(f"Epoch {epoch + 1}/{config.epochs}", flush=True) if is_chief else None
-    step_in_epoch = 0
-    window_steps, window_seconds = 0, 0.0
-    while step_in_epoch < pipeline.steps_per_epoch:
-      # Loops end at log points and at the epoch's end. The run's first loop is one step: it
-      # carries the tracing cost, which is left out of every throughput figure.
-      num_steps = 1 if first_step_s is None else min(
-          steps_per_loop, pipeline.steps_per_epoch - step_in_epoch,
-          config.log_every - step % config.log_every)
-      loop_start = time.perf_counter()
-      train_loop(iterator, tf.constant(num_steps))
-      loss_value = float(train_loss.result())  # Also waits for the loop to finish.
-      seconds = time.perf_counter() - loop_start
-      step += num_steps
-      step_in_epoch += num_steps
-      if first_step_s is None:
-        first_step_s = time.time() - start_time
-      else:
-        timed_examples += num_steps * config.batch_size
-        timed_seconds += seconds
-        window_steps += num_steps
-        window_seconds += seconds
-      accuracy_value = float(train_accuracy.result())
-      progress.update(step_in_epoch, [("loss", loss_value), ("accuracy", accuracy_value)])
-      if step % config.log_every == 0 or step_in_epoch == pipeline.steps_per_epoch:
-        scalars = {"loss": loss_value, "accuracy": accuracy_value}
-        if window_steps:
-          scalars["examples_per_sec"] = window_steps * config.batch_size / window_seconds
-          scalars["step_time_ms"] = 1000 * window_seconds / window_steps
-        writer.scalars("train", step, scalars)
-        train_loss.reset_state()
-        train_accuracy.reset_state()
-        window_steps, window_seconds = 0, 0.0
+  with cluster.peer_failures_reported(task):
+    step = 0
+    timed_examples, timed_seconds = 0, 0.0
+    first_step_s = None
+    for epoch in range(config.epochs):
+      iterator = iter(strategy.experimental_distribute_dataset(pipeline.train_dataset(epoch)))
+      progress = keras.utils.Progbar(pipeline.steps_per_epoch, verbose=1 if is_chief else 0,
+                                     stateful_metrics=["loss", "accuracy"])
+      if is_chief:
+        print(f"Epoch {epoch + 1}/{config.epochs}", flush=True)
+      step_in_epoch = 0
+      window_steps, window_seconds = 0, 0.0
+      while step_in_epoch < pipeline.steps_per_epoch:
+        # Loops end at log points and at the epoch's end. The run's first loop is one step: it
+        # carries the tracing cost, which is left out of every throughput figure.
+        num_steps = 1 if first_step_s is None else min(
+            steps_per_loop, pipeline.steps_per_epoch - step_in_epoch,
+            config.log_every - step % config.log_every)
+        loop_start = time.perf_counter()
+        train_loop(iterator, tf.constant(num_steps))
+        loss_value = float(train_loss.result())  # Also waits for the loop to finish.
+        heartbeat()
+        seconds = time.perf_counter() - loop_start
+        step += num_steps
+        step_in_epoch += num_steps
+        if first_step_s is None:
+          first_step_s = time.time() - start_time
+        else:
+          timed_examples += num_steps * config.batch_size
+          timed_seconds += seconds
+          window_steps += num_steps
+          window_seconds += seconds
+        accuracy_value = float(train_accuracy.result())
+        progress.update(step_in_epoch, [("loss", loss_value), ("accuracy", accuracy_value)])
+        if step % config.log_every == 0 or step_in_epoch == pipeline.steps_per_epoch:
+          scalars = {"loss": loss_value, "accuracy": accuracy_value}
+          if window_steps:
+            scalars["examples_per_sec"] = window_steps * config.batch_size / window_seconds
+            scalars["step_time_ms"] = 1000 * window_seconds / window_steps
+          writer.scalars("train", step, scalars)
+          train_loss.reset_state()
+          train_accuracy.reset_state()
+          window_steps, window_seconds = 0, 0.0
 
-    eval_loss.reset_state()
-    eval_accuracy.reset_state()
-    evaluate(eval_dataset)
-    test_loss, test_accuracy = float(eval_loss.result()), float(eval_accuracy.result())
-    writer.scalars("eval", step, {"loss": test_loss, "accuracy": test_accuracy})
-    writer.flush()
-    if is_chief:
-      print(f"  test loss {test_loss:.4f}, test accuracy {test_accuracy:.4f}", flush=True)
+      eval_loss.reset_state()
+      eval_accuracy.reset_state()
+      evaluate(eval_dataset)
+      heartbeat()
+      test_loss, test_accuracy = float(eval_loss.result()), float(eval_accuracy.result())
+      writer.scalars("eval", step, {"loss": test_loss, "accuracy": test_accuracy})
+      writer.flush()
+      if is_chief:
+        print(f"  test loss {test_loss:.4f}, test accuracy {test_accuracy:.4f}", flush=True)
 
   # ---------------------------------------------------------------- Results.
+  if watchdog:
+    watchdog.stop()
+  # Every worker logs this; replicas in sync end with the same weights, hence the same digest.
+  weights_digest = hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
+  logging.info("%s: final train loss %.6f, weights sha256 %s", task or "this process",
+               loss_value, weights_digest)
   examples_per_sec = timed_examples / timed_seconds if timed_seconds else 0.0
   results = {
       "api": config.api, "strategy": hparams["strategy"], "num_replicas": num_replicas,
@@ -208,7 +230,8 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
       "global_batch_size": config.batch_size, "params": params, "hidden_units": config.hidden_units,
       "seed": config.seed, "steps": step, "steps_per_epoch": pipeline.steps_per_epoch,
       "steps_per_loop": steps_per_loop, "jit_compile": jit_compile,
-      "test_accuracy": test_accuracy, "test_loss": test_loss,
+      "test_accuracy": test_accuracy, "test_loss": test_loss, "train_loss": loss_value,
+      "weights_sha256": weights_digest,
       "examples_per_sec": examples_per_sec, "time_to_first_step_s": first_step_s,
       "wall_time_s": time.time() - start_time, "device": device,
       "tf_version": tf.__version__, "keras_version": keras.__version__,
