@@ -1,0 +1,119 @@
+"""Starts N trainer workers on this machine as one MultiWorkerMirroredStrategy cluster.
+
+  python scripts/launch_local.py --workers=2 -- --api=subclass --dataset=fashion_mnist \
+      --data_dir=/usr/share/datasets/fashion-mnist --epochs=1 --workdir=runs/two-workers
+
+Everything after `--` goes to every worker's `python -m trainer.main`, with
+--strategy=multi_worker_mirrored added. Each worker gets a free port on 127.0.0.1 and its own
+TF_CONFIG; each line of its output is prefixed with [worker I]. If a worker fails, the others are
+stopped and the launcher exits with that worker's exit code.
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A worker blocked in TensorFlow's collectives ignores SIGTERM; SIGKILL follows after this long.
+KILL_AFTER_S = 10.0
+
+
+def free_ports(count: int) -> List[int]:
+  """Returns `count` distinct free TCP ports on 127.0.0.1."""
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def worker_environment(hosts: List[str], index: int) -> dict:
+  env = dict(os.environ)
+  env["TF_CONFIG"] = json.dumps({"cluster": {"worker": hosts},
+                                 "task": {"type": "worker", "index": index}})
+  env["PYTHONUNBUFFERED"] = "1"
+  return env
+
+
+def _relay(stream, prefix: str) -> None:
+  for line in iter(stream.readline, ""):
+    sys.stdout.write(f"{prefix} {line}")
+    sys.stdout.flush()
+
+
+def stop_all(processes: List[subprocess.Popen]) -> None:
+  """SIGTERM, then SIGKILL for any worker still alive after KILL_AFTER_S."""
+  for process in processes:
+    if process.poll() is None:
+      process.send_signal(signal.SIGTERM)
+  deadline = time.monotonic() + KILL_AFTER_S
+  for process in processes:
+    try:
+      process.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+      process.kill()
+      process.wait()
+
+
+def launch(num_workers: int, trainer_flags: List[str]) -> int:
+  """Runs the cluster to the end; returns 0, or the exit code of the first worker that failed."""
+  hosts = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
+  processes, relays = [], []
+  for index in range(num_workers):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trainer.main", "--strategy=multi_worker_mirrored",
+         *trainer_flags], cwd=ROOT, env=worker_environment(hosts, index),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    relay = threading.Thread(target=_relay, args=(process.stdout, f"[worker {index}]"))
+    relay.start()
+    processes.append(process)
+    relays.append(relay)
+
+  exit_code = 0
+  try:
+    while any(p.poll() is None for p in processes):
+      failed = [p for p in processes if p.poll() not in (None, 0)]
+      if failed:
+        exit_code = failed[0].returncode
+        index = processes.index(failed[0])
+        print(f"[launcher] worker {index} exited with code {exit_code}; stopping the others.",
+              flush=True)
+        break
+      time.sleep(0.2)
+  except KeyboardInterrupt:
+    exit_code = 130
+  finally:
+    stop_all(processes)
+    for relay in relays:
+      relay.join()
+  if not exit_code:
+    exit_code = next((p.returncode for p in processes if p.returncode), 0)
+  return exit_code
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   usage="%(prog)s --workers=N -- <trainer flags>")
+  parser.add_argument("--workers", type=int, default=2, help="number of workers to start")
+  parser.add_argument("trainer_flags", nargs=argparse.REMAINDER,
+                      help="flags for trainer.main, after --")
+  args = parser.parse_args()
+  if args.workers < 1:
+    parser.error("--workers must be at least 1")
+  trainer_flags = args.trainer_flags[1:] if args.trainer_flags[:1] == ["--"] else args.trainer_flags
+  if any(flag.startswith("--strategy") for flag in trainer_flags):
+    parser.error("the launcher sets --strategy=multi_worker_mirrored itself; leave it out")
+  return launch(args.workers, trainer_flags)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

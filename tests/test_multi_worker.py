@@ -1,0 +1,165 @@
+"""MultiWorkerMirroredStrategy with real worker processes on 127.0.0.1, and its failure bounds."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from trainer import cluster
+from trainer import errors
+from trainer import input_pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import launch_local  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+FINAL_LINE = re.compile(r"final train loss (\S+), weights sha256 (\w+)")
+
+
+def start_worker(hosts, index, *flags, module="trainer.main"):
+  """Starts worker `index` of the cluster `hosts` as a real process."""
+  return subprocess.Popen(
+      [sys.executable, "-m", module, *flags], cwd=ROOT,
+      env=launch_local.worker_environment(hosts, index), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True)
+
+
+def local_hosts(count):
+  return [f"127.0.0.1:{port}" for port in launch_local.free_ports(count)]
+
+
+def test_two_workers_train_in_sync_and_only_the_chief_writes(fashion_mnist_dir, tmp_path):
+  hosts = local_hosts(2)
+  workers = [start_worker(hosts, i, "--strategy=multi_worker_mirrored", "--api=subclass",
+                          "--dataset=fashion_mnist", f"--data_dir={fashion_mnist_dir}",
+                          "--epochs=1", "--max_steps_per_epoch=150", "--log_every=50",
+                          f"--workdir={tmp_path / f'worker{i}'}") for i in range(2)]
+  outputs = [worker.communicate(timeout=240)[0] for worker in workers]
+  assert [worker.returncode for worker in workers] == [0, 0], outputs[1][-3000:]
+  finals = [FINAL_LINE.search(output).groups() for output in outputs]
+  assert finals[0] == finals[1]  # Same final loss and bit-identical weights on both workers.
+
+  chief_results = json.loads((tmp_path / "worker0" / "results.json").read_text())
+  assert chief_results["num_replicas"] == 2
+  assert chief_results["strategy"] == "multi_worker_mirrored"
+  assert chief_results["weights_sha256"] == finals[0][1]
+  assert os.listdir(tmp_path / "worker0" / "train")
+  assert not (tmp_path / "worker1").exists() or not os.listdir(tmp_path / "worker1")
+
+
+def test_each_worker_receives_a_distinct_shard_of_every_global_batch(fashion_mnist_dir):
+  hosts = local_hosts(2)
+  probes = [start_worker(hosts, i, fashion_mnist_dir, "64", "3", module="tests.shard_probe")
+            for i in range(2)]
+  outputs = [probe.communicate(timeout=120)[0] for probe in probes]
+  assert [probe.returncode for probe in probes] == [0, 0], outputs
+  seen = [json.loads(output.strip().splitlines()[-1])["batches"] for output in outputs]
+
+  pipeline = input_pipeline.make_input_pipeline("fashion_mnist", fashion_mnist_dir, None, 64, 0)
+  expected = [np.sum(images.numpy(), axis=(1, 2, 3))
+              for images, _ in pipeline.train_dataset(epoch=0).take(3)]
+  for batch, (first, second) in enumerate(zip(*seen)):
+    assert len(first) == len(second) == 32
+    assert not set(first) & set(second)
+    np.testing.assert_allclose(sorted(first + second), sorted(expected[batch]), rtol=1e-6)
+
+
+def test_launcher_runs_two_workers_of_two_cpu_devices_as_four_replicas(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "scripts/launch_local.py", "--workers=2", "--", "--dataset=synthetic",
+       "--cpu_devices=2", "--batch_size=64", "--epochs=1", "--max_steps_per_epoch=40",
+       f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+  assert result.returncode == 0, result.stdout[-3000:]
+  assert json.loads((tmp_path / "results.json").read_text())["num_replicas"] == 4
+  lines = result.stdout.splitlines()
+  assert any(line.startswith("[worker 0] ") for line in lines)
+  assert any(line.startswith("[worker 1] ") for line in lines)
+
+
+def test_launcher_fails_when_a_worker_fails(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "scripts/launch_local.py", "--workers=2", "--", "--dataset=fashion_mnist",
+       f"--data_dir={tmp_path / 'missing'}", f"--workdir={tmp_path / 'run'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert "is not a folder" in result.stdout and "[launcher] worker" in result.stdout
+
+
+def test_killing_a_worker_stops_the_other_within_the_bound(tmp_path):
+  hosts = local_hosts(2)
+  flags = ["--strategy=multi_worker_mirrored", "--dataset=synthetic", "--epochs=100",
+           "--worker_timeout=30"]
+  workers = [start_worker(hosts, i, *flags, f"--workdir={tmp_path / str(i)}") for i in range(2)]
+  deadline = time.monotonic() + 120
+  while not (tmp_path / "0" / "train").exists() and time.monotonic() < deadline:
+    time.sleep(0.5)  # The chief writes train/ once the cluster trains.
+  time.sleep(2)
+  workers[1].kill()
+  killed_at = time.monotonic()
+  output = workers[0].communicate(timeout=90)[0]
+  assert workers[0].returncode != 0
+  assert time.monotonic() - killed_at < 30 + 10
+  assert "error: worker 0 of 2" in output
+
+
+def test_a_peer_that_never_starts_ends_the_wait_within_the_bound(tmp_path):
+  hosts = local_hosts(2)
+  started = time.monotonic()
+  lonely = start_worker(hosts, 0, "--strategy=multi_worker_mirrored", "--dataset=synthetic",
+                        "--worker_timeout=5", f"--workdir={tmp_path}")
+  output = lonely.communicate(timeout=90)[0]
+  assert lonely.returncode != 0
+  assert time.monotonic() - started < 5 + 30  # The bound, plus start-up.
+  assert "made no progress for 5 s: a peer worker did not start" in output
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    ("{not json", "TF_CONFIG is not valid JSON"),
+    ('["worker"]', "must be a JSON object"),
+    ('{"cluster": {}, "task": {"type": "worker", "index": 0}}', "TF_CONFIG has no workers"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}}', "TF_CONFIG has no 'task'"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 1}}',
+     "task index 1 is out of range: the cluster has 1 'worker' tasks, so it must be 0 to 0"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}}',
+     "task type 'ps' is not in the cluster"),
+    ('{"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}',
+     "must be a list of host:port strings"),
+    ("", "needs the cluster: set TF_CONFIG, or give --worker_hosts"),
+])
+def test_malformed_tf_config_is_refused_clearly(tf_config, message):
+  with pytest.raises(errors.UserError, match=re.escape(message)):
+    cluster.parse_tf_config(tf_config)
+
+
+def test_malformed_tf_config_stops_the_trainer_before_training(tmp_path):
+  env = {**os.environ, "TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:1"]}'}
+  result = subprocess.run(
+      [sys.executable, "-m", "trainer.main", "--strategy=multi_worker_mirrored",
+       "--dataset=synthetic", f"--workdir={tmp_path / 'run'}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2
+  assert "TF_CONFIG is not valid JSON" in result.stderr and "Traceback" not in result.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_worker_hosts_flag_builds_the_same_cluster_as_tf_config():
+  tf_config = cluster.tf_config_from_environment(["127.0.0.1:1", "127.0.0.1:2"], 1)
+  assert tf_config == {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                       "task": {"type": "worker", "index": 1}}
+  assert cluster.describe_task(tf_config) == "worker 1 of 2 (127.0.0.1:2)"
+
+
+def test_slurm_helper_turns_slurms_variables_into_tf_config():
+  env = {**os.environ, "SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2",
+         "SLURM_STEP_NODELIST": "node[07-08]", "SLURM_STEP_TASKS_PER_NODE": "1(x2)"}
+  result = subprocess.run([sys.executable, "scripts/slurm_tf_config.py", "--port=2300"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr[-2000:]
+  tf_config = cluster.parse_tf_config(result.stdout.strip().splitlines()[-1])
+  assert tf_config == {"cluster": {"worker": ["node07:2300", "node08:2300"]},
+                       "task": {"type": "worker", "index": 1}}
