@@ -80,13 +80,15 @@ def launch(num_workers: int, trainer_flags: List[str]) -> int:
 
   exit_code = 0
   try:
-    while any(p.poll() is None for p in processes):
-      failed = [p for p in processes if p.poll() not in (None, 0)]
+    while True:
+      codes = [p.poll() for p in processes]
+      failed = [index for index, code in enumerate(codes) if code not in (None, 0)]
       if failed:
-        exit_code = failed[0].returncode
-        index = processes.index(failed[0])
-        print(f"[launcher] worker {index} exited with code {exit_code}; stopping the others.",
+        exit_code = codes[failed[0]]
+        print(f"[launcher] worker {failed[0]} exited with code {exit_code}; stopping the others.",
               flush=True)
+        break
+      if all(code == 0 for code in codes):
         break
       time.sleep(0.2)
   except KeyboardInterrupt:
@@ -95,8 +97,6 @@ def launch(num_workers: int, trainer_flags: List[str]) -> int:
     stop_all(processes)
     for relay in relays:
       relay.join()
-  if not exit_code:
-    exit_code = next((p.returncode for p in processes if p.returncode), 0)
   return exit_code
 
 
