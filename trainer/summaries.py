@@ -3,8 +3,13 @@
 Layout under the workdir: train/ (per-log-window scalars), eval/ (per-epoch scalars) and the
 workdir itself (HParams entry, final metrics, config text), which the HParams dashboard reads as
 one session. A writer that is not the chief's writes nothing.
+
+A resumed run retrains the steps after its checkpoint, some of which the killed run had already
+logged: the writer reads what each folder holds and never writes a step twice, so TensorBoard
+shows every step once, in order, across any number of kills.
 """
 
+import glob
 import json
 import os
 from typing import Dict, Mapping
@@ -22,17 +27,25 @@ class RunWriter:
   def __init__(self, workdir: str, enabled: bool):
     self._enabled = enabled
     self._writers: Dict[str, tf.summary.SummaryWriter] = {}
+    self._last_step: Dict[str, int] = {}
     if enabled:
       for name, folder in (("run", ""), ("train", "train"), ("eval", "eval")):
-        self._writers[name] = tf.summary.create_file_writer(os.path.join(workdir, folder))
+        path = os.path.join(workdir, folder)
+        self._last_step[name] = _last_logged_step(path)
+        self._writers[name] = tf.summary.create_file_writer(path)
 
   def scalars(self, writer: str, step: int, values: Mapping[str, float]) -> None:
-    """Writes `values` at `step` to the "train", "eval" or "run" events."""
-    if not self._enabled:
+    """Writes `values` at `step` to the "train", "eval" or "run" events, unless already there.
+
+    Flushed at once: a run killed later still has every step it logged.
+    """
+    if not self._enabled or step <= self._last_step[writer]:
       return
     with self._writers[writer].as_default(step=step):
       for name, value in values.items():
         tf.summary.scalar(name, value)
+    self._writers[writer].flush()
+    self._last_step[writer] = step
 
   def run_info(self, hparams: Mapping[str, object], config: Mapping[str, object],
                environment: Mapping[str, object]) -> None:
@@ -54,6 +67,19 @@ class RunWriter:
   def close(self) -> None:
     for writer in self._writers.values():
       writer.close()
+
+
+def _last_logged_step(folder: str) -> int:
+  """Returns the highest step with a value in the event files of `folder` (-1 if none)."""
+  last = -1
+  for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
+    try:
+      for event in tf.compat.v1.train.summary_iterator(path):
+        if event.summary.value:
+          last = max(last, event.step)
+    except tf.errors.DataLossError:
+      pass  # The last record was cut by a kill; the ones before it count.
+  return last
 
 
 def _markdown_table(values: Mapping[str, object]) -> str:
