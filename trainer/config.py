@@ -40,7 +40,10 @@ class Config:
   # Output.
   workdir: str = "runs/default"
   log_every: int = 100
+  checkpoint_every: int = 1000  # Steps between checkpoints (also one at every epoch's end).
+  keep_checkpoints: int = 3
   overwrite: bool = False
+  deterministic: bool = False  # Op determinism: a resumed run ends bit-identical.
 
   def replace(self, **changes) -> "Config":
     """Returns a copy with `changes` applied."""

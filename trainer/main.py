@@ -77,7 +77,15 @@ flags.DEFINE_string("workdir", None,
                     "runs/<dataset>-<api>-<strategy>.")
 flags.DEFINE_integer("log_every", 100, "Write training scalars every this many steps.",
                      lower_bound=1)
-flags.DEFINE_boolean("overwrite", False, "Delete a previous run in --workdir and start again.")
+flags.DEFINE_integer("checkpoint_every", 1000,
+                     "Save a checkpoint every this many steps (and at every epoch's end); 0 saves "
+                     "only at epoch ends.", lower_bound=0)
+flags.DEFINE_integer("keep_checkpoints", 3, "How many recent checkpoints to keep.", lower_bound=1)
+flags.DEFINE_boolean("overwrite", False,
+                     "Delete the run in --workdir and start afresh, instead of resuming it.")
+flags.DEFINE_boolean("deterministic", False,
+                     "Turn on TensorFlow op determinism: the same run gives bit-identical "
+                     "weights, also across a kill and resume. Slower on GPUs.")
 
 FLAGS = flags.FLAGS
 
@@ -95,7 +103,9 @@ def config_from_flags() -> config_lib.Config:
       worker_hosts=tuple(FLAGS.worker_hosts), task_index=FLAGS.task_index,
       worker_timeout=FLAGS.worker_timeout,
       steps_per_loop=FLAGS.steps_per_loop, jit_compile=FLAGS.jit_compile, workdir=workdir,
-      log_every=FLAGS.log_every, overwrite=FLAGS.overwrite)
+      log_every=FLAGS.log_every, checkpoint_every=FLAGS.checkpoint_every,
+      keep_checkpoints=FLAGS.keep_checkpoints, overwrite=FLAGS.overwrite,
+      deterministic=FLAGS.deterministic)
 
 
 def main(argv):

@@ -3,57 +3,83 @@
 The loop is our own, on strategy.run over a distributed dataset, rather than model.fit: Keras 3's
 fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), while this loop trains with
 Keras's model, optimizer, loss and metrics under every strategy. It reads top to bottom: devices
-and strategy, workdir, input, model, step functions, the loop, results.
+and strategy, workdir, input, model and checkpoint, step functions, the loop, export and results.
+
+A run resumes: rerunning the same command on its workdir continues from the newest checkpoint,
+step-exact (the batches after it are exactly those an uninterrupted run would see).
 """
 
 import hashlib
+import math
 import os
 import shutil
 import sys
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 from absl import logging
 import keras
 import tensorflow as tf
 
+from trainer import checkpointing
 from trainer import cluster
 from trainer import config as config_lib
 from trainer import distribution
 from trainer import errors
+from trainer import export
 from trainer import hardware
 from trainer import input_pipeline
 from trainer import models
 from trainer import precision as precision_lib
+from trainer import preemption
 from trainer import run_record
 from trainer import summaries
 from trainer import watchdog as watchdog_lib
 
 
-def _check_workdir(workdir: str, overwrite: bool) -> None:
-  """Refuses to mix a new run into an old one unless asked to replace it."""
-  if os.path.isdir(workdir) and os.listdir(workdir) and not overwrite:
+class Interrupted(errors.UserError):
+  """SIGTERM or SIGINT arrived; the run was saved and can resume. Exits 128 + the signal."""
+
+  def __init__(self, message: str, signal_number: int):
+    super().__init__(message)
+    self.exit_code = 128 + signal_number
+
+
+class Diverged(errors.UserError):
+  """The loss became NaN or infinite."""
+
+  exit_code = 4
+
+
+def _check_workdir(config: config_lib.Config, run_config: dict) -> None:
+  """Refuses a workdir that holds something other than this run, before anything loads."""
+  if config.overwrite or not os.path.isdir(config.workdir) or not os.listdir(config.workdir):
+    return
+  saved = checkpointing.read_run_config(config.workdir)
+  if saved is None:
     raise errors.UserError(
-        f"--workdir={workdir} already holds a run. Give a new --workdir, or add --overwrite "
-        "to delete the old run and start again.")
+        f"--workdir={config.workdir} is not empty and holds no run of this trainer. Give a new "
+        "--workdir, or add --overwrite to delete what is there.")
+  checkpointing.check_same_math(saved, run_config, config.workdir)
 
 
-def _make_workdir(workdir: str, overwrite: bool) -> None:
-  if overwrite and os.path.isdir(workdir):
-    shutil.rmtree(workdir)
-  os.makedirs(workdir, exist_ok=True)
-
-
-def _loop_settings(config: config_lib.Config, num_replicas: int):
+def _loop_settings(config: config_lib.Config, num_replicas: int) -> Tuple[int, bool]:
   """Returns (steps_per_loop, jit_compile), resolving the automatic choices."""
   steps_per_loop = config.steps_per_loop or 100
   jit_compile = config.jit_compile if config.jit_compile is not None else num_replicas == 1
   return steps_per_loop, jit_compile
 
 
+def _steps_to_boundary(step: int, every: int) -> int:
+  """Steps from `step` to the next multiple of `every` (0 means never)."""
+  return every - step % every if every else sys.maxsize
+
+
 def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = None) -> dict:
   """Trains and evaluates the model that `config` describes; returns the results.json fields."""
   start_time = start_time or time.time()
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
 
   # ---------------------------------------------------------------- Devices and strategy.
   hardware.split_cpu(config.cpu_devices)
@@ -72,10 +98,12 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
   policy, policy_reason = precision_lib.resolve_precision(config.precision)
   steps_per_loop, jit_compile = _loop_settings(config, num_replicas)
   device = hardware.describe_devices()
+  run_config = {**config.to_dict(), "precision": policy, "num_replicas": num_replicas,
+                "strategy": distribution.strategy_name(strategy)}
   if is_chief:
-    _check_workdir(config.workdir, config.overwrite)
+    _check_workdir(config, run_config)
   logging.info("Strategy %s with %d replicas on %s; precision %s (%s); %d steps per loop, XLA %s.",
-               distribution.strategy_name(strategy), num_replicas, device, policy, policy_reason,
+               run_config["strategy"], num_replicas, device, policy, policy_reason,
                steps_per_loop, "on" if jit_compile else "off")
 
   # ---------------------------------------------------------------- Input.
@@ -83,15 +111,10 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
       config.dataset, config.data_dir, config.tfds_data_dir, config.batch_size, config.seed,
       config.max_steps_per_epoch)
   eval_dataset = strategy.experimental_distribute_dataset(pipeline.eval_dataset())
+  total_steps = config.epochs * pipeline.steps_per_epoch
   heartbeat()
 
-  # ---------------------------------------------------------------- Workdir.
-  # Made only once the input has loaded, so that bad input leaves nothing behind.
-  if is_chief:
-    _make_workdir(config.workdir, config.overwrite)
-  writer = summaries.RunWriter(config.workdir, enabled=is_chief)
-
-  # ---------------------------------------------------------------- Model and optimizer.
+  # ---------------------------------------------------------------- Model and checkpoint.
   with strategy.scope():
     model = models.build_model(config.api, config.hidden_units, config.seed, policy)
     optimizer = keras.optimizers.Adam(config.learning_rate)
@@ -102,7 +125,27 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     train_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
     eval_loss = keras.metrics.Mean("loss")
     eval_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
+    checkpointer = checkpointing.Checkpointer(config.workdir, is_chief, config.keep_checkpoints,
+                                              model=model, optimizer=optimizer)
   loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+  step = 0 if config.overwrite else checkpointer.restore_latest()
+  if is_chief and os.path.isfile(os.path.join(config.workdir, run_record.RESULTS_FILE)) and (
+      step >= total_steps):
+    print(f"{config.workdir} already finished all {total_steps} steps; add --epochs to train "
+          "further.", flush=True)
+    checkpointer.close()
+    return run_record.read_results(config.workdir)
+
+  # ---------------------------------------------------------------- Workdir.
+  # Written only once the input has loaded and the checkpoint is known, so bad input leaves
+  # nothing behind; a run with no checkpoint yet starts clean.
+  if is_chief and step == 0:
+    shutil.rmtree(config.workdir, ignore_errors=True)
+    os.makedirs(config.workdir)
+    checkpointing.write_run_config(config.workdir, run_config)
+  writer = summaries.RunWriter(config.workdir, enabled=is_chief)
+  if step:
+    logging.info("Resuming from step %d of %d.", step, total_steps)
 
   # ---------------------------------------------------------------- Step functions.
   def forward_backward(images, labels):
@@ -131,12 +174,19 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     per_example_loss, probabilities = apply_update(images, labels)
     train_loss.update_state(per_example_loss)
     train_accuracy.update_state(labels, probabilities)
+    return tf.cast(tf.reduce_any(~tf.math.is_finite(per_example_loss)), tf.float32)
 
   @tf.function
   def train_loop(iterator, num_steps):
     # Several steps per call: the Python round trip is paid once per loop, not once per step.
+    # Returns how many steps ran: fewer than num_steps when a step's loss was not finite.
+    steps_run = tf.constant(0)
     for _ in tf.range(num_steps):
-      strategy.run(replica_train_step, args=next(iterator))
+      not_finite = strategy.run(replica_train_step, args=next(iterator))
+      steps_run += 1
+      if strategy.reduce(tf.distribute.ReduceOp.SUM, not_finite, axis=None) > 0:
+        break
+    return steps_run
 
   def replica_eval_step(images, labels, weights):
     probabilities = model(images, training=False)
@@ -144,47 +194,72 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     eval_accuracy.update_state(labels, probabilities, sample_weight=weights)
 
   @tf.function
-  def evaluate(dataset):
+  def evaluate_loop(dataset):
     for batch in dataset:
       strategy.run(replica_eval_step, args=batch)
 
+  def evaluate() -> Tuple[float, float]:
+    eval_loss.reset_state()
+    eval_accuracy.reset_state()
+    evaluate_loop(eval_dataset)
+    heartbeat()
+    return float(eval_loss.result()), float(eval_accuracy.result())
+
   # ---------------------------------------------------------------- Run description.
-  params = model.count_params()
-  env = {"tf_version": tf.__version__, "keras_version": keras.__version__,
-         "python_version": sys.version.split()[0], "device": device,
-         "devices": [d.name for d in tf.config.list_logical_devices()],
-         "num_replicas": num_replicas, "precision_reason": policy_reason,
-         "steps_per_loop": steps_per_loop, "jit_compile": jit_compile}
-  hparams = {"api": config.api, "strategy": distribution.strategy_name(strategy),
-             "num_replicas": num_replicas, "precision": policy, "device": device,
-             "global_batch_size": config.batch_size, "dataset": config.dataset,
-             "hidden_units": config.hidden_units, "seed": config.seed}
-  writer.run_info(hparams, config.to_dict(), env)
+  environment = {"tf_version": tf.__version__, "keras_version": keras.__version__,
+                 "python_version": sys.version.split()[0], "device": device,
+                 "devices": [d.name for d in tf.config.list_logical_devices()],
+                 "num_replicas": num_replicas, "precision_reason": policy_reason,
+                 "steps_per_loop": steps_per_loop, "jit_compile": jit_compile}
+  hparams = {"api": config.api, "strategy": run_config["strategy"], "num_replicas": num_replicas,
+             "precision": policy, "device": device, "global_batch_size": config.batch_size,
+             "dataset": config.dataset, "hidden_units": config.hidden_units, "seed": config.seed}
+  if step == 0:
+    writer.run_info(hparams, run_config, environment)
+
+  def save_checkpoint():
+    checkpointer.save(step)
+    heartbeat()
 
   # ---------------------------------------------------------------- Training loop.
-  with cluster.peer_failures_reported(task):
-    step = 0
-    timed_examples, timed_seconds = 0, 0.0
-    first_step_s = None
-    for epoch in range(config.epochs):
-      iterator = iter(strategy.experimental_distribute_dataset(pipeline.train_dataset(epoch)))
+  timed_examples, timed_seconds = 0, 0.0
+  first_step_s = None
+  loss_value = math.nan
+  test_loss = test_accuracy = None
+  with cluster.peer_failures_reported(task), preemption.StopRequests() as stop:
+    for epoch in range(step // pipeline.steps_per_epoch, config.epochs):
+      step_in_epoch = step - epoch * pipeline.steps_per_epoch
+      iterator = iter(strategy.experimental_distribute_dataset(
+          pipeline.train_dataset(epoch, start_step=step_in_epoch)))
       progress = keras.utils.Progbar(pipeline.steps_per_epoch, verbose=1 if is_chief else 0,
                                      stateful_metrics=["loss", "accuracy"])
       if is_chief:
         print(f"Epoch {epoch + 1}/{config.epochs}", flush=True)
-      step_in_epoch = 0
       window_steps, window_seconds = 0, 0.0
       while step_in_epoch < pipeline.steps_per_epoch:
-        # Loops end at log points and at the epoch's end. The run's first loop is one step: it
-        # carries the tracing cost, which is left out of every throughput figure.
+        if stop.signal_number:
+          save_checkpoint()
+          raise Interrupted(
+              f"Stopped by signal {stop.signal_number} and saved at step {step} of "
+              f"{total_steps}. Rerun the same command to resume from there.",
+              stop.signal_number) from None
+        # Loops end at log points, checkpoints and the epoch's end. The process's first loop is
+        # one step: it carries the tracing cost, which is left out of every throughput figure.
         num_steps = 1 if first_step_s is None else min(
             steps_per_loop, pipeline.steps_per_epoch - step_in_epoch,
-            config.log_every - step % config.log_every)
+            _steps_to_boundary(step, config.log_every),
+            _steps_to_boundary(step, config.checkpoint_every))
         loop_start = time.perf_counter()
-        train_loop(iterator, tf.constant(num_steps))
-        loss_value = float(train_loss.result())  # Also waits for the loop to finish.
-        heartbeat()
+        steps_run = int(train_loop(iterator, tf.constant(num_steps)))  # Waits for the loop.
         seconds = time.perf_counter() - loop_start
+        heartbeat()
+        loss_value = float(train_loss.result())
+        if steps_run < num_steps or not math.isfinite(loss_value):
+          raise Diverged(
+              f"The training loss became {loss_value} at step {step + steps_run}. Stopped "
+              f"without saving; the last good checkpoint (step {checkpointer.step.numpy()}) is "
+              "kept. Lower --learning_rate, or use --precision=float32, and rerun the same "
+              "command to resume from it.")
         step += num_steps
         step_in_epoch += num_steps
         if first_step_s is None:
@@ -205,33 +280,37 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
           train_loss.reset_state()
           train_accuracy.reset_state()
           window_steps, window_seconds = 0, 0.0
+        if step % (config.checkpoint_every or sys.maxsize) == 0 and (
+            step_in_epoch < pipeline.steps_per_epoch):
+          save_checkpoint()
 
-      eval_loss.reset_state()
-      eval_accuracy.reset_state()
-      evaluate(eval_dataset)
-      heartbeat()
-      test_loss, test_accuracy = float(eval_loss.result()), float(eval_accuracy.result())
+      test_loss, test_accuracy = evaluate()
       writer.scalars("eval", step, {"loss": test_loss, "accuracy": test_accuracy})
-      writer.flush()
+      save_checkpoint()
       if is_chief:
         print(f"  test loss {test_loss:.4f}, test accuracy {test_accuracy:.4f}", flush=True)
 
-  # ---------------------------------------------------------------- Results.
+    if test_accuracy is None:  # Every step was already trained: a run stopped before its end.
+      test_loss, test_accuracy = evaluate()
+
+  # ---------------------------------------------------------------- Export and results.
   if watchdog:
     watchdog.stop()
+  checkpointer.close()
   # Every worker logs this; replicas in sync end with the same weights, hence the same digest.
-  weights_digest = hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
+  weights_digest = hashlib.sha256(
+      b"".join(variable.numpy().tobytes() for variable in model.weights)).hexdigest()
   logging.info("%s: final train loss %.6f, weights sha256 %s", task or "this process",
                loss_value, weights_digest)
   examples_per_sec = timed_examples / timed_seconds if timed_seconds else 0.0
   results = {
-      "api": config.api, "strategy": hparams["strategy"], "num_replicas": num_replicas,
+      "api": config.api, "strategy": run_config["strategy"], "num_replicas": num_replicas,
       "precision": policy, "dataset": config.dataset, "epochs": config.epochs,
-      "global_batch_size": config.batch_size, "params": params, "hidden_units": config.hidden_units,
-      "seed": config.seed, "steps": step, "steps_per_epoch": pipeline.steps_per_epoch,
-      "steps_per_loop": steps_per_loop, "jit_compile": jit_compile,
-      "test_accuracy": test_accuracy, "test_loss": test_loss, "train_loss": loss_value,
-      "weights_sha256": weights_digest,
+      "global_batch_size": config.batch_size, "params": model.count_params(),
+      "hidden_units": config.hidden_units, "seed": config.seed, "steps": step,
+      "steps_per_epoch": pipeline.steps_per_epoch, "steps_per_loop": steps_per_loop,
+      "jit_compile": jit_compile, "test_accuracy": test_accuracy, "test_loss": test_loss,
+      "train_loss": loss_value, "weights_sha256": weights_digest,
       "examples_per_sec": examples_per_sec, "time_to_first_step_s": first_step_s,
       "wall_time_s": time.time() - start_time, "device": device,
       "tf_version": tf.__version__, "keras_version": keras.__version__,
@@ -240,8 +319,9 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
                                "examples_per_sec": examples_per_sec})
   writer.close()
   if is_chief:
+    results["exports"] = export.export_model(model, config.workdir)
     run_record.write_results(config.workdir, results)
-    print(f"{config.api} on {hparams['strategy']} x{num_replicas} ({policy}, {device}): "
+    print(f"{config.api} on {run_config['strategy']} x{num_replicas} ({policy}, {device}): "
           f"test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}, "
           f"{examples_per_sec:,.0f} examples/s, {results['wall_time_s']:.1f} s", flush=True)
   return results
