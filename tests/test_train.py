@@ -114,11 +114,11 @@ def test_batch_size_not_divisible_by_replicas_is_refused_before_training(small_c
   assert not os.path.exists(small_config.workdir)
 
 
-def test_a_finished_run_is_not_overwritten_by_accident(small_config):
-  train.train_and_evaluate(small_config)
-  before = run_record.read_results(small_config.workdir)
-  with pytest.raises(errors.UserError, match="already holds a run.*--overwrite"):
-    train.train_and_evaluate(small_config.replace(seed=1))
-  assert run_record.read_results(small_config.workdir) == before
-  train.train_and_evaluate(small_config.replace(seed=1, overwrite=True))
-  assert run_record.read_results(small_config.workdir)["seed"] == 1
+def test_a_workdir_holding_something_else_is_not_touched(small_config):
+  os.makedirs(small_config.workdir)
+  precious = os.path.join(small_config.workdir, "notes.txt")
+  with open(precious, "w") as f:
+    f.write("keep me")
+  with pytest.raises(errors.UserError, match="holds no run of this trainer.*--overwrite"):
+    train.train_and_evaluate(small_config)
+  assert open(precious).read() == "keep me"

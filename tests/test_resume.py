@@ -1,0 +1,184 @@
+"""Never lose training: kill -9 and SIGTERM then resume, damaged checkpoints, NaN, exports."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from trainer import checkpointing
+from trainer import config as config_lib
+from trainer import errors
+from trainer import evaluate
+from trainer import export
+from trainer import input_pipeline
+from trainer import run_record
+from trainer import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def checkpoint_steps(workdir) -> list:
+  names = glob.glob(os.path.join(str(workdir), checkpointing.CHECKPOINT_DIR, "ckpt-*.index"))
+  return sorted(int(os.path.basename(name)[5:-6]) for name in names)
+
+
+def logged_steps(folder, tag="loss") -> list:
+  accumulator = event_accumulator.EventAccumulator(
+      str(folder), size_guidance={event_accumulator.TENSORS: 0})
+  accumulator.Reload()
+  return [event.step for event in accumulator.Tensors(tag)]
+
+
+def start_trainer(*flags):
+  return subprocess.Popen([sys.executable, "-m", "trainer.main", *flags], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(process, workdir, at_least: int, timeout: float = 120) -> None:
+  deadline = time.monotonic() + timeout
+  while not [s for s in checkpoint_steps(workdir) if s >= at_least]:
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    assert time.monotonic() < deadline, "no checkpoint in time"
+    time.sleep(0.02)
+
+
+# 3 epochs of 400 steps; checkpoints every 100 steps and at each epoch's end.
+RESUMABLE_FLAGS = ("--dataset=fashion_mnist", "--epochs=3", "--max_steps_per_epoch=400",
+                   "--batch_size=64", "--checkpoint_every=100", "--log_every=50",
+                   "--deterministic")
+
+
+@pytest.mark.parametrize("strategy_flags", [("--strategy=default",),
+                                            ("--strategy=mirrored", "--cpu_devices=2")])
+def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_flags, fashion_mnist_dir,
+                                                         tmp_path):
+  flags = (*RESUMABLE_FLAGS, f"--data_dir={fashion_mnist_dir}", *strategy_flags)
+  straight = start_trainer(*flags, f"--workdir={tmp_path / 'straight'}")
+  killed_dir = tmp_path / "killed"
+  killed = start_trainer(*flags, f"--workdir={killed_dir}")
+  wait_for_checkpoint(killed, killed_dir, at_least=500)  # Inside epoch 2 (steps 400-800).
+  killed.kill()
+  killed.wait()
+  assert not os.path.exists(killed_dir / run_record.RESULTS_FILE)
+
+  resumed = start_trainer(*flags, f"--workdir={killed_dir}")
+  _, resumed_err = resumed.communicate(timeout=240)
+  _, straight_err = straight.communicate(timeout=240)
+  assert resumed.returncode == 0 and straight.returncode == 0, resumed_err[-3000:]
+  assert "Resuming from step" in resumed_err
+
+  expected = run_record.read_results(tmp_path / "straight")
+  got = run_record.read_results(killed_dir)
+  assert got["steps"] == expected["steps"] == 1200
+  assert got["weights_sha256"] == expected["weights_sha256"]  # Bit-identical weights.
+  assert got["test_accuracy"] == expected["test_accuracy"]
+  # TensorBoard: every logged step once, in order, across the kill.
+  steps = logged_steps(killed_dir / "train")
+  assert steps == list(range(50, 1201, 50))
+  assert logged_steps(killed_dir / "eval", "accuracy") == [400, 800, 1200]
+
+
+def test_sigterm_saves_at_the_next_step_and_says_how_to_resume(tmp_path):
+  workdir = tmp_path / "run"
+  flags = ("--dataset=synthetic", "--epochs=50", "--checkpoint_every=0", f"--workdir={workdir}")
+  process = start_trainer(*flags)
+  wait_for_checkpoint(process, workdir, at_least=1)  # The end of epoch 1: it is training.
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=60)
+  assert process.returncode == 128 + signal.SIGTERM
+  assert "Rerun the same command to resume" in stderr
+  saved_step = checkpoint_steps(workdir)[-1]
+  assert saved_step % 937 != 0  # Saved mid-epoch at the signal, not only at an epoch's end.
+  assert logged_steps(workdir / "train")[-1] <= saved_step
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(small_config, caplog):
+  config = small_config.replace(checkpoint_every=5)
+  train.train_and_evaluate(config)
+  assert checkpoint_steps(config.workdir) == [10, 15, 20]
+  newest = glob.glob(os.path.join(config.workdir, "checkpoints", "ckpt-20.data-*"))[0]
+  with open(newest, "r+b") as f:
+    f.truncate(100)
+  results = train.train_and_evaluate(config.replace(epochs=2))
+  assert results["steps"] == 40
+  assert "ckpt-20 cannot be read" in caplog.text
+  assert "Resumed from " in caplog.text and "ckpt-15, an older checkpoint" in caplog.text
+
+
+def test_unreadable_checkpoints_stop_the_run_instead_of_starting_afresh(small_config):
+  config = small_config.replace(checkpoint_every=10)
+  train.train_and_evaluate(config)
+  for data in glob.glob(os.path.join(config.workdir, "checkpoints", "ckpt-*.data-*")):
+    with open(data, "r+b") as f:
+      f.truncate(10)
+  with pytest.raises(errors.UserError, match="None of the checkpoints.*--overwrite"):
+    train.train_and_evaluate(config.replace(epochs=2))
+
+
+def test_changed_math_is_refused_and_more_epochs_continue(small_config):
+  train.train_and_evaluate(small_config)
+  with pytest.raises(errors.UserError) as refused:
+    train.train_and_evaluate(small_config.replace(api="subclass", batch_size=32, epochs=2))
+  assert "api: 'functional' in the saved run, 'subclass' now" in str(refused.value)
+  assert "batch_size: 64 in the saved run, 32 now" in str(refused.value)
+  assert "seed" not in str(refused.value)
+
+  continued = train.train_and_evaluate(small_config.replace(epochs=3))
+  assert continued["steps"] == 60
+  assert logged_steps(os.path.join(small_config.workdir, "train")) == list(range(10, 61, 10))
+
+  fresh = train.train_and_evaluate(small_config.replace(seed=5, overwrite=True))
+  assert (fresh["steps"], fresh["seed"]) == (20, 5)
+
+
+def test_a_finished_run_is_reported_not_retrained(small_config, capsys):
+  first = train.train_and_evaluate(small_config)
+  again = train.train_and_evaluate(small_config)
+  assert again == json.loads(json.dumps(first))
+  assert "already finished all 20 steps" in capsys.readouterr().out
+
+
+def test_injected_nan_stops_with_the_step_and_keeps_the_checkpoint(small_config, monkeypatch):
+  original = input_pipeline.InputPipeline.train_dataset
+
+  def poisoned(self, epoch, start_step=0):
+    # The 15th batch of the run carries a NaN pixel.
+    return original(self, epoch, start_step).enumerate(start_step).map(
+        lambda index, batch: (tf.where(index == 14, np.nan, batch[0]), batch[1]))
+
+  monkeypatch.setattr(input_pipeline.InputPipeline, "train_dataset", poisoned)
+  config = small_config.replace(checkpoint_every=10, steps_per_loop=4)
+  with pytest.raises(train.Diverged, match="became nan at step 15.*checkpoint \\(step 10\\)"):
+    train.train_and_evaluate(config)
+  assert train.Diverged.exit_code == 4
+  assert checkpoint_steps(config.workdir) == [10]
+  assert not os.path.exists(os.path.join(config.workdir, run_record.RESULTS_FILE))
+
+
+@pytest.mark.parametrize("api", config_lib.APIS)
+def test_exports_reload_and_reproduce_the_test_accuracy(api, small_config):
+  results = train.train_and_evaluate(small_config.replace(api=api))
+  for export_format in ("keras", "saved_model"):
+    figures = evaluate.evaluate_export(small_config.workdir, export_format)
+    assert figures["test_accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-6)
+    assert figures["test_loss"] == pytest.approx(results["test_loss"], rel=1e-5)
+  model = export.load_keras_model(small_config.workdir)
+  assert model.count_params() == 203_530
+
+
+def test_evaluate_command_line_prints_both_figures(small_config):
+  train.train_and_evaluate(small_config)
+  result = subprocess.run(
+      [sys.executable, "-m", "trainer.evaluate", f"--workdir={small_config.workdir}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  recorded = run_record.read_results(small_config.workdir)["test_accuracy"]
+  assert f"test accuracy {recorded:.4f} (results.json: {recorded:.4f})" in result.stdout
