@@ -21,12 +21,13 @@ import launch_local  # pylint: disable=g-import-not-at-top,wrong-import-position
 FINAL_LINE = re.compile(r"final train loss (\S+), weights sha256 (\w+)")
 
 
-def start_worker(hosts, index, *flags, module="trainer.main"):
+def start_worker(hosts, index, *flags, module="trainer.main", temp_dir=None):
   """Starts worker `index` of the cluster `hosts` as a real process."""
-  return subprocess.Popen(
-      [sys.executable, "-m", module, *flags], cwd=ROOT,
-      env=launch_local.worker_environment(hosts, index), stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True)
+  env = launch_local.worker_environment(hosts, index)
+  if temp_dir:
+    env["TMPDIR"] = str(temp_dir)
+  return subprocess.Popen([sys.executable, "-m", module, *flags], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def local_hosts(count):
@@ -35,10 +36,14 @@ def local_hosts(count):
 
 def test_two_workers_train_in_sync_and_only_the_chief_writes(fashion_mnist_dir, tmp_path):
   hosts = local_hosts(2)
+  temp_dirs = [tmp_path / f"tmp{i}" for i in range(2)]
+  for temp_dir in temp_dirs:
+    temp_dir.mkdir()
   workers = [start_worker(hosts, i, "--strategy=multi_worker_mirrored", "--api=subclass",
                           "--dataset=fashion_mnist", f"--data_dir={fashion_mnist_dir}",
                           "--epochs=1", "--max_steps_per_epoch=150", "--log_every=50",
-                          f"--workdir={tmp_path / f'worker{i}'}") for i in range(2)]
+                          "--checkpoint_every=50", f"--workdir={tmp_path / f'worker{i}'}",
+                          temp_dir=temp_dirs[i]) for i in range(2)]
   outputs = [worker.communicate(timeout=240)[0] for worker in workers]
   assert [worker.returncode for worker in workers] == [0, 0], outputs[1][-3000:]
   finals = [FINAL_LINE.search(output).groups() for output in outputs]
@@ -49,7 +54,10 @@ def test_two_workers_train_in_sync_and_only_the_chief_writes(fashion_mnist_dir, 
   assert chief_results["strategy"] == "multi_worker_mirrored"
   assert chief_results["weights_sha256"] == finals[0][1]
   assert os.listdir(tmp_path / "worker0" / "train")
+  assert {"checkpoints", "model.keras", "saved_model"} <= set(os.listdir(tmp_path / "worker0"))
   assert not (tmp_path / "worker1").exists() or not os.listdir(tmp_path / "worker1")
+  # The non-chief saved its share of each checkpoint to a temporary folder, then removed it.
+  assert [os.listdir(temp_dir) for temp_dir in temp_dirs] == [[], []]
 
 
 def test_each_worker_receives_a_distinct_shard_of_every_global_batch(fashion_mnist_dir):
