@@ -2,10 +2,11 @@
 
 Every dataset yields whole global batches; tf.distribute splits them across replicas (and, with
 the DATA shard policy, across workers). Each epoch's order is a permutation seeded by (seed, epoch),
-so any epoch can be rebuilt exactly and entered at any step.
+so the batches from any global step on can be rebuilt exactly.
 """
 
 import dataclasses
+import functools
 import os
 import socket
 import urllib.parse
@@ -21,6 +22,7 @@ IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 SYNTHETIC_TRAIN_SIZE = 60_000
 SYNTHETIC_TEST_SIZE = 10_000
+SYNTHETIC_POOL_BATCHES = 16
 _NETWORK_PROBE_SECONDS = 5.0
 
 
@@ -58,24 +60,50 @@ class InputPipeline:
   def synthetic(self) -> bool:
     return self.train_images is None
 
+  @functools.cached_property
+  def _tensors(self) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    # Made once: dataset functions capture eager tensors by reference, while NumPy arrays would
+    # be copied into every traced graph as constants (seconds for 47 MB).
+    return tuple(tf.constant(array) for array in (
+        self.train_images, self.train_labels, self.test_images, self.test_labels))
+
   def train_dataset(self, epoch: int, start_step: int = 0) -> tf.data.Dataset:
     """Returns the global batches of `epoch` from `start_step` on: (images, labels)."""
+    return self.training_batches(epoch * self.steps_per_epoch + start_step, epoch + 1)
+
+  def training_batches(self, start_step: int, num_epochs: int) -> tf.data.Dataset:
+    """Returns every global batch of the run from global step `start_step` to `num_epochs` end.
+
+    One dataset for the whole run, so prefetching prepares the next epoch while the current one
+    trains; the batches are the same as epoch-by-epoch, so resuming at any step is exact.
+    """
+    num_steps = num_epochs * self.steps_per_epoch - start_step
     if self.synthetic:
-      steps = tf.data.Dataset.range(start_step, self.steps_per_epoch)
-      dataset = steps.map(lambda step: _synthetic_batch(
-          self.global_batch_size, [self.seed, epoch * self.steps_per_epoch + step]))
+      # A few batches drawn once and cycled: serving them costs next to nothing, so synthetic
+      # runs measure compute alone.
+      pool = tf.data.Dataset.range(min(SYNTHETIC_POOL_BATCHES, self.steps_per_epoch)).map(
+          lambda index: _synthetic_batch(self.global_batch_size, [self.seed, 0, index]))
+      dataset = pool.cache().repeat().skip(start_step).take(num_steps)
     else:
-      num_used = self.steps_per_epoch * self.global_batch_size
-      order = tf.random.experimental.stateless_shuffle(
-          tf.range(len(self.train_images)), seed=[self.seed, epoch])
-      batches = tf.reshape(order[:num_used], [self.steps_per_epoch, self.global_batch_size])
-      images = tf.constant(self.train_images)
-      labels = tf.constant(self.train_labels)
-      # Gathering whole batches keeps tf.data's per-element cost out of the step: one op a batch.
-      dataset = tf.data.Dataset.from_tensor_slices(batches).skip(start_step).map(
-          lambda index: (_scale(tf.gather(images, index)), tf.gather(labels, index)),
-          num_parallel_calls=tf.data.AUTOTUNE)
+      first_epoch = start_step // self.steps_per_epoch
+      self._tensors  # pylint: disable=pointless-statement  # Made eagerly, before tracing.
+      dataset = tf.data.Dataset.range(first_epoch, num_epochs).flat_map(self._epoch_batches)
+      dataset = dataset.skip(start_step - first_epoch * self.steps_per_epoch)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
+
+  def _epoch_batches(self, epoch: tf.Tensor) -> tf.data.Dataset:
+    """One epoch's batches: a permutation seeded by (seed, epoch), gathered and scaled at once.
+
+    Gathering the whole epoch in one op makes serving a batch a slice: on a 2-core machine that
+    measured about 13% faster than gathering batch by batch.
+    """
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(len(self.train_images)), seed=tf.stack([tf.cast(self.seed, tf.int64), epoch]))
+    batches = tf.reshape(order[:self.steps_per_epoch * self.global_batch_size],
+                         [self.steps_per_epoch, self.global_batch_size])
+    images, labels = self._tensors[:2]
+    return tf.data.Dataset.from_tensor_slices((
+        _scale(tf.gather(images, batches)), tf.gather(labels, batches)))
 
   def eval_dataset(self) -> tf.data.Dataset:
     """Returns the whole test split in global batches: (images, labels, weights).
@@ -93,17 +121,21 @@ class InputPipeline:
     if self.synthetic:
       # A fixed test set, drawn from a seed stream the training batches never use.
       dataset = batches.enumerate().map(lambda step, batch: (*_synthetic_batch(
-          self.global_batch_size, [self.seed + 1_000_003, step]), batch[1]))
+          self.global_batch_size, [self.seed, -1, step]), batch[1]))
     else:
-      images = tf.constant(self.test_images)
-      labels = tf.constant(self.test_labels)
+      images, labels = self._tensors[2:]  # Eager here: eval_dataset runs outside any trace.
       dataset = batches.map(lambda index, weight: (
           _scale(tf.gather(images, index)), tf.gather(labels, index), weight))
     return dataset.cache().prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
 
 
-def _synthetic_batch(batch_size: int, seed) -> Tuple[tf.Tensor, tf.Tensor]:
-  """Random images with a learnable label: the label's band of 78 pixels is brighter."""
+def _synthetic_batch(batch_size: int, key) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Random images with a learnable label: the label's band of 78 pixels is brighter.
+
+  `key` is [seed, epoch, index]; the test set uses epoch -1, which training never does.
+  """
+  seed = tf.random.experimental.stateless_fold_in(
+      tf.random.experimental.stateless_fold_in(tf.cast(key[:2], tf.int64), key[2]), 0)
   label_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   labels = tf.random.stateless_uniform([batch_size], label_seed, maxval=NUM_CLASSES,
                                        dtype=tf.int32)
