@@ -163,10 +163,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
     return per_example_loss, probabilities
 
-  if jit_compile and num_replicas == 1:
-    # One replica: XLA fuses the whole step, optimizer update included.
-    apply_update = tf.function(apply_update, jit_compile=True)
-  elif jit_compile:
+  if jit_compile and num_replicas > 1:
     # Several replicas: the cross-replica gradient sum cannot run inside XLA, the rest can.
     forward_backward = tf.function(forward_backward, jit_compile=True)
 
@@ -175,6 +172,10 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     train_loss.update_state(per_example_loss)
     train_accuracy.update_state(labels, probabilities)
     return tf.cast(tf.reduce_any(~tf.math.is_finite(per_example_loss)), tf.float32)
+
+  if jit_compile and num_replicas == 1:
+    # One replica: XLA fuses the whole step, optimizer update and metrics included, into one call.
+    replica_train_step = tf.function(replica_train_step, jit_compile=True)
 
   @tf.function
   def train_loop(iterator, num_steps):
@@ -224,13 +225,16 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
   # ---------------------------------------------------------------- Training loop.
   timed_examples, timed_seconds = 0, 0.0
   first_step_s = None
+  window_rates = []  # examples/sec of each log window, as in TensorBoard.
+  clock = time.perf_counter()
   loss_value = math.nan
   test_loss = test_accuracy = None
   with cluster.peer_failures_reported(task), preemption.StopRequests() as stop:
+    # One iterator for the whole run: the next epoch is prepared while this one trains.
+    iterator = iter(strategy.experimental_distribute_dataset(
+        pipeline.training_batches(step, config.epochs)))
     for epoch in range(step // pipeline.steps_per_epoch, config.epochs):
       step_in_epoch = step - epoch * pipeline.steps_per_epoch
-      iterator = iter(strategy.experimental_distribute_dataset(
-          pipeline.train_dataset(epoch, start_step=step_in_epoch)))
       progress = keras.utils.Progbar(pipeline.steps_per_epoch, verbose=1 if is_chief else 0,
                                      stateful_metrics=["loss", "accuracy"])
       if is_chief:
@@ -249,9 +253,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
             steps_per_loop, pipeline.steps_per_epoch - step_in_epoch,
             _steps_to_boundary(step, config.log_every),
             _steps_to_boundary(step, config.checkpoint_every))
-        loop_start = time.perf_counter()
         steps_run = int(train_loop(iterator, tf.constant(num_steps)))  # Waits for the loop.
-        seconds = time.perf_counter() - loop_start
         heartbeat()
         loss_value = float(train_loss.result())
         if steps_run < num_steps or not math.isfinite(loss_value):
@@ -262,13 +264,17 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
               "command to resume from it.")
         step += num_steps
         step_in_epoch += num_steps
+        # Throughput counts all wall time between loop boundaries (logging and checkpoints
+        # included) except evaluation and the process's first, tracing, loop.
+        now = time.perf_counter()
         if first_step_s is None:
           first_step_s = time.time() - start_time
         else:
           timed_examples += num_steps * config.batch_size
-          timed_seconds += seconds
+          timed_seconds += now - clock
           window_steps += num_steps
-          window_seconds += seconds
+          window_seconds += now - clock
+        clock = now
         accuracy_value = float(train_accuracy.result())
         progress.update(step_in_epoch, [("loss", loss_value), ("accuracy", accuracy_value)])
         if step % config.log_every == 0 or step_in_epoch == pipeline.steps_per_epoch:
@@ -276,6 +282,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
           if window_steps:
             scalars["examples_per_sec"] = window_steps * config.batch_size / window_seconds
             scalars["step_time_ms"] = 1000 * window_seconds / window_steps
+            window_rates.append(scalars["examples_per_sec"])
           writer.scalars("train", step, scalars)
           train_loss.reset_state()
           train_accuracy.reset_state()
@@ -289,6 +296,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
       save_checkpoint()
       if is_chief:
         print(f"  test loss {test_loss:.4f}, test accuracy {test_accuracy:.4f}", flush=True)
+      clock = time.perf_counter()
 
     if test_accuracy is None:  # Every step was already trained: a run stopped before its end.
       test_loss, test_accuracy = evaluate()
@@ -311,7 +319,8 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
       "steps_per_epoch": pipeline.steps_per_epoch, "steps_per_loop": steps_per_loop,
       "jit_compile": jit_compile, "test_accuracy": test_accuracy, "test_loss": test_loss,
       "train_loss": loss_value, "weights_sha256": weights_digest,
-      "examples_per_sec": examples_per_sec, "time_to_first_step_s": first_step_s,
+      "examples_per_sec": examples_per_sec, "examples_per_sec_windows": window_rates,
+      "time_to_first_step_s": first_step_s,
       "wall_time_s": time.time() - start_time, "device": device,
       "tf_version": tf.__version__, "keras_version": keras.__version__,
   }
