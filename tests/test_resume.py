@@ -147,14 +147,14 @@ def test_a_finished_run_is_reported_not_retrained(small_config, capsys):
 
 
 def test_injected_nan_stops_with_the_step_and_keeps_the_checkpoint(small_config, monkeypatch):
-  original = input_pipeline.InputPipeline.train_dataset
+  original = input_pipeline.InputPipeline.training_batches
 
-  def poisoned(self, epoch, start_step=0):
+  def poisoned(self, start_step, num_epochs):
     # The 15th batch of the run carries a NaN pixel.
-    return original(self, epoch, start_step).enumerate(start_step).map(
+    return original(self, start_step, num_epochs).enumerate(start_step).map(
         lambda index, batch: (tf.where(index == 14, np.nan, batch[0]), batch[1]))
 
-  monkeypatch.setattr(input_pipeline.InputPipeline, "train_dataset", poisoned)
+  monkeypatch.setattr(input_pipeline.InputPipeline, "training_batches", poisoned)
   config = small_config.replace(checkpoint_every=10, steps_per_loop=4)
   with pytest.raises(train.Diverged, match="became nan at step 15.*checkpoint \\(step 10\\)"):
     train.train_and_evaluate(config)
