@@ -11,8 +11,10 @@ Rows, all on this machine and the same data (Fashion-MNIST IDX files, or --datas
      FLOPs per example, per precision
   e  c on synthetic data (real vs synthetic = input pipeline overhead)
   f  b under one_device and under mirrored over one device (strategy wrapper cost)
-Each figure is the median of at least 5 timed intervals after warm-up, with the min-max spread;
-harness intervals are its TensorBoard log windows, so the figures match what runs report.
+Each figure is the median of the timed intervals (at least 6) with their min-max spread. The rows
+are measured in interleaved rounds, each row a few intervals per round after its own warm-up
+interval, so a machine whose speed drifts (shared VMs do) shifts every row alike. Harness
+intervals are its TensorBoard log windows, so the figures match what runs report.
 """
 
 import json
@@ -33,8 +35,9 @@ flags.DEFINE_enum("dataset", "fashion_mnist", ["mnist", "fashion_mnist"],
 flags.DEFINE_integer("best_batch_size", 4096, "Batch size of row c.", lower_bound=1)
 flags.DEFINE_enum("best_precision", "auto", ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
                   "Precision of row c; auto as in the trainer.")
-flags.DEFINE_integer("intervals", 8, "Timed intervals per row (the first is warm-up).",
-                     lower_bound=6)
+flags.DEFINE_integer("rounds", 3, "Interleaved rounds over all rows.", lower_bound=1)
+flags.DEFINE_integer("intervals", 3, "Timed intervals per row per round, after one warm-up.",
+                     lower_bound=2)
 flags.DEFINE_boolean("tiny", False, "A seconds-long run that checks the benchmark works: "
                      "a few small intervals, figures meaningless.")
 flags.DEFINE_string("output", "benchmark.json", "Where to write the JSON results.")
@@ -54,15 +57,16 @@ GPU_PEAK_FLOPS = {
 
 
 def _summary(rates):
-  """Median and spread of the timed intervals, the first (warm-up) left out."""
-  timed = rates[1:]
-  return {"examples_per_sec": statistics.median(timed), "min": min(timed), "max": max(timed),
-          "intervals": len(timed)}
+  """Median and spread of timed intervals."""
+  return {"examples_per_sec": statistics.median(rates), "min": min(rates), "max": max(rates),
+          "intervals": len(rates)}
 
 
-def measure_plain_keras(images, labels, batch_size: int, interval_steps: int,
-                        intervals: int) -> dict:
-  """Row a: the blog post's script, timed every `interval_steps` batches by a callback."""
+def measure_plain_keras(images, labels, batch_size: int, interval_steps: int, intervals: int):
+  """Row a: the blog post's script, timed every `interval_steps` batches by a callback.
+
+  Returns (rates of `intervals` intervals after a warm-up one, row details).
+  """
   import keras  # pylint: disable=g-import-not-at-top
   model = keras.Sequential([
       keras.Input(shape=(28, 28, 1)), keras.layers.Flatten(),
@@ -82,27 +86,28 @@ def measure_plain_keras(images, labels, batch_size: int, interval_steps: int,
 
   timer = Timer()
   steps_per_epoch = len(images) // batch_size
-  epochs = -(-(intervals + 1) * interval_steps // steps_per_epoch)
+  epochs = -(-(intervals + 2) * interval_steps // steps_per_epoch)  # Warm-up + timed + margin.
   model.fit(images.astype("float32") / 255.0, labels, batch_size=batch_size, epochs=epochs,
             verbose=0, callbacks=[timer])
   rates = [interval_steps * batch_size / (end - start)
            for start, end in zip(timer.times, timer.times[1:])]
-  return {**_summary(rates[:intervals]), "batch_size": batch_size}
+  return rates[1:intervals + 1], {"batch_size": batch_size}
 
 
-def measure_harness(base_config, **changes) -> dict:
-  """A harness row: one run of train_and_evaluate; its log windows are the intervals."""
+def measure_harness(base_config, **changes):
+  """A harness row: one run of train_and_evaluate; its log windows after the first are the
+  intervals. Returns (rates, row details)."""
   from trainer import train  # pylint: disable=g-import-not-at-top
   config = base_config.replace(**changes)
   results = train.train_and_evaluate(config)
-  return {**_summary(results["examples_per_sec_windows"]), "batch_size": config.batch_size,
-          "strategy": results["strategy"], "precision": results["precision"],
-          "jit_compile": results["jit_compile"], "steps_per_loop": results["steps_per_loop"],
-          "dataset": config.dataset, "test_accuracy": results["test_accuracy"]}
+  return results["examples_per_sec_windows"][1:], {
+      "batch_size": config.batch_size, "strategy": results["strategy"],
+      "precision": results["precision"], "jit_compile": results["jit_compile"],
+      "steps_per_loop": results["steps_per_loop"], "dataset": config.dataset,
+      "test_accuracy": results["test_accuracy"]}
 
 
-def measure_matmul_ceiling(batch_size: int, precision: str, intervals: int,
-                           iterations: int) -> dict:
+def measure_matmul_ceiling(batch_size: int, precision: str, intervals: int, iterations: int):
   """Row d: FLOP/s of [batch, 784] x [784, 256], the model's largest matmul, under XLA."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   dtype = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16,
@@ -126,11 +131,10 @@ def measure_matmul_ceiling(batch_size: int, precision: str, intervals: int,
   for _ in range(intervals):
     start = time.perf_counter()
     repeat(tf.constant(iterations)).numpy()
-    rates.append(iterations * 2 * batch_size * 784 * 256 / (time.perf_counter() - start))
-  # In examples/sec at FLOPS_PER_EXAMPLE, like the other rows; flops_per_sec keeps the raw rate.
-  summary = _summary([rate / FLOPS_PER_EXAMPLE for rate in rates])
-  return {**summary, "flops_per_sec": summary["examples_per_sec"] * FLOPS_PER_EXAMPLE,
-          "batch_size": batch_size, "precision": precision}
+    # In examples/sec at FLOPS_PER_EXAMPLE, like the other rows.
+    flops = iterations * 2 * batch_size * 784 * 256 / (time.perf_counter() - start)
+    rates.append(flops / FLOPS_PER_EXAMPLE)
+  return rates, {"batch_size": batch_size, "precision": precision}
 
 
 def measure_startup(data_dir: str, workdir: str) -> float:
@@ -144,7 +148,7 @@ def measure_startup(data_dir: str, workdir: str) -> float:
 
 
 def run_benchmark(data_dir: str, dataset: str, best_batch_size: int, best_precision: str,
-                  intervals: int, tiny: bool, root: str) -> dict:
+                  rounds: int, intervals: int, tiny: bool, root: str) -> dict:
   """Runs every row and returns the benchmark record, targets included."""
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   from trainer import hardware  # pylint: disable=g-import-not-at-top
@@ -157,13 +161,14 @@ def run_benchmark(data_dir: str, dataset: str, best_batch_size: int, best_precis
   # Steps per interval: about a second of training each on a 2-core CPU; tiny runs are seconds.
   small_interval = 20 if tiny else 400
   if tiny:
-    images, labels, best_batch_size = images[:4096], labels[:4096], 256
+    images, labels, best_batch_size, rounds = images[:4096], labels[:4096], 256, min(rounds, 2)
   best_precision = precision_lib.resolve_precision(best_precision)[0]
   best_interval = max(1, (2 if tiny else 40) * 4096 // best_batch_size)
   runs = iter(range(1000))
 
   def base(batch_size, interval):
-    steps = (intervals + 1) * interval + 1  # The first loop is one step; then the windows.
+    # The first loop is one step; then a warm-up window and the timed ones.
+    steps = (intervals + 1) * interval
     return config_lib.Config(
         dataset=dataset, data_dir=data_dir, batch_size=batch_size, log_every=interval,
         epochs=1, max_steps_per_epoch=steps if tiny else 0,
@@ -173,23 +178,37 @@ def run_benchmark(data_dir: str, dataset: str, best_batch_size: int, best_precis
     config = base(batch_size, interval)
     if not tiny:  # Enough epochs for the intervals; the last partial window is dropped.
       steps_per_epoch = 60_000 // batch_size
-      config = config.replace(epochs=-(-((intervals + 1) * interval + 1) // steps_per_epoch))
+      config = config.replace(epochs=-(-(intervals + 1) * interval // steps_per_epoch))
     return measure_harness(config, **changes)
 
-  rows = {}
-  rows["a_plain_keras"] = measure_plain_keras(images, labels, 32, small_interval, intervals)
-  rows["b_harness_defaults"] = harness(32, small_interval)
-  rows["c_harness_best"] = harness(best_batch_size, best_interval, precision=best_precision,
-                                   jit_compile=True)
-  ceilings = {}
-  for precision in ["float32"] + ([best_precision] if best_precision != "float32" else []):
-    ceilings[precision] = measure_matmul_ceiling(best_batch_size, precision, intervals,
-                                                 5 if tiny else 100)
-  rows["d_ceiling"] = ceilings["float32"]
-  rows["e_harness_best_synthetic"] = harness(best_batch_size, best_interval, dataset="synthetic",
-                                             precision=best_precision, jit_compile=True)
-  rows["f_one_device"] = harness(32, small_interval, strategy="one_device")
-  rows["f_mirrored_one_device"] = harness(32, small_interval, strategy="mirrored")
+  ceiling_precisions = ["float32"] + ([best_precision] if best_precision != "float32" else [])
+  iterations = 5 if tiny else 100
+  measures = {
+      "a_plain_keras": lambda: measure_plain_keras(images, labels, 32, small_interval,
+                                                   intervals),
+      "b_harness_defaults": lambda: harness(32, small_interval),
+      "c_harness_best": lambda: harness(best_batch_size, best_interval,
+                                        precision=best_precision, jit_compile=True),
+      **{f"d_ceiling_{precision}": lambda p=precision: measure_matmul_ceiling(
+          best_batch_size, p, intervals, iterations) for precision in ceiling_precisions},
+      "e_harness_best_synthetic": lambda: harness(best_batch_size, best_interval,
+                                                  dataset="synthetic", precision=best_precision,
+                                                  jit_compile=True),
+      "f_one_device": lambda: harness(32, small_interval, strategy="one_device"),
+      "f_mirrored_one_device": lambda: harness(32, small_interval, strategy="mirrored"),
+  }
+  rates = {name: [] for name in measures}
+  details = {}
+  for _ in range(rounds):
+    for name, measure in measures.items():
+      measured, details[name] = measure()
+      rates[name] += measured
+  rows = {name: {**_summary(rates[name]), **details[name]} for name in measures}
+  ceilings = {precision: rows.pop(f"d_ceiling_{precision}") for precision in ceiling_precisions}
+  for ceiling in ceilings.values():
+    ceiling["flops_per_sec"] = ceiling["examples_per_sec"] * FLOPS_PER_EXAMPLE
+  rows = {**{k: v for k, v in rows.items() if k < "d"}, "d_ceiling": ceilings["float32"],
+          **{k: v for k, v in rows.items() if k > "d"}}
 
   device = hardware.describe_devices()
   peak = next((spec for name, spec in GPU_PEAK_FLOPS.items() if name in device), None)
@@ -250,7 +269,7 @@ def main(argv):
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   with tempfile.TemporaryDirectory(prefix="benchmark-") as root:
     record = run_benchmark(FLAGS.data_dir, FLAGS.dataset, FLAGS.best_batch_size,
-                           FLAGS.best_precision, FLAGS.intervals, FLAGS.tiny, root)
+                           FLAGS.best_precision, FLAGS.rounds, FLAGS.intervals, FLAGS.tiny, root)
   with open(FLAGS.output + ".tmp", "w") as f:
     json.dump(record, f, indent=2)
   os.replace(FLAGS.output + ".tmp", FLAGS.output)
