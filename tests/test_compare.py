@@ -1,0 +1,148 @@
+"""Comparing runs: a real TensorBoard server, the report files, and a sweep that resumes."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from trainer import compare
+from trainer import config as config_lib
+from trainer import sweep
+from trainer import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import launch_local  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+  """Two APIs x two seeds of a seconds-long synthetic run, laid out as trainer.sweep does."""
+  root = tmp_path_factory.mktemp("sweep")
+  for api in ("functional", "subclass"):
+    for seed in (0, 1):
+      settings = dict(api=api, strategy="default", precision="float32", batch_size="64",
+                      seed=str(seed))
+      train.train_and_evaluate(config_lib.Config(
+          api=api, seed=seed, dataset="synthetic", epochs=2, batch_size=64,
+          max_steps_per_epoch=15, strategy="default", precision="float32", log_every=5,
+          workdir=str(root / sweep.run_name(settings))))
+  return root
+
+
+def _get_json(url: str, data: bytes = None):
+  request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+  with urllib.request.urlopen(request, timeout=10) as response:
+    return json.loads(response.read())
+
+
+def test_tensorboard_server_serves_the_runs_scalars_and_hparams(tiny_runs, tmp_path):
+  port = launch_local.free_ports(1)[0]
+  server = subprocess.Popen(
+      [sys.executable, "-m", "tensorboard.main", f"--logdir={tiny_runs}", "--host=127.0.0.1",
+       f"--port={port}", "--load_fast=false", "--reload_interval=1"],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  base = f"http://127.0.0.1:{port}/data/plugin"
+  run = "functional-default-float32-b64-s0"
+  try:
+    deadline = time.monotonic() + 90
+    tags = {}
+    while time.monotonic() < deadline:
+      try:
+        tags = _get_json(f"{base}/scalars/tags")
+        if f"{run}/eval" in tags and f"{run}/train" in tags:
+          break
+      except OSError:
+        pass  # Not listening yet.
+      assert server.poll() is None, server.communicate()[0][-2000:]
+      time.sleep(0.5)
+    assert "accuracy" in tags[f"{run}/eval"] and "loss" in tags[f"{run}/train"]
+
+    query = urllib.parse.urlencode({"run": f"{run}/eval", "tag": "accuracy"})
+    points = _get_json(f"{base}/scalars/scalars?{query}")
+    assert [point[1] for point in points] == [15, 30]  # [wall_time, step, value] per epoch.
+    results = json.loads((tiny_runs / run / "results.json").read_text())
+    assert points[-1][2] == pytest.approx(results["test_accuracy"])
+
+    groups = _get_json(f"{base}/hparams/session_groups", json.dumps(
+        {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN"],
+         "colParams": [], "startIndex": 0, "sliceSize": 100}).encode())
+    sessions = {session["name"]: group for group in groups["sessionGroups"]
+                for session in group["sessions"]}
+    assert len(sessions) == 4
+    group = sessions[run]
+    assert group["hparams"]["api"] == "functional" and group["hparams"]["seed"] == 0
+    metrics = {value["name"]["tag"]: value["value"] for value in group["metricValues"]}
+    assert metrics["test_accuracy"] == pytest.approx(results["test_accuracy"])
+    assert metrics["examples_per_sec"] > 0
+  finally:
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_report_writes_table_csv_plots_and_the_noise_verdict(tiny_runs, tmp_path):
+  report = compare.build_report(str(tiny_runs), str(tmp_path), target_accuracy=0.5)
+  assert report["num_runs"] == 4
+  table = (tmp_path / "report.md").read_text()
+  assert table.count("| functional | default | float32 |") == 1
+  assert "| subclass | default | float32 |" in table and "| 2 |" in table
+  assert "functional vs subclass:" in table
+  with open(tmp_path / "report.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [row["api"] for row in rows] == ["functional", "subclass"]
+  for row in rows:
+    assert 0 < float(row["test_accuracy_mean"]) <= 1 and float(row["examples_per_sec_median"]) > 0
+  for picture in ("accuracy_per_epoch.png", "throughput.png"):
+    assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_identical_runs_are_reported_as_no_difference():
+  runs = [{"api": api, "seed": seed, "test_accuracy": 0.8 + seed / 100}
+          for api in ("functional", "sequential") for seed in range(3)]
+  assert "identical test accuracy for every seed" in compare.compare_apis(runs, 0.05)[0]
+
+
+def test_welch_test_separates_a_real_difference_from_noise():
+  noisy = [{"api": "a", "seed": s, "test_accuracy": 0.80 + d} for s, d in
+           enumerate([0.01, -0.01, 0.02])] + [
+               {"api": "b", "seed": s, "test_accuracy": 0.80 + d} for s, d in
+               enumerate([0.00, 0.015, -0.012])]
+  assert "within seed-to-seed noise" in compare.compare_apis(noisy, 0.05)[0]
+  apart = [{**run, "test_accuracy": run["test_accuracy"] + (0.1 if run["api"] == "b" else 0)}
+           for run in noisy]
+  assert "beyond seed noise" in compare.compare_apis(apart, 0.05)[0]
+
+
+def test_a_stopped_sweep_continues_and_skips_finished_runs(tmp_path):
+  command = [sys.executable, "-m", "trainer.sweep", f"--root={tmp_path}",
+             "--apis=functional,sequential", "--seeds=1", "--batch_sizes=64", "--",
+             "--dataset=synthetic", "--epochs=1", "--max_steps_per_epoch=20"]
+  first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  finished = tmp_path / "functional-default-float32-b64-s0" / "results.json"
+  deadline = time.monotonic() + 120
+  while not finished.exists():
+    assert first.poll() is None and time.monotonic() < deadline
+    time.sleep(0.1)
+  first.kill()  # Stopped after its first run, during the second.
+  first.wait()
+
+  second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+  assert second.returncode == 0, second.stderr[-2000:]
+  lines = second.stdout.splitlines()
+  assert "[1/2] functional-default-float32-b64-s0: finished before, skipped" in lines
+  assert any(line.startswith("[2/2] sequential-default-float32-b64-s0: test accuracy")
+             for line in lines)
+  assert (tmp_path / "sequential-default-float32-b64-s0" / "results.json").exists()
+
+
+def test_sweep_matrix_covers_every_combination():
+  runs = sweep.matrix(["functional", "subclass"], 3, ["default", "mirrored"], ["float32"],
+                      ["32", "64"])
+  assert len(runs) == 2 * 3 * 2 * 2
+  assert len({sweep.run_name(run) for run in runs}) == len(runs)

@@ -1,0 +1,219 @@
+"""Compares finished runs: a table over seeds, CSV, plots and whether the APIs really differ.
+
+  python -m trainer.compare --logdir=runs/sweep
+  python -m trainer.compare --logdir=runs/sweep --output_dir=docs/results --target_accuracy=0.85
+
+Reads every run under --logdir (its results.json, and its TensorBoard events through
+tensorboard's own event reader), groups runs that differ only by seed and writes, into
+--output_dir (default LOGDIR/report): report.md, report.csv, accuracy_per_epoch.png and
+throughput.png. The report states whether accuracy differences between APIs exceed seed-to-seed
+noise, by a Welch t-test for each pair of APIs.
+"""
+
+import csv
+import itertools
+import json
+import os
+import statistics
+from typing import Dict, List, Optional, Sequence
+
+from absl import app
+from absl import flags
+
+flags.DEFINE_string("logdir", None, "Folder of runs, as written by trainer.sweep.", required=True)
+flags.DEFINE_string("output_dir", None, "Where to write the report (default LOGDIR/report).")
+flags.DEFINE_float("target_accuracy", 0.85, "Accuracy for the time-to-accuracy column.")
+flags.DEFINE_float("alpha", 0.05, "Significance level of the Welch t-tests.")
+
+FLAGS = flags.FLAGS
+GROUP_KEYS = ("api", "strategy", "precision", "device", "global_batch_size", "dataset")
+
+
+def _event_scalars(folder: str, tag: str) -> List[tuple]:
+  """(wall_time, step, value) of a scalar in one run folder, read by tensorboard's reader."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(folder):
+    return []
+  accumulator = event_accumulator.EventAccumulator(
+      folder, size_guidance={event_accumulator.TENSORS: 0})
+  accumulator.Reload()
+  if tag not in accumulator.Tags()["tensors"]:
+    return []
+  return [(event.wall_time, event.step, float(tensor_util.make_ndarray(event.tensor_proto)))
+          for event in accumulator.Tensors(tag)]
+
+
+def load_runs(logdir: str) -> List[dict]:
+  """Returns every finished run under `logdir`: its results plus per-epoch eval accuracy."""
+  runs = []
+  for folder, _, files in sorted(os.walk(logdir)):
+    if "results.json" not in files:
+      continue
+    with open(os.path.join(folder, "results.json")) as f:
+      run = json.load(f)
+    run["workdir"] = folder
+    run["eval_accuracy"] = _event_scalars(os.path.join(folder, "eval"), "accuracy")
+    train_events = _event_scalars(os.path.join(folder, "train"), "loss")
+    run["start_wall_time"] = min([event[0] for event in train_events + run["eval_accuracy"]],
+                                 default=None)
+    runs.append(run)
+  return runs
+
+
+def _seconds_to_accuracy(run: dict, target: float) -> Optional[float]:
+  for wall_time, _, value in run["eval_accuracy"]:
+    if value >= target:
+      return wall_time - run["start_wall_time"]
+  return None
+
+
+def summarize(runs: Sequence[dict], target_accuracy: float) -> List[dict]:
+  """One row per configuration (runs that differ only by seed)."""
+  groups: Dict[tuple, List[dict]] = {}
+  for run in runs:
+    groups.setdefault(tuple(run[key] for key in GROUP_KEYS), []).append(run)
+  rows = []
+  for key, members in sorted(groups.items(), key=lambda item: tuple(map(str, item[0]))):
+    accuracies = [run["test_accuracy"] for run in members]
+    times = [_seconds_to_accuracy(run, target_accuracy) for run in members]
+    rows.append({
+        **dict(zip(GROUP_KEYS, key)), "seeds": len(members),
+        "test_accuracy_mean": statistics.mean(accuracies),
+        "test_accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+        "examples_per_sec_median": statistics.median(run["examples_per_sec"] for run in members),
+        "seconds_to_target_median": (statistics.median(times) if None not in times else None),
+        "accuracies": accuracies,
+    })
+  return rows
+
+
+def compare_apis(runs: Sequence[dict], alpha: float) -> List[str]:
+  """Plain sentences: does each pair of APIs differ beyond seed noise (Welch t-test)?"""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  by_api: Dict[str, Dict[int, float]] = {}
+  for run in runs:
+    by_api.setdefault(run["api"], {})[run["seed"]] = run["test_accuracy"]
+  lines = []
+  for first, second in itertools.combinations(sorted(by_api), 2):
+    a, b = list(by_api[first].values()), list(by_api[second].values())
+    if len(a) < 2 or len(b) < 2:
+      lines.append(f"- {first} vs {second}: too few seeds to test (need 2 or more each).")
+      continue
+    same_seeds = sorted(set(by_api[first]) & set(by_api[second]))
+    if same_seeds and all(by_api[first][s] == by_api[second][s] for s in same_seeds):
+      lines.append(f"- {first} vs {second}: identical test accuracy for every seed "
+                   f"({len(same_seeds)} seeds): no difference at all.")
+      continue
+    result = stats.ttest_ind(a, b, equal_var=False)
+    verdict = ("a difference beyond seed noise" if result.pvalue < alpha
+               else "within seed-to-seed noise")
+    lines.append(f"- {first} vs {second}: mean {statistics.mean(a):.4f} vs "
+                 f"{statistics.mean(b):.4f}, Welch t = {result.statistic:.2f}, "
+                 f"p = {result.pvalue:.3f}: {verdict} (alpha {alpha}).")
+  return lines
+
+
+def write_table(rows: Sequence[dict], target_accuracy: float, statements: Sequence[str],
+                path: str) -> str:
+  """Writes the Markdown report; returns its text."""
+  header = ("| api | strategy | precision | device | batch | seeds | test accuracy (mean ± std) "
+            f"| examples/s (median) | s to {target_accuracy:.2f} (median) |")
+  lines = [header, "|" + "---|" * 9]
+  for row in rows:
+    to_target = ("not reached" if row["seconds_to_target_median"] is None
+                 else f"{row['seconds_to_target_median']:.1f}")
+    lines.append(
+        f"| {row['api']} | {row['strategy']} | {row['precision']} | {row['device']} | "
+        f"{row['global_batch_size']} | {row['seeds']} | {row['test_accuracy_mean']:.4f} ± "
+        f"{row['test_accuracy_std']:.4f} | {row['examples_per_sec_median']:,.0f} | {to_target} |")
+  text = "\n".join(lines + ["", "Do the APIs differ beyond seed noise?", *statements]) + "\n"
+  with open(path, "w") as f:
+    f.write(text)
+  return text
+
+
+def write_csv(rows: Sequence[dict], path: str) -> None:
+  columns = [*GROUP_KEYS, "seeds", "test_accuracy_mean", "test_accuracy_std",
+             "examples_per_sec_median", "seconds_to_target_median"]
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def plot_accuracy(runs: Sequence[dict], path: str) -> None:
+  """Eval accuracy per epoch for each API: the mean line and a min-max band over seeds."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  figure, axes = pyplot.subplots(figsize=(6, 4), dpi=100)
+  for api in sorted({run["api"] for run in runs}):
+    curves = [[value for _, _, value in run["eval_accuracy"]] for run in runs
+              if run["api"] == api and run["eval_accuracy"]]
+    if not curves:
+      continue
+    length = min(len(curve) for curve in curves)
+    epochs = range(1, length + 1)
+    columns = [[curve[i] for curve in curves] for i in range(length)]
+    axes.plot(epochs, [statistics.mean(c) for c in columns], label=f"{api} ({len(curves)} seeds)")
+    axes.fill_between(epochs, [min(c) for c in columns], [max(c) for c in columns], alpha=0.25)
+  axes.set_xlabel("epoch")
+  axes.set_ylabel("test accuracy")
+  axes.set_title("Test accuracy per epoch (band: min-max over seeds)")
+  axes.grid(alpha=0.3)
+  axes.legend()
+  figure.tight_layout()
+  figure.savefig(path)
+  pyplot.close(figure)
+
+
+def plot_throughput(rows: Sequence[dict], path: str) -> None:
+  """Median training examples/sec per API, one bar group per device and strategy."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  labels = [f"{row['api']}\n{row['strategy']}, {row['precision']}\n{row['device']}"
+            for row in rows]
+  figure, axes = pyplot.subplots(figsize=(max(6, 1.6 * len(rows)), 4), dpi=100)
+  axes.bar(range(len(rows)), [row["examples_per_sec_median"] for row in rows])
+  axes.set_xticks(range(len(rows)), labels, fontsize=7)
+  axes.set_ylabel("training examples/sec (median over seeds)")
+  axes.set_title("Throughput per API and device")
+  axes.grid(axis="y", alpha=0.3)
+  figure.tight_layout()
+  figure.savefig(path)
+  pyplot.close(figure)
+
+
+def build_report(logdir: str, output_dir: str, target_accuracy: float = 0.85,
+                 alpha: float = 0.05) -> dict:
+  """Writes report.md, report.csv and the two PNGs; returns their paths and the rows."""
+  runs = load_runs(logdir)
+  if not runs:
+    raise ValueError(f"No finished run (results.json) under {logdir}.")
+  os.makedirs(output_dir, exist_ok=True)
+  rows = summarize(runs, target_accuracy)
+  paths = {name: os.path.join(output_dir, name) for name in (
+      "report.md", "report.csv", "accuracy_per_epoch.png", "throughput.png")}
+  text = write_table(rows, target_accuracy, compare_apis(runs, alpha), paths["report.md"])
+  write_csv(rows, paths["report.csv"])
+  plot_accuracy(runs, paths["accuracy_per_epoch.png"])
+  plot_throughput(rows, paths["throughput.png"])
+  return {"paths": paths, "rows": rows, "text": text, "num_runs": len(runs)}
+
+
+def main(argv):
+  del argv  # Unused.
+  output_dir = FLAGS.output_dir or os.path.join(FLAGS.logdir, "report")
+  try:
+    report = build_report(FLAGS.logdir, output_dir, FLAGS.target_accuracy, FLAGS.alpha)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  print(f"{report['num_runs']} runs in {len(report['rows'])} configurations\n")
+  print(report["text"])
+  print("Written:", ", ".join(report["paths"].values()))
+
+
+if __name__ == "__main__":
+  app.run(main)

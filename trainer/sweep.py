@@ -1,0 +1,103 @@
+"""Runs a matrix of trainer runs one after another, each in its own workdir under one root.
+
+  python -m trainer.sweep --root=runs/sweep --seeds=3 -- --flagfile=configs/smoke.cfg \
+      --dataset=fashion_mnist --data_dir=/usr/share/datasets/fashion-mnist
+
+The matrix is APIs x seeds x strategies x precisions x batch sizes; flags after `--` go to every
+run. Runs that finished are skipped and a run that was stopped resumes from its checkpoint, so
+rerunning a stopped sweep continues where it was. Each run is its own `python -m trainer.main`
+process, as a user would start it. Exits non-zero if any run failed.
+"""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List, Sequence
+
+from absl import app
+from absl import flags
+
+from trainer import config as config_lib
+
+flags.DEFINE_string("root", "runs/sweep", "Folder that holds one workdir per run.")
+flags.DEFINE_list("apis", ["sequential", "functional", "subclass"], "Model APIs to compare.")
+flags.DEFINE_integer("seeds", 3, "Seeds per configuration: 0, 1, ... seeds-1.", lower_bound=1)
+flags.DEFINE_list("strategies", ["default"], "--strategy values.")
+flags.DEFINE_list("precisions", ["float32"], "--precision values.")
+flags.DEFINE_list("batch_sizes", ["32"], "--batch_size values.")
+
+for _name, _choices in (("apis", config_lib.APIS), ("strategies", config_lib.STRATEGIES),
+                        ("precisions", config_lib.PRECISIONS)):
+  flags.register_validator(
+      _name, lambda values, choices=_choices: set(values) <= set(choices),
+      message=f"--{_name} takes a comma-separated list of: {', '.join(_choices)}")
+flags.register_validator("batch_sizes", lambda values: all(v.isdigit() and int(v) > 0
+                                                           for v in values),
+                         message="--batch_sizes takes a comma-separated list of positive integers")
+
+FLAGS = flags.FLAGS
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_FILE = "results.json"
+
+
+def run_name(settings: Dict[str, str]) -> str:
+  """Returns the workdir name of one run, e.g. functional-default-float32-b32-s0."""
+  return (f"{settings['api']}-{settings['strategy']}-{settings['precision']}"
+          f"-b{settings['batch_size']}-s{settings['seed']}")
+
+
+def matrix(apis: Sequence[str], seeds: int, strategies: Sequence[str],
+           precisions: Sequence[str], batch_sizes: Sequence[str]) -> List[Dict[str, str]]:
+  """Returns the settings of every run, seeds innermost so each configuration fills in early."""
+  return [dict(strategy=strategy, precision=precision, batch_size=str(batch_size), api=api,
+               seed=str(seed))
+          for strategy, precision, batch_size, api, seed in itertools.product(
+              strategies, precisions, batch_sizes, apis, range(seeds))]
+
+
+def run_sweep(root: str, runs: List[Dict[str, str]], trainer_flags: Sequence[str]) -> int:
+  """Runs what is not finished yet; returns the number of failed runs."""
+  os.makedirs(root, exist_ok=True)
+  failures = 0
+  for number, settings in enumerate(runs, 1):
+    workdir = os.path.join(root, run_name(settings))
+    prefix = f"[{number}/{len(runs)}] {run_name(settings)}"
+    if os.path.isfile(os.path.join(workdir, RESULTS_FILE)):
+      print(f"{prefix}: finished before, skipped", flush=True)
+      continue
+    command = [sys.executable, "-m", "trainer.main", *trainer_flags,
+               *(f"--{name}={value}" for name, value in settings.items()),
+               f"--workdir={os.path.abspath(workdir)}"]
+    start = time.monotonic()
+    process = subprocess.run(command, cwd=ROOT_DIR, capture_output=True, text=True)
+    seconds = time.monotonic() - start
+    if process.returncode:
+      failures += 1
+      message = (process.stderr.strip().splitlines() or ["(no output)"])[-1]
+      print(f"{prefix}: FAILED with exit code {process.returncode} after {seconds:.0f} s: "
+            f"{message}", flush=True)
+      continue
+    with open(os.path.join(workdir, RESULTS_FILE)) as f:
+      results = json.load(f)
+    print(f"{prefix}: test accuracy {results['test_accuracy']:.4f}, "
+          f"{results['examples_per_sec']:,.0f} examples/s, {seconds:.0f} s", flush=True)
+  return failures
+
+
+def main(argv):
+  trainer_flags = argv[1:]
+  runs = matrix(FLAGS.apis, FLAGS.seeds, FLAGS.strategies, FLAGS.precisions, FLAGS.batch_sizes)
+  print(f"Sweep of {len(runs)} runs under {FLAGS.root}", flush=True)
+  failures = run_sweep(FLAGS.root, runs, trainer_flags)
+  if failures:
+    print(f"{failures} of {len(runs)} runs failed; rerun the same command to retry them.",
+          file=sys.stderr)
+    sys.exit(1)
+  print(f"Done. Compare them with: python -m trainer.compare --logdir={FLAGS.root}")
+
+
+if __name__ == "__main__":
+  app.run(main)
