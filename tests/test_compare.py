@@ -27,8 +27,7 @@ def tiny_runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("sweep")
   for api in ("functional", "subclass"):
     for seed in (0, 1):
-      settings = dict(api=api, strategy="default", precision="float32", batch_size="64",
-                      seed=str(seed))
+      settings = dict(api=api, seed=str(seed))
       train.train_and_evaluate(config_lib.Config(
           api=api, seed=seed, dataset="synthetic", epochs=2, batch_size=64,
           max_steps_per_epoch=15, strategy="default", precision="float32", log_every=5,
@@ -49,7 +48,7 @@ def test_tensorboard_server_serves_the_runs_scalars_and_hparams(tiny_runs, tmp_p
        f"--port={port}", "--load_fast=false", "--reload_interval=1"],
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   base = f"http://127.0.0.1:{port}/data/plugin"
-  run = "functional-default-float32-b64-s0"
+  run = "functional-s0"
   try:
     deadline = time.monotonic() + 90
     tags = {}
@@ -124,7 +123,7 @@ def test_a_stopped_sweep_continues_and_skips_finished_runs(tmp_path):
              "--apis=functional,sequential", "--seeds=1", "--batch_sizes=64", "--",
              "--dataset=synthetic", "--epochs=1", "--max_steps_per_epoch=20"]
   first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-  finished = tmp_path / "functional-default-float32-b64-s0" / "results.json"
+  finished = tmp_path / "functional-b64-s0" / "results.json"
   deadline = time.monotonic() + 120
   while not finished.exists():
     assert first.poll() is None and time.monotonic() < deadline
@@ -135,10 +134,10 @@ def test_a_stopped_sweep_continues_and_skips_finished_runs(tmp_path):
   second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
   assert second.returncode == 0, second.stderr[-2000:]
   lines = second.stdout.splitlines()
-  assert "[1/2] functional-default-float32-b64-s0: finished before, skipped" in lines
-  assert any(line.startswith("[2/2] sequential-default-float32-b64-s0: test accuracy")
+  assert "[1/2] functional-b64-s0: finished before, skipped" in lines
+  assert any(line.startswith("[2/2] sequential-b64-s0: test accuracy")
              for line in lines)
-  assert (tmp_path / "sequential-default-float32-b64-s0" / "results.json").exists()
+  assert (tmp_path / "sequential-b64-s0" / "results.json").exists()
 
 
 def test_sweep_matrix_covers_every_combination():
@@ -146,3 +145,10 @@ def test_sweep_matrix_covers_every_combination():
                       ["32", "64"])
   assert len(runs) == 2 * 3 * 2 * 2
   assert len({sweep.run_name(run) for run in runs}) == len(runs)
+  assert sweep.run_name(runs[0]) == "functional-default-float32-b32-s0"
+
+
+def test_sweep_leaves_unlisted_flags_to_the_trainer_flags():
+  runs = sweep.matrix(["subclass"], 2)
+  assert runs == [{"api": "subclass", "seed": "0"}, {"api": "subclass", "seed": "1"}]
+  assert sweep.run_name(runs[1]) == "subclass-s1"

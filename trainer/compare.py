@@ -14,11 +14,14 @@ import csv
 import itertools
 import json
 import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads, via tensorboard.
 import statistics
 from typing import Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 
 flags.DEFINE_string("logdir", None, "Folder of runs, as written by trainer.sweep.", required=True)
 flags.DEFINE_string("output_dir", None, "Where to write the report (default LOGDIR/report).")
@@ -54,11 +57,20 @@ def load_runs(logdir: str) -> List[dict]:
       run = json.load(f)
     run["workdir"] = folder
     run["eval_accuracy"] = _event_scalars(os.path.join(folder, "eval"), "accuracy")
-    train_events = _event_scalars(os.path.join(folder, "train"), "loss")
-    run["start_wall_time"] = min([event[0] for event in train_events + run["eval_accuracy"]],
-                                 default=None)
+    run["start_wall_time"] = _first_wall_time(folder)
     runs.append(run)
   return runs
+
+
+def _first_wall_time(folder: str) -> Optional[float]:
+  """Wall time of the first event in a run's own folder: the HParams entry, before step 1."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  accumulator = event_accumulator.EventAccumulator(
+      folder, size_guidance={event_accumulator.TENSORS: 0})
+  accumulator.Reload()
+  times = [event.wall_time for tag in accumulator.Tags()["tensors"]
+           for event in accumulator.Tensors(tag)]
+  return min(times, default=None)
 
 
 def _seconds_to_accuracy(run: dict, target: float) -> Optional[float]:
@@ -148,6 +160,9 @@ def plot_accuracy(runs: Sequence[dict], path: str) -> None:
   matplotlib.use("Agg")
   from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
   figure, axes = pyplot.subplots(figsize=(6, 4), dpi=100)
+  # Distinct dashes and markers: APIs that agree exactly (they can) stay visible on top of each
+  # other.
+  styles = itertools.cycle([("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")])
   for api in sorted({run["api"] for run in runs}):
     curves = [[value for _, _, value in run["eval_accuracy"]] for run in runs
               if run["api"] == api and run["eval_accuracy"]]
@@ -156,7 +171,9 @@ def plot_accuracy(runs: Sequence[dict], path: str) -> None:
     length = min(len(curve) for curve in curves)
     epochs = range(1, length + 1)
     columns = [[curve[i] for curve in curves] for i in range(length)]
-    axes.plot(epochs, [statistics.mean(c) for c in columns], label=f"{api} ({len(curves)} seeds)")
+    line_style, marker = next(styles)
+    axes.plot(epochs, [statistics.mean(c) for c in columns], linestyle=line_style, marker=marker,
+              markersize=4, label=f"{api} ({len(curves)} seeds)")
     axes.fill_between(epochs, [min(c) for c in columns], [max(c) for c in columns], alpha=0.25)
   axes.set_xlabel("epoch")
   axes.set_ylabel("test accuracy")
@@ -205,6 +222,7 @@ def build_report(logdir: str, output_dir: str, target_accuracy: float = 0.85,
 
 def main(argv):
   del argv  # Unused.
+  logging.set_verbosity(logging.WARNING)  # tensorboard's reader logs every file it opens.
   output_dir = FLAGS.output_dir or os.path.join(FLAGS.logdir, "report")
   try:
     report = build_report(FLAGS.logdir, output_dir, FLAGS.target_accuracy, FLAGS.alpha)

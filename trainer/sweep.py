@@ -25,9 +25,10 @@ from trainer import config as config_lib
 flags.DEFINE_string("root", "runs/sweep", "Folder that holds one workdir per run.")
 flags.DEFINE_list("apis", ["sequential", "functional", "subclass"], "Model APIs to compare.")
 flags.DEFINE_integer("seeds", 3, "Seeds per configuration: 0, 1, ... seeds-1.", lower_bound=1)
-flags.DEFINE_list("strategies", ["default"], "--strategy values.")
-flags.DEFINE_list("precisions", ["float32"], "--precision values.")
-flags.DEFINE_list("batch_sizes", ["32"], "--batch_size values.")
+# Unset lists are not varied: those flags come from the trainer flags after `--` (or presets).
+flags.DEFINE_list("strategies", [], "--strategy values to compare.")
+flags.DEFINE_list("precisions", [], "--precision values to compare.")
+flags.DEFINE_list("batch_sizes", [], "--batch_size values to compare.")
 
 for _name, _choices in (("apis", config_lib.APIS), ("strategies", config_lib.STRATEGIES),
                         ("precisions", config_lib.PRECISIONS)):
@@ -44,18 +45,25 @@ RESULTS_FILE = "results.json"
 
 
 def run_name(settings: Dict[str, str]) -> str:
-  """Returns the workdir name of one run, e.g. functional-default-float32-b32-s0."""
-  return (f"{settings['api']}-{settings['strategy']}-{settings['precision']}"
-          f"-b{settings['batch_size']}-s{settings['seed']}")
+  """Returns the workdir name of one run, e.g. functional-s0 or subclass-mirrored-b64-s1."""
+  parts = [settings["api"], settings.get("strategy"), settings.get("precision"),
+           settings.get("batch_size") and f"b{settings['batch_size']}", f"s{settings['seed']}"]
+  return "-".join(part for part in parts if part)
 
 
-def matrix(apis: Sequence[str], seeds: int, strategies: Sequence[str],
-           precisions: Sequence[str], batch_sizes: Sequence[str]) -> List[Dict[str, str]]:
-  """Returns the settings of every run, seeds innermost so each configuration fills in early."""
-  return [dict(strategy=strategy, precision=precision, batch_size=str(batch_size), api=api,
-               seed=str(seed))
-          for strategy, precision, batch_size, api, seed in itertools.product(
-              strategies, precisions, batch_sizes, apis, range(seeds))]
+def matrix(apis: Sequence[str], seeds: int, strategies: Sequence[str] = (),
+           precisions: Sequence[str] = (), batch_sizes: Sequence[str] = ()) -> List[Dict[str, str]]:
+  """Returns the settings of every run, seeds innermost so each configuration fills in early.
+
+  An empty list leaves that flag out of the runs' settings.
+  """
+  varied = {"strategy": strategies, "precision": precisions, "batch_size": batch_sizes}
+  names = [name for name, values in varied.items() if values]
+  runs = []
+  for combination in itertools.product(*(varied[name] for name in names), apis, range(seeds)):
+    *values, api, seed = combination
+    runs.append({**dict(zip(names, map(str, values))), "api": api, "seed": str(seed)})
+  return runs
 
 
 def run_sweep(root: str, runs: List[Dict[str, str]], trainer_flags: Sequence[str]) -> int:
