@@ -161,7 +161,8 @@ def run_benchmark(data_dir: str, dataset: str, best_batch_size: int, best_precis
   # Steps per interval: about a second of training each on a 2-core CPU; tiny runs are seconds.
   small_interval = 20 if tiny else 400
   if tiny:
-    images, labels, best_batch_size, rounds = images[:4096], labels[:4096], 256, min(rounds, 2)
+    images, labels, best_batch_size = images[:4096], labels[:4096], 256
+    rounds, intervals = 1, 5
   best_precision = precision_lib.resolve_precision(best_precision)[0]
   best_interval = max(1, (2 if tiny else 40) * 4096 // best_batch_size)
   runs = iter(range(1000))
