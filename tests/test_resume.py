@@ -149,10 +149,11 @@ def test_a_finished_run_is_reported_not_retrained(small_config, capsys):
 def test_injected_nan_stops_with_the_step_and_keeps_the_checkpoint(small_config, monkeypatch):
   original = input_pipeline.InputPipeline.training_batches
 
-  def poisoned(self, start_step, num_epochs):
-    # The 15th batch of the run carries a NaN pixel.
-    return original(self, start_step, num_epochs).enumerate(start_step).map(
+  def poisoned(self, start_step, num_epochs, pack=1):
+    # The 15th batch of the run carries a NaN pixel; batches are packed after poisoning.
+    batches = original(self, start_step, num_epochs).enumerate(start_step).map(
         lambda index, batch: (tf.where(index == 14, np.nan, batch[0]), batch[1]))
+    return batches.batch(pack, drop_remainder=True) if pack > 1 else batches
 
   monkeypatch.setattr(input_pipeline.InputPipeline, "training_batches", poisoned)
   config = small_config.replace(checkpoint_every=10, steps_per_loop=4)

@@ -168,8 +168,8 @@ def run_benchmark(data_dir: str, dataset: str, best_batch_size: int, best_precis
   runs = iter(range(1000))
 
   def base(batch_size, interval):
-    # The first loop is one step; then a warm-up window and the timed ones.
-    steps = (intervals + 1) * interval
+    # The first (tracing) loop may fill a window; then a warm-up window and the timed ones.
+    steps = (intervals + 2) * interval
     return config_lib.Config(
         dataset=dataset, data_dir=data_dir, batch_size=batch_size, log_every=interval,
         epochs=1, max_steps_per_epoch=steps if tiny else 0,
@@ -179,7 +179,7 @@ def run_benchmark(data_dir: str, dataset: str, best_batch_size: int, best_precis
     config = base(batch_size, interval)
     if not tiny:  # Enough epochs for the intervals; the last partial window is dropped.
       steps_per_epoch = 60_000 // batch_size
-      config = config.replace(epochs=-(-(intervals + 1) * interval // steps_per_epoch))
+      config = config.replace(epochs=-(-(intervals + 2) * interval // steps_per_epoch))
     return measure_harness(config, **changes)
 
   ceiling_precisions = ["float32"] + ([best_precision] if best_precision != "float32" else [])

@@ -71,11 +71,14 @@ class InputPipeline:
     """Returns the global batches of `epoch` from `start_step` on: (images, labels)."""
     return self.training_batches(epoch * self.steps_per_epoch + start_step, epoch + 1)
 
-  def training_batches(self, start_step: int, num_epochs: int) -> tf.data.Dataset:
+  def training_batches(self, start_step: int, num_epochs: int,
+                       pack: int = 1) -> tf.data.Dataset:
     """Returns every global batch of the run from global step `start_step` to `num_epochs` end.
 
     One dataset for the whole run, so prefetching prepares the next epoch while the current one
-    trains; the batches are the same as epoch-by-epoch, so resuming at any step is exact.
+    trains; the batches are the same as epoch-by-epoch, so resuming at any step is exact. With
+    `pack` > 1 each element stacks that many consecutive batches, for a training step function
+    that runs them all in one call; it must divide the steps from `start_step` to the end.
     """
     num_steps = num_epochs * self.steps_per_epoch - start_step
     if self.synthetic:
@@ -89,6 +92,8 @@ class InputPipeline:
       self._tensors  # pylint: disable=pointless-statement  # Made eagerly, before tracing.
       dataset = tf.data.Dataset.range(first_epoch, num_epochs).flat_map(self._epoch_batches)
       dataset = dataset.skip(start_step - first_epoch * self.steps_per_epoch)
+    if pack > 1:
+      dataset = dataset.batch(pack, drop_remainder=True)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
 
   def _epoch_batches(self, epoch: tf.Tensor) -> tf.data.Dataset:
