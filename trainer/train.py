@@ -283,9 +283,9 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
               f"Stopped by signal {stop.signal_number} and saved at step {step} of "
               f"{total_steps}. Rerun the same command to resume from there.",
               stop.signal_number) from None
-        # Loops end at log points, checkpoints and the epoch's end. The process's first loop is
-        # one step: it carries the tracing cost, which is left out of every throughput figure.
-        # Every boundary is a multiple of `pack`, so num_steps is too.
+        # Loops end at log points, checkpoints and the epoch's end; every boundary is a multiple
+        # of `pack`, so num_steps is too. The process's first loop is one pack: it carries the
+        # tracing cost, which is left out of every throughput figure.
         num_steps = pack if first_step_s is None else min(
             max(pack, steps_per_loop // pack * pack), pipeline.steps_per_epoch - step_in_epoch,
             _steps_to_boundary(step, config.log_every),
