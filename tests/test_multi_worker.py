@@ -171,3 +171,26 @@ def test_slurm_helper_turns_slurms_variables_into_tf_config():
   tf_config = cluster.parse_tf_config(result.stdout.strip().splitlines()[-1])
   assert tf_config == {"cluster": {"worker": ["node07:2300", "node08:2300"]},
                        "task": {"type": "worker", "index": 1}}
+
+
+def test_a_one_worker_cluster_trains(tmp_path):
+  # One replica, XLA on by default: it must still run one step per call, as the mirrored
+  # strategies sync the optimizer in a way an in-graph loop of steps cannot hold.
+  worker = start_worker(local_hosts(1), 0, "--strategy=multi_worker_mirrored",
+                        "--dataset=synthetic", "--epochs=1", "--max_steps_per_epoch=50",
+                        f"--workdir={tmp_path}")
+  output = worker.communicate(timeout=120)[0]
+  assert worker.returncode == 0, output[-3000:]
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert (results["num_replicas"], results["steps"], results["steps_per_xla_call"]) == (1, 50, 1)
+
+
+def test_rerunning_a_finished_cluster_run_ends_cleanly_on_every_worker(tmp_path):
+  command = [sys.executable, "scripts/launch_local.py", "--workers=2", "--",
+             "--dataset=synthetic", "--epochs=1", "--max_steps_per_epoch=30", "--batch_size=64",
+             f"--workdir={tmp_path}"]
+  first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+  assert first.returncode == 0, first.stdout[-3000:]
+  again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+  assert again.returncode == 0, again.stdout[-3000:]
+  assert "[worker 0] " + str(tmp_path) + " already finished all 30 steps" in again.stdout
