@@ -167,19 +167,14 @@ def run_benchmark(data_dir: str, dataset: str, best_batch_size: int, best_precis
   best_interval = max(1, (2 if tiny else 40) * 4096 // best_batch_size)
   runs = iter(range(1000))
 
-  def base(batch_size, interval):
-    # The first (tracing) loop may fill a window; then a warm-up window and the timed ones.
-    steps = (intervals + 2) * interval
-    return config_lib.Config(
-        dataset=dataset, data_dir=data_dir, batch_size=batch_size, log_every=interval,
-        epochs=1, max_steps_per_epoch=steps if tiny else 0,
-        workdir=os.path.join(root, f"run{next(runs)}"))
-
   def harness(batch_size, interval, **changes):
-    config = base(batch_size, interval)
-    if not tiny:  # Enough epochs for the intervals; the last partial window is dropped.
-      steps_per_epoch = 60_000 // batch_size
-      config = config.replace(epochs=-(-(intervals + 2) * interval // steps_per_epoch))
+    # The first (tracing) loop may fill a window; then a warm-up window and the timed ones.
+    # Tiny runs cut one epoch to exactly that; full runs train whole epochs, enough of them.
+    steps = (intervals + 2) * interval
+    config = config_lib.Config(
+        dataset=dataset, data_dir=data_dir, batch_size=batch_size, log_every=interval,
+        epochs=1 if tiny else -(-steps // (len(images) // batch_size)),
+        max_steps_per_epoch=steps if tiny else 0, workdir=os.path.join(root, f"run{next(runs)}"))
     return measure_harness(config, **changes)
 
   ceiling_precisions = ["float32"] + ([best_precision] if best_precision != "float32" else [])
@@ -204,12 +199,16 @@ def run_benchmark(data_dir: str, dataset: str, best_batch_size: int, best_precis
     for name, measure in measures.items():
       measured, details[name] = measure()
       rates[name] += measured
-  rows = {name: {**_summary(rates[name]), **details[name]} for name in measures}
-  ceilings = {precision: rows.pop(f"d_ceiling_{precision}") for precision in ceiling_precisions}
-  for ceiling in ceilings.values():
-    ceiling["flops_per_sec"] = ceiling["examples_per_sec"] * FLOPS_PER_EXAMPLE
-  rows = {**{k: v for k, v in rows.items() if k < "d"}, "d_ceiling": ceilings["float32"],
-          **{k: v for k, v in rows.items() if k > "d"}}
+  rows, ceilings = {}, {}
+  for name in measures:
+    row = {**_summary(rates[name]), **details[name]}
+    if name.startswith("d_ceiling_"):
+      row["flops_per_sec"] = row["examples_per_sec"] * FLOPS_PER_EXAMPLE
+      ceilings[row["precision"]] = row
+      if row["precision"] != "float32":
+        continue  # Used for the MFU of that precision's rows; the table's row d is float32.
+      name = "d_ceiling"
+    rows[name] = row
 
   device = hardware.describe_devices()
   peak = next((spec for name, spec in GPU_PEAK_FLOPS.items() if name in device), None)

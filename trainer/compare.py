@@ -32,15 +32,21 @@ FLAGS = flags.FLAGS
 GROUP_KEYS = ("api", "strategy", "precision", "device", "global_batch_size", "dataset")
 
 
-def _event_scalars(folder: str, tag: str) -> List[tuple]:
-  """(wall_time, step, value) of a scalar in one run folder, read by tensorboard's reader."""
+def _load_events(folder: str):
+  """Every event of one run folder, through tensorboard's own reader (nothing dropped)."""
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
-  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(folder):
-    return []
   accumulator = event_accumulator.EventAccumulator(
       folder, size_guidance={event_accumulator.TENSORS: 0})
   accumulator.Reload()
+  return accumulator
+
+
+def _event_scalars(folder: str, tag: str) -> List[tuple]:
+  """(wall_time, step, value) of a scalar in one run folder."""
+  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(folder):
+    return []
+  accumulator = _load_events(folder)
   if tag not in accumulator.Tags()["tensors"]:
     return []
   return [(event.wall_time, event.step, float(tensor_util.make_ndarray(event.tensor_proto)))
@@ -64,10 +70,7 @@ def load_runs(logdir: str) -> List[dict]:
 
 def _first_wall_time(folder: str) -> Optional[float]:
   """Wall time of the first event in a run's own folder: the HParams entry, before step 1."""
-  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
-  accumulator = event_accumulator.EventAccumulator(
-      folder, size_guidance={event_accumulator.TENSORS: 0})
-  accumulator.Reload()
+  accumulator = _load_events(folder)
   times = [event.wall_time for tag in accumulator.Tags()["tensors"]
            for event in accumulator.Tensors(tag)]
   return min(times, default=None)

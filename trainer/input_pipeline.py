@@ -89,14 +89,16 @@ class InputPipeline:
       dataset = pool.cache().repeat().skip(start_step).take(num_steps)
     else:
       first_epoch = start_step // self.steps_per_epoch
-      self._tensors  # pylint: disable=pointless-statement  # Made eagerly, before tracing.
-      dataset = tf.data.Dataset.range(first_epoch, num_epochs).flat_map(self._epoch_batches)
+      images, labels = self._tensors[:2]  # Made here, eagerly: flat_map traces its function.
+      dataset = tf.data.Dataset.range(first_epoch, num_epochs).flat_map(
+          lambda epoch: self._epoch_batches(epoch, images, labels))
       dataset = dataset.skip(start_step - first_epoch * self.steps_per_epoch)
     if pack > 1:
       dataset = dataset.batch(pack, drop_remainder=True)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
 
-  def _epoch_batches(self, epoch: tf.Tensor) -> tf.data.Dataset:
+  def _epoch_batches(self, epoch: tf.Tensor, images: tf.Tensor,
+                     labels: tf.Tensor) -> tf.data.Dataset:
     """One epoch's batches: a permutation seeded by (seed, epoch), gathered and scaled at once.
 
     Gathering the whole epoch in one op makes serving a batch a slice: on a 2-core machine that
@@ -106,7 +108,6 @@ class InputPipeline:
         tf.range(len(self.train_images)), seed=tf.stack([tf.cast(self.seed, tf.int64), epoch]))
     batches = tf.reshape(order[:self.steps_per_epoch * self.global_batch_size],
                          [self.steps_per_epoch, self.global_batch_size])
-    images, labels = self._tensors[:2]
     return tf.data.Dataset.from_tensor_slices((
         _scale(tf.gather(images, batches)), tf.gather(labels, batches)))
 
@@ -137,7 +138,8 @@ class InputPipeline:
 def _synthetic_batch(batch_size: int, key) -> Tuple[tf.Tensor, tf.Tensor]:
   """Random images with a learnable label: the label's band of 78 pixels is brighter.
 
-  `key` is [seed, epoch, index]; the test set uses epoch -1, which training never does.
+  `key` is [seed, stream, index]: stream 0 is the training pool, -1 the test set, so the two
+  never share a batch.
   """
   seed = tf.random.experimental.stateless_fold_in(
       tf.random.experimental.stateless_fold_in(tf.cast(key[:2], tf.int64), key[2]), 0)

@@ -60,10 +60,6 @@ class RunWriter:
       tf.summary.text("config", _markdown_table(config))
       tf.summary.text("environment", _markdown_table(environment))
 
-  def flush(self) -> None:
-    for writer in self._writers.values():
-      writer.flush()
-
   def close(self) -> None:
     for writer in self._writers.values():
       writer.close()
