@@ -1,12 +1,13 @@
 """Maps a --strategy name to a tf.distribute.Strategy, and says which process is the chief."""
 
-from typing import Optional
+from typing import Optional, Union
 
 import tensorflow as tf
 
 from trainer import cluster
 from trainer import config
 from trainer import errors
+
 
 def make_strategy(name: str, tf_config: Optional[dict] = None) -> tf.distribute.Strategy:
   """Returns the strategy called `name` (one of config.STRATEGIES) over this host's devices.
@@ -49,6 +50,25 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return True
   return resolver.task_type == "worker" and resolver.task_id == 0 and (
       "chief" not in resolver.cluster_spec().as_dict())
+
+
+def distribute_dataset(strategy: tf.distribute.Strategy,
+                       dataset: tf.data.Dataset) -> Union[tf.data.Dataset,
+                                                          tf.distribute.DistributedDataset]:
+  """Returns `dataset` as `strategy.run` takes it: split across the replicas, or, for a single
+  replica on the host CPU, the dataset itself.
+
+  For that one CPU replica tf.distribute's iterator would only copy each element through a
+  MultiDeviceIterator to the memory it is already in: at batch 32 that copy cost one_device and
+  mirrored about a quarter of their throughput against default here. strategy.run hands plain
+  tensors to its one replica unchanged. GPUs keep the distributed iterator, which prefetches
+  onto the device.
+  """
+  name = strategy_name(strategy)
+  if (name in ("one_device", "mirrored") and strategy.num_replicas_in_sync == 1 and
+      "CPU" in strategy.extended.worker_devices[0].upper()):
+    return dataset
+  return strategy.experimental_distribute_dataset(dataset)
 
 
 def check_batch_size(global_batch_size: int, strategy: tf.distribute.Strategy) -> None:

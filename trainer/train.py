@@ -73,19 +73,21 @@ def _loop_settings(config: config_lib.Config, num_replicas: int) -> Tuple[int, b
 MAX_PACK = 25
 
 
-def _pack_size(strategy: tf.distribute.Strategy, jit_compile: bool, start_step: int,
-               steps_per_epoch: int, log_every: int, checkpoint_every: int) -> int:
+def _pack_size(strategy: tf.distribute.Strategy, num_replicas: int, jit_compile: bool,
+               start_step: int, steps_per_epoch: int, log_every: int,
+               checkpoint_every: int) -> int:
   """How many steps one XLA call runs: the largest K <= MAX_PACK dividing every loop boundary.
 
   Running K steps in one compiled call removes the per-step host overhead (dataset iterator,
   strategy.run): at batch 32 on a 2-core CPU, K=25 measured 97k examples/s against 55k for one
-  step per call. Only under XLA and only for strategies without a cross-replica sync (default,
-  one_device): the mirrored ones, even with a single replica, sync the optimizer through a
-  merge_call, which TensorFlow refuses inside an in-graph loop. K divides the epoch
-  length, the log and checkpoint intervals and the start step, so every boundary, and so every
-  resume point, falls between packs.
+  step per call. Only under XLA with one replica (default, one_device, mirrored over one
+  device): XLA here cannot compile the gradient sum across several replicas, nor
+  multi_worker_mirrored's collective ops. K divides the epoch length, the log and checkpoint
+  intervals and the start step, so every boundary, and so every resume point, falls between
+  packs.
   """
-  if not jit_compile or distribution.strategy_name(strategy) not in ("default", "one_device"):
+  if (not jit_compile or num_replicas > 1 or
+      distribution.strategy_name(strategy) == "multi_worker_mirrored"):
     return 1
   common = math.gcd(steps_per_epoch, log_every, checkpoint_every or steps_per_epoch,
                     start_step or steps_per_epoch)
@@ -132,7 +134,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
   pipeline = input_pipeline.make_input_pipeline(
       config.dataset, config.data_dir, config.tfds_data_dir, config.batch_size, config.seed,
       config.max_steps_per_epoch)
-  eval_dataset = strategy.experimental_distribute_dataset(pipeline.eval_dataset())
+  eval_dataset = distribution.distribute_dataset(strategy, pipeline.eval_dataset())
   total_steps = config.epochs * pipeline.steps_per_epoch
   heartbeat()
 
@@ -200,21 +202,33 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     train_accuracy.update_state(labels, probabilities)
     return tf.cast(tf.reduce_any(~tf.math.is_finite(per_example_loss)), tf.float32)
 
-  pack = _pack_size(strategy, jit_compile, step, pipeline.steps_per_epoch, config.log_every,
-                    config.checkpoint_every)
+  pack = _pack_size(strategy, num_replicas, jit_compile, step, pipeline.steps_per_epoch,
+                    config.log_every, config.checkpoint_every)
 
-  def replica_train_pack(images, labels):
-    # Returns one not-finite flag per step. A pack of K batches runs as an in-graph loop.
+  def train_step(images, labels, index=None):
+    # Trains on the batch (or the index-th batch of the pack) of each replica; returns 1.0 if
+    # the loss was not finite on any replica.
+    def replica_step(images, labels):
+      if index is None:
+        return replica_train_step(images, labels)
+      return replica_train_step(images[index], labels[index])
+    return strategy.reduce(tf.distribute.ReduceOp.SUM,
+                           strategy.run(replica_step, args=(images, labels)), axis=None)
+
+  def train_pack(images, labels):
+    # One element of the training dataset: a batch, or a pack of `pack` batches run as an
+    # in-graph loop. Returns one not-finite flag per step. The loop sits outside strategy.run:
+    # inside a replica function, the optimizer's cross-replica sync (a merge_call) is refused.
     if pack == 1:
-      return tf.reshape(replica_train_step(images, labels), [1])
+      return tf.reshape(train_step(images, labels), [1])
     flags = tf.TensorArray(tf.float32, size=pack)
     for index in tf.range(pack):
-      flags = flags.write(index, replica_train_step(images[index], labels[index]))
+      flags = flags.write(index, train_step(images, labels, index))
     return flags.stack()
 
   if jit_compile and num_replicas == 1:
     # One replica: XLA fuses whole steps (optimizer update and metrics included) into one call.
-    replica_train_pack = tf.function(replica_train_pack, jit_compile=True)
+    train_pack = tf.function(train_pack, jit_compile=True)
 
   @tf.function
   def train_loop(iterator, num_packs):
@@ -222,8 +236,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     # Returns 0, or the 1-based step of this loop whose loss was not finite (it stops there).
     bad_step = tf.constant(0, tf.int64)
     for index in tf.range(num_packs, dtype=tf.int64):
-      flags = strategy.reduce(tf.distribute.ReduceOp.SUM,
-                              strategy.run(replica_train_pack, args=next(iterator)), axis=None)
+      flags = train_pack(*next(iterator))
       if tf.reduce_any(flags > 0):
         bad_step = index * pack + tf.argmax(tf.cast(flags > 0, tf.int64)) + 1
         break
@@ -272,8 +285,8 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
   test_loss = test_accuracy = None
   with cluster.peer_failures_reported(task), preemption.StopRequests() as stop:
     # One iterator for the whole run: the next epoch is prepared while this one trains.
-    iterator = iter(strategy.experimental_distribute_dataset(
-        pipeline.training_batches(step, config.epochs, pack)))
+    iterator = iter(distribution.distribute_dataset(
+        strategy, pipeline.training_batches(step, config.epochs, pack)))
     for epoch in range(step // pipeline.steps_per_epoch, config.epochs):
       step_in_epoch = step - epoch * pipeline.steps_per_epoch
       progress = keras.utils.Progbar(pipeline.steps_per_epoch, verbose=1 if is_chief else 0,
