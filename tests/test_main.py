@@ -27,21 +27,6 @@ def test_mirrored_over_two_cpu_devices_from_the_command_line(fashion_mnist_dir, 
   assert "test accuracy" in result.stdout.splitlines()[-1]  # The one-line summary comes last.
 
 
-def test_every_single_replica_strategy_trains_the_same_weights_in_packs(tmp_path):
-  # Real processes: this test process has two CPU devices, and mirrored would use both.
-  flags = ("--dataset=synthetic", "--epochs=1", "--max_steps_per_epoch=50", "--log_every=25")
-  result = run_trainer(*flags, "--strategy=mirrored", f"--workdir={tmp_path / 'mirrored'}")
-  assert result.returncode == 0, result.stderr[-2000:]
-  runs = {"mirrored": json.loads((tmp_path / "mirrored" / "results.json").read_text())}
-  for strategy in ("default", "one_device"):
-    assert run_trainer(*flags, f"--strategy={strategy}",
-                       f"--workdir={tmp_path / strategy}").returncode == 0
-    runs[strategy] = json.loads((tmp_path / strategy / "results.json").read_text())
-  assert {name: (r["num_replicas"], r["steps_per_xla_call"]) for name, r in runs.items()} == {
-      name: (1, 25) for name in runs}
-  assert len({r["weights_sha256"] for r in runs.values()}) == 1
-
-
 def test_flagfile_preset_is_read_and_later_flags_override_it(tmp_path):
   result = run_trainer("--flagfile=configs/smoke.cfg", "--dataset=synthetic", "--epochs=1",
                        f"--workdir={tmp_path}")

@@ -2,6 +2,8 @@
 
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from trainer import config as config_lib
 from trainer import errors
 from trainer import run_record
 from trainer import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _events(folder: str) -> event_accumulator.EventAccumulator:
@@ -56,6 +60,23 @@ def test_mirrored_over_two_cpu_devices_matches_the_default_strategy(fashion_mnis
   np.testing.assert_allclose([v for _, v in mirrored_losses], [v for _, v in single_losses],
                              rtol=1e-3)
   assert mirrored["test_accuracy"] == pytest.approx(single["test_accuracy"], abs=2e-3)
+
+
+def test_every_single_replica_strategy_trains_the_same_weights_in_packs(small_config, tmp_path):
+  config = small_config.replace(max_steps_per_epoch=50, log_every=25)
+  runs = {strategy: train.train_and_evaluate(
+      config.replace(strategy=strategy, workdir=str(tmp_path / strategy)))
+          for strategy in ("default", "one_device")}
+  # Mirrored over one device in its own process: this one has two CPU devices, and mirrored
+  # would use both.
+  subprocess.run([sys.executable, "-m", "trainer.main", "--dataset=synthetic", "--epochs=1",
+                  "--batch_size=64", "--max_steps_per_epoch=50", "--log_every=25",
+                  "--strategy=mirrored", f"--workdir={tmp_path / 'mirrored'}"],
+                 cwd=ROOT, check=True, capture_output=True, timeout=240)
+  runs["mirrored"] = run_record.read_results(str(tmp_path / "mirrored"))
+  assert {name: (r["num_replicas"], r["steps_per_xla_call"]) for name, r in runs.items()} == {
+      name: (1, 25) for name in runs}
+  assert len({r["weights_sha256"] for r in runs.values()}) == 1
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
