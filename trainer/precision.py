@@ -4,6 +4,7 @@ from typing import Tuple
 
 from trainer import hardware
 
+
 def resolve_precision(requested: str) -> Tuple[str, str]:
   """Returns (policy name, the reason for it) for the --precision value `requested`.
 
