@@ -1,4 +1,4 @@
-"""Maps a --strategy name to a tf.distribute.Strategy, and says which process is the chief."""
+"""Maps a --strategy name to a tf.distribute.Strategy and feeds it: chief, batch split, datasets."""
 
 from typing import Optional, Union
 
