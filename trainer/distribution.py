@@ -1,4 +1,4 @@
-"""Maps a --strategy name to a tf.distribute.Strategy and feeds it: chief, batch split, datasets."""
+"""Strategies: --strategy name to tf.distribute.Strategy, the chief, the batch split, datasets."""
 
 from typing import Optional, Union
 
