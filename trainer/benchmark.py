@@ -28,6 +28,8 @@ import time
 from absl import app
 from absl import flags
 
+from trainer import run_record
+
 flags.DEFINE_string("data_dir", "/usr/share/datasets/fashion-mnist",
                     "MNIST-format IDX folder for the real-data rows.")
 flags.DEFINE_enum("dataset", "fashion_mnist", ["mnist", "fashion_mnist"],
@@ -143,8 +145,7 @@ def measure_startup(data_dir: str, workdir: str) -> float:
                   f"--data_dir={data_dir}", "--epochs=1", "--max_steps_per_epoch=1",
                   f"--workdir={workdir}"], check=True, capture_output=True,
                  cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  with open(os.path.join(workdir, "results.json")) as f:
-    return json.load(f)["time_to_first_step_s"]
+  return run_record.read_results(workdir)["time_to_first_step_s"]
 
 
 def run_benchmark(data_dir: str, dataset: str, best_batch_size: int, best_precision: str,

@@ -12,7 +12,6 @@ noise, by a Welch t-test for each pair of APIs.
 
 import csv
 import itertools
-import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads, via tensorboard.
@@ -22,6 +21,8 @@ from typing import Dict, List, Optional, Sequence
 from absl import app
 from absl import flags
 from absl import logging
+
+from trainer import run_record
 
 flags.DEFINE_string("logdir", None, "Folder of runs, as written by trainer.sweep.", required=True)
 flags.DEFINE_string("output_dir", None, "Where to write the report (default LOGDIR/report).")
@@ -57,10 +58,9 @@ def load_runs(logdir: str) -> List[dict]:
   """Returns every finished run under `logdir`: its results plus per-epoch eval accuracy."""
   runs = []
   for folder, _, files in sorted(os.walk(logdir)):
-    if "results.json" not in files:
+    if run_record.RESULTS_FILE not in files:
       continue
-    with open(os.path.join(folder, "results.json")) as f:
-      run = json.load(f)
+    run = run_record.read_results(folder)
     run["workdir"] = folder
     run["eval_accuracy"] = _event_scalars(os.path.join(folder, "eval"), "accuracy")
     run["start_wall_time"] = _first_wall_time(folder)

@@ -10,7 +10,6 @@ process, as a user would start it. Exits non-zero if any run failed.
 """
 
 import itertools
-import json
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from absl import app
 from absl import flags
 
 from trainer import config as config_lib
+from trainer import run_record
 
 flags.DEFINE_string("root", "runs/sweep", "Folder that holds one workdir per run.")
 flags.DEFINE_list("apis", ["sequential", "functional", "subclass"], "Model APIs to compare.")
@@ -41,7 +41,6 @@ flags.register_validator("batch_sizes", lambda values: all(v.isdigit() and int(v
 
 FLAGS = flags.FLAGS
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS_FILE = "results.json"
 
 
 def run_name(settings: Dict[str, str]) -> str:
@@ -73,7 +72,7 @@ def run_sweep(root: str, runs: List[Dict[str, str]], trainer_flags: Sequence[str
   for number, settings in enumerate(runs, 1):
     workdir = os.path.join(root, run_name(settings))
     prefix = f"[{number}/{len(runs)}] {run_name(settings)}"
-    if os.path.isfile(os.path.join(workdir, RESULTS_FILE)):
+    if os.path.isfile(os.path.join(workdir, run_record.RESULTS_FILE)):
       print(f"{prefix}: finished before, skipped", flush=True)
       continue
     command = [sys.executable, "-m", "trainer.main", *trainer_flags,
@@ -88,8 +87,7 @@ def run_sweep(root: str, runs: List[Dict[str, str]], trainer_flags: Sequence[str
       print(f"{prefix}: FAILED with exit code {process.returncode} after {seconds:.0f} s: "
             f"{message}", flush=True)
       continue
-    with open(os.path.join(workdir, RESULTS_FILE)) as f:
-      results = json.load(f)
+    results = run_record.read_results(workdir)
     print(f"{prefix}: test accuracy {results['test_accuracy']:.4f}, "
           f"{results['examples_per_sec']:,.0f} examples/s, {seconds:.0f} s", flush=True)
   return failures
