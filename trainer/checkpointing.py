@@ -16,6 +16,7 @@ from absl import logging
 import tensorflow as tf
 
 from trainer import errors
+from trainer import run_record
 
 CHECKPOINT_DIR = "checkpoints"
 RUN_CONFIG_FILE = "config.json"
@@ -28,10 +29,7 @@ MATH_FIELDS = ("api", "hidden_units", "dataset", "batch_size", "learning_rate", 
 
 def write_run_config(workdir: str, run_config: Mapping[str, object]) -> None:
   """Records the settings of the run in workdir/config.json (atomically)."""
-  path = os.path.join(workdir, RUN_CONFIG_FILE)
-  with open(path + ".tmp", "w") as f:
-    json.dump(dict(run_config), f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  run_record.write_json(os.path.join(workdir, RUN_CONFIG_FILE), run_config)
 
 
 def read_run_config(workdir: str) -> Optional[dict]:

@@ -1,4 +1,4 @@
-"""results.json: the one-line-per-field record of a finished run, written atomically."""
+"""results.json: the one-line-per-field record of a finished run; JSON files written atomically."""
 
 import json
 import os
@@ -18,11 +18,16 @@ def write_results(workdir: str, results: Mapping[str, object]) -> str:
   if missing:
     raise ValueError(f"results lack the fields {missing}")
   path = os.path.join(workdir, RESULTS_FILE)
+  write_json(path, results)
+  return path
+
+
+def write_json(path: str, values: Mapping[str, object]) -> None:
+  """Writes `values` as JSON to `path` through a rename, so a reader never sees half a file."""
   with open(path + ".tmp", "w") as f:
-    json.dump(dict(results), f, indent=2, sort_keys=True)
+    json.dump(dict(values), f, indent=2, sort_keys=True)
     f.write("\n")
   os.replace(path + ".tmp", path)
-  return path
 
 
 def read_results(workdir: str) -> dict:
