@@ -18,8 +18,8 @@ import tensorflow as tf
 from trainer import errors
 from trainer import idx_files
 
-IMAGE_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
+IMAGE_SHAPE = (*idx_files.IMAGE_SHAPE, 1)  # One channel, as Keras image layers expect.
+NUM_CLASSES = idx_files.NUM_CLASSES
 SYNTHETIC_TRAIN_SIZE = 60_000
 SYNTHETIC_TEST_SIZE = 10_000
 SYNTHETIC_POOL_BATCHES = 16
