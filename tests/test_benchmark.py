@@ -1,11 +1,11 @@
 """The benchmark runs end to end at tiny sizes and writes well-formed output (no timing checks)."""
 
 import json
-import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.processes import ROOT
+
 ROWS = ("a_plain_keras", "b_harness_defaults", "c_harness_best", "d_ceiling",
         "e_harness_best_synthetic", "f_one_device", "f_mirrored_one_device")
 

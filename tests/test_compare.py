@@ -11,12 +11,12 @@ import urllib.request
 
 import pytest
 
+from tests.processes import ROOT
 from trainer import compare
 from trainer import config as config_lib
 from trainer import sweep
 from trainer import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import launch_local  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -2,17 +2,10 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_trainer(*flags: str, timeout: float = 240) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "trainer.main", *flags], cwd=ROOT,
-                        capture_output=True, text=True, timeout=timeout)
+from tests.processes import run_trainer
 
 
 def test_mirrored_over_two_cpu_devices_from_the_command_line(fashion_mnist_dir, tmp_path):

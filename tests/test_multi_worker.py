@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 
+from tests.processes import ROOT
 from trainer import cluster
 from trainer import errors
 from trainer import input_pipeline
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import launch_local  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from tests.processes import ROOT
 from trainer import checkpointing
 from trainer import config as config_lib
 from trainer import errors
@@ -21,8 +22,6 @@ from trainer import export
 from trainer import input_pipeline
 from trainer import run_record
 from trainer import train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def checkpoint_steps(workdir) -> list:

@@ -2,8 +2,6 @@
 
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,12 +9,11 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from tests.processes import run_trainer
 from trainer import config as config_lib
 from trainer import errors
 from trainer import run_record
 from trainer import train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _events(folder: str) -> event_accumulator.EventAccumulator:
@@ -69,10 +66,10 @@ def test_every_single_replica_strategy_trains_the_same_weights_in_packs(small_co
           for strategy in ("default", "one_device")}
   # Mirrored over one device in its own process: this one has two CPU devices, and mirrored
   # would use both.
-  subprocess.run([sys.executable, "-m", "trainer.main", "--dataset=synthetic", "--epochs=1",
-                  "--batch_size=64", "--max_steps_per_epoch=50", "--log_every=25",
-                  "--strategy=mirrored", f"--workdir={tmp_path / 'mirrored'}"],
-                 cwd=ROOT, check=True, capture_output=True, timeout=240)
+  result = run_trainer("--dataset=synthetic", "--epochs=1", "--batch_size=64",
+                       "--max_steps_per_epoch=50", "--log_every=25", "--strategy=mirrored",
+                       f"--workdir={tmp_path / 'mirrored'}")
+  assert result.returncode == 0, result.stderr[-2000:]
   runs["mirrored"] = run_record.read_results(str(tmp_path / "mirrored"))
   assert {name: (r["num_replicas"], r["steps_per_xla_call"]) for name, r in runs.items()} == {
       name: (1, 25) for name in runs}
