@@ -101,17 +101,22 @@ def test_report_writes_table_csv_plots_and_the_noise_verdict(tiny_runs, tmp_path
     assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def run_of(api: str, seed: int, test_accuracy: float, strategy: str = "default") -> dict:
+  """The fields of results.json that compare reads, for one run."""
+  return {"api": api, "seed": seed, "strategy": strategy, "precision": "float32",
+          "device": "CPU", "global_batch_size": 64, "dataset": "synthetic",
+          "test_accuracy": test_accuracy, "eval_accuracy": [(0.0, 10, 0.5), (1.0, 20, 0.7)]}
+
+
 def test_identical_runs_are_reported_as_no_difference():
-  runs = [{"api": api, "seed": seed, "test_accuracy": 0.8 + seed / 100}
+  runs = [run_of(api, seed, 0.8 + seed / 100)
           for api in ("functional", "sequential") for seed in range(3)]
   assert "identical test accuracy for every seed" in compare.compare_apis(runs, 0.05)[0]
 
 
 def test_welch_test_separates_a_real_difference_from_noise():
-  noisy = [{"api": "a", "seed": s, "test_accuracy": 0.80 + d} for s, d in
-           enumerate([0.01, -0.01, 0.02])] + [
-               {"api": "b", "seed": s, "test_accuracy": 0.80 + d} for s, d in
-               enumerate([0.00, 0.015, -0.012])]
+  noisy = [run_of("a", s, 0.80 + d) for s, d in enumerate([0.01, -0.01, 0.02])] + [
+      run_of("b", s, 0.80 + d) for s, d in enumerate([0.00, 0.015, -0.012])]
   assert "within seed-to-seed noise" in compare.compare_apis(noisy, 0.05)[0]
   apart = [{**run, "test_accuracy": run["test_accuracy"] + (0.1 if run["api"] == "b" else 0)}
            for run in noisy]
@@ -152,3 +157,22 @@ def test_sweep_leaves_unlisted_flags_to_the_trainer_flags():
   runs = sweep.matrix(["subclass"], 2)
   assert runs == [{"api": "subclass", "seed": "0"}, {"api": "subclass", "seed": "1"}]
   assert sweep.run_name(runs[1]) == "subclass-s1"
+
+
+def two_strategy_sweep():
+  """2 APIs x 2 strategies x 3 seeds: identical APIs under default, far apart under mirrored."""
+  return [run_of(api, seed, 0.8 + noise + (gap if api == "subclass" else 0.0), strategy)
+          for strategy, gap in (("default", 0.0), ("mirrored", 0.1))
+          for api in ("functional", "subclass")
+          for seed, noise in enumerate((0.01, -0.01, 0.0))]
+
+
+def test_a_sweep_over_strategies_is_tested_and_plotted_per_strategy(tmp_path):
+  lines = compare.compare_apis(two_strategy_sweep(), 0.05)
+  assert len(lines) == 2
+  assert lines[0].startswith("- [default] functional vs subclass: identical test accuracy")
+  assert lines[1].startswith("- [mirrored] functional vs subclass:")
+  assert "beyond seed noise" in lines[1]
+  labels = compare.plot_accuracy(two_strategy_sweep(), str(tmp_path / "accuracy.png"))
+  assert labels == ["functional, default (3 seeds)", "functional, mirrored (3 seeds)",
+                    "subclass, default (3 seeds)", "subclass, mirrored (3 seeds)"]

@@ -31,10 +31,10 @@ def test_train_batches_are_global_sized_and_scaled(fashion_pipeline):
 
 def test_an_epoch_is_a_seeded_permutation_of_the_training_split(fashion_pipeline):
   epoch0 = _labels(fashion_pipeline.train_dataset(epoch=0))
-  np.testing.assert_array_equal(np.bincount(epoch0), np.bincount(fashion_pipeline.train_labels))
+  np.testing.assert_array_equal(np.bincount(epoch0), np.bincount(fashion_pipeline.train.labels))
   np.testing.assert_array_equal(epoch0, _labels(fashion_pipeline.train_dataset(epoch=0)))
   assert not np.array_equal(epoch0, _labels(fashion_pipeline.train_dataset(epoch=1)))
-  assert not np.array_equal(epoch0, fashion_pipeline.train_labels)  # Shuffled at all.
+  assert not np.array_equal(epoch0, fashion_pipeline.train.labels)  # Shuffled at all.
 
 
 def test_start_step_enters_the_epoch_where_a_full_pass_would_be(fashion_pipeline):
@@ -52,7 +52,7 @@ def test_evaluation_sees_every_test_example_once(fashion_mnist_dir):
   weights = np.concatenate([batch[2].numpy() for batch in batches])
   labels = np.concatenate([batch[1].numpy() for batch in batches])
   assert weights.sum() == 10_000
-  np.testing.assert_array_equal(labels[weights == 1], pipeline.test_labels)
+  np.testing.assert_array_equal(labels[weights == 1], pipeline.test.labels)
 
 
 def test_max_steps_per_epoch_cuts_the_epoch(fashion_mnist_dir):

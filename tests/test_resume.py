@@ -14,7 +14,6 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from tests.processes import ROOT
-from trainer import checkpointing
 from trainer import config as config_lib
 from trainer import errors
 from trainer import evaluate
@@ -22,10 +21,11 @@ from trainer import export
 from trainer import input_pipeline
 from trainer import run_record
 from trainer import train
+from trainer import workdir as workdir_lib
 
 
 def checkpoint_steps(workdir) -> list:
-  names = glob.glob(os.path.join(str(workdir), checkpointing.CHECKPOINT_DIR, "ckpt-*.index"))
+  names = glob.glob(os.path.join(str(workdir), workdir_lib.CHECKPOINT_DIR, "ckpt-*.index"))
   return sorted(int(os.path.basename(name)[5:-6]) for name in names)
 
 
@@ -34,6 +34,18 @@ def logged_steps(folder, tag="loss") -> list:
       str(folder), size_guidance={event_accumulator.TENSORS: 0})
   accumulator.Reload()
   return [event.step for event in accumulator.Tensors(tag)]
+
+
+def logged_steps_so_far(folder) -> list:
+  """The steps of a live run's training scalars (a missing folder or a cut record is fine)."""
+  steps = []
+  for path in glob.glob(os.path.join(str(folder), "events.out.tfevents.*")):
+    try:
+      steps += [event.step for event in tf.compat.v1.train.summary_iterator(path)
+                if event.summary.value]
+    except tf.errors.DataLossError:
+      pass  # The writer is mid-record.
+  return steps
 
 
 def start_trainer(*flags):
@@ -87,15 +99,24 @@ def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_flags, fashion
 
 def test_sigterm_saves_at_the_next_step_and_says_how_to_resume(tmp_path):
   workdir = tmp_path / "run"
-  flags = ("--dataset=synthetic", "--epochs=50", "--checkpoint_every=0", f"--workdir={workdir}")
+  # Epochs of 7,500 steps with checkpoints only at their ends: any other saved step was saved
+  # because of the signal.
+  steps_per_epoch = input_pipeline.SYNTHETIC_TRAIN_SIZE // 8
+  flags = ("--dataset=synthetic", "--epochs=50", "--batch_size=8", "--checkpoint_every=0",
+           f"--workdir={workdir}")
   process = start_trainer(*flags)
-  wait_for_checkpoint(process, workdir, at_least=1)  # The end of epoch 1: it is training.
+  deadline = time.monotonic() + 120
+  while not [step for step in logged_steps_so_far(workdir / "train") if step > steps_per_epoch]:
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    assert time.monotonic() < deadline, "not training in epoch 2 in time"
+    time.sleep(0.05)
   process.send_signal(signal.SIGTERM)
   _, stderr = process.communicate(timeout=60)
   assert process.returncode == 128 + signal.SIGTERM
   assert "Rerun the same command to resume" in stderr
   saved_step = checkpoint_steps(workdir)[-1]
-  assert saved_step % 937 != 0  # Saved mid-epoch at the signal, not only at an epoch's end.
+  assert saved_step > steps_per_epoch and saved_step % steps_per_epoch != 0
+  assert f"saved at step {saved_step} of" in stderr
   assert logged_steps(workdir / "train")[-1] <= saved_step
 
 
@@ -156,9 +177,9 @@ def test_injected_nan_stops_with_the_step_and_keeps_the_checkpoint(small_config,
 
   monkeypatch.setattr(input_pipeline.InputPipeline, "training_batches", poisoned)
   config = small_config.replace(checkpoint_every=10, steps_per_loop=4)
-  with pytest.raises(train.Diverged, match="became nan at step 15.*checkpoint \\(step 10\\)"):
+  with pytest.raises(errors.Diverged, match="became nan at step 15.*checkpoint \\(step 10\\)"):
     train.train_and_evaluate(config)
-  assert train.Diverged.exit_code == 4
+  assert errors.Diverged.exit_code == 4
   assert checkpoint_steps(config.workdir) == [10]
   assert not os.path.exists(os.path.join(config.workdir, run_record.RESULTS_FILE))
 

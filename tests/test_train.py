@@ -120,7 +120,8 @@ def test_tensorboard_holds_scalars_hparams_and_config(small_config):
 def test_results_json_has_every_field(small_config):
   train.train_and_evaluate(small_config)
   results = run_record.read_results(small_config.workdir)
-  assert set(run_record.REQUIRED_FIELDS) <= set(results)
+  assert sorted(results) == sorted(run_record.FIELDS)
+  assert results["schema_version"] == run_record.SCHEMA_VERSION
   assert results["examples_per_sec"] > 0 and results["wall_time_s"] > 0
   assert results["global_batch_size"] == 64 and results["steps"] == 20
 

@@ -17,7 +17,6 @@ interval, so a machine whose speed drifts (shared VMs do) shifts every row alike
 intervals are its TensorBoard log windows, so the figures match what runs report.
 """
 
-import json
 import os
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ from absl import app
 from absl import flags
 
 from trainer import run_record
+from trainer import workdir as workdir_lib
 
 flags.DEFINE_string("data_dir", "/usr/share/datasets/fashion-mnist",
                     "MNIST-format IDX folder for the real-data rows.")
@@ -151,7 +151,6 @@ def measure_startup(data_dir: str, workdir: str) -> float:
 def run_benchmark(data_dir: str, dataset: str, best_batch_size: int, best_precision: str,
                   rounds: int, intervals: int, tiny: bool, root: str) -> dict:
   """Runs every row and returns the benchmark record, targets included."""
-  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   from trainer import hardware  # pylint: disable=g-import-not-at-top
   from trainer import idx_files  # pylint: disable=g-import-not-at-top
   from trainer import precision as precision_lib  # pylint: disable=g-import-not-at-top
@@ -159,12 +158,35 @@ def run_benchmark(data_dir: str, dataset: str, best_batch_size: int, best_precis
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   images, labels, _, _ = idx_files.read_mnist_format(data_dir)
-  # Steps per interval: about a second of training each on a 2-core CPU; tiny runs are seconds.
-  small_interval = 20 if tiny else 400
   if tiny:
     images, labels, best_batch_size = images[:4096], labels[:4096], 256
     rounds, intervals = 1, 5
   best_precision = precision_lib.resolve_precision(best_precision)[0]
+  measures = _measures(images, labels, data_dir, dataset, best_batch_size, best_precision,
+                       intervals, tiny, root)
+  rates, details = {name: [] for name in measures}, {}
+  for _ in range(rounds):  # Interleaved, so drift over minutes shifts every row alike.
+    for name, measure in measures.items():
+      measured, details[name] = measure()
+      rates[name] += measured
+  device = hardware.describe_devices()
+  rows, ceilings = _rows(rates, details, device)
+  startup = measure_startup(data_dir, os.path.join(root, "startup"))
+  ratios, targets = _ratios_and_targets(rows, ceilings, startup)
+  return {
+      "date": time.strftime("%Y-%m-%d"), "device": device, "tiny": tiny,
+      "tf_version": tf.__version__, "keras_version": keras.__version__,
+      "flops_per_example": FLOPS_PER_EXAMPLE, "rows": rows, "ceilings": ceilings,
+      "ratios": ratios, "time_to_first_step_s": startup, "targets_met": targets,
+  }
+
+
+def _measures(images, labels, data_dir: str, dataset: str, best_batch_size: int,
+              best_precision: str, intervals: int, tiny: bool, root: str) -> dict:
+  """Each row's measuring function, by row name; each returns (rates, row details)."""
+  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+  # Steps per interval: about a second of training each on a 2-core CPU; tiny runs are seconds.
+  small_interval = 20 if tiny else 400
   best_interval = max(1, (2 if tiny else 40) * 4096 // best_batch_size)
   runs = iter(range(1000))
 
@@ -180,7 +202,7 @@ def run_benchmark(data_dir: str, dataset: str, best_batch_size: int, best_precis
 
   ceiling_precisions = ["float32"] + ([best_precision] if best_precision != "float32" else [])
   iterations = 5 if tiny else 100
-  measures = {
+  return {
       "a_plain_keras": lambda: measure_plain_keras(images, labels, 32, small_interval,
                                                    intervals),
       "b_harness_defaults": lambda: harness(32, small_interval),
@@ -194,14 +216,12 @@ def run_benchmark(data_dir: str, dataset: str, best_batch_size: int, best_precis
       "f_one_device": lambda: harness(32, small_interval, strategy="one_device"),
       "f_mirrored_one_device": lambda: harness(32, small_interval, strategy="mirrored"),
   }
-  rates = {name: [] for name in measures}
-  details = {}
-  for _ in range(rounds):
-    for name, measure in measures.items():
-      measured, details[name] = measure()
-      rates[name] += measured
+
+
+def _rows(rates: dict, details: dict, device: str):
+  """Returns (rows of the table, with MFU; the ceiling row of each precision)."""
   rows, ceilings = {}, {}
-  for name in measures:
+  for name in rates:
     row = {**_summary(rates[name]), **details[name]}
     if name.startswith("d_ceiling_"):
       row["flops_per_sec"] = row["examples_per_sec"] * FLOPS_PER_EXAMPLE
@@ -210,8 +230,6 @@ def run_benchmark(data_dir: str, dataset: str, best_batch_size: int, best_precis
         continue  # Used for the MFU of that precision's rows; the table's row d is float32.
       name = "d_ceiling"
     rows[name] = row
-
-  device = hardware.describe_devices()
   peak = next((spec for name, spec in GPU_PEAK_FLOPS.items() if name in device), None)
   for name, row in rows.items():
     if name == "d_ceiling":
@@ -221,7 +239,11 @@ def run_benchmark(data_dir: str, dataset: str, best_batch_size: int, best_precis
     row["mfu_vs_ceiling"] = model_flops / ceiling["flops_per_sec"]
     if peak and row.get("precision", "float32") in peak:
       row["mfu_vs_peak_spec"] = model_flops / peak[row.get("precision", "float32")]
+  return rows, ceilings
 
+
+def _ratios_and_targets(rows: dict, ceilings: dict, startup: float):
+  """Returns (the ratios between rows, whether each target is met)."""
   rate = {name: row["examples_per_sec"] for name, row in rows.items()}
   ratios = {
       "b_over_a": rate["b_harness_defaults"] / rate["a_plain_keras"],
@@ -232,7 +254,6 @@ def run_benchmark(data_dir: str, dataset: str, best_batch_size: int, best_precis
       "mirrored_one_device_over_default": (rate["f_mirrored_one_device"]
                                            / rate["b_harness_defaults"]),
   }
-  startup = measure_startup(data_dir, os.path.join(root, "startup"))
   targets = {
       "b_over_a >= 4.0": ratios["b_over_a"] >= 4.0,
       "c_over_d >= 0.8": ratios["c_over_d"] >= 0.8,
@@ -241,12 +262,7 @@ def run_benchmark(data_dir: str, dataset: str, best_batch_size: int, best_precis
       "mirrored_one_device_over_default >= 0.9": ratios["mirrored_one_device_over_default"] >= 0.9,
       "time_to_first_step_s <= 8": startup <= 8.0,
   }
-  return {
-      "date": time.strftime("%Y-%m-%d"), "device": device, "tiny": tiny,
-      "tf_version": tf.__version__, "keras_version": keras.__version__,
-      "flops_per_example": FLOPS_PER_EXAMPLE, "rows": rows, "ceilings": ceilings,
-      "ratios": ratios, "time_to_first_step_s": startup, "targets_met": targets,
-  }
+  return ratios, targets
 
 
 def format_table(record: dict) -> str:
@@ -271,9 +287,7 @@ def main(argv):
   with tempfile.TemporaryDirectory(prefix="benchmark-") as root:
     record = run_benchmark(FLAGS.data_dir, FLAGS.dataset, FLAGS.best_batch_size,
                            FLAGS.best_precision, FLAGS.rounds, FLAGS.intervals, FLAGS.tiny, root)
-  with open(FLAGS.output + ".tmp", "w") as f:
-    json.dump(record, f, indent=2)
-  os.replace(FLAGS.output + ".tmp", FLAGS.output)
+  workdir_lib.write_json(FLAGS.output, record, sort_keys=False)  # Rows stay in table order.
   print(f"\nBenchmark on {record['device']}, {record['date']} (TF {record['tf_version']}):")
   print(format_table(record))
   print(f"\nWritten to {FLAGS.output}")

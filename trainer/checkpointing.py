@@ -1,73 +1,41 @@
-"""Checkpoints of a run and the rules for resuming one: what is saved, where, and when it may resume.
+"""Checkpoints of a run: the model, the optimizer (with its loss-scale state) and the global step.
 
-A checkpoint holds the model, the optimizer (with its loss-scale state) and the global step. The
-data position needs nothing more: each epoch's order is a pure function of (seed, epoch), so the
-step alone says which batch comes next. tf.train's writer renames files into place and updates
-the `checkpoint` index last, so a crash mid-save leaves the previous checkpoint intact.
+The data position needs nothing more: each epoch's order is a pure function of (seed, epoch), so
+the step alone says which batch comes next. tf.train's writer renames files into place and
+updates the `checkpoint` index last, so a crash mid-save leaves the previous checkpoint intact.
 """
 
-import json
 import os
 import shutil
 import tempfile
-from typing import Mapping, Optional
 
 from absl import logging
 import tensorflow as tf
 
 from trainer import errors
-from trainer import run_record
-
-CHECKPOINT_DIR = "checkpoints"
-RUN_CONFIG_FILE = "config.json"
-
-# Settings that change the math: a checkpoint resumes only under the same ones. Raising epochs
-# does not change them, so it continues a run.
-MATH_FIELDS = ("api", "hidden_units", "dataset", "batch_size", "learning_rate", "seed",
-               "max_steps_per_epoch", "precision", "num_replicas")
-
-
-def write_run_config(workdir: str, run_config: Mapping[str, object]) -> None:
-  """Records the settings of the run in workdir/config.json (atomically)."""
-  run_record.write_json(os.path.join(workdir, RUN_CONFIG_FILE), run_config)
-
-
-def read_run_config(workdir: str) -> Optional[dict]:
-  """Returns the saved settings of the run in `workdir`, or None if it has none."""
-  path = os.path.join(workdir, RUN_CONFIG_FILE)
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def check_same_math(saved: Mapping[str, object], current: Mapping[str, object],
-                    workdir: str) -> None:
-  """Refuses to resume `saved` under `current` settings when they differ in MATH_FIELDS."""
-  differences = [f"  {name}: {saved.get(name)!r} in the saved run, {current.get(name)!r} now"
-                 for name in MATH_FIELDS if saved.get(name) != current.get(name)]
-  if differences:
-    raise errors.UserError(
-        f"--workdir={workdir} holds a run with different settings, so it cannot be resumed:\n"
-        + "\n".join(differences)
-        + "\nRerun with the saved settings, give a new --workdir, or add --overwrite to start "
-          "this run afresh there.")
+from trainer import workdir as workdir_lib
 
 
 class Checkpointer:
   """Saves and restores one run's model, optimizer and step.
 
   Every worker of a multi-worker cluster must take part in each save; only the chief's lands in
-  the workdir, the others write to a temporary folder that is removed.
+  the workdir, the others write to a temporary folder that `close` removes. Create it under the
+  strategy's scope: its step counter is a variable.
   """
 
   def __init__(self, workdir: str, is_chief: bool, max_to_keep: int, **trackables):
-    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    self._checkpoint = tf.train.Checkpoint(step=self.step, **trackables)
-    self._shared_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    self._checkpoint = tf.train.Checkpoint(step=self._step, **trackables)
+    self._shared_dir = os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)
     self._scratch_dir = None if is_chief else tempfile.mkdtemp(prefix="trainer-worker-ckpt-")
     self._manager = tf.train.CheckpointManager(
         self._checkpoint, self._scratch_dir or self._shared_dir, max_to_keep=max_to_keep)
+
+  @property
+  def last_step(self) -> int:
+    """The step of the last checkpoint saved or restored (0 before either)."""
+    return int(self._step.numpy())
 
   def restore_latest(self) -> int:
     """Restores the newest readable checkpoint of the chief; returns its step (0 if none).
@@ -88,7 +56,7 @@ class Checkpointer:
         continue
       if path != candidates[0]:
         logging.warning("Resumed from %s, an older checkpoint than the newest.", path)
-      return int(self.step.numpy())
+      return self.last_step
     if candidates:
       raise errors.UserError(
           f"None of the checkpoints in {self._shared_dir} can be read: "
@@ -98,7 +66,7 @@ class Checkpointer:
 
   def save(self, step: int) -> None:
     """Saves the state at `step` (every worker must call this together)."""
-    self.step.assign(step)
+    self._step.assign(step)
     self._manager.save(checkpoint_number=step)
 
   def close(self) -> None:

@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from trainer import errors
 from trainer import run_record
 
 flags.DEFINE_string("logdir", None, "Folder of runs, as written by trainer.sweep.", required=True)
@@ -103,30 +104,58 @@ def summarize(runs: Sequence[dict], target_accuracy: float) -> List[dict]:
   return rows
 
 
+def _configuration(run: dict) -> tuple:
+  """What a run shares with the runs it is compared with: every group key but api."""
+  return tuple(run[key] for key in GROUP_KEYS if key != "api")
+
+
+def _label(run: dict, varying: Sequence[str]) -> str:
+  return ", ".join(str(run[key]) for key in varying) or run["api"]
+
+
+def _varying_keys(runs: Sequence[dict], keys: Sequence[str] = GROUP_KEYS) -> List[str]:
+  """The group keys whose value differs between runs: what a label must name."""
+  return [key for key in keys if len({str(run[key]) for run in runs}) > 1]
+
+
 def compare_apis(runs: Sequence[dict], alpha: float) -> List[str]:
-  """Plain sentences: does each pair of APIs differ beyond seed noise (Welch t-test)?"""
-  from scipy import stats  # pylint: disable=g-import-not-at-top
-  by_api: Dict[str, Dict[int, float]] = {}
+  """Plain sentences: does each pair of APIs differ beyond seed noise (Welch t-test)?
+
+  Only runs of the same configuration (strategy, precision, device, batch, dataset) are
+  compared, seed against seed; each configuration gets its own tests.
+  """
+  configurations: Dict[tuple, List[dict]] = {}
   for run in runs:
-    by_api.setdefault(run["api"], {})[run["seed"]] = run["test_accuracy"]
+    configurations.setdefault(_configuration(run), []).append(run)
+  varying = _varying_keys(runs, [key for key in GROUP_KEYS if key != "api"])
   lines = []
-  for first, second in itertools.combinations(sorted(by_api), 2):
-    a, b = list(by_api[first].values()), list(by_api[second].values())
-    if len(a) < 2 or len(b) < 2:
-      lines.append(f"- {first} vs {second}: too few seeds to test (need 2 or more each).")
-      continue
-    same_seeds = sorted(set(by_api[first]) & set(by_api[second]))
-    if same_seeds and all(by_api[first][s] == by_api[second][s] for s in same_seeds):
-      lines.append(f"- {first} vs {second}: identical test accuracy for every seed "
-                   f"({len(same_seeds)} seeds): no difference at all.")
-      continue
-    result = stats.ttest_ind(a, b, equal_var=False)
-    verdict = ("a difference beyond seed noise" if result.pvalue < alpha
-               else "within seed-to-seed noise")
-    lines.append(f"- {first} vs {second}: mean {statistics.mean(a):.4f} vs "
-                 f"{statistics.mean(b):.4f}, Welch t = {result.statistic:.2f}, "
-                 f"p = {result.pvalue:.3f}: {verdict} (alpha {alpha}).")
+  for key in sorted(configurations, key=lambda k: tuple(map(str, k))):
+    members = configurations[key]
+    prefix = f"[{_label(members[0], varying)}] " if varying else ""
+    by_api: Dict[str, Dict[int, float]] = {}
+    for run in members:
+      by_api.setdefault(run["api"], {})[run["seed"]] = run["test_accuracy"]
+    for first, second in itertools.combinations(sorted(by_api), 2):
+      lines.append(f"- {prefix}{first} vs {second}: "
+                   + _welch_verdict(by_api[first], by_api[second], alpha))
   return lines
+
+
+def _welch_verdict(first: Dict[int, float], second: Dict[int, float], alpha: float) -> str:
+  """One pair of APIs, accuracy by seed: identical, within noise, or different."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  a, b = list(first.values()), list(second.values())
+  if len(a) < 2 or len(b) < 2:
+    return "too few seeds to test (need 2 or more each)."
+  same_seeds = sorted(set(first) & set(second))
+  if same_seeds and all(first[s] == second[s] for s in same_seeds):
+    return (f"identical test accuracy for every seed ({len(same_seeds)} seeds): no difference "
+            "at all.")
+  result = stats.ttest_ind(a, b, equal_var=False)
+  verdict = ("a difference beyond seed noise" if result.pvalue < alpha
+             else "within seed-to-seed noise")
+  return (f"mean {statistics.mean(a):.4f} vs {statistics.mean(b):.4f}, Welch t = "
+          f"{result.statistic:.2f}, p = {result.pvalue:.3f}: {verdict} (alpha {alpha}).")
 
 
 def write_table(rows: Sequence[dict], target_accuracy: float, statements: Sequence[str],
@@ -157,8 +186,12 @@ def write_csv(rows: Sequence[dict], path: str) -> None:
     writer.writerows(rows)
 
 
-def plot_accuracy(runs: Sequence[dict], path: str) -> None:
-  """Eval accuracy per epoch for each API: the mean line and a min-max band over seeds."""
+def plot_accuracy(runs: Sequence[dict], path: str) -> List[str]:
+  """Eval accuracy per epoch for each configuration: the mean line and a min-max band over seeds.
+
+  Returns the curves' labels, one per configuration (all group keys; only those that differ
+  between runs are named).
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
@@ -166,17 +199,21 @@ def plot_accuracy(runs: Sequence[dict], path: str) -> None:
   # Distinct dashes and markers: APIs that agree exactly (they can) stay visible on top of each
   # other.
   styles = itertools.cycle([("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")])
-  for api in sorted({run["api"] for run in runs}):
-    curves = [[value for _, _, value in run["eval_accuracy"]] for run in runs
-              if run["api"] == api and run["eval_accuracy"]]
-    if not curves:
-      continue
+  groups: Dict[tuple, List[dict]] = {}
+  for run in runs:
+    if run["eval_accuracy"]:
+      groups.setdefault(tuple(run[key] for key in GROUP_KEYS), []).append(run)
+  varying = _varying_keys(runs)
+  labels = []
+  for key in sorted(groups, key=lambda k: tuple(map(str, k))):
+    curves = [[value for _, _, value in run["eval_accuracy"]] for run in groups[key]]
     length = min(len(curve) for curve in curves)
     epochs = range(1, length + 1)
     columns = [[curve[i] for curve in curves] for i in range(length)]
     line_style, marker = next(styles)
+    labels.append(f"{_label(groups[key][0], varying)} ({len(curves)} seeds)")
     axes.plot(epochs, [statistics.mean(c) for c in columns], linestyle=line_style, marker=marker,
-              markersize=4, label=f"{api} ({len(curves)} seeds)")
+              markersize=4, label=labels[-1])
     axes.fill_between(epochs, [min(c) for c in columns], [max(c) for c in columns], alpha=0.25)
   axes.set_xlabel("epoch")
   axes.set_ylabel("test accuracy")
@@ -186,6 +223,7 @@ def plot_accuracy(runs: Sequence[dict], path: str) -> None:
   figure.tight_layout()
   figure.savefig(path)
   pyplot.close(figure)
+  return labels
 
 
 def plot_throughput(rows: Sequence[dict], path: str) -> None:
@@ -211,7 +249,9 @@ def build_report(logdir: str, output_dir: str, target_accuracy: float = 0.85,
   """Writes report.md, report.csv and the two PNGs; returns their paths and the rows."""
   runs = load_runs(logdir)
   if not runs:
-    raise ValueError(f"No finished run (results.json) under {logdir}.")
+    raise errors.UserError(
+        f"No finished run (results.json) under --logdir={logdir}. Point it at the --root of a "
+        "sweep, or at a folder holding trainer workdirs.")
   os.makedirs(output_dir, exist_ok=True)
   rows = summarize(runs, target_accuracy)
   paths = {name: os.path.join(output_dir, name) for name in (
@@ -227,10 +267,8 @@ def main(argv):
   del argv  # Unused.
   logging.set_verbosity(logging.WARNING)  # tensorboard's reader logs every file it opens.
   output_dir = FLAGS.output_dir or os.path.join(FLAGS.logdir, "report")
-  try:
+  with errors.shown_as_one_line():
     report = build_report(FLAGS.logdir, output_dir, FLAGS.target_accuracy, FLAGS.alpha)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
   print(f"{report['num_runs']} runs in {len(report['rows'])} configurations\n")
   print(report["text"])
   print("Written:", ", ".join(report["paths"].values()))

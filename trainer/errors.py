@@ -1,18 +1,75 @@
-"""The one error type that the entry point shows to the user without a traceback."""
+"""Every failure a user can meet, its exit code, and how the entry points show it.
+
+Library code raises a `UserError` (or a subclass) for anything the user can fix or must know;
+the entry points (trainer.main, evaluate, compare) print its message alone, without a
+traceback, and exit with its code. Any other exception is a bug and keeps its traceback.
+"""
+
+import contextlib
+import signal
+import sys
+from typing import Iterator
+
+FINISHED = 0
+BUG_OR_USAGE = 1
+BAD_INPUT = 2
+PEER_LOST = 3
+DIVERGED = 4
+WATCHDOG_KILLED = 128 + signal.SIGKILL
+
+# The one table of exit codes; README's table says the same (a test checks).
+EXIT_CODES = {
+    FINISHED: "finished",
+    BUG_OR_USAGE: "absl usage error (a bad flag value) or a bug (with traceback)",
+    BAD_INPUT: "bad input: the message says what and how to fix it",
+    PEER_LOST: "a peer worker died or became unreachable",
+    DIVERGED: "the loss became NaN or infinite (last good checkpoint kept)",
+    128 + signal.SIGINT: "stopped by Ctrl-C after saving: rerun to resume",
+    128 + signal.SIGTERM: "stopped by SIGTERM after saving: rerun to resume",
+    WATCHDOG_KILLED: "killed by the progress watchdog: a peer never started or hangs",
+}
 
 
 class UserError(Exception):
-  """Bad input or an unusable environment: the message says what is wrong and what to do.
+  """Bad input or an unusable environment: the message says what is wrong and what to do."""
 
-  Library code raises it for anything the user can fix (a missing data file, a batch size the
-  replicas cannot split, no network for a download). trainer.main prints the message alone and
-  exits with `exit_code`; any other exception is a bug and keeps its traceback.
-  """
-
-  exit_code = 2
+  exit_code = BAD_INPUT
 
 
 class ClusterError(UserError):
   """A peer worker is unreachable or has died."""
 
-  exit_code = 3
+  exit_code = PEER_LOST
+
+
+class Diverged(UserError):
+  """The loss became NaN or infinite."""
+
+  exit_code = DIVERGED
+
+
+class Interrupted(UserError):
+  """SIGTERM or SIGINT arrived; the run was saved and can resume. Exits 128 + the signal."""
+
+  def __init__(self, message: str, signal_number: int):
+    super().__init__(message)
+    self.exit_code = 128 + signal_number
+
+
+def describe_exit_code(code: int) -> str:
+  """Returns what a trainer process's exit code means, e.g. for a sweep's report of a run."""
+  if code in EXIT_CODES:
+    return EXIT_CODES[code]
+  if code < 0:  # How subprocess reports a death by signal.
+    return f"killed by signal {signal.Signals(-code).name}"
+  return "unknown exit code"
+
+
+@contextlib.contextmanager
+def shown_as_one_line() -> Iterator[None]:
+  """Prints a UserError raised inside as "error: ..." alone and exits with its code."""
+  try:
+    yield
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)

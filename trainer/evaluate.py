@@ -7,9 +7,6 @@ Reads the run's config.json for the dataset, so the figure is comparable with th
 in its results.json, which it prints beside it.
 """
 
-import os
-import sys
-
 from absl import app
 from absl import flags
 
@@ -25,14 +22,13 @@ def evaluate_export(workdir: str, export_format: str = "keras", data_dir=None) -
   """Returns {"test_accuracy", "test_loss", "num_examples"} of the exported model in `workdir`."""
   # Imported here so that --help answers without loading TensorFlow.
   import keras  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import checkpointing  # pylint: disable=g-import-not-at-top
   from trainer import errors  # pylint: disable=g-import-not-at-top
   from trainer import export  # pylint: disable=g-import-not-at-top
   from trainer import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainer import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
-  run_config = checkpointing.read_run_config(workdir)
-  if run_config is None or not os.path.exists(os.path.join(workdir, export.KERAS_FILE)):
+  run_config = workdir_lib.read_run_config(workdir)
+  if run_config is None or not export.has_export(workdir):
     raise errors.UserError(f"{workdir} holds no finished run with an exported model.")
   pipeline = input_pipeline.make_input_pipeline(
       run_config["dataset"], data_dir or run_config["data_dir"], run_config["tfds_data_dir"],
@@ -42,7 +38,7 @@ def evaluate_export(workdir: str, export_format: str = "keras", data_dir=None) -
     predict = model
   else:
     # The loaded object owns the variables: keep it referenced while `serve` runs.
-    model = tf.saved_model.load(os.path.join(workdir, export.SAVED_MODEL_DIR))
+    model = export.load_saved_model(workdir)
     predict = model.serve
   loss = keras.metrics.Mean()
   accuracy = keras.metrics.SparseCategoricalAccuracy()
@@ -59,12 +55,9 @@ def main(argv):
   del argv  # Unused.
   from trainer import errors  # pylint: disable=g-import-not-at-top
   from trainer import run_record  # pylint: disable=g-import-not-at-top
-  try:
+  with errors.shown_as_one_line():
     figures = evaluate_export(FLAGS.workdir, FLAGS.format, FLAGS.data_dir)
-  except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(e.exit_code)
-  recorded = run_record.read_results(FLAGS.workdir)["test_accuracy"]
+    recorded = run_record.read_results(FLAGS.workdir)["test_accuracy"]
   print(f"{FLAGS.format}: test accuracy {figures['test_accuracy']:.4f} "
         f"(results.json: {recorded:.4f}), loss {figures['test_loss']:.4f}, "
         f"{figures['num_examples']} examples")

@@ -1,36 +1,95 @@
-"""results.json: the one-line-per-field record of a finished run; JSON files written atomically."""
+"""The record of a run: one schema for results.json, the HParams entry and what compare reads.
 
-import json
+`RunResults` is that schema, one key per fact (README's "results.json" section lists every field;
+a test keeps the two in step). Its first fields, `HPARAMS`, describe what ran and are written to
+TensorBoard's HParams entry when a run starts; the rest are known when it ends.
+"""
+
+import dataclasses
 import os
-from typing import Mapping
+from typing import Dict, List, Optional
 
-RESULTS_FILE = "results.json"
+from trainer import config as config_lib
+from trainer import errors
+from trainer import workdir as workdir_lib
 
-REQUIRED_FIELDS = (
-    "api", "strategy", "num_replicas", "precision", "dataset", "epochs", "global_batch_size",
-    "params", "test_accuracy", "test_loss", "examples_per_sec", "wall_time_s", "device",
-    "tf_version", "keras_version")
+SCHEMA_VERSION = 1
+RESULTS_FILE = workdir_lib.RESULTS_FILE
+
+# What ran: the HParams dashboard's columns, and the keys compare groups runs by (with seed).
+HPARAMS = ("api", "strategy", "num_replicas", "precision", "device", "global_batch_size",
+           "dataset", "hidden_units", "seed")
+# The final metrics the HParams dashboard shows beside them.
+HPARAM_METRICS = ("test_accuracy", "examples_per_sec")
 
 
-def write_results(workdir: str, results: Mapping[str, object]) -> str:
-  """Writes `results` to workdir/results.json through a rename, so a reader never sees half."""
-  missing = [name for name in REQUIRED_FIELDS if name not in results]
-  if missing:
-    raise ValueError(f"results lack the fields {missing}")
+@dataclasses.dataclass(frozen=True)
+class RunResults:
+  """Every field of results.json."""
+
+  # What ran (HPARAMS).
+  api: str
+  strategy: str
+  num_replicas: int
+  precision: str
+  device: str
+  global_batch_size: int
+  dataset: str
+  hidden_units: int
+  seed: int
+  # How it ran.
+  epochs: int
+  params: int
+  steps: int
+  steps_per_epoch: int
+  steps_per_loop: int
+  steps_per_xla_call: int
+  jit_compile: bool
+  tf_version: str
+  keras_version: str
+  # What it reached.
+  test_accuracy: float
+  test_loss: float
+  train_loss: float
+  weights_sha256: str
+  examples_per_sec: float
+  examples_per_sec_windows: List[float]
+  time_to_first_step_s: Optional[float]
+  wall_time_s: float
+  exports: Dict[str, str] = dataclasses.field(default_factory=dict)
+  schema_version: int = SCHEMA_VERSION
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+FIELDS = tuple(field.name for field in dataclasses.fields(RunResults))
+
+
+def hparams(settings: config_lib.RunSettings) -> dict:
+  """The HPARAMS of a run, known before it trains."""
+  config = settings.config
+  return {"api": config.api, "strategy": settings.strategy,
+          "num_replicas": settings.num_replicas, "precision": settings.precision,
+          "device": settings.device, "global_batch_size": config.batch_size,
+          "dataset": config.dataset, "hidden_units": config.hidden_units, "seed": config.seed}
+
+
+def write_results(workdir: str, results: RunResults) -> str:
+  """Writes workdir/results.json through a rename, so a reader never sees half of it."""
   path = os.path.join(workdir, RESULTS_FILE)
-  write_json(path, results)
+  workdir_lib.write_json(path, results.to_dict())
   return path
 
 
-def write_json(path: str, values: Mapping[str, object]) -> None:
-  """Writes `values` as JSON to `path` through a rename, so a reader never sees half a file."""
-  with open(path + ".tmp", "w") as f:
-    json.dump(dict(values), f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(path + ".tmp", path)
+def has_results(workdir: str) -> bool:
+  """True when the run in `workdir` finished and wrote its results.json."""
+  return os.path.isfile(os.path.join(workdir, RESULTS_FILE))
 
 
 def read_results(workdir: str) -> dict:
-  """Returns the results.json of the run in `workdir`."""
-  with open(os.path.join(workdir, RESULTS_FILE)) as f:
-    return json.load(f)
+  """Returns the results.json of the run in `workdir` as a dict of RunResults fields."""
+  results = workdir_lib.read_json(os.path.join(workdir, RESULTS_FILE))
+  if results is None:
+    raise errors.UserError(f"{workdir} holds no {RESULTS_FILE}: the run has not finished.")
+  return results

@@ -17,8 +17,8 @@ from typing import Dict, Mapping
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
-# The final metrics the HParams dashboard shows beside every run's hyperparameters.
-HPARAM_METRICS = ("test_accuracy", "examples_per_sec")
+from trainer import run_record
+from trainer import workdir as workdir_lib
 
 
 class RunWriter:
@@ -29,7 +29,8 @@ class RunWriter:
     self._writers: Dict[str, tf.summary.SummaryWriter] = {}
     self._last_step: Dict[str, int] = {}
     if enabled:
-      for name, folder in (("run", ""), ("train", "train"), ("eval", "eval")):
+      for name, folder in (("run", ""), ("train", workdir_lib.TRAIN_DIR),
+                           ("eval", workdir_lib.EVAL_DIR)):
         path = os.path.join(workdir, folder)
         self._last_step[name] = _last_logged_step(path)
         self._writers[name] = tf.summary.create_file_writer(path)
@@ -55,7 +56,7 @@ class RunWriter:
     with self._writers["run"].as_default(step=0):
       hparams_api.hparams_config(
           hparams=[hparams_api.HParam(name) for name in hparams],
-          metrics=[hparams_api.Metric(name) for name in HPARAM_METRICS])
+          metrics=[hparams_api.Metric(name) for name in run_record.HPARAM_METRICS])
       hparams_api.hparams(dict(hparams))
       tf.summary.text("config", _markdown_table(config))
       tf.summary.text("environment", _markdown_table(environment))
@@ -63,6 +64,12 @@ class RunWriter:
   def close(self) -> None:
     for writer in self._writers.values():
       writer.close()
+
+  def __enter__(self) -> "RunWriter":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
 
 
 def _last_logged_step(folder: str) -> int:

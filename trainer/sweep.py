@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 
 from trainer import config as config_lib
+from trainer import errors
 from trainer import run_record
 
 flags.DEFINE_string("root", "runs/sweep", "Folder that holds one workdir per run.")
@@ -72,7 +73,7 @@ def run_sweep(root: str, runs: List[Dict[str, str]], trainer_flags: Sequence[str
   for number, settings in enumerate(runs, 1):
     workdir = os.path.join(root, run_name(settings))
     prefix = f"[{number}/{len(runs)}] {run_name(settings)}"
-    if os.path.isfile(os.path.join(workdir, run_record.RESULTS_FILE)):
+    if run_record.has_results(workdir):
       print(f"{prefix}: finished before, skipped", flush=True)
       continue
     command = [sys.executable, "-m", "trainer.main", *trainer_flags,
@@ -84,7 +85,8 @@ def run_sweep(root: str, runs: List[Dict[str, str]], trainer_flags: Sequence[str
     if process.returncode:
       failures += 1
       message = (process.stderr.strip().splitlines() or ["(no output)"])[-1]
-      print(f"{prefix}: FAILED with exit code {process.returncode} after {seconds:.0f} s: "
+      print(f"{prefix}: FAILED with exit code {process.returncode} "
+            f"({errors.describe_exit_code(process.returncode)}) after {seconds:.0f} s: "
             f"{message}", flush=True)
       continue
     results = run_record.read_results(workdir)

@@ -1,0 +1,61 @@
+"""Settings: one flag per Config field and back, and what RunSettings resolves them to."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.processes import ROOT
+from trainer import config as config_lib
+
+# Run in a process of its own: other entry points define some of the same flag names in absl's
+# one global registry, which a test process importing them all would refuse.
+DUMP_FLAGS = """
+import json, sys
+from trainer import main
+flags = main.FLAGS.get_flags_for_module(sys.modules["trainer.main"])
+main.FLAGS(["trainer.main", "--api=subclass", "--worker_hosts=a:1,b:2", "--jit_compile"])
+print(json.dumps({"flags": {f.name: {"default": f.default, "help": f.help} for f in flags},
+                  "config": main.config_from_flags().to_dict()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def main_flags():
+  result = subprocess.run([sys.executable, "-c", DUMP_FLAGS], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=True)
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_every_setting_has_exactly_one_flag_and_every_flag_one_setting(main_flags):
+  assert sorted(main_flags["flags"]) == sorted(config_lib.SETTINGS)
+
+
+def test_flags_take_their_default_and_help_from_the_config(main_flags):
+  for name, flag in main_flags["flags"].items():
+    assert flag["help"].endswith(config_lib.help_text(name)), name  # Enums lead with choices.
+    default = config_lib.default(name)
+    assert flag["default"] == (list(default) if isinstance(default, tuple) else default), name
+
+
+def test_parsed_flags_become_the_config(main_flags):
+  config = main_flags["config"]
+  assert (config["api"], config["worker_hosts"], config["jit_compile"]) == (
+      "subclass", ["a:1", "b:2"], True)
+  assert config["workdir"] == "runs/mnist-subclass-auto"  # Named after what runs.
+
+
+def test_run_settings_resolve_the_automatic_choices():
+  def settings(num_replicas, **changes):
+    return config_lib.RunSettings(
+        config=config_lib.Config(**changes), strategy="mirrored", num_replicas=num_replicas,
+        precision="float32", precision_reason="asked for", device="CPU", is_chief=True)
+
+  assert settings(1).steps_per_loop == config_lib.AUTO_STEPS_PER_LOOP
+  assert settings(1, steps_per_loop=7).steps_per_loop == 7
+  assert settings(1).jit_compile and not settings(2).jit_compile
+  assert settings(2, jit_compile=True).jit_compile
+  saved = settings(2, precision="auto", strategy="auto").run_config()
+  assert (saved["strategy"], saved["precision"], saved["num_replicas"]) == (
+      "mirrored", "float32", 2)

@@ -1,0 +1,31 @@
+"""README states what the code does: the exit codes and every field of results.json."""
+
+import os
+
+from tests.processes import ROOT
+from trainer import errors
+from trainer import run_record
+
+
+def readme_section(title: str) -> str:
+  with open(os.path.join(ROOT, "README.md")) as f:
+    text = f.read()
+  start = text.index(f"\n## {title}\n")
+  end = text.find("\n## ", start + 1)
+  return text[start:end if end != -1 else None]
+
+
+def table_rows(section: str) -> list:
+  return [[cell.strip() for cell in line.strip("|").split("|")]
+          for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+
+
+def test_the_exit_code_table_is_the_one_in_errors():
+  rows = table_rows(readme_section("Exit codes"))[1:]
+  assert {int(code): meaning for code, meaning in rows} == errors.EXIT_CODES
+
+
+def test_every_results_field_is_documented():
+  documented = [name.strip() for row in table_rows(readme_section("results.json"))[1:]
+                for name in row[0].replace("`", "").split(",")]
+  assert documented == list(run_record.FIELDS)

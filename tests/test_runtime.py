@@ -1,0 +1,74 @@
+"""Cleanup on every way out: the watchdog, lost peers, and a non-chief worker's scratch folder."""
+
+import os
+import tempfile
+
+import pytest
+import tensorflow as tf
+
+from trainer import checkpointing
+from trainer import config as config_lib
+from trainer import distribution
+from trainer import errors
+from trainer import runtime
+from trainer import train
+
+CLUSTER_CONFIG = config_lib.Config(strategy="multi_worker_mirrored",
+                                   worker_hosts=("127.0.0.1:1", "127.0.0.1:2"), task_index=1)
+
+
+class FakeWatchdog:
+  instances = []
+
+  def __init__(self, timeout_s, who):
+    self.who, self.beats, self.stopped = who, 0, False
+    FakeWatchdog.instances.append(self)
+
+  def beat(self):
+    self.beats += 1
+
+  def stop(self):
+    self.stopped = True
+
+
+@pytest.fixture
+def fake_cluster(monkeypatch):
+  """A worker's runtime whose strategy is this process's default one (no real peers)."""
+  FakeWatchdog.instances.clear()
+  monkeypatch.setattr(runtime.watchdog_lib, "ProgressWatchdog", FakeWatchdog)
+  monkeypatch.setattr(distribution, "make_strategy",
+                      lambda name, tf_config: tf.distribute.get_strategy())
+  return FakeWatchdog.instances
+
+
+def test_the_watchdog_stops_when_the_run_fails(fake_cluster):
+  with pytest.raises(errors.UserError, match="cannot be split"):
+    with runtime.open_runtime(CLUSTER_CONFIG.replace(batch_size=3, cpu_devices=1)) as opened:
+      del opened  # Unused: the body fails.
+      raise errors.UserError("--batch_size=3 cannot be split")
+  assert fake_cluster[0].stopped and fake_cluster[0].beats >= 1
+
+
+def test_a_lost_peer_becomes_a_cluster_error_naming_this_worker(fake_cluster):
+  with pytest.raises(errors.ClusterError, match=r"worker 1 of 2 \(127.0.0.1:2\) lost contact"):
+    with runtime.open_runtime(CLUSTER_CONFIG) as opened:
+      assert opened.settings.task == "worker 1 of 2 (127.0.0.1:2)"
+      raise tf.errors.UnavailableError(None, None, "Socket closed")
+  assert fake_cluster[0].stopped
+
+
+def test_a_non_chief_removes_its_scratch_checkpoints_when_the_run_diverges(small_config,
+                                                                        monkeypatch, tmp_path):
+  scratch, mkdtemp = [], tempfile.mkdtemp
+
+  def recorded_mkdtemp(prefix):
+    scratch.append(mkdtemp(prefix=prefix, dir=tmp_path))
+    return scratch[-1]
+
+  monkeypatch.setattr(distribution, "is_chief", lambda strategy: False)
+  monkeypatch.setattr(checkpointing.tempfile, "mkdtemp", recorded_mkdtemp)
+  with pytest.raises(errors.Diverged):
+    # An infinite learning rate makes the weights, then the loss, non-finite within steps.
+    train.train_and_evaluate(small_config.replace(learning_rate=float("inf"),
+                                                  checkpoint_every=1))
+  assert len(scratch) == 1 and not os.path.exists(scratch[0])

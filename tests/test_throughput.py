@@ -1,0 +1,59 @@
+"""The throughput meter on a fake clock: warm-up left out, pauses left out, windows and totals."""
+
+import pytest
+
+from trainer import throughput
+
+
+class FakeClock:
+
+  def __init__(self):
+    self.now = 100.0
+
+  def __call__(self) -> float:
+    return self.now
+
+
+def make_meter(batch=10):
+  clock = FakeClock()
+  return throughput.ThroughputMeter(batch, process_start_time=95.0, clock=clock,
+                                    wall_clock=clock), clock
+
+
+def test_the_first_call_is_warm_up_and_gives_the_time_to_first_step():
+  meter, clock = make_meter()
+  clock.now += 7.0  # Tracing and compiling.
+  meter.record(25)
+  assert meter.time_to_first_step_s == pytest.approx(12.0)  # From process start.
+  assert meter.examples_per_sec == 0.0 and meter.end_window() == {}
+  clock.now += 2.0
+  meter.record(100)
+  assert meter.examples_per_sec == pytest.approx(100 * 10 / 2.0)
+
+
+def test_windows_report_their_own_rate_and_the_total_counts_them_all():
+  meter, clock = make_meter()
+  meter.record(1)
+  for seconds in (1.0, 1.0):
+    clock.now += seconds
+    meter.record(50)
+  first = meter.end_window()
+  assert first == {"examples_per_sec": pytest.approx(500.0), "step_time_ms": pytest.approx(20.0)}
+  clock.now += 4.0
+  meter.record(100)
+  assert meter.end_window()["examples_per_sec"] == pytest.approx(250.0)
+  assert meter.window_rates == [pytest.approx(500.0), pytest.approx(250.0)]
+  assert meter.examples_per_sec == pytest.approx(2000 / 6.0)
+
+
+def test_time_under_paused_counts_nowhere():
+  meter, clock = make_meter()
+  meter.record(1)
+  clock.now += 1.0
+  meter.record(10)
+  with meter.paused():
+    clock.now += 30.0  # Evaluation and the epoch-end checkpoint.
+  clock.now += 1.0
+  meter.record(10)
+  assert meter.end_window()["examples_per_sec"] == pytest.approx(100.0)
+  assert meter.examples_per_sec == pytest.approx(100.0)

@@ -1,0 +1,105 @@
+"""The outer training loop: compiled calls of the task, and the work each boundary asks for.
+
+The controller sees the task only through `train_loop(num_steps)`, `train_metrics()`,
+`reset_train_metrics()` and `evaluate()`, and the plan tells it where calls end, so the whole
+loop is tested with a fake task in milliseconds (tests/test_controller.py). The order at a
+call's end: divergence check, throughput, progress, training scalars (log points and epoch
+ends), a checkpoint inside the epoch; at an epoch's end evaluation, its scalars and a checkpoint.
+A stop request (SIGTERM, Ctrl-C) is honoured before the next call: save, then raise.
+"""
+
+import dataclasses
+import math
+from typing import Callable, Optional, Tuple
+
+from trainer import errors
+from trainer import schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  """Where the loop ended and the last figures it saw."""
+
+  step: int
+  train_loss: float
+  test_loss: float
+  test_accuracy: float
+
+
+class Controller:
+  """Runs a LoopPlan's calls from a start step to the end of the run."""
+
+  def __init__(self, task, plan: schedule.LoopPlan, meter, writer, checkpointer, progress,
+               stop_requests, heartbeat: Callable[[], None] = lambda: None):
+    self._task, self._plan, self._meter, self._writer = task, plan, meter, writer
+    self._checkpointer, self._progress, self._stop = checkpointer, progress, stop_requests
+    self._heartbeat = heartbeat
+
+  def run(self, start_step: int) -> Outcome:
+    """Trains from `start_step` to the plan's last step; returns the final figures."""
+    step, first = start_step, True
+    train_loss, evaluation = math.nan, None
+    while step < self._plan.total_steps:
+      if first or schedule.is_due(step, self._plan.steps_per_epoch):
+        self._progress.start_epoch(self._plan.epoch_of(step))
+      self._stop_if_requested(step)
+      call = self._plan.next_call(step, first)
+      bad_step = self._task.train_loop(call.num_steps)
+      self._heartbeat()  # The loop above has finished: the compiled call returns a value.
+      train_loss = self._check_finite(step, call, bad_step)
+      step, first = call.end_step, False
+      self._meter.record(call.num_steps)
+      self._after_call(call, train_loss)
+      if call.epoch_end:
+        with self._meter.paused():
+          evaluation = self._end_epoch(step)
+    if evaluation is None:  # Every step was already trained: a run stopped before its end.
+      evaluation = self._evaluate()
+    return Outcome(step, train_loss, *evaluation)
+
+  def _stop_if_requested(self, step: int) -> None:
+    signal_number = self._stop.signal_number
+    if signal_number:
+      self._save(step)
+      raise errors.Interrupted(
+          f"Stopped by signal {signal_number} and saved at step {step} of "
+          f"{self._plan.total_steps}. Rerun the same command to resume from there.",
+          signal_number)
+
+  def _check_finite(self, step: int, call: schedule.Call, bad_step: int) -> float:
+    loss = self._task.train_metrics()["loss"]
+    if bad_step or not math.isfinite(loss):
+      raise errors.Diverged(
+          f"The training loss became {loss} at step {step + (bad_step or call.num_steps)}. "
+          f"Stopped without saving; the last good checkpoint (step "
+          f"{self._checkpointer.last_step}) is kept. Lower --learning_rate, or use "
+          "--precision=float32, and rerun the same command to resume from it.")
+    return loss
+
+  def _after_call(self, call: schedule.Call, loss: float) -> None:
+    accuracy = self._task.train_metrics()["accuracy"]
+    step_in_epoch = call.end_step - self._plan.epoch_of(call.end_step - 1) * (
+        self._plan.steps_per_epoch)
+    self._progress.update(step_in_epoch, loss, accuracy)
+    if call.log:
+      self._writer.scalars("train", call.end_step, {"loss": loss, "accuracy": accuracy,
+                                                    **self._meter.end_window()})
+      self._task.reset_train_metrics()
+    if call.checkpoint:
+      self._save(call.end_step)
+
+  def _end_epoch(self, step: int) -> Tuple[float, float]:
+    test_loss, test_accuracy = self._evaluate()
+    self._writer.scalars("eval", step, {"loss": test_loss, "accuracy": test_accuracy})
+    self._save(step)
+    self._progress.end_epoch(test_loss, test_accuracy)
+    return test_loss, test_accuracy
+
+  def _evaluate(self) -> Tuple[float, float]:
+    figures = self._task.evaluate()
+    self._heartbeat()
+    return figures
+
+  def _save(self, step: int) -> None:
+    self._checkpointer.save(step)
+    self._heartbeat()

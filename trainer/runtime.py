@@ -1,0 +1,59 @@
+"""Where a run executes: logical CPU devices, the strategy, and under multi-worker the watchdog.
+
+`open_runtime(config)` is a context manager: it resolves the Config against this machine and
+cluster into RunSettings, and on every way out (success, bad input, a signal, a lost peer) it
+stops the watchdog and turns TensorFlow's lost-peer errors into a ClusterError that says so.
+"""
+
+import contextlib
+import dataclasses
+from typing import Callable, Iterator
+
+import tensorflow as tf
+
+from trainer import cluster
+from trainer import config as config_lib
+from trainer import distribution
+from trainer import hardware
+from trainer import precision as precision_lib
+from trainer import watchdog as watchdog_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+  """The strategy of a run, what its config resolved to, and how to report progress."""
+
+  strategy: tf.distribute.Strategy
+  settings: config_lib.RunSettings
+  heartbeat: Callable[[], None]  # Call at every sign of progress; a no-op on one host.
+
+
+@contextlib.contextmanager
+def open_runtime(config: config_lib.Config) -> Iterator[Runtime]:
+  """Sets up devices and the strategy for `config`; yields the Runtime."""
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  hardware.split_cpu(config.cpu_devices)
+  tf_config = task = None
+  if config.strategy == "multi_worker_mirrored":
+    tf_config = cluster.tf_config_from_environment(config.worker_hosts, config.task_index)
+    task = cluster.describe_task(tf_config)
+  with contextlib.ExitStack() as stack:
+    heartbeat = lambda: None
+    if task:
+      # A worker whose peers never come (or die) blocks inside TensorFlow; the watchdog bounds
+      # that.
+      watchdog = watchdog_lib.ProgressWatchdog(config.worker_timeout, task)
+      stack.callback(watchdog.stop)
+      heartbeat = watchdog.beat
+    stack.enter_context(cluster.peer_failures_reported(task))
+    strategy = distribution.make_strategy(config.strategy, tf_config)
+    heartbeat()
+    distribution.check_batch_size(config.batch_size, strategy)
+    policy, reason = precision_lib.resolve_precision(config.precision)
+    settings = config_lib.RunSettings(
+        config=config, strategy=distribution.strategy_name(strategy),
+        num_replicas=strategy.num_replicas_in_sync, precision=policy, precision_reason=reason,
+        device=hardware.describe_devices(), is_chief=distribution.is_chief(strategy),
+        task=task)
+    yield Runtime(strategy, settings, heartbeat)

@@ -1,0 +1,99 @@
+"""Where the training loop stops: how many steps each compiled call runs, and what falls at its end.
+
+Pure Python, no TensorFlow, so every boundary rule is tested in milliseconds. Steps are global
+(counted from the run's start), so a resumed run gets the same boundaries as an uninterrupted one.
+A call ends at the first of: steps_per_loop steps, a log point, a checkpoint, the epoch's end.
+"""
+
+import dataclasses
+import math
+import sys
+
+MAX_PACK = 25  # Steps per XLA call at most; see pack_size.
+
+
+def is_due(step: int, every: int) -> bool:
+  """True when `step` is a multiple of `every`; an interval of 0 means never."""
+  return every > 0 and step % every == 0
+
+
+def steps_until_due(step: int, every: int) -> int:
+  """Steps from `step` to the next multiple of `every`; an interval of 0 means never."""
+  return every - step % every if every > 0 else sys.maxsize
+
+
+def pack_size(max_pack: int, start_step: int, steps_per_epoch: int, log_every: int,
+              checkpoint_every: int) -> int:
+  """The largest K <= max_pack that divides every boundary and the start step.
+
+  One compiled call can run K steps in an in-graph loop (a "pack") only if no boundary falls
+  inside a pack; K dividing the epoch length, the log and checkpoint intervals and the start step
+  puts every boundary, and so every resume point, between packs. An epoch of prime length gets 1.
+  """
+  common = math.gcd(steps_per_epoch, log_every, checkpoint_every or steps_per_epoch,
+                    start_step or steps_per_epoch)
+  return max(k for k in range(1, max_pack + 1) if common % k == 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+  """One compiled call of the loop: its length, and the boundaries that fall at its end."""
+
+  num_steps: int
+  end_step: int
+  log: bool  # Write the training scalars (every log_every steps, and at each epoch's end).
+  checkpoint: bool  # A checkpoint inside the epoch; the epoch's end saves one anyway.
+  epoch_end: bool  # Evaluate, and save.
+  run_end: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopPlan:
+  """The boundaries of one run, from its settings; `next_call` walks them."""
+
+  steps_per_epoch: int
+  epochs: int
+  log_every: int
+  checkpoint_every: int  # 0: only at epoch ends.
+  steps_per_loop: int
+  pack: int = 1  # Steps per XLA call; divides every boundary (see pack_size).
+
+  def __post_init__(self):
+    for name in ("steps_per_epoch", "epochs", "log_every", "steps_per_loop", "pack"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"LoopPlan.{name} must be at least 1, got {getattr(self, name)}.")
+    if self.steps_per_epoch % self.pack or self.log_every % self.pack or (
+        self.checkpoint_every % self.pack):
+      raise ValueError(f"pack {self.pack} must divide the epoch, log and checkpoint intervals.")
+
+  @property
+  def total_steps(self) -> int:
+    return self.epochs * self.steps_per_epoch
+
+  def epoch_of(self, step: int) -> int:
+    """The 0-based epoch that the step after `step` belongs to."""
+    return step // self.steps_per_epoch
+
+  def next_call(self, step: int, first: bool = False) -> Call:
+    """The call that starts after global step `step`.
+
+    A process's first call runs one pack: it carries the tracing and compiling, which the
+    throughput meter leaves out, so it should cost as few steps as possible.
+    """
+    if step >= self.total_steps:
+      raise ValueError(f"step {step} is past the run's {self.total_steps} steps.")
+    if step % self.pack:
+      raise ValueError(f"step {step} falls inside a pack of {self.pack}.")
+    if first:
+      num_steps = self.pack
+    else:
+      num_steps = min(max(self.pack, self.steps_per_loop // self.pack * self.pack),
+                      steps_until_due(step, self.steps_per_epoch),
+                      steps_until_due(step, self.log_every),
+                      steps_until_due(step, self.checkpoint_every))
+    end = step + num_steps
+    epoch_end = is_due(end, self.steps_per_epoch)
+    return Call(num_steps=num_steps, end_step=end,
+                log=epoch_end or is_due(end, self.log_every),
+                checkpoint=not epoch_end and is_due(end, self.checkpoint_every),
+                epoch_end=epoch_end, run_end=end >= self.total_steps)

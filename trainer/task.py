@@ -1,0 +1,166 @@
+"""The learning problem of a run: model, optimizer, loss scaling, metrics and their compiled steps.
+
+Nothing here knows about time, files or boundaries: the controller calls `train_loop(num_steps)`
+and `evaluate()`. Each step runs inside `strategy.run` under every strategy, with Keras's model,
+optimizer, loss and metrics (Keras 3's model.fit fails under MultiWorkerMirroredStrategy,
+keras-team/keras#20585). The loss is summed per replica and divided by the GLOBAL batch, because
+Keras's optimizer all-reduces gradients with SUM.
+"""
+
+import hashlib
+from typing import Callable, Dict, Tuple
+
+import keras
+import tensorflow as tf
+
+from trainer import config as config_lib
+from trainer import distribution
+from trainer import input_pipeline
+from trainer import models
+from trainer import precision as precision_lib
+from trainer import schedule
+
+
+class Task:
+  """Builds the model and optimizer under the strategy and runs training and evaluation steps."""
+
+  def __init__(self, settings: config_lib.RunSettings, strategy: tf.distribute.Strategy,
+               pipeline: input_pipeline.InputPipeline):
+    self._settings, self._strategy = settings, strategy
+    config = settings.config
+    with strategy.scope():
+      self.model = models.build_model(config.api, config.hidden_units, config.seed,
+                                      settings.precision, pipeline.image_shape,
+                                      pipeline.num_classes)
+      self.optimizer = keras.optimizers.Adam(config.learning_rate)
+      if precision_lib.uses_loss_scaling(settings.precision):
+        self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)  # Dynamic scaling.
+      self.optimizer.build(self.model.trainable_variables)
+      self._train_loss = keras.metrics.Mean("loss")
+      self._train_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
+      self._eval_loss = keras.metrics.Mean("loss")
+      self._eval_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
+    self._loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+    self._forward_backward = self._forward_backward_eager
+    if settings.jit_compile and settings.num_replicas > 1:
+      # Several replicas: the cross-replica gradient sum cannot run inside XLA, the rest can.
+      self._forward_backward = tf.function(self._forward_backward_eager, jit_compile=True)
+    self._eval_dataset = distribution.distribute_dataset(strategy, pipeline.eval_dataset())
+    self._evaluate_batches = tf.function(self._evaluate_batches_eager)
+    self._iterator, self._pack, self._train_loop = None, 1, None
+
+  @property
+  def max_pack(self) -> int:
+    """How many steps one XLA call may run in an in-graph loop (see schedule.pack_size).
+
+    Only one replica under XLA packs steps: XLA here cannot compile the gradient sum across
+    several replicas, nor multi_worker_mirrored's collective ops.
+    """
+    settings = self._settings
+    if (not settings.jit_compile or settings.num_replicas > 1 or
+        settings.strategy == "multi_worker_mirrored"):
+      return 1
+    return schedule.MAX_PACK
+
+  def start_training(self, dataset: tf.data.Dataset, pack: int) -> None:
+    """Sets the batches that train_loop consumes: one element a step, or a pack of `pack`."""
+    self._iterator = iter(distribution.distribute_dataset(self._strategy, dataset))
+    self._pack = pack
+    self._train_loop = self._compile_train_loop(pack)
+
+  def train_loop(self, num_steps: int) -> int:
+    """Trains `num_steps` steps (a multiple of the pack) in one call.
+
+    Returns 0, or the 1-based step of this call whose loss was not finite: training stops there.
+    """
+    return int(self._train_loop(self._iterator, tf.constant(num_steps // self._pack, tf.int64)))
+
+  def train_metrics(self) -> Dict[str, float]:
+    """The training loss and accuracy since the last reset."""
+    return {"loss": float(self._train_loss.result()),
+            "accuracy": float(self._train_accuracy.result())}
+
+  def reset_train_metrics(self) -> None:
+    self._train_loss.reset_state()
+    self._train_accuracy.reset_state()
+
+  def evaluate(self) -> Tuple[float, float]:
+    """Returns (loss, accuracy) on the whole test split."""
+    self._eval_loss.reset_state()
+    self._eval_accuracy.reset_state()
+    self._evaluate_batches(self._eval_dataset)
+    return float(self._eval_loss.result()), float(self._eval_accuracy.result())
+
+  def weights_sha256(self) -> str:
+    """A digest of every weight: replicas in sync end with the same one."""
+    return hashlib.sha256(
+        b"".join(variable.numpy().tobytes() for variable in self.model.weights)).hexdigest()
+
+  # ---------------------------------------------------------------- Compiled steps.
+  def _forward_backward_eager(self, images, labels):
+    with tf.GradientTape() as tape:
+      probabilities = self.model(images, training=True)
+      per_example_loss = self._loss_fn(labels, probabilities)
+      # Divide by the GLOBAL batch: the optimizer sums gradients across replicas.
+      loss = tf.reduce_sum(per_example_loss) / self._settings.config.batch_size
+      scaled_loss = self.optimizer.scale_loss(loss)
+    gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
+    return gradients, per_example_loss, probabilities
+
+  def _replica_train_step(self, images, labels):
+    # Returns 1.0 if this replica's loss was not finite.
+    gradients, per_example_loss, probabilities = self._forward_backward(images, labels)
+    self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+    self._train_loss.update_state(per_example_loss)
+    self._train_accuracy.update_state(labels, probabilities)
+    return tf.cast(tf.reduce_any(~tf.math.is_finite(per_example_loss)), tf.float32)
+
+  def _train_step(self, images, labels, index=None):
+    # Trains on the batch (or the index-th batch of the pack) of each replica; returns 1.0 if
+    # the loss was not finite on any replica.
+    def replica_step(images, labels):
+      if index is None:
+        return self._replica_train_step(images, labels)
+      return self._replica_train_step(images[index], labels[index])
+    return self._strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                 self._strategy.run(replica_step, args=(images, labels)),
+                                 axis=None)
+
+  def _compile_train_loop(self, pack: int) -> Callable:
+    def train_pack(images, labels):
+      # One element of the training dataset: a batch, or a pack of `pack` batches run as an
+      # in-graph loop. Returns one not-finite flag per step. The loop sits outside
+      # strategy.run: inside a replica function the optimizer's cross-replica sync (a
+      # merge_call) is refused.
+      if pack == 1:
+        return tf.reshape(self._train_step(images, labels), [1])
+      flags = tf.TensorArray(tf.float32, size=pack)
+      for index in tf.range(pack):
+        flags = flags.write(index, self._train_step(images, labels, index))
+      return flags.stack()
+
+    if self._settings.jit_compile and self._settings.num_replicas == 1:
+      # One replica: XLA fuses whole steps (optimizer update and metrics included) into one call.
+      train_pack = tf.function(train_pack, jit_compile=True)
+
+    @tf.function
+    def train_loop(iterator, num_packs):
+      # Several steps per call: the Python round trip is paid once per loop, not once per step.
+      bad_step = tf.constant(0, tf.int64)
+      for index in tf.range(num_packs, dtype=tf.int64):
+        flags = train_pack(*next(iterator))
+        if tf.reduce_any(flags > 0):
+          bad_step = index * pack + tf.argmax(tf.cast(flags > 0, tf.int64)) + 1
+          break
+      return bad_step
+
+    return train_loop
+
+  def _replica_eval_step(self, images, labels, weights):
+    probabilities = self.model(images, training=False)
+    self._eval_loss.update_state(self._loss_fn(labels, probabilities), sample_weight=weights)
+    self._eval_accuracy.update_state(labels, probabilities, sample_weight=weights)
+
+  def _evaluate_batches_eager(self, dataset):
+    for batch in dataset:
+      self._strategy.run(self._replica_eval_step, args=batch)
