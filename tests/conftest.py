@@ -1,4 +1,5 @@
-"""Shared test fixtures: two logical CPU devices, the real Fashion-MNIST files, a small config."""
+"""Shared test fixtures: two logical CPU devices, the real Fashion-MNIST files, a small config,
+and one finished run per API for the tests that only read a run's outputs."""
 
 import os
 
@@ -32,3 +33,21 @@ def small_config(tmp_path) -> config_lib.Config:
   """A seconds-long synthetic run in tmp_path; tests replace what they exercise."""
   return config_lib.Config(dataset="synthetic", epochs=1, batch_size=64, max_steps_per_epoch=20,
                            strategy="default", workdir=str(tmp_path / "run"), log_every=10)
+
+
+@pytest.fixture(scope="session")
+def finished_runs(tmp_path_factory) -> dict:
+  """api -> (config, results) of one finished run each: 2 epochs of 100 synthetic steps.
+
+  Shared by every test that only reads what a run wrote; such tests must not change the
+  workdir.
+  """
+  from trainer import train  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("finished")
+  runs = {}
+  for api in config_lib.APIS:
+    config = config_lib.Config(api=api, dataset="synthetic", epochs=2, batch_size=64,
+                               max_steps_per_epoch=100, strategy="default", log_every=10,
+                               workdir=str(root / api))
+    runs[api] = (config, train.train_and_evaluate(config))
+  return runs

@@ -10,7 +10,7 @@ A stop request (SIGTERM, Ctrl-C) is honoured before the next call: save, then ra
 
 import dataclasses
 import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 from trainer import errors
 from trainer import schedule
