@@ -10,7 +10,7 @@ A stop request (SIGTERM, Ctrl-C) is honoured before the next call: save, then ra
 
 import dataclasses
 import math
-from typing import Callable, Tuple
+from typing import Callable, Dict, Tuple
 
 from trainer import errors
 from trainer import schedule
@@ -46,10 +46,11 @@ class Controller:
       call = self._plan.next_call(step, first)
       bad_step = self._task.train_loop(call.num_steps)
       self._heartbeat()  # The loop above has finished: the compiled call returns a value.
-      train_loss = self._check_finite(step, call, bad_step)
-      step, first = call.end_step, False
+      metrics = self._task.train_metrics()
+      self._check_finite(step, call, bad_step, metrics["loss"])
+      train_loss, step, first = metrics["loss"], call.end_step, False
       self._meter.record(call.num_steps)
-      self._after_call(call, train_loss)
+      self._after_call(call, metrics)
       if call.epoch_end:
         with self._meter.paused():
           evaluation = self._end_epoch(step)
@@ -66,24 +67,19 @@ class Controller:
           f"{self._plan.total_steps}. Rerun the same command to resume from there.",
           signal_number)
 
-  def _check_finite(self, step: int, call: schedule.Call, bad_step: int) -> float:
-    loss = self._task.train_metrics()["loss"]
+  def _check_finite(self, step: int, call: schedule.Call, bad_step: int, loss: float) -> None:
     if bad_step or not math.isfinite(loss):
       raise errors.Diverged(
           f"The training loss became {loss} at step {step + (bad_step or call.num_steps)}. "
           f"Stopped without saving; the last good checkpoint (step "
           f"{self._checkpointer.last_step}) is kept. Lower --learning_rate, or use "
           "--precision=float32, and rerun the same command to resume from it.")
-    return loss
 
-  def _after_call(self, call: schedule.Call, loss: float) -> None:
-    accuracy = self._task.train_metrics()["accuracy"]
-    step_in_epoch = call.end_step - self._plan.epoch_of(call.end_step - 1) * (
-        self._plan.steps_per_epoch)
-    self._progress.update(step_in_epoch, loss, accuracy)
+  def _after_call(self, call: schedule.Call, metrics: Dict[str, float]) -> None:
+    step_in_epoch = (call.end_step - 1) % self._plan.steps_per_epoch + 1
+    self._progress.update(step_in_epoch, metrics["loss"], metrics["accuracy"])
     if call.log:
-      self._writer.scalars("train", call.end_step, {"loss": loss, "accuracy": accuracy,
-                                                    **self._meter.end_window()})
+      self._writer.scalars("train", call.end_step, {**metrics, **self._meter.end_window()})
       self._task.reset_train_metrics()
     if call.checkpoint:
       self._save(call.end_step)
