@@ -20,6 +20,7 @@ from trainer import evaluate
 from trainer import export
 from trainer import input_pipeline
 from trainer import run_record
+from trainer import summaries
 from trainer import train
 from trainer import workdir as workdir_lib
 
@@ -34,18 +35,6 @@ def logged_steps(folder, tag="loss") -> list:
       str(folder), size_guidance={event_accumulator.TENSORS: 0})
   accumulator.Reload()
   return [event.step for event in accumulator.Tensors(tag)]
-
-
-def logged_steps_so_far(folder) -> list:
-  """The steps of a live run's training scalars (a missing folder or a cut record is fine)."""
-  steps = []
-  for path in glob.glob(os.path.join(str(folder), "events.out.tfevents.*")):
-    try:
-      steps += [event.step for event in tf.compat.v1.train.summary_iterator(path)
-                if event.summary.value]
-    except tf.errors.DataLossError:
-      pass  # The writer is mid-record.
-  return steps
 
 
 def start_trainer(*flags):
@@ -110,7 +99,7 @@ def test_sigterm_saves_at_the_next_step_and_says_how_to_resume(tmp_path):
            f"--workdir={workdir}")
   process = start_trainer(*flags)
   deadline = time.monotonic() + 120
-  while not [step for step in logged_steps_so_far(workdir / "train") if step > steps_per_epoch]:
+  while summaries.last_logged_step(str(workdir / "train")) <= steps_per_epoch:
     assert process.poll() is None, process.communicate()[1][-3000:]
     assert time.monotonic() < deadline, "not training in epoch 2 in time"
     time.sleep(0.05)

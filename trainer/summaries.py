@@ -32,7 +32,7 @@ class RunWriter:
       for name, folder in (("run", ""), ("train", workdir_lib.TRAIN_DIR),
                            ("eval", workdir_lib.EVAL_DIR)):
         path = os.path.join(workdir, folder)
-        self._last_step[name] = _last_logged_step(path)
+        self._last_step[name] = last_logged_step(path)
         self._writers[name] = tf.summary.create_file_writer(path)
 
   def scalars(self, writer: str, step: int, values: Mapping[str, float]) -> None:
@@ -72,7 +72,7 @@ class RunWriter:
     self.close()
 
 
-def _last_logged_step(folder: str) -> int:
+def last_logged_step(folder: str) -> int:
   """Returns the highest step with a value in the event files of `folder` (-1 if none)."""
   last = -1
   for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
