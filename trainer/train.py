@@ -73,16 +73,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
       return run_record.read_results(config.workdir)
 
     # ---------------------------------------------------------------- Workdir.
-    # Written only once the input has loaded and the checkpoint is known, so bad input leaves
-    # nothing behind; a run with no checkpoint yet starts clean.
-    if settings.is_chief and step == 0:
-      workdir_lib.start_afresh(config.workdir, settings.run_config())
-    writer = stack.enter_context(summaries.RunWriter(config.workdir, enabled=settings.is_chief))
-    if step == 0:
-      writer.run_info(run_record.hparams(settings), settings.run_config(),
-                      _environment(settings, plan))
-    else:
-      logging.info("Resuming from step %d of %d.", step, plan.total_steps)
+    writer = _open_workdir(stack, settings, plan, step)
 
     # ---------------------------------------------------------------- Training loop.
     # One dataset for the whole run: the next epoch is prepared while this one trains.
@@ -96,6 +87,25 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
 
     # ---------------------------------------------------------------- Export and results.
     return _finish(settings, plan, task, outcome, meter, writer, start_time)
+
+
+def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
+                  plan: schedule.LoopPlan, step: int) -> summaries.RunWriter:
+  """Readies the workdir for training from `step`; returns its writer, closed by `stack`.
+
+  Called only once the input has loaded and the checkpoint is known, so bad input leaves nothing
+  behind; a run with no checkpoint yet starts clean, with its config.json and HParams entry.
+  """
+  workdir = settings.config.workdir
+  if settings.is_chief and step == 0:
+    workdir_lib.start_afresh(workdir, settings.run_config())
+  writer = stack.enter_context(summaries.RunWriter(workdir, enabled=settings.is_chief))
+  if step == 0:
+    writer.run_info(run_record.hparams(settings), settings.run_config(),
+                    _environment(settings, plan))
+  else:
+    logging.info("Resuming from step %d of %d.", step, plan.total_steps)
+  return writer
 
 
 def _loop_plan(settings: config_lib.RunSettings, steps_per_epoch: int, max_pack: int,
