@@ -1,5 +1,6 @@
 """Strategies: --strategy name to tf.distribute.Strategy, the chief, the batch split, datasets."""
 
+import itertools
 from typing import Optional, Union
 
 import tensorflow as tf
@@ -7,6 +8,9 @@ import tensorflow as tf
 from trainer import cluster
 from trainer import config
 from trainer import errors
+
+_mirrored_strategies_made = itertools.count(1)
+_KEYS_PER_STRATEGY = 10_000  # Collective group keys one strategy may use.
 
 
 def make_strategy(name: str, tf_config: Optional[dict] = None) -> tf.distribute.Strategy:
@@ -28,6 +32,12 @@ def make_strategy(name: str, tf_config: Optional[dict] = None) -> tf.distribute.
   if name == "one_device":
     return tf.distribute.OneDeviceStrategy(devices[0])
   if name == "mirrored":
+    # Every MirroredStrategy numbers its collective ops from the same keys, and TensorFlow keeps
+    # them for the process's life: a second strategy in one process (a notebook, the tests)
+    # whose model has other gradient shapes fails with "Shape mismatch in the collective
+    # instance" (tensorflow/tensorflow#62790). A key range of its own keeps each apart.
+    tf.distribute.MirroredStrategy._collective_key_base = (  # pylint: disable=protected-access
+        _KEYS_PER_STRATEGY * next(_mirrored_strategies_made))
     # Without a device list MirroredStrategy ignores logical CPUs and runs a single replica.
     return tf.distribute.MirroredStrategy(devices)
   raise ValueError(f"Unknown strategy {name!r}; expected one of {', '.join(config.STRATEGIES)}.")
