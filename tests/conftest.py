@@ -51,3 +51,22 @@ def finished_runs(tmp_path_factory) -> dict:
                                workdir=str(root / api))
     runs[api] = (config, train.train_and_evaluate(config))
   return runs
+
+
+@pytest.fixture(scope="session")
+def own_model_runs(fashion_mnist_dir, tmp_path_factory) -> dict:
+  """name -> (config, results) of the example user models trained on Fashion-MNIST for 40 steps:
+  "two_branch" (Functional) under the default strategy, "residual" (subclassed) mirrored over
+  two logical CPU devices. Read-only, like finished_runs."""
+  from trainer import train  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("own_models")
+  runs = {}
+  for name, model, strategy in (
+      ("two_branch", "examples/two_branch_functional.py:build", dict(strategy="default")),
+      ("residual", "examples/residual_subclass.py:build",
+       dict(strategy="mirrored", cpu_devices=2))):
+    config = config_lib.Config(model=model, dataset="fashion_mnist", data_dir=fashion_mnist_dir,
+                               epochs=1, batch_size=64, max_steps_per_epoch=40, log_every=20,
+                               workdir=str(root / name), **strategy)
+    runs[name] = (config, train.train_and_evaluate(config))
+  return runs

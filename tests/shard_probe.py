@@ -11,14 +11,15 @@ import sys
 import tensorflow as tf
 
 from trainer import cluster
+from trainer import config as config_lib
 from trainer import input_pipeline
 
 
 def main(data_dir: str, global_batch_size: int, num_batches: int) -> None:
   tf_config = cluster.parse_tf_config(os.environ.get("TF_CONFIG"))
   strategy = cluster.make_multi_worker_strategy(tf_config)
-  pipeline = input_pipeline.make_input_pipeline(
-      "fashion_mnist", data_dir, None, global_batch_size, seed=0)
+  pipeline = input_pipeline.make_input_pipeline(config_lib.Config(
+      dataset="fashion_mnist", data_dir=data_dir, batch_size=global_batch_size))
   dataset = strategy.experimental_distribute_dataset(pipeline.train_dataset(epoch=0))
   batches = []
   for images, _ in dataset:

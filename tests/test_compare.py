@@ -101,11 +101,13 @@ def test_report_writes_table_csv_plots_and_the_noise_verdict(tiny_runs, tmp_path
     assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def run_of(api: str, seed: int, test_accuracy: float, strategy: str = "default") -> dict:
+def run_of(api: str, seed: int, test_accuracy: float, strategy: str = "default",
+           model: str = "mlp") -> dict:
   """The fields of results.json that compare reads, for one run."""
-  return {"api": api, "seed": seed, "strategy": strategy, "precision": "float32",
+  return {"model": model, "api": api, "seed": seed, "strategy": strategy, "precision": "float32",
           "device": "CPU", "global_batch_size": 64, "dataset": "synthetic",
-          "test_accuracy": test_accuracy, "eval_accuracy": [(0.0, 10, 0.5), (1.0, 20, 0.7)]}
+          "test_accuracy": test_accuracy, "examples_per_sec": 1000.0,
+          "eval_accuracy": [(0.0, 10, 0.5), (1.0, 20, 0.7)], "start_wall_time": 0.0}
 
 
 def test_identical_runs_are_reported_as_no_difference():
@@ -176,3 +178,20 @@ def test_a_sweep_over_strategies_is_tested_and_plotted_per_strategy(tmp_path):
   labels = compare.plot_accuracy(two_strategy_sweep(), str(tmp_path / "accuracy.png"))
   assert labels == ["functional, default (3 seeds)", "functional, mirrored (3 seeds)",
                     "subclass, default (3 seeds)", "subclass, mirrored (3 seeds)"]
+
+
+def test_compare_tests_apis_within_each_model_not_across_models():
+  runs = [run_of(api, seed, 0.8 + seed / 100 + (0.1 if model == "cnn" else 0.0), model=model)
+          for model in ("mlp", "cnn") for api in ("functional", "sequential") for seed in range(3)]
+  verdicts = compare.compare_apis(runs, 0.05)
+  assert len(verdicts) == 2 and all("identical test accuracy" in line for line in verdicts)
+  assert [row["model"] for row in compare.summarize(runs, 0.85)] == ["cnn"] * 2 + ["mlp"] * 2
+
+
+def test_sweep_runs_each_built_in_model_in_every_api_and_your_own_once():
+  runs = sweep.matrix(["functional", "subclass"], 1,
+                      models=["mlp", "cnn", "examples/two_branch_functional.py:build"])
+  assert [sweep.run_name(run) for run in runs] == [
+      "functional-s0", "subclass-s0", "cnn-functional-s0", "cnn-subclass-s0",
+      "two_branch_functional.build-s0"]
+  assert runs[-1] == {"model": "examples/two_branch_functional.py:build", "seed": "0"}

@@ -6,14 +6,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from trainer import config as config_lib
 from trainer import errors
 from trainer import input_pipeline
 
 
+def make_pipeline(**settings) -> input_pipeline.InputPipeline:
+  """The pipeline of a Config with `settings`."""
+  return input_pipeline.make_input_pipeline(config_lib.Config(**settings))
+
+
 @pytest.fixture(scope="module")
 def fashion_pipeline(fashion_mnist_dir):
-  return input_pipeline.make_input_pipeline(
-      "fashion_mnist", fashion_mnist_dir, None, global_batch_size=100, seed=3)
+  return make_pipeline(dataset="fashion_mnist", data_dir=fashion_mnist_dir, batch_size=100,
+                       seed=3)
 
 
 def _labels(dataset):
@@ -45,8 +51,7 @@ def test_start_step_enters_the_epoch_where_a_full_pass_would_be(fashion_pipeline
 
 def test_evaluation_sees_every_test_example_once(fashion_mnist_dir):
   # 10,000 test examples in batches of 64: the last batch is padded with weight 0.
-  pipeline = input_pipeline.make_input_pipeline(
-      "fashion_mnist", fashion_mnist_dir, None, global_batch_size=64, seed=0)
+  pipeline = make_pipeline(dataset="fashion_mnist", data_dir=fashion_mnist_dir, batch_size=64)
   batches = list(pipeline.eval_dataset())
   assert len(batches) == 157 and all(batch[0].shape[0] == 64 for batch in batches)
   weights = np.concatenate([batch[2].numpy() for batch in batches])
@@ -56,14 +61,13 @@ def test_evaluation_sees_every_test_example_once(fashion_mnist_dir):
 
 
 def test_max_steps_per_epoch_cuts_the_epoch(fashion_mnist_dir):
-  pipeline = input_pipeline.make_input_pipeline(
-      "fashion_mnist", fashion_mnist_dir, None, global_batch_size=32, seed=0,
-      max_steps_per_epoch=5)
+  pipeline = make_pipeline(dataset="fashion_mnist", data_dir=fashion_mnist_dir, batch_size=32,
+                           max_steps_per_epoch=5)
   assert len(list(pipeline.train_dataset(epoch=0))) == 5
 
 
 def test_synthetic_data_has_mnist_shapes_and_all_classes():
-  pipeline = input_pipeline.make_input_pipeline("synthetic", None, None, 256, seed=0)
+  pipeline = make_pipeline(dataset="synthetic", batch_size=256)
   assert (pipeline.steps_per_epoch, pipeline.num_test_examples) == (234, 10_000)
   images, labels = next(iter(pipeline.train_dataset(epoch=0)))
   assert images.shape == (256, 28, 28, 1) and images.dtype == tf.float32
@@ -74,7 +78,7 @@ def test_synthetic_data_has_mnist_shapes_and_all_classes():
 
 def test_batch_larger_than_the_split_is_refused():
   with pytest.raises(errors.UserError, match="larger than the 60000 training examples"):
-    input_pipeline.make_input_pipeline("synthetic", None, None, 70_000, seed=0)
+    make_pipeline(dataset="synthetic", batch_size=70_000)
 
 
 def test_offline_tfds_fails_fast_and_names_the_offline_options(tmp_path, monkeypatch):
@@ -83,7 +87,18 @@ def test_offline_tfds_fails_fast_and_names_the_offline_options(tmp_path, monkeyp
   monkeypatch.setattr(tfds.image_classification.MNIST, "URL", "http://127.0.0.1:9/")
   start = time.monotonic()
   with pytest.raises(errors.UserError) as raised:
-    input_pipeline.make_input_pipeline("mnist", None, str(tmp_path / "tfds"), 32, seed=0)
+    make_pipeline(dataset="mnist", tfds_data_dir=str(tmp_path / "tfds"))
   assert time.monotonic() - start < 10
   for option in ("--data_dir", "--dataset=fashion_mnist", "--dataset=synthetic"):
     assert option in str(raised.value)
+
+
+def test_synthetic_data_takes_any_image_shape_and_class_count():
+  pipeline = make_pipeline(dataset="synthetic", batch_size=64, image_shape=(8, 6, 3),
+                           num_classes=4)
+  images, labels = next(iter(pipeline.train_dataset(epoch=0)))
+  assert images.shape == (64, 8, 6, 3) and (pipeline.image_shape, pipeline.num_classes) == (
+      (8, 6, 3), 4)
+  assert set(labels.numpy()) == set(range(4))
+  eval_images, eval_labels, _ = next(iter(pipeline.eval_dataset()))
+  assert eval_images.shape == (64, 8, 6, 3) and eval_labels.numpy().max() < 4

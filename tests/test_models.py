@@ -1,10 +1,11 @@
-"""The three model APIs build the same network."""
+"""The three model APIs build the same network, for each built-in network."""
 
 import keras
 import numpy as np
 import pytest
 
 from trainer import config as config_lib
+from trainer import errors
 from trainer import models
 
 IMAGES = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
@@ -15,8 +16,22 @@ def test_all_apis_have_the_blog_networks_parameter_count():
     assert models.build_model(api).count_params() == 203_530, api
 
 
-def test_same_seed_gives_identical_weights_and_predictions():
-  built = [models.build_model(api, seed=7) for api in config_lib.APIS]
+# Conv 3x3x1x32 + 32, conv 3x3x32x64 + 64, then the head on 7x7x64 features.
+CNN_PARAMS = 320 + 18_496 + 3136 * 256 + 256 + 256 * 10 + 10
+
+
+def test_the_cnn_has_two_conv_blocks_and_the_same_head_in_every_api():
+  for api in config_lib.APIS:
+    model = models.build_model(api, network="cnn")
+    assert model.count_params() == CNN_PARAMS, api
+    names = [layer.name for layer in model.layers if layer.name != "images"]
+    assert names == ["conv1", "pool1", "conv2", "pool2", "flatten", "hidden", "logits",
+                     "softmax"], api
+
+
+@pytest.mark.parametrize("network", config_lib.NETWORKS)
+def test_same_seed_gives_identical_weights_and_predictions(network):
+  built = [models.build_model(api, seed=7, network=network) for api in config_lib.APIS]
   reference = built[0]
   for model in built[1:]:
     for ours, theirs in zip(model.get_weights(), reference.get_weights()):
@@ -40,14 +55,20 @@ def test_hidden_units_sets_the_width(api):
   assert models.build_model(api, hidden_units=32).count_params() == 784 * 32 + 32 + 32 * 10 + 10
 
 
+@pytest.mark.parametrize("network", config_lib.NETWORKS)
 @pytest.mark.parametrize("api", config_lib.APIS)
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_computes_low_and_outputs_float32(api, policy):
-  model = models.build_model(api, precision=policy)
+def test_mixed_precision_computes_low_and_outputs_float32(api, policy, network):
+  model = models.build_model(api, precision=policy, network=network)
   assert keras.backend.standardize_dtype(model(IMAGES).dtype) == "float32"
   hidden = model.get_layer("hidden") if api != "subclass" else model.hidden
   assert hidden.compute_dtype == policy.split("_")[1]
   assert hidden.kernel.dtype == "float32"  # Weights stay float32; only the compute is low.
+
+
+def test_a_model_that_is_neither_built_in_nor_a_function_is_refused():
+  with pytest.raises(errors.UserError, match="neither a built-in model"):
+    config_lib.Config(model="resnet")
 
 
 def test_unknown_api_names_the_valid_ones():

@@ -12,6 +12,7 @@ import pytest
 
 from tests.processes import ROOT
 from trainer import cluster
+from trainer import config as config_lib
 from trainer import errors
 from trainer import input_pipeline
 
@@ -34,12 +35,14 @@ def local_hosts(count):
   return [f"127.0.0.1:{port}" for port in launch_local.free_ports(count)]
 
 
-def test_two_workers_train_in_sync_and_only_the_chief_writes(fashion_mnist_dir, tmp_path):
+def test_two_workers_train_a_users_model_in_sync_and_only_the_chief_writes(fashion_mnist_dir,
+                                                                         tmp_path):
   hosts = local_hosts(2)
   temp_dirs = [tmp_path / f"tmp{i}" for i in range(2)]
   for temp_dir in temp_dirs:
     temp_dir.mkdir()
-  workers = [start_worker(hosts, i, "--strategy=multi_worker_mirrored", "--api=subclass",
+  workers = [start_worker(hosts, i, "--strategy=multi_worker_mirrored",
+                          "--model=examples/residual_subclass.py:build",
                           "--dataset=fashion_mnist", f"--data_dir={fashion_mnist_dir}",
                           "--epochs=1", "--max_steps_per_epoch=150", "--log_every=50",
                           "--checkpoint_every=50", f"--workdir={tmp_path / f'worker{i}'}",
@@ -52,6 +55,7 @@ def test_two_workers_train_in_sync_and_only_the_chief_writes(fashion_mnist_dir, 
   chief_results = json.loads((tmp_path / "worker0" / "results.json").read_text())
   assert chief_results["num_replicas"] == 2
   assert chief_results["strategy"] == "multi_worker_mirrored"
+  assert chief_results["api"] == "subclass"  # Detected from the user's model.
   assert chief_results["weights_sha256"] == finals[0][1]
   assert os.listdir(tmp_path / "worker0" / "train")
   assert {"checkpoints", "model.keras", "saved_model"} <= set(os.listdir(tmp_path / "worker0"))
@@ -68,7 +72,8 @@ def test_each_worker_receives_a_distinct_shard_of_every_global_batch(fashion_mni
   assert [probe.returncode for probe in probes] == [0, 0], outputs
   seen = [json.loads(output.strip().splitlines()[-1])["batches"] for output in outputs]
 
-  pipeline = input_pipeline.make_input_pipeline("fashion_mnist", fashion_mnist_dir, None, 64, 0)
+  pipeline = input_pipeline.make_input_pipeline(config_lib.Config(
+      dataset="fashion_mnist", data_dir=fashion_mnist_dir, batch_size=64))
   expected = [np.sum(images.numpy(), axis=(1, 2, 3))
               for images, _ in pipeline.train_dataset(epoch=0).take(3)]
   for batch, (first, second) in enumerate(zip(*seen)):

@@ -186,13 +186,3 @@ def test_exports_reload_and_reproduce_the_test_accuracy(api, finished_runs):
     assert figures["test_loss"] == pytest.approx(results["test_loss"], rel=1e-5)
   model = export.load_keras_model(config.workdir)
   assert model.count_params() == 203_530
-
-
-def test_evaluate_command_line_prints_both_figures(finished_runs):
-  config, _ = finished_runs["functional"]
-  result = subprocess.run(
-      [sys.executable, "-m", "trainer.evaluate", f"--workdir={config.workdir}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert result.returncode == 0, result.stderr[-2000:]
-  recorded = run_record.read_results(config.workdir)["test_accuracy"]
-  assert f"test accuracy {recorded:.4f} (results.json: {recorded:.4f})" in result.stdout

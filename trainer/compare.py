@@ -31,7 +31,7 @@ flags.DEFINE_float("target_accuracy", 0.85, "Accuracy for the time-to-accuracy c
 flags.DEFINE_float("alpha", 0.05, "Significance level of the Welch t-tests.")
 
 FLAGS = flags.FLAGS
-GROUP_KEYS = ("api", "strategy", "precision", "device", "global_batch_size", "dataset")
+GROUP_KEYS = ("model", "api", "strategy", "precision", "device", "global_batch_size", "dataset")
 
 
 def _load_events(folder: str):
@@ -62,6 +62,7 @@ def load_runs(logdir: str) -> List[dict]:
     if run_record.RESULTS_FILE not in files:
       continue
     run = run_record.read_results(folder)
+    run.setdefault("model", "mlp")  # Runs recorded before --model existed trained the mlp.
     run["workdir"] = folder
     run["eval_accuracy"] = _event_scalars(os.path.join(folder, "eval"), "accuracy")
     run["start_wall_time"] = _first_wall_time(folder)
@@ -113,6 +114,10 @@ def _label(run: dict, varying: Sequence[str]) -> str:
   return ", ".join(str(run[key]) for key in varying) or run["api"]
 
 
+def _model_and_api(row: dict) -> str:
+  return row["api"] if row["model"] == "mlp" else f"{row['model']} ({row['api']})"
+
+
 def _varying_keys(runs: Sequence[dict], keys: Sequence[str] = GROUP_KEYS) -> List[str]:
   """The group keys whose value differs between runs: what a label must name."""
   return [key for key in keys if len({str(run[key]) for run in runs}) > 1]
@@ -161,14 +166,15 @@ def _welch_verdict(first: Dict[int, float], second: Dict[int, float], alpha: flo
 def write_table(rows: Sequence[dict], target_accuracy: float, statements: Sequence[str],
                 path: str) -> str:
   """Writes the Markdown report; returns its text."""
-  header = ("| api | strategy | precision | device | batch | seeds | test accuracy (mean ± std) "
-            f"| examples/s (median) | s to {target_accuracy:.2f} (median) |")
-  lines = [header, "|" + "---|" * 9]
+  header = ("| model | api | strategy | precision | device | batch | seeds | test accuracy "
+            f"(mean ± std) | examples/s (median) | s to {target_accuracy:.2f} (median) |")
+  lines = [header, "|" + "---|" * 10]
   for row in rows:
     to_target = ("not reached" if row["seconds_to_target_median"] is None
                  else f"{row['seconds_to_target_median']:.1f}")
     lines.append(
-        f"| {row['api']} | {row['strategy']} | {row['precision']} | {row['device']} | "
+        f"| {row['model']} | {row['api']} | {row['strategy']} | {row['precision']} | "
+        f"{row['device']} | "
         f"{row['global_batch_size']} | {row['seeds']} | {row['test_accuracy_mean']:.4f} ± "
         f"{row['test_accuracy_std']:.4f} | {row['examples_per_sec_median']:,.0f} | {to_target} |")
   text = "\n".join(lines + ["", "Do the APIs differ beyond seed noise?", *statements]) + "\n"
@@ -231,7 +237,7 @@ def plot_throughput(rows: Sequence[dict], path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
-  labels = [f"{row['api']}\n{row['strategy']}, {row['precision']}\n{row['device']}"
+  labels = [f"{_model_and_api(row)}\n{row['strategy']}, {row['precision']}\n{row['device']}"
             for row in rows]
   figure, axes = pyplot.subplots(figsize=(max(6, 1.6 * len(rows)), 4), dpi=100)
   axes.bar(range(len(rows)), [row["examples_per_sec_median"] for row in rows])

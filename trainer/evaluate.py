@@ -13,7 +13,7 @@ from absl import flags
 flags.DEFINE_string("workdir", None, "Workdir of a finished run.", required=True)
 flags.DEFINE_enum("format", "keras", ["keras", "saved_model"],
                   "Which export to load: model.keras or the inference SavedModel.")
-flags.DEFINE_string("data_dir", None, "Read the IDX files from here instead of the saved path.")
+flags.DEFINE_string("data_dir", None, "Read the data from here instead of the saved --data_dir.")
 
 FLAGS = flags.FLAGS
 
@@ -25,16 +25,16 @@ def evaluate_export(workdir: str, export_format: str = "keras", data_dir=None) -
   from trainer import errors  # pylint: disable=g-import-not-at-top
   from trainer import export  # pylint: disable=g-import-not-at-top
   from trainer import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainer import run_record  # pylint: disable=g-import-not-at-top
   from trainer import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
   run_config = workdir_lib.read_run_config(workdir)
   if run_config is None or not export.has_export(workdir):
     raise errors.UserError(f"{workdir} holds no finished run with an exported model.")
-  pipeline = input_pipeline.make_input_pipeline(
-      run_config["dataset"], data_dir or run_config["data_dir"], run_config["tfds_data_dir"],
-      run_config["batch_size"], run_config["seed"])
+  config = _saved_config(run_config, data_dir)
+  pipeline = input_pipeline.make_input_pipeline(config)
   if export_format == "keras":
-    model = export.load_keras_model(workdir)
+    model = _load_keras_model(workdir, config)
     predict = model
   else:
     # The loaded object owns the variables: keep it referenced while `serve` runs.
@@ -42,13 +42,47 @@ def evaluate_export(workdir: str, export_format: str = "keras", data_dir=None) -
     predict = model.serve
   loss = keras.metrics.Mean()
   accuracy = keras.metrics.SparseCategoricalAccuracy()
-  loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+  from_logits = run_record.read_results(workdir).get("from_logits", False)
+  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits, reduction=None)
   for images, labels, weights in pipeline.eval_dataset():
-    probabilities = predict(images)
-    loss.update_state(loss_fn(labels, probabilities), sample_weight=weights)
-    accuracy.update_state(labels, probabilities, sample_weight=weights)
+    outputs = keras.ops.cast(predict(images), "float32")
+    loss.update_state(loss_fn(labels, outputs), sample_weight=weights)
+    accuracy.update_state(labels, outputs, sample_weight=weights)
   return {"test_accuracy": float(accuracy.result()), "test_loss": float(loss.result()),
           "num_examples": pipeline.num_test_examples}
+
+
+def _saved_config(run_config: dict, data_dir):
+  """The Config a run was made with, from its config.json; `data_dir` replaces its data_dir."""
+  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+  values = {name: run_config[name] for name in config_lib.SETTINGS if name in run_config}
+  for name in ("worker_hosts", "image_size", "image_shape"):
+    values[name] = tuple(values.get(name, ()))
+  return config_lib.Config(**{**values, "data_dir": data_dir or values.get("data_dir")})
+
+
+def _load_keras_model(workdir: str, config):
+  """Loads model.keras; for the user's own model, with the layers and models its module defines,
+  as Keras needs their classes to rebuild it."""
+  from trainer import errors  # pylint: disable=g-import-not-at-top
+  from trainer import export  # pylint: disable=g-import-not-at-top
+  from trainer import own_model  # pylint: disable=g-import-not-at-top
+  if not config.own_model:
+    return export.load_keras_model(workdir)
+  try:
+    custom_objects, why = own_model.load_function(config.model).custom_objects(), ""
+  except errors.UserError as e:
+    custom_objects, why = {}, f" ({e})"
+  try:
+    return export.load_keras_model(workdir, custom_objects)
+  except Exception as e:  # pylint: disable=broad-except  # Keras raises several kinds here.
+    location = config.model.rsplit(":", 1)[0]
+    raise errors.UserError(
+        f"{workdir}/model.keras holds your model, whose classes come from {location}{why}; "
+        f"Keras needs them to rebuild it ({str(e).split('. ')[0]}). Run from the folder the run "
+        "was started in, so that --model's path or module is found again (a module needs its "
+        "folder on PYTHONPATH). The saved_model/ export needs no code: "
+        "--format=saved_model.") from None
 
 
 def main(argv):

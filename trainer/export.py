@@ -3,14 +3,20 @@
 import os
 import shutil
 
+from typing import Optional, Sequence
+
 import keras
+import tensorflow as tf
 
 from trainer import models  # pylint: disable=unused-import  # Registers SubclassClassifier.
 from trainer import workdir as workdir_lib
 
 
-def export_model(model: keras.Model, workdir: str) -> dict:
-  """Writes both exports into `workdir`, each through a rename so none is ever half-written."""
+def export_model(model: keras.Model, workdir: str, image_shape: Sequence[int]) -> dict:
+  """Writes both exports into `workdir`, each through a rename so none is ever half-written.
+
+  The SavedModel's `serve` takes float32 images of `image_shape` in [0, 1], batched.
+  """
   keras_path = os.path.join(workdir, workdir_lib.KERAS_FILE)
   model.save(keras_path + ".tmp.keras")
   os.replace(keras_path + ".tmp.keras", keras_path)
@@ -18,20 +24,24 @@ def export_model(model: keras.Model, workdir: str) -> dict:
   saved_model_path = os.path.join(workdir, workdir_lib.SAVED_MODEL_DIR)
   staging = saved_model_path + ".tmp"
   shutil.rmtree(staging, ignore_errors=True)
-  model.export(staging, format="tf_saved_model", verbose=False)
+  # The signature is given, not inferred: a subclassed model without build() has no record of
+  # the shape it was called with.
+  model.export(staging, format="tf_saved_model", verbose=False, input_signature=[
+      tf.TensorSpec((None, *image_shape), tf.float32, name="images")])
   shutil.rmtree(saved_model_path, ignore_errors=True)
   os.replace(staging, saved_model_path)
   return {"keras": keras_path, "saved_model": saved_model_path}
 
 
-def load_keras_model(workdir: str) -> keras.Model:
-  """Loads workdir/model.keras; the subclassed model is registered, so all three APIs load."""
-  return keras.models.load_model(os.path.join(workdir, workdir_lib.KERAS_FILE))
+def load_keras_model(workdir: str, custom_objects: Optional[dict] = None) -> keras.Model:
+  """Loads workdir/model.keras. The built-in subclassed models are registered, so all three
+  APIs load; a user's own layers and models come in `custom_objects`."""
+  return keras.models.load_model(os.path.join(workdir, workdir_lib.KERAS_FILE),
+                                 custom_objects=custom_objects)
 
 
 def load_saved_model(workdir: str):
   """Loads workdir/saved_model; call its `serve` while the returned object is referenced."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return tf.saved_model.load(os.path.join(workdir, workdir_lib.SAVED_MODEL_DIR))
 
 

@@ -29,7 +29,8 @@ def _find(data_dir: str, stem: str) -> str:
   raise errors.UserError(
       f"{os.path.join(data_dir, stem + '.gz')} is missing. --data_dir must hold the four IDX files "
       f"{TRAIN_IMAGES}.gz, {TRAIN_LABELS}.gz, {TEST_IMAGES}.gz and {TEST_LABELS}.gz "
-      "(Debian's dataset-fashion-mnist installs them under /usr/share/datasets/fashion-mnist).")
+      "(Debian's dataset-fashion-mnist installs them under /usr/share/datasets/fashion-mnist), "
+      "or one subfolder of images per class.")
 
 
 def _read_bytes(path: str) -> bytes:

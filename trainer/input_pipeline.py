@@ -1,4 +1,4 @@
-"""tf.data input: MNIST-format arrays (tfds or IDX files) or synthetic data, in global batches.
+"""tf.data input: real images (trainer.data_sources) or synthetic data, in global batches.
 
 Every dataset yields whole global batches; tf.distribute splits them across replicas (and, with
 the DATA shard policy, across workers). Each epoch's order is a permutation seeded by (seed, epoch),
@@ -8,22 +8,23 @@ so the batches from any global step on can be rebuilt exactly.
 import dataclasses
 import functools
 import os
-import socket
-import urllib.parse
 from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from trainer import config as config_lib
+from trainer import data_sources
 from trainer import errors
 from trainer import idx_files
+from trainer import image_folder
 
 IMAGE_SHAPE = (*idx_files.IMAGE_SHAPE, 1)  # One channel, as Keras image layers expect.
 NUM_CLASSES = idx_files.NUM_CLASSES
 SYNTHETIC_TRAIN_SIZE = 60_000
 SYNTHETIC_TEST_SIZE = 10_000
 SYNTHETIC_POOL_BATCHES = 16
-_NETWORK_PROBE_SECONDS = 5.0
+Split = data_sources.Split
 
 
 def _dataset_options() -> tf.data.Options:
@@ -40,19 +41,11 @@ def _scale(images: tf.Tensor) -> tf.Tensor:
 
 
 @dataclasses.dataclass(frozen=True)
-class Split:
-  """One split held in memory: uint8 images [N, height, width, channels], int32 labels [N]."""
-
-  images: np.ndarray
-  labels: np.ndarray
-
-
-@dataclasses.dataclass(frozen=True)
 class InputPipeline:
   """What a run trains and evaluates on, and the datasets that serve it in global batches.
 
-  Holds the uint8 images in memory (the whole cache: MNIST is 55 MB); synthetic data has no
-  splits and is made inside tf.data.
+  Real data is held in memory as uint8 arrays (MNIST is 55 MB) or, above the memory limit,
+  streamed from disk; synthetic data has neither and is made inside tf.data.
   """
 
   global_batch_size: int
@@ -62,12 +55,14 @@ class InputPipeline:
   num_test_examples: int
   image_shape: Tuple[int, int, int]
   num_classes: int
-  train: Optional[Split] = None  # None: synthetic.
+  name: str = "synthetic"  # What the records call the dataset, e.g. mnist or folder:flowers.
+  train: Optional[Split] = None  # In memory; None when synthetic or streamed.
   test: Optional[Split] = None
+  stream: Optional[data_sources.Stream] = None
 
   @property
   def synthetic(self) -> bool:
-    return self.train is None
+    return self.train is None and self.stream is None
 
   @functools.cached_property
   def _tensors(self) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -94,8 +89,13 @@ class InputPipeline:
       # A few batches drawn once and cycled: serving them costs next to nothing, so synthetic
       # runs measure compute alone.
       pool = tf.data.Dataset.range(min(SYNTHETIC_POOL_BATCHES, self.steps_per_epoch)).map(
-          lambda index: _synthetic_batch(self.global_batch_size, [self.seed, 0, index]))
+          lambda index: self._synthetic_batch([self.seed, 0, index]))
       dataset = pool.cache().repeat().skip(start_step).take(num_steps)
+    elif self.stream is not None:
+      first_epoch = start_step // self.steps_per_epoch
+      epochs = [self._streamed_epoch(epoch) for epoch in range(first_epoch, num_epochs)]
+      dataset = functools.reduce(tf.data.Dataset.concatenate, epochs)
+      dataset = dataset.skip(start_step - first_epoch * self.steps_per_epoch)
     else:
       first_epoch = start_step // self.steps_per_epoch
       images, labels = self._tensors[:2]  # Made here, eagerly: flat_map traces its function.
@@ -113,12 +113,16 @@ class InputPipeline:
     Gathering the whole epoch in one op makes serving a batch a slice: on a 2-core machine that
     measured about 13% faster than gathering batch by batch.
     """
-    order = tf.random.experimental.stateless_shuffle(
-        tf.range(len(self.train.labels)), seed=tf.stack([tf.cast(self.seed, tf.int64), epoch]))
+    order = data_sources.epoch_order(len(self.train.labels), self.seed, epoch)
     batches = tf.reshape(order[:self.steps_per_epoch * self.global_batch_size],
                          [self.steps_per_epoch, self.global_batch_size])
     return tf.data.Dataset.from_tensor_slices((
         _scale(tf.gather(images, batches)), tf.gather(labels, batches)))
+
+  def _streamed_epoch(self, epoch: int) -> tf.data.Dataset:
+    return self.stream.train_examples(epoch).batch(
+        self.global_batch_size, drop_remainder=True).take(self.steps_per_epoch).map(
+            lambda images, labels: (_scale(images), labels))
 
   def eval_dataset(self) -> tf.data.Dataset:
     """Returns the whole test split in global batches: (images, labels, weights).
@@ -135,95 +139,92 @@ class InputPipeline:
         index.reshape(self.eval_steps, -1), weights.reshape(self.eval_steps, -1)))
     if self.synthetic:
       # A fixed test set, drawn from a seed stream the training batches never use.
-      dataset = batches.enumerate().map(lambda step, batch: (*_synthetic_batch(
-          self.global_batch_size, [self.seed, -1, step]), batch[1]))
+      dataset = batches.enumerate().map(lambda step, batch: (*self._synthetic_batch(
+          [self.seed, -1, step]), batch[1]))
+    elif self.stream is not None:
+      padding = tf.data.Dataset.from_tensors(
+          (tf.zeros(self.image_shape, tf.uint8), tf.constant(0, tf.int32))).repeat(
+              num_padded - self.num_test_examples)
+      examples = self.stream.test_examples().concatenate(padding)
+      dataset = tf.data.Dataset.zip(examples, tf.data.Dataset.from_tensor_slices(weights)).map(
+          lambda example, weight: (_scale(example[0]), example[1], weight)).batch(
+              self.global_batch_size)
     else:
       images, labels = self._tensors[2:]  # Eager here: eval_dataset runs outside any trace.
       dataset = batches.map(lambda index, weight: (
           _scale(tf.gather(images, index)), tf.gather(labels, index), weight))
-    return dataset.cache().prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
+    if self.stream is None:  # A streamed test split is larger than memory: no cache.
+      dataset = dataset.cache()
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
+
+  def _synthetic_batch(self, key) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Random images with a learnable label: the label's band of pixels is brighter.
+
+    `key` is [seed, stream, index]: stream 0 is the training pool, -1 the test set, so the two
+    never share a batch.
+    """
+    batch_size, num_classes = self.global_batch_size, self.num_classes
+    num_pixels = int(np.prod(self.image_shape))
+    band = num_pixels // num_classes  # 78 of MNIST's 784 pixels for each of 10 classes.
+    seed = tf.random.experimental.stateless_fold_in(
+        tf.random.experimental.stateless_fold_in(tf.cast(key[:2], tf.int64), key[2]), 0)
+    label_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    labels = tf.random.stateless_uniform([batch_size], label_seed, maxval=num_classes,
+                                         dtype=tf.int32)
+    noise = tf.random.stateless_uniform([batch_size, num_pixels], noise_seed)
+    bands = tf.repeat(tf.one_hot(labels, num_classes), band, axis=1)
+    images = 0.75 * noise + 0.25 * tf.pad(bands, [[0, 0], [0, num_pixels - band * num_classes]])
+    return tf.reshape(images, (batch_size, *self.image_shape)), labels
 
 
-def _synthetic_batch(batch_size: int, key) -> Tuple[tf.Tensor, tf.Tensor]:
-  """Random images with a learnable label: the label's band of 78 pixels is brighter.
-
-  `key` is [seed, stream, index]: stream 0 is the training pool, -1 the test set, so the two
-  never share a batch.
-  """
-  seed = tf.random.experimental.stateless_fold_in(
-      tf.random.experimental.stateless_fold_in(tf.cast(key[:2], tf.int64), key[2]), 0)
-  label_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  labels = tf.random.stateless_uniform([batch_size], label_seed, maxval=NUM_CLASSES,
-                                       dtype=tf.int32)
-  noise = tf.random.stateless_uniform([batch_size, 784], noise_seed)
-  bands = tf.repeat(tf.one_hot(labels, NUM_CLASSES), 78, axis=1)  # 780 of the 784 pixels.
-  images = 0.75 * noise + 0.25 * tf.pad(bands, [[0, 0], [0, 4]])
-  return tf.reshape(images, (batch_size, *IMAGE_SHAPE)), labels
-
-
-def _ensure_reachable(url: str, dataset: str) -> None:
-  """Fails within seconds when the dataset's download host is unreachable.
-
-  tfds itself retries a failed download with back-off for minutes before giving up.
-  """
-  parsed = urllib.parse.urlparse(url)
-  port = parsed.port or (443 if parsed.scheme == "https" else 80)
-  try:
-    socket.create_connection((parsed.hostname, port), timeout=_NETWORK_PROBE_SECONDS).close()
-  except OSError as e:
-    raise errors.UserError(
-        f"--dataset={dataset} is not in the tfds cache and its download host {parsed.hostname} "
-        f"cannot be reached ({e}). Offline, use one of:\n"
-        "  --data_dir=DIR   a folder with the four MNIST-format IDX files\n"
-        "  --dataset=fashion_mnist --data_dir=/usr/share/datasets/fashion-mnist"
-        "   (apt-get install dataset-fashion-mnist)\n"
-        "  --dataset=synthetic   random data of MNIST's shapes") from None
+def _load(config: config_lib.Config) -> data_sources.Loaded:
+  """Reads the real dataset that `config` names, from --data_dir or through tfds."""
+  limit = data_sources.memory_limit_bytes(config.memory_limit_mb)
+  if config.data_dir:
+    data_dir = os.path.expanduser(config.data_dir)
+    if not os.path.isdir(data_dir):
+      raise errors.UserError(f"--data_dir={config.data_dir} is not a folder.")
+    if image_folder.is_image_folder(data_dir):
+      if config.dataset:
+        raise errors.UserError(
+            f"--data_dir={config.data_dir} is a folder of images, named by the folder; "
+            f"--dataset={config.dataset} names a tensorflow-datasets dataset. Leave --dataset out.")
+      return data_sources.load_image_folder(data_dir, config.image_size, config.validation_split,
+                                            config.seed, limit)
+    _refuse_folder_flags(config, "--data_dir with IDX files")
+    return data_sources.load_idx(data_dir, config.dataset or "mnist")
+  _refuse_folder_flags(config, f"--dataset={config.dataset or 'mnist'}")
+  return data_sources.load_tfds(config.dataset or "mnist", config.tfds_data_dir,
+                                config.image_size, config.seed, limit)
 
 
-def _load_tfds(name: str, tfds_data_dir: Optional[str]) -> Tuple[Split, Split]:
-  # Imported here: tfds takes seconds to import and only this path needs it.
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  builder = tfds.builder(name, data_dir=tfds_data_dir)
-  if not builder.is_prepared():
-    _ensure_reachable(getattr(builder, "URL", "https://storage.googleapis.com"), name)
-    builder.download_and_prepare()
-  splits = []
-  for split in ("train", "test"):
-    images, labels = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1,
-                                                      as_supervised=True))
-    splits.append(Split(images, labels.astype(np.int32)))
-  return tuple(splits)
+def _refuse_folder_flags(config: config_lib.Config, source: str) -> None:
+  if config.validation_split is not None:
+    raise errors.UserError(f"--validation_split applies to a folder of images, not to {source}, "
+                           "which has its own test split. Leave it out.")
+  if config.image_size and source.startswith("--data_dir"):
+    raise errors.UserError("--image_size resizes a folder of images or a tfds dataset; IDX files "
+                           "hold 28x28 images. Leave it out.")
 
 
-def _load(dataset: str, data_dir: Optional[str],
-          tfds_data_dir: Optional[str]) -> Tuple[Split, Split]:
-  """Returns the (train, test) splits of a real dataset, from IDX files or through tfds."""
-  if data_dir:
-    train_images, train_labels, test_images, test_labels = idx_files.read_mnist_format(
-        os.path.expanduser(data_dir))
-    return Split(train_images, train_labels), Split(test_images, test_labels)
-  return _load_tfds(dataset, tfds_data_dir)
-
-
-def make_input_pipeline(dataset: str, data_dir: Optional[str], tfds_data_dir: Optional[str],
-                        global_batch_size: int, seed: int,
-                        max_steps_per_epoch: int = 0) -> InputPipeline:
-  """Loads `dataset` and returns the pipeline that batches it by `global_batch_size`."""
-  if dataset == "synthetic":
-    train = test = None
-    num_train, num_test = SYNTHETIC_TRAIN_SIZE, SYNTHETIC_TEST_SIZE
+def make_input_pipeline(config: config_lib.Config) -> InputPipeline:
+  """Loads the dataset that `config` names and returns the pipeline that batches it."""
+  if config.dataset == "synthetic":
+    loaded = data_sources.Loaded("synthetic", tuple(config.image_shape) or IMAGE_SHAPE,
+                                 config.num_classes or NUM_CLASSES, SYNTHETIC_TRAIN_SIZE,
+                                 SYNTHETIC_TEST_SIZE)
   else:
-    train, test = _load(dataset, data_dir, tfds_data_dir)
-    num_train, num_test = len(train.labels), len(test.labels)
-  steps_per_epoch = num_train // global_batch_size
+    loaded = _load(config)
+  batch = config.batch_size
+  steps_per_epoch = loaded.num_train // batch
   if steps_per_epoch == 0:
     raise errors.UserError(
-        f"--batch_size={global_batch_size} is larger than the {num_train} training examples.")
-  if max_steps_per_epoch:
-    steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
+        f"--batch_size={batch} is larger than the {loaded.num_train} training examples.")
+  if config.max_steps_per_epoch:
+    steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
   return InputPipeline(
-      global_batch_size=global_batch_size, seed=seed, steps_per_epoch=steps_per_epoch,
-      eval_steps=-(-num_test // global_batch_size), num_test_examples=num_test,
-      image_shape=train.images.shape[1:] if train else IMAGE_SHAPE, num_classes=NUM_CLASSES,
-      train=train, test=test)
+      global_batch_size=batch, seed=config.seed, steps_per_epoch=steps_per_epoch,
+      eval_steps=-(-loaded.num_test // batch), num_test_examples=loaded.num_test,
+      image_shape=tuple(int(size) for size in loaded.image_shape),
+      num_classes=int(loaded.num_classes), name=loaded.name, train=loaded.train,
+      test=loaded.test, stream=loaded.stream)

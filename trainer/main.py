@@ -1,4 +1,4 @@
-"""Trains the MNIST classifier with one Keras model API under one tf.distribute strategy.
+"""Trains an image classifier, built with one Keras model API, under one tf.distribute strategy.
 
 One device (CPU, or the single GPU):
   python -m trainer.main --api=functional --workdir=runs/functional
@@ -9,6 +9,8 @@ A preset, with later flags overriding it:
   python -m trainer.main --flagfile=configs/seed.cfg --api=sequential --workdir=runs/seed
 Offline, from the IDX files of Debian's dataset-fashion-mnist:
   python -m trainer.main --dataset=fashion_mnist --data_dir=/usr/share/datasets/fashion-mnist
+Your own model on your own images (one subfolder per class):
+  python -m trainer.main --model=examples/residual_subclass.py:build --data_dir=~/photos
 
 This file only parses flags into a Config and calls trainer.train.train_and_evaluate.
 """
@@ -36,12 +38,18 @@ def _define(define, name: str, **kwargs) -> None:
 
 # One flag per Config field (tests/test_config.py checks both ways).
 # Model.
+_define(flags.DEFINE_string, "model")
 _define(flags.DEFINE_enum, "api", enum_values=config_lib.APIS)
 _define(flags.DEFINE_integer, "hidden_units", lower_bound=1)
 # Data.
-_define(flags.DEFINE_enum, "dataset", enum_values=config_lib.DATASETS)
+_define(flags.DEFINE_string, "dataset")
 _define(flags.DEFINE_string, "data_dir")
 _define(flags.DEFINE_string, "tfds_data_dir")
+_define(flags.DEFINE_list, "image_size")
+_define(flags.DEFINE_float, "validation_split")
+_define(flags.DEFINE_list, "image_shape")
+_define(flags.DEFINE_integer, "num_classes", lower_bound=0)
+_define(flags.DEFINE_float, "memory_limit_mb", lower_bound=0.0)
 # Optimisation.
 _define(flags.DEFINE_integer, "epochs", lower_bound=1)
 _define(flags.DEFINE_integer, "batch_size", lower_bound=1)
@@ -72,6 +80,12 @@ def config_from_flags() -> config_lib.Config:
   """Returns the immutable Config that the parsed flags describe."""
   values = {name: FLAGS[name].value for name in config_lib.SETTINGS}
   values["worker_hosts"] = tuple(values["worker_hosts"])
+  for name in ("image_size", "image_shape"):
+    try:
+      values[name] = tuple(int(value) for value in values[name])
+    except ValueError:
+      raise errors.UserError(f"--{name}={','.join(values[name])} must be a comma-separated list "
+                             "of integers, e.g. 64,64.") from None
   return config_lib.Config(**values)
 
 

@@ -13,12 +13,12 @@ from trainer import config as config_lib
 from trainer import errors
 from trainer import workdir as workdir_lib
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added model, image_shape, num_classes and from_logits.
 RESULTS_FILE = workdir_lib.RESULTS_FILE
 
 # What ran: the HParams dashboard's columns, and the keys compare groups runs by (with seed).
-HPARAMS = ("api", "strategy", "num_replicas", "precision", "device", "global_batch_size",
-           "dataset", "hidden_units", "seed")
+HPARAMS = ("model", "api", "strategy", "num_replicas", "precision", "device",
+           "global_batch_size", "dataset", "hidden_units", "seed")
 # The final metrics the HParams dashboard shows beside them.
 HPARAM_METRICS = ("test_accuracy", "examples_per_sec")
 
@@ -28,6 +28,7 @@ class RunResults:
   """Every field of results.json."""
 
   # What ran (HPARAMS).
+  model: str
   api: str
   strategy: str
   num_replicas: int
@@ -37,6 +38,10 @@ class RunResults:
   dataset: str
   hidden_units: int
   seed: int
+  # What it learnt: the data's shapes, and whether the model ends in logits.
+  image_shape: List[int]
+  num_classes: int
+  from_logits: bool
   # How it ran.
   epochs: int
   params: int
@@ -66,13 +71,14 @@ class RunResults:
 FIELDS = tuple(field.name for field in dataclasses.fields(RunResults))
 
 
-def hparams(settings: config_lib.RunSettings) -> dict:
-  """The HPARAMS of a run, known before it trains."""
+def hparams(settings: config_lib.RunSettings, api: str, pipeline) -> dict:
+  """The HPARAMS of a run, known once its model is built: `api` as built or detected, the
+  dataset's name from its input_pipeline.InputPipeline."""
   config = settings.config
-  return {"api": config.api, "strategy": settings.strategy,
+  return {"model": config.model, "api": api, "strategy": settings.strategy,
           "num_replicas": settings.num_replicas, "precision": settings.precision,
           "device": settings.device, "global_batch_size": config.batch_size,
-          "dataset": config.dataset, "hidden_units": config.hidden_units, "seed": config.seed}
+          "dataset": pipeline.name, "hidden_units": config.hidden_units, "seed": config.seed}
 
 
 def write_results(workdir: str, results: RunResults) -> str:

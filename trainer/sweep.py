@@ -3,7 +3,8 @@
   python -m trainer.sweep --root=runs/sweep --seeds=3 -- --flagfile=configs/smoke.cfg \
       --dataset=fashion_mnist --data_dir=/usr/share/datasets/fashion-mnist
 
-The matrix is APIs x seeds x strategies x precisions x batch sizes; flags after `--` go to every
+The matrix is models x APIs x seeds x strategies x precisions x batch sizes (your own model's API
+is its own, so it runs once per seed and setting); flags after `--` go to every
 run. Runs that finished are skipped and a run that was stopped resumes from its checkpoint, so
 rerunning a stopped sweep continues where it was. Each run is its own `python -m trainer.main`
 process, as a user would start it. Exits non-zero if any run failed.
@@ -24,7 +25,10 @@ from trainer import errors
 from trainer import run_record
 
 flags.DEFINE_string("root", "runs/sweep", "Folder that holds one workdir per run.")
-flags.DEFINE_list("apis", ["sequential", "functional", "subclass"], "Model APIs to compare.")
+flags.DEFINE_list("models", ["mlp"], "Models to compare: mlp, cnn, or your own as "
+                  "path/to/file.py:function or package.module:function.")
+flags.DEFINE_list("apis", ["sequential", "functional", "subclass"],
+                  "Keras APIs that build each built-in model.")
 flags.DEFINE_integer("seeds", 3, "Seeds per configuration: 0, 1, ... seeds-1.", lower_bound=1)
 # Unset lists are not varied: those flags come from the trainer flags after `--` (or presets).
 flags.DEFINE_list("strategies", [], "--strategy values to compare.")
@@ -36,6 +40,11 @@ for _name, _choices in (("apis", config_lib.APIS), ("strategies", config_lib.STR
   flags.register_validator(
       _name, lambda values, choices=_choices: set(values) <= set(choices),
       message=f"--{_name} takes a comma-separated list of: {', '.join(_choices)}")
+flags.register_validator(
+    "models", lambda values: all(value in config_lib.NETWORKS or ":" in value
+                                 for value in values),
+    message=f"--models takes a comma-separated list of {', '.join(config_lib.NETWORKS)} or "
+            "path/to/file.py:function")
 flags.register_validator("batch_sizes", lambda values: all(v.isdigit() and int(v) > 0
                                                            for v in values),
                          message="--batch_sizes takes a comma-separated list of positive integers")
@@ -45,24 +54,36 @@ ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_name(settings: Dict[str, str]) -> str:
-  """Returns the workdir name of one run, e.g. functional-s0 or subclass-mirrored-b64-s1."""
-  parts = [settings["api"], settings.get("strategy"), settings.get("precision"),
+  """Returns the workdir name of one run, e.g. functional-s0, cnn-subclass-mirrored-b64-s1 or
+  nets.build-s0 for --model=path/to/nets.py:build."""
+  model = settings.get("model", "mlp")
+  if ":" in model:
+    location, function = model.rsplit(":", 1)
+    model = f"{os.path.splitext(os.path.basename(location))[0]}.{function}"
+  parts = [model if model != "mlp" else None, settings.get("api"), settings.get("strategy"),
+           settings.get("precision"),
            settings.get("batch_size") and f"b{settings['batch_size']}", f"s{settings['seed']}"]
   return "-".join(part for part in parts if part)
 
 
 def matrix(apis: Sequence[str], seeds: int, strategies: Sequence[str] = (),
-           precisions: Sequence[str] = (), batch_sizes: Sequence[str] = ()) -> List[Dict[str, str]]:
+           precisions: Sequence[str] = (), batch_sizes: Sequence[str] = (),
+           models: Sequence[str] = ("mlp",)) -> List[Dict[str, str]]:
   """Returns the settings of every run, seeds innermost so each configuration fills in early.
 
-  An empty list leaves that flag out of the runs' settings.
+  An empty list leaves that flag out of the runs' settings; so does the default model, mlp.
   """
   varied = {"strategy": strategies, "precision": precisions, "batch_size": batch_sizes}
   names = [name for name, values in varied.items() if values]
+  model_apis = [(model, api) for model in models
+                for api in ([None] if ":" in model else apis)]  # Your own model's API is its own.
   runs = []
-  for combination in itertools.product(*(varied[name] for name in names), apis, range(seeds)):
-    *values, api, seed = combination
-    runs.append({**dict(zip(names, map(str, values))), "api": api, "seed": str(seed)})
+  for combination in itertools.product(*(varied[name] for name in names), model_apis,
+                                       range(seeds)):
+    *values, (model, api), seed = combination
+    run = {**dict(zip(names, map(str, values))), "model": model, "api": api, "seed": str(seed)}
+    runs.append({name: value for name, value in run.items()
+                 if value is not None and (name, value) != ("model", "mlp")})
   return runs
 
 
@@ -97,7 +118,8 @@ def run_sweep(root: str, runs: List[Dict[str, str]], trainer_flags: Sequence[str
 
 def main(argv):
   trainer_flags = argv[1:]
-  runs = matrix(FLAGS.apis, FLAGS.seeds, FLAGS.strategies, FLAGS.precisions, FLAGS.batch_sizes)
+  runs = matrix(FLAGS.apis, FLAGS.seeds, FLAGS.strategies, FLAGS.precisions, FLAGS.batch_sizes,
+                FLAGS.models)
   print(f"Sweep of {len(runs)} runs under {FLAGS.root}", flush=True)
   failures = run_sweep(FLAGS.root, runs, trainer_flags)
   if failures:

@@ -25,13 +25,14 @@ class Task:
   """Builds the model and optimizer under the strategy and runs training and evaluation steps."""
 
   def __init__(self, settings: config_lib.RunSettings, strategy: tf.distribute.Strategy,
-               pipeline: input_pipeline.InputPipeline):
+               pipeline: input_pipeline.InputPipeline, build_model: models.ModelBuilder):
     self._settings, self._strategy = settings, strategy
     config = settings.config
     with strategy.scope():
-      self.model = models.build_model(config.api, config.hidden_units, config.seed,
-                                      settings.precision, pipeline.image_shape,
-                                      pipeline.num_classes)
+      built = build_model(pipeline.image_shape, pipeline.num_classes, settings.precision)
+      self.model = built.model
+      self.api = built.api  # As detected for the user's own model.
+      self.from_logits = built.from_logits
       self.optimizer = keras.optimizers.Adam(config.learning_rate)
       if precision_lib.uses_loss_scaling(settings.precision):
         self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)  # Dynamic scaling.
@@ -40,7 +41,8 @@ class Task:
       self._train_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
       self._eval_loss = keras.metrics.Mean("loss")
       self._eval_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
-    self._loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+    self._loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=self.from_logits,
+                                                               reduction=None)
     self._forward_backward = self._forward_backward_eager
     if settings.jit_compile and settings.num_replicas > 1:
       # Several replicas: the cross-replica gradient sum cannot run inside XLA, the rest can.
@@ -105,20 +107,20 @@ class Task:
   # ---------------------------------------------------------------- Compiled steps.
   def _forward_backward_eager(self, images, labels):
     with tf.GradientTape() as tape:
-      probabilities = self.model(images, training=True)
-      per_example_loss = self._loss_fn(labels, probabilities)
+      outputs = self._outputs(images, training=True)
+      per_example_loss = self._loss_fn(labels, outputs)
       # Divide by the GLOBAL batch: the optimizer sums gradients across replicas.
       loss = tf.reduce_sum(per_example_loss) / self._settings.config.batch_size
       scaled_loss = self.optimizer.scale_loss(loss)
     gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
-    return gradients, per_example_loss, probabilities
+    return gradients, per_example_loss, outputs
 
   def _replica_train_step(self, images, labels):
     # Returns 1.0 if this replica's loss was not finite.
-    gradients, per_example_loss, probabilities = self._forward_backward(images, labels)
+    gradients, per_example_loss, outputs = self._forward_backward(images, labels)
     self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
     self._train_loss.update_state(per_example_loss)
-    self._train_accuracy.update_state(labels, probabilities)
+    self._train_accuracy.update_state(labels, outputs)
     return tf.cast(tf.reduce_any(~tf.math.is_finite(per_example_loss)), tf.float32)
 
   def _train_step(self, images, labels, index=None):
@@ -162,13 +164,18 @@ class Task:
 
     return train_loop
 
+  def _outputs(self, images, training):
+    # In float32 whatever the model's last layer computes in: the loss and the metrics stay
+    # accurate under mixed precision.
+    return tf.cast(self.model(images, training=training), tf.float32)
+
   def _predict_eager(self, images):
-    return self.model(images, training=False)
+    return self._outputs(images, training=False)
 
   def _replica_eval_step(self, images, labels, weights):
-    probabilities = self._predict(images)
-    self._eval_loss.update_state(self._loss_fn(labels, probabilities), sample_weight=weights)
-    self._eval_accuracy.update_state(labels, probabilities, sample_weight=weights)
+    outputs = self._predict(images)
+    self._eval_loss.update_state(self._loss_fn(labels, outputs), sample_weight=weights)
+    self._eval_accuracy.update_state(labels, outputs, sample_weight=weights)
 
   def _evaluate_batches_eager(self, dataset):
     for batch in dataset:

@@ -24,6 +24,7 @@ from trainer import config as config_lib
 from trainer import controller as controller_lib
 from trainer import export
 from trainer import input_pipeline
+from trainer import models
 from trainer import preemption
 from trainer import progress
 from trainer import run_record
@@ -50,13 +51,13 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
                  "on" if settings.jit_compile else "off")
 
     # ---------------------------------------------------------------- Input.
-    pipeline = input_pipeline.make_input_pipeline(
-        config.dataset, config.data_dir, config.tfds_data_dir, config.batch_size, config.seed,
-        config.max_steps_per_epoch)
+    build_model = models.model_builder(config)  # Imports the user's model: fails before the data.
+    pipeline = input_pipeline.make_input_pipeline(config)
     runtime.heartbeat()
 
     # ---------------------------------------------------------------- Task and checkpoint.
-    task = task_lib.Task(settings, runtime.strategy, pipeline)
+    task = task_lib.Task(settings, runtime.strategy, pipeline, build_model)
+    hparams = run_record.hparams(settings, task.api, pipeline)
     with runtime.strategy.scope():
       checkpointer = checkpointing.Checkpointer(config.workdir, settings.is_chief,
                                                 config.keep_checkpoints, model=task.model,
@@ -73,7 +74,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
       return run_record.read_results(config.workdir)
 
     # ---------------------------------------------------------------- Workdir.
-    writer = _open_workdir(stack, settings, plan, step)
+    writer = _open_workdir(stack, settings, plan, step, hparams)
 
     # ---------------------------------------------------------------- Training loop.
     # One dataset for the whole run: the next epoch is prepared while this one trains.
@@ -86,11 +87,11 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
           stop_requests, runtime.heartbeat).run(step)
 
     # ---------------------------------------------------------------- Export and results.
-    return _finish(settings, plan, task, outcome, meter, writer, start_time)
+    return _finish(settings, plan, task, pipeline, hparams, outcome, meter, writer, start_time)
 
 
 def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
-                  plan: schedule.LoopPlan, step: int) -> summaries.RunWriter:
+                  plan: schedule.LoopPlan, step: int, hparams: dict) -> summaries.RunWriter:
   """Readies the workdir for training from `step`; returns its writer, closed by `stack`.
 
   Called only once the input has loaded and the checkpoint is known, so bad input leaves nothing
@@ -101,7 +102,7 @@ def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
     workdir_lib.start_afresh(workdir, settings.run_config())
   writer = stack.enter_context(summaries.RunWriter(workdir, enabled=settings.is_chief))
   if step == 0:
-    writer.run_info(run_record.hparams(settings), settings.run_config(),
+    writer.run_info(hparams, settings.run_config(),
                     _environment(settings, plan))
   else:
     logging.info("Resuming from step %d of %d.", step, plan.total_steps)
@@ -130,6 +131,7 @@ def _environment(settings: config_lib.RunSettings, plan: schedule.LoopPlan) -> d
 
 
 def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: task_lib.Task,
+            pipeline: input_pipeline.InputPipeline, hparams: dict,
             outcome: controller_lib.Outcome, meter: throughput.ThroughputMeter,
             writer: summaries.RunWriter, start_time: float) -> dict:
   """Records the run: final scalars, and on the chief the exports and results.json."""
@@ -139,7 +141,8 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
   logging.info("%s: final train loss %.6f, weights sha256 %s", settings.task or "this process",
                outcome.train_loss, weights_digest)
   results = run_record.RunResults(
-      **run_record.hparams(settings), epochs=config.epochs, params=task.model.count_params(),
+      **hparams, image_shape=list(pipeline.image_shape), num_classes=pipeline.num_classes,
+      from_logits=task.from_logits, epochs=config.epochs, params=task.model.count_params(),
       steps=outcome.step, steps_per_epoch=plan.steps_per_epoch,
       steps_per_loop=settings.steps_per_loop, steps_per_xla_call=plan.pack,
       jit_compile=settings.jit_compile, tf_version=tf.__version__,
@@ -151,11 +154,17 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
   writer.scalars("run", outcome.step, {"test_accuracy": outcome.test_accuracy,
                                        "examples_per_sec": meter.examples_per_sec})
   if settings.is_chief:
-    results = dataclasses.replace(results, exports=export.export_model(task.model,
-                                                                       config.workdir))
+    results = dataclasses.replace(results, exports=export.export_model(
+        task.model, config.workdir, pipeline.image_shape))
     run_record.write_results(config.workdir, results)
-    print(f"{config.api} on {settings.strategy} x{settings.num_replicas} ({settings.precision}, "
-          f"{settings.device}): test accuracy {outcome.test_accuracy:.4f}, loss "
-          f"{outcome.test_loss:.4f}, {meter.examples_per_sec:,.0f} examples/s, "
+    print(f"{_model_label(config, task.api)} on {settings.strategy} "
+          f"x{settings.num_replicas} ({settings.precision}, {settings.device}): test accuracy "
+          f"{outcome.test_accuracy:.4f}, loss {outcome.test_loss:.4f}, "
+          f"{meter.examples_per_sec:,.0f} examples/s, "
           f"{results.wall_time_s:.1f} s", flush=True)
   return results.to_dict()
+
+
+def _model_label(config: config_lib.Config, api: str) -> str:
+  """e.g. "functional", "cnn (subclass)" or "nets.py:build (subclass)"."""
+  return api if config.model == "mlp" else f"{config.model} ({api})"

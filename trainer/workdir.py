@@ -29,8 +29,11 @@ SAVED_MODEL_DIR = "saved_model"
 
 # Settings that change the math: a checkpoint resumes only under the same ones. Raising epochs
 # does not change them, so it continues a run.
-MATH_FIELDS = ("api", "hidden_units", "dataset", "batch_size", "learning_rate", "seed",
+MATH_FIELDS = ("model", "api", "hidden_units", "dataset", "image_size", "validation_split",
+               "image_shape", "num_classes", "batch_size", "learning_rate", "seed",
                "max_steps_per_epoch", "precision", "num_replicas")
+# What a config.json written before a setting existed means by its absence.
+_MATH_DEFAULTS = {"model": "mlp", "image_size": [], "image_shape": [], "num_classes": 0}
 
 
 def write_json(path: str, values: Mapping[str, object], sort_keys: bool = True) -> None:
@@ -57,6 +60,8 @@ def read_run_config(workdir: str) -> Optional[dict]:
 def check_same_math(saved: Mapping[str, object], current: Mapping[str, object],
                     workdir: str) -> None:
   """Refuses to resume `saved` under `current` settings when they differ in MATH_FIELDS."""
+  current = json.loads(json.dumps(dict(current)))  # Tuples as lists, as config.json holds them.
+  saved = {**_MATH_DEFAULTS, **saved}
   differences = [f"  {name}: {saved.get(name)!r} in the saved run, {current.get(name)!r} now"
                  for name in MATH_FIELDS if saved.get(name) != current.get(name)]
   if differences:

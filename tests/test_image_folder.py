@@ -1,0 +1,193 @@
+"""Your own data: a folder of images per class, any tfds dataset, synthetic shapes, bad data."""
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import config as config_lib
+from trainer import errors
+from trainer import idx_files
+from trainer import input_pipeline
+from trainer import train
+
+
+def write_images(folder, images, names=None, extension="png") -> None:
+  """Writes uint8 images [N, h, w, c] into `folder` as PNG (or JPEG) files."""
+  os.makedirs(folder, exist_ok=True)
+  encode = tf.io.encode_png if extension == "png" else tf.io.encode_jpeg
+  for index, image in enumerate(images):
+    name = names[index] if names is not None else f"{index:05d}"
+    tf.io.write_file(os.path.join(folder, f"{name}.{extension}"), encode(image))
+
+
+def random_images(count, shape=(6, 5, 1), seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (count, *shape), dtype=np.uint8)
+
+
+def pipeline(**settings) -> input_pipeline.InputPipeline:
+  return input_pipeline.make_input_pipeline(config_lib.Config(**settings))
+
+
+def _write_idx(path, array, magic):
+  header = magic.to_bytes(4, "big") + b"".join(size.to_bytes(4, "big") for size in array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.tobytes())
+
+
+@pytest.fixture(scope="session")
+def fashion_subset(fashion_mnist_dir, tmp_path_factory):
+  """4,000 training and 1,000 test images of Fashion-MNIST written twice: as IDX files and as an
+  image folder (train/<label>/, test/<label>/). Both hold the images in the same order (class by
+  class), so the two must give the same batches."""
+  root = tmp_path_factory.mktemp("fashion_subset")
+  train_images, train_labels, test_images, test_labels = idx_files.read_mnist_format(
+      fashion_mnist_dir)
+  os.makedirs(root / "idx")
+  for split, images, labels, count, stem in (
+      ("train", train_images, train_labels, 4000, "train"),
+      ("test", test_images, test_labels, 1000, "t10k")):
+    order = np.argsort(labels[:count], kind="stable")  # Class by class, as a folder lists them.
+    images, labels = images[:count][order], labels[:count][order]
+    _write_idx(root / "idx" / f"{stem}-images-idx3-ubyte.gz", images[..., 0], idx_files.IMAGE_MAGIC)
+    _write_idx(root / "idx" / f"{stem}-labels-idx1-ubyte.gz", labels.astype(np.uint8),
+               idx_files.LABEL_MAGIC)
+    for label in range(10):
+      write_images(root / "images" / split / str(label), images[labels == label])
+  return root
+
+
+def test_an_image_folder_trains_exactly_as_its_idx_files_in_memory_and_streamed(
+    fashion_subset, tmp_path):
+  common = dict(epochs=1, batch_size=100, max_steps_per_epoch=20, strategy="default",
+                log_every=10)
+  from_idx = train.train_and_evaluate(config_lib.Config(
+      dataset="fashion_mnist", data_dir=str(fashion_subset / "idx"),
+      workdir=str(tmp_path / "idx"), **common))
+  in_memory = train.train_and_evaluate(config_lib.Config(
+      data_dir=str(fashion_subset / "images"), workdir=str(tmp_path / "folder"), **common))
+  # 5,000 images of 784 bytes are 3.9 MB: a 1 MB limit streams them from disk.
+  streamed = train.train_and_evaluate(config_lib.Config(
+      data_dir=str(fashion_subset / "images"), memory_limit_mb=1,
+      workdir=str(tmp_path / "streamed"), **common))
+  assert from_idx["test_accuracy"] > 0.6
+  for run in (in_memory, streamed):
+    assert run["weights_sha256"] == from_idx["weights_sha256"]
+    assert run["test_accuracy"] == from_idx["test_accuracy"]
+    assert (run["dataset"], run["image_shape"], run["num_classes"]) == (
+        "folder:images", [28, 28, 1], 10)
+
+
+def test_streamed_and_in_memory_folders_give_the_same_batches_from_any_step(tmp_path):
+  for label in "abc":
+    write_images(tmp_path / label, random_images(20, seed=ord(label)))
+  settings = dict(data_dir=str(tmp_path), batch_size=8, seed=5)
+  held, streamed = pipeline(**settings), pipeline(memory_limit_mb=0.001, **settings)
+  assert held.stream is None and streamed.stream is not None and streamed.train is None
+  for start in (0, 7):
+    for (a_images, a_labels), (b_images, b_labels) in zip(
+        held.training_batches(start, 3), streamed.training_batches(start, 3)):
+      np.testing.assert_array_equal(a_images, b_images)
+      np.testing.assert_array_equal(a_labels, b_labels)
+  for first, second in zip(held.eval_dataset(), streamed.eval_dataset()):
+    np.testing.assert_array_equal(first[2], second[2])
+    counted = first[2].numpy() > 0  # Padding (weight 0) may differ; it counts for nothing.
+    for a, b in zip(first[:2], second[:2]):
+      np.testing.assert_array_equal(a.numpy()[counted], b.numpy()[counted])
+
+
+def test_a_flat_folder_holds_out_the_same_share_of_each_class_whatever_the_seed(tmp_path):
+  for label, count in (("cats", 10), ("dogs", 15)):
+    write_images(tmp_path / label, random_images(count))
+  first, second = pipeline(data_dir=str(tmp_path), batch_size=4, seed=0), pipeline(
+      data_dir=str(tmp_path), batch_size=4, seed=1)
+  assert np.bincount(first.test.labels).tolist() == [2, 3]  # 0.2 of each class.
+  np.testing.assert_array_equal(first.test.images, second.test.images)
+  assert (first.num_classes, first.image_shape, first.name) == (2, (6, 5, 1), "folder:" +
+                                                                tmp_path.name)
+  assert pipeline(data_dir=str(tmp_path), batch_size=4, validation_split=0.5).num_test_examples \
+      == 5 + 8
+
+
+def test_image_size_resizes_mixed_sizes_and_jpeg_colour_is_read(tmp_path):
+  write_images(tmp_path / "a", random_images(5, (20, 30, 3)), extension="jpg")
+  write_images(tmp_path / "b", random_images(5, (10, 12, 3)))
+  with pytest.raises(errors.UserError, match=r"differ in size: .* is 20x30, .* is 10x12 .*"
+                                             r"--image_size=HEIGHT,WIDTH"):
+    pipeline(data_dir=str(tmp_path), batch_size=2)
+  resized = pipeline(data_dir=str(tmp_path), batch_size=2, image_size=(16, 16))
+  assert resized.image_shape == (16, 16, 3) and resized.train.images.shape[1:] == (16, 16, 3)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: os.makedirs(root / "empty"), "holds no images"),
+    (lambda root: write_images(root / "only", random_images(5)), "holds one class only"),
+    (lambda root: (write_images(root / "a", random_images(5)),
+                   write_images(root / "b", random_images(5)),
+                   (root / "b" / "broken.png").write_bytes(b"not an image")),
+     r"broken.png is not a readable PNG or JPEG image"),
+    (lambda root: (write_images(root / "train" / "a", random_images(5)),
+                   write_images(root / "train" / "b", random_images(5))),
+     "has a train/ folder but no test/ folder"),
+])
+def test_bad_folders_are_named_with_what_to_do(tmp_path, make, message):
+  make(tmp_path)
+  with pytest.raises(errors.UserError, match=message):
+    pipeline(data_dir=str(tmp_path), batch_size=2)
+
+
+def test_an_image_whose_body_is_damaged_is_named(tmp_path):
+  write_images(tmp_path / "a", random_images(4))
+  write_images(tmp_path / "b", random_images(4))
+  path = tmp_path / "b" / "00001.png"
+  path.write_bytes(path.read_bytes()[:40])  # The header survives, the pixels do not.
+  with pytest.raises(errors.UserError, match="00001.png cannot be decoded"):
+    pipeline(data_dir=str(tmp_path), batch_size=2)
+
+
+def test_flags_that_do_not_fit_the_data_are_refused(tmp_path):
+  write_images(tmp_path / "a", random_images(5))
+  write_images(tmp_path / "b", random_images(5))
+  with pytest.raises(errors.UserError, match="Leave --dataset out"):
+    pipeline(data_dir=str(tmp_path), dataset="cifar10")
+  with pytest.raises(errors.UserError, match="describe --dataset=synthetic"):
+    config_lib.Config(num_classes=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_tfds(tmp_path_factory) -> str:
+  """A tfds data_dir holding "tiny_shapes": 12x10 colour images in 3 classes, prepared."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  rng = np.random.default_rng(0)
+
+  def split(count):
+    return tf.data.Dataset.from_tensor_slices({
+        "image": rng.integers(0, 256, (count, 12, 10, 3), dtype=np.uint8),
+        "label": rng.integers(0, 3, count)})
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name="tiny_shapes", version="1.0.0", data_dir=data_dir,
+      features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(12, 10, 3)),
+                                           "label": tfds.features.ClassLabel(num_classes=3)}),
+      split_datasets={"train": split(300), "test": split(50)})
+  return data_dir
+
+
+@pytest.mark.parametrize("memory_limit_mb, image_size", [(0, ()), (0.01, (16, 16))])
+def test_any_tfds_image_dataset_trains_in_memory_or_streamed(tiny_tfds, tmp_path,
+                                                             memory_limit_mb, image_size):
+  # 350 images of 12x10x3 bytes are 126 KB: a 0.01 MB limit streams them through tfds.
+  config = config_lib.Config(dataset="tiny_shapes", tfds_data_dir=tiny_tfds, model="cnn",
+                             image_size=image_size, epochs=1, batch_size=30, strategy="default",
+                             workdir=str(tmp_path / "run"), memory_limit_mb=memory_limit_mb)
+  assert (input_pipeline.make_input_pipeline(config).stream is None) == (memory_limit_mb == 0)
+  results = train.train_and_evaluate(config)
+  assert (results["dataset"], results["num_classes"], results["steps"]) == ("tiny_shapes", 3, 10)
+  assert results["image_shape"] == [*(image_size or (12, 10)), 3]
+
+
+def test_a_name_tfds_does_not_know_is_refused_with_where_to_look(tmp_path):
+  with pytest.raises(errors.UserError, match="not a tensorflow-datasets dataset"):
+    pipeline(dataset="no_such_dataset", tfds_data_dir=str(tmp_path))

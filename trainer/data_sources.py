@@ -1,0 +1,282 @@
+"""Where a run's images come from: IDX files, tensorflow-datasets, or a folder of images.
+
+Each source is read into memory as uint8 arrays when its decoded images fit under the memory
+limit (--memory_limit_mb, by default a quarter of this machine's RAM), and otherwise streamed from
+disk at every epoch: an image folder by its file list (in the same order as in memory, so both
+give the same batches), a tfds dataset through tfds's own reader (files shuffled by a per-epoch
+seed, then a shuffle buffer).
+"""
+
+import dataclasses
+import os
+import socket
+import urllib.parse
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import errors
+from trainer import idx_files
+from trainer import image_folder
+
+_NETWORK_PROBE_SECONDS = 5.0
+_DECODE_BATCH = 1024
+STREAM_SHUFFLE_BUFFER = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split held in memory: uint8 images [N, height, width, channels], int32 labels [N]."""
+
+  images: np.ndarray
+  labels: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  """A real dataset: its name, shapes, and either both splits in memory or a stream."""
+
+  name: str
+  image_shape: Tuple[int, int, int]
+  num_classes: int
+  num_train: int
+  num_test: int
+  train: Optional[Split] = None
+  test: Optional[Split] = None
+  stream: Optional["Stream"] = None
+
+
+class Stream:
+  """A dataset read from disk at every epoch; both methods give unbatched (uint8 image, label)."""
+
+  def train_examples(self, epoch: int) -> tf.data.Dataset:
+    raise NotImplementedError
+
+  def test_examples(self) -> tf.data.Dataset:
+    raise NotImplementedError
+
+
+def memory_limit_bytes(limit_mb: float) -> int:
+  """The memory limit in bytes; 0 MB means a quarter of this machine's RAM."""
+  if limit_mb:
+    return int(limit_mb * 2**20)
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+# ---------------------------------------------------------------- IDX files.
+def load_idx(data_dir: str, name: str) -> Loaded:
+  """An MNIST-format dataset from its four IDX files (55 MB for MNIST: always in memory)."""
+  train_images, train_labels, test_images, test_labels = idx_files.read_mnist_format(data_dir)
+  return Loaded(name, train_images.shape[1:], idx_files.NUM_CLASSES, len(train_labels),
+                len(test_labels), Split(train_images, train_labels),
+                Split(test_images, test_labels))
+
+
+# ---------------------------------------------------------------- Image folders.
+@dataclasses.dataclass(frozen=True)
+class _ImageFiles:
+  """Turns a file path into a uint8 image of the dataset's shape."""
+
+  image_shape: Tuple[int, int, int]
+  resize: bool
+
+  def load(self, path: tf.Tensor) -> tf.Tensor:
+    image = tf.io.decode_image(tf.io.read_file(path), channels=self.image_shape[2],
+                               expand_animations=False)
+    if self.resize:
+      image = resize_uint8(image, self.image_shape[:2])
+    return tf.ensure_shape(image, self.image_shape)
+
+  def load_all(self, paths: np.ndarray) -> np.ndarray:
+    """Decodes every file in `paths` into one uint8 array, in order."""
+    dataset = tf.data.Dataset.from_tensor_slices(paths.astype(str)).map(
+        self.load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    try:
+      return np.concatenate([batch.numpy() for batch in dataset.batch(_DECODE_BATCH)])
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+      raise errors.UserError(
+          f"{_first_bad_image(self, paths)} cannot be decoded ({e.message.splitlines()[0]}). "
+          "Delete it or replace it with a good copy.") from None
+
+
+def _first_bad_image(files: _ImageFiles, paths: np.ndarray) -> str:
+  # Only after a failure: the batched decode does not say which file failed.
+  for path in paths:
+    try:
+      files.load(tf.constant(str(path)))
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+      return str(path)
+  return "An image"
+
+
+class _FolderStream(Stream):
+  """An image folder decoded at every epoch, in the order the in-memory path would use."""
+
+  def __init__(self, folder: image_folder.ImageFolder, files: _ImageFiles, seed: int):
+    self._folder, self._files, self._seed = folder, files, seed
+
+  def train_examples(self, epoch: int) -> tf.data.Dataset:
+    split = self._folder.train
+    order = epoch_order(len(split.labels), self._seed, epoch)
+    return self._examples(tf.gather(split.paths.astype(str), order), tf.gather(split.labels,
+                                                                               order))
+
+  def test_examples(self) -> tf.data.Dataset:
+    return self._examples(self._folder.test.paths.astype(str), self._folder.test.labels)
+
+  def _examples(self, paths, labels) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices((paths, labels)).map(
+        lambda path, label: (self._files.load(path), label), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True)
+
+
+def load_image_folder(data_dir: str, resize: Sequence[int], validation_split: Optional[float],
+                      seed: int, limit_bytes: int) -> Loaded:
+  """A folder of class subfolders (see trainer.image_folder), in memory or streamed."""
+  folder = image_folder.read_image_folder(data_dir, resize, validation_split)
+  image_shape = (*(tuple(resize) or folder.image_size), folder.channels)
+  files = _ImageFiles(image_shape, resize=bool(resize))
+  num_train, num_test = len(folder.train.labels), len(folder.test.labels)
+  name = "folder:" + os.path.basename(os.path.normpath(data_dir))
+  loaded = Loaded(name, image_shape, len(folder.class_names), num_train, num_test)
+  if (num_train + num_test) * int(np.prod(image_shape)) > limit_bytes:
+    return dataclasses.replace(loaded, stream=_FolderStream(folder, files, seed))
+  return dataclasses.replace(
+      loaded, train=Split(files.load_all(folder.train.paths), folder.train.labels),
+      test=Split(files.load_all(folder.test.paths), folder.test.labels))
+
+
+def epoch_order(num_examples: int, seed: int, epoch) -> tf.Tensor:
+  """The order of an epoch's examples: a permutation seeded by (seed, epoch)."""
+  return tf.random.experimental.stateless_shuffle(
+      tf.range(num_examples), seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]))
+
+
+# ---------------------------------------------------------------- tensorflow-datasets.
+class _TfdsStream(Stream):
+  """A tfds dataset read through tfds at every epoch: files shuffled by (seed, epoch), then a
+  shuffle buffer of STREAM_SHUFFLE_BUFFER examples with the same seed."""
+
+  def __init__(self, builder, keys: Tuple[str, str], test_split: str, resize: Sequence[int],
+               seed: int):
+    self._builder, self._keys, self._test_split = builder, keys, test_split
+    self._resize, self._seed = resize, seed
+
+  def train_examples(self, epoch: int) -> tf.data.Dataset:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    epoch_seed = self._seed * 100_003 + epoch
+    dataset = self._builder.as_dataset(
+        split="train", shuffle_files=True,
+        read_config=tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16))
+    dataset = dataset.shuffle(STREAM_SHUFFLE_BUFFER, seed=epoch_seed)
+    return dataset.map(self._prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+  def test_examples(self) -> tf.data.Dataset:
+    return self._builder.as_dataset(split=self._test_split).map(
+        self._prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+  def _prepare(self, example):
+    return _example(example, self._keys, self._resize)
+
+
+def _example(example: dict, keys: Tuple[str, str], resize: Sequence[int]):
+  """(uint8 image, int32 label) of one tfds example, resized when `resize` is given."""
+  image, label = example[keys[0]], tf.cast(example[keys[1]], tf.int32)
+  return (resize_uint8(image, resize) if resize else image), label
+
+
+def resize_uint8(image: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
+  """`image` resized to `size` (height, width), antialiased, back in uint8."""
+  image = tf.image.resize(image, size, antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def _ensure_reachable(url: str, dataset: str) -> None:
+  """Fails within seconds when the dataset's download host is unreachable.
+
+  tfds itself retries a failed download with back-off for minutes before giving up.
+  """
+  parsed = urllib.parse.urlparse(url)
+  port = parsed.port or (443 if parsed.scheme == "https" else 80)
+  try:
+    socket.create_connection((parsed.hostname, port), timeout=_NETWORK_PROBE_SECONDS).close()
+  except OSError as e:
+    raise errors.UserError(
+        f"--dataset={dataset} is not in the tfds cache and its download host {parsed.hostname} "
+        f"cannot be reached ({e}). Offline, use one of:\n"
+        "  --tfds_data_dir=DIR   a tfds data folder where the dataset is prepared\n"
+        "  --data_dir=DIR   a folder with the four MNIST-format IDX files, or one subfolder of "
+        "images per class\n"
+        "  --dataset=fashion_mnist --data_dir=/usr/share/datasets/fashion-mnist"
+        "   (apt-get install dataset-fashion-mnist)\n"
+        "  --dataset=synthetic   random images") from None
+
+
+def _tfds_builder(name: str, tfds_data_dir: Optional[str]):
+  # Imported here: tfds takes seconds to import and only this path needs it.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    builder = tfds.builder(name, data_dir=tfds_data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise errors.UserError(
+        f"--dataset={name} is not a tensorflow-datasets dataset (nor prepared in "
+        f"{tfds_data_dir or 'the tfds cache'}). Its image classification datasets are listed at "
+        "https://www.tensorflow.org/datasets/catalog/overview; a folder of images takes "
+        "--data_dir instead.") from None
+  if not builder.is_prepared():
+    _ensure_reachable(getattr(builder, "URL", "https://storage.googleapis.com"), name)
+    builder.download_and_prepare()
+  return builder
+
+
+def _tfds_features(builder, name: str) -> Tuple[str, str]:
+  """The (image, label) feature keys of an image classification dataset: its supervised keys,
+  or else its one Image and one ClassLabel feature."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  features = builder.info.features
+  keys = builder.info.supervised_keys
+  if not keys or len(keys) != 2:
+    images = [key for key, feature in features.items()
+              if isinstance(feature, tfds.features.Image)]
+    labels = [key for key, feature in features.items()
+              if isinstance(feature, tfds.features.ClassLabel)]
+    keys = (images[0], labels[0]) if len(images) == len(labels) == 1 else None
+  if (not keys or len(features[keys[0]].shape) != 3
+      or not hasattr(features[keys[1]], "num_classes")):
+    raise errors.UserError(
+        f"--dataset={name} is not an image classification dataset: it has no (image, label) "
+        "pair of features. Choose one whose catalog page lists supervised keys (image, label).")
+  return tuple(keys)
+
+
+def load_tfds(name: str, tfds_data_dir: Optional[str], resize: Sequence[int], seed: int,
+              limit_bytes: int) -> Loaded:
+  """A tfds image classification dataset, downloaded and prepared if it is not yet."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = _tfds_builder(name, tfds_data_dir)
+  keys = _tfds_features(builder, name)
+  image_key, label_key = keys
+  test_split = next((split for split in ("test", "validation") if split in builder.info.splits),
+                    None)
+  if "train" not in builder.info.splits or test_split is None:
+    raise errors.UserError(f"--dataset={name} has splits {', '.join(builder.info.splits)}; the "
+                           "harness trains on train and tests on test (or validation).")
+  stored_shape = builder.info.features[image_key].shape
+  if None in stored_shape[:2] and not resize:
+    raise errors.UserError(f"--dataset={name} has images of varying size. Add "
+                           "--image_size=HEIGHT,WIDTH to resize them all.")
+  image_shape = (*(tuple(resize) or stored_shape[:2]), stored_shape[2])
+  num_train = builder.info.splits["train"].num_examples
+  num_test = builder.info.splits[test_split].num_examples
+  loaded = Loaded(name, image_shape, builder.info.features[label_key].num_classes, num_train,
+                  num_test)
+  if (num_train + num_test) * int(np.prod(image_shape)) > limit_bytes:
+    return dataclasses.replace(loaded, stream=_TfdsStream(builder, keys, test_split, resize,
+                                                          seed))
+  splits = []
+  for split in ("train", test_split):
+    dataset = builder.as_dataset(split=split).map(lambda example: _example(example, keys, resize))
+    images, labels = zip(*tfds.as_numpy(dataset.batch(_DECODE_BATCH * 8)))
+    splits.append(Split(np.concatenate(images), np.concatenate(labels)))
+  return dataclasses.replace(loaded, train=splits[0], test=splits[1])
