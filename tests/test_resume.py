@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from tests import processes
 from tests.processes import ROOT
 from trainer import config as config_lib
 from trainer import errors
@@ -68,7 +69,13 @@ def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_flags, steps_p
   killed_dir = tmp_path / "killed"
   killed = start_trainer(*flags, f"--workdir={killed_dir}")
   wait_for_checkpoint(killed, killed_dir, at_least=steps_per_epoch + 100)  # Inside epoch 2.
-  killed.kill()
+  if "--strategy=default" in strategy_flags:
+    # A second trainer on the live workdir: refused at once, naming the holder.
+    second = processes.run_trainer(*flags, f"--workdir={killed_dir}", timeout=120)
+    assert second.returncode == errors.BAD_INPUT, second.stderr[-2000:]
+    assert f"is in use by process {killed.pid} on " in second.stderr
+    assert killed.poll() is None  # The holder trains on, undisturbed.
+  killed.kill()  # SIGKILL: the lock goes with the process, so the rerun below can take it.
   killed.wait()
   assert not os.path.exists(killed_dir / run_record.RESULTS_FILE)
 

@@ -67,7 +67,13 @@ class Checkpointer:
   def save(self, step: int) -> None:
     """Saves the state at `step` (every worker must call this together)."""
     self._step.assign(step)
-    self._manager.save(checkpoint_number=step)
+    directory = self._manager.directory
+    # TensorFlow writes each file under a temporary name and the index last, so a failed save
+    # leaves the checkpoints before it readable, and only its own temporary files behind.
+    with workdir_lib.writing(f"checkpoint of step {step}", directory,
+                             partial=[os.path.join(directory, f"ckpt-{step}.*"),
+                                      os.path.join(directory, "*_temp*")]):
+      self._manager.save(checkpoint_number=step)
 
   def close(self) -> None:
     """Removes a non-chief worker's temporary checkpoints."""

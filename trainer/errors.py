@@ -15,6 +15,7 @@ BUG_OR_USAGE = 1
 BAD_INPUT = 2
 PEER_LOST = 3
 DIVERGED = 4
+DISK_FULL = 5
 WATCHDOG_KILLED = 128 + signal.SIGKILL
 
 # The one table of exit codes; README's table says the same (a test checks).
@@ -24,6 +25,7 @@ EXIT_CODES = {
     BAD_INPUT: "bad input: the message says what and how to fix it",
     PEER_LOST: "a peer worker died or became unreachable",
     DIVERGED: "the loss became NaN or infinite (last good checkpoint kept)",
+    DISK_FULL: "the disk filled up while writing: free space and rerun to resume",
     128 + signal.SIGINT: "stopped by Ctrl-C after saving: rerun to resume",
     128 + signal.SIGTERM: "stopped by SIGTERM after saving: rerun to resume",
     WATCHDOG_KILLED: "killed by the progress watchdog: a peer never started or hangs",
@@ -46,6 +48,12 @@ class Diverged(UserError):
   """The loss became NaN or infinite."""
 
   exit_code = DIVERGED
+
+
+class DiskFull(UserError):
+  """A write into the workdir found no space left; the last good checkpoint is intact."""
+
+  exit_code = DISK_FULL
 
 
 class Interrupted(UserError):

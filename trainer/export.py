@@ -18,18 +18,20 @@ def export_model(model: keras.Model, workdir: str, image_shape: Sequence[int]) -
   The SavedModel's `serve` takes float32 images of `image_shape` in [0, 1], batched.
   """
   keras_path = os.path.join(workdir, workdir_lib.KERAS_FILE)
-  model.save(keras_path + ".tmp.keras")
-  os.replace(keras_path + ".tmp.keras", keras_path)
+  with workdir_lib.writing("model.keras export", keras_path, partial=[keras_path + ".tmp.keras"]):
+    model.save(keras_path + ".tmp.keras")
+    os.replace(keras_path + ".tmp.keras", keras_path)
 
   saved_model_path = os.path.join(workdir, workdir_lib.SAVED_MODEL_DIR)
   staging = saved_model_path + ".tmp"
   shutil.rmtree(staging, ignore_errors=True)
-  # The signature is given, not inferred: a subclassed model without build() has no record of
-  # the shape it was called with.
-  model.export(staging, format="tf_saved_model", verbose=False, input_signature=[
-      tf.TensorSpec((None, *image_shape), tf.float32, name="images")])
-  shutil.rmtree(saved_model_path, ignore_errors=True)
-  os.replace(staging, saved_model_path)
+  with workdir_lib.writing("SavedModel export", saved_model_path, partial=[staging]):
+    # The signature is given, not inferred: a subclassed model without build() has no record
+    # of the shape it was called with.
+    model.export(staging, format="tf_saved_model", verbose=False, input_signature=[
+        tf.TensorSpec((None, *image_shape), tf.float32, name="images")])
+    shutil.rmtree(saved_model_path, ignore_errors=True)
+    os.replace(staging, saved_model_path)
   return {"keras": keras_path, "saved_model": saved_model_path}
 
 

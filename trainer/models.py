@@ -166,6 +166,20 @@ def build_model(api: str, hidden_units: int = 256, seed: int = 0,
                         precision or "float32")
 
 
+def parameter_count(network: str, image_shape: Sequence[int], num_classes: int,
+                    hidden_units: int) -> int:
+  """The parameter count of a built-in network, computed without building it (for a model too
+  large to build)."""
+  height, width, channels = image_shape
+  features = height * width * channels
+  convolutions = 0
+  if network == "cnn":
+    convolutions = (9 * channels * 32 + 32) + (9 * 32 * 64 + 64)
+    features = (height // 4) * (width // 4) * 64
+  return convolutions + features * hidden_units + hidden_units + hidden_units * num_classes + \
+      num_classes
+
+
 ModelBuilder = Callable[[Sequence[int], int, str], own_model.BuiltModel]
 
 

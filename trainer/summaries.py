@@ -28,12 +28,15 @@ class RunWriter:
     self._enabled = enabled
     self._writers: Dict[str, tf.summary.SummaryWriter] = {}
     self._last_step: Dict[str, int] = {}
+    self._folders: Dict[str, str] = {}
     if enabled:
       for name, folder in (("run", ""), ("train", workdir_lib.TRAIN_DIR),
                            ("eval", workdir_lib.EVAL_DIR)):
         path = os.path.join(workdir, folder)
         self._last_step[name] = last_logged_step(path)
-        self._writers[name] = tf.summary.create_file_writer(path)
+        self._folders[name] = path
+        with workdir_lib.writing("TensorBoard events", path):
+          self._writers[name] = tf.summary.create_file_writer(path)
 
   def scalars(self, writer: str, step: int, values: Mapping[str, float]) -> None:
     """Writes `values` at `step` to the "train", "eval" or "run" events, unless already there.
@@ -42,10 +45,11 @@ class RunWriter:
     """
     if not self._enabled or step <= self._last_step[writer]:
       return
-    with self._writers[writer].as_default(step=step):
-      for name, value in values.items():
-        tf.summary.scalar(name, value)
-    self._writers[writer].flush()
+    with workdir_lib.writing("TensorBoard events", self._folders[writer]):
+      with self._writers[writer].as_default(step=step):
+        for name, value in values.items():
+          tf.summary.scalar(name, value)
+      self._writers[writer].flush()
     self._last_step[writer] = step
 
   def run_info(self, hparams: Mapping[str, object], config: Mapping[str, object],
@@ -53,17 +57,20 @@ class RunWriter:
     """Writes the HParams entry and a text summary of the resolved config and environment."""
     if not self._enabled:
       return
-    with self._writers["run"].as_default(step=0):
-      hparams_api.hparams_config(
-          hparams=[hparams_api.HParam(name) for name in hparams],
-          metrics=[hparams_api.Metric(name) for name in run_record.HPARAM_METRICS])
-      hparams_api.hparams(dict(hparams))
-      tf.summary.text("config", _markdown_table(config))
-      tf.summary.text("environment", _markdown_table(environment))
+    with workdir_lib.writing("HParams entry", self._folders["run"]):
+      with self._writers["run"].as_default(step=0):
+        hparams_api.hparams_config(
+            hparams=[hparams_api.HParam(name) for name in hparams],
+            metrics=[hparams_api.Metric(name) for name in run_record.HPARAM_METRICS])
+        hparams_api.hparams(dict(hparams))
+        tf.summary.text("config", _markdown_table(config))
+        tf.summary.text("environment", _markdown_table(environment))
+      self._writers["run"].flush()
 
   def close(self) -> None:
-    for writer in self._writers.values():
-      writer.close()
+    for name, writer in self._writers.items():
+      with workdir_lib.writing("TensorBoard events", self._folders[name]):
+        writer.close()
 
   def __enter__(self) -> "RunWriter":
     return self

@@ -11,9 +11,10 @@ step-exact (the batches after it are exactly those an uninterrupted run would se
 
 import contextlib
 import dataclasses
+import re
 import sys
 import time
-from typing import Optional
+from typing import Iterator, Optional
 
 from absl import logging
 import keras
@@ -22,6 +23,7 @@ import tensorflow as tf
 from trainer import checkpointing
 from trainer import config as config_lib
 from trainer import controller as controller_lib
+from trainer import errors
 from trainer import export
 from trainer import input_pipeline
 from trainer import models
@@ -34,6 +36,7 @@ from trainer import summaries
 from trainer import task as task_lib
 from trainer import throughput
 from trainer import workdir as workdir_lib
+from trainer import workdir_lock
 
 
 def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = None) -> dict:
@@ -44,6 +47,8 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     runtime = stack.enter_context(runtime_lib.open_runtime(config))
     settings = runtime.settings
     if settings.is_chief:
+      # The one writer of the workdir from here to the end; other workers write only scratch.
+      stack.enter_context(workdir_lock.locked(config.workdir))
       workdir_lib.check_can_start(config.workdir, settings.run_config(), config.overwrite)
     logging.info("Strategy %s with %d replicas on %s; precision %s (%s); %d steps per loop, "
                  "XLA %s.", settings.strategy, settings.num_replicas, settings.device,
@@ -54,9 +59,11 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     build_model = models.model_builder(config)  # Imports the user's model: fails before the data.
     pipeline = input_pipeline.make_input_pipeline(config)
     runtime.heartbeat()
+    built = {}  # The task, once it exists, for the out-of-memory message.
+    stack.enter_context(_out_of_memory_reported(config, pipeline, built))
 
     # ---------------------------------------------------------------- Task and checkpoint.
-    task = task_lib.Task(settings, runtime.strategy, pipeline, build_model)
+    task = built["task"] = task_lib.Task(settings, runtime.strategy, pipeline, build_model)
     hparams = run_record.hparams(settings, task.api, pipeline)
     with runtime.strategy.scope():
       checkpointer = checkpointing.Checkpointer(config.workdir, settings.is_chief,
@@ -163,6 +170,30 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
           f"{meter.examples_per_sec:,.0f} examples/s, "
           f"{results.wall_time_s:.1f} s", flush=True)
   return results.to_dict()
+
+
+@contextlib.contextmanager
+def _out_of_memory_reported(config: config_lib.Config, pipeline: input_pipeline.InputPipeline,
+                            built: dict) -> Iterator[None]:
+  """Turns running out of memory (building the model, or in a step) into a UserError that says
+  how large the model and the batch were, and what to lower."""
+  try:
+    yield
+  except (tf.errors.ResourceExhaustedError, MemoryError) as e:
+    if "task" in built:
+      params = built["task"].model.count_params()
+    elif not config.own_model:
+      params = models.parameter_count(config.model, pipeline.image_shape, pipeline.num_classes,
+                                      config.hidden_units)
+    else:
+      params = None
+    model = f"the model ({params:,} parameters)" if params else "your model"
+    allocation = re.search(r"OOM when allocating tensor with shape\[[^\]]*\]", str(e))
+    detail = allocation.group(0) if allocation else type(e).__name__
+    raise errors.UserError(
+        f"Out of memory: {model} with --batch_size={config.batch_size} does not fit in this "
+        f"machine's memory ({detail}). Use a smaller --batch_size or a smaller model"
+        + ("" if config.own_model else " (--hidden_units)") + ".") from None
 
 
 def _model_label(config: config_lib.Config, api: str) -> str:

@@ -12,10 +12,13 @@ A workdir is never overwritten silently: one that holds something else, or a run
 settings, is refused unless --overwrite.
 """
 
+import contextlib
+import errno
+import glob
 import json
 import os
 import shutil
-from typing import Mapping, Optional
+from typing import Iterator, Mapping, Optional, Sequence
 
 from trainer import errors
 
@@ -25,6 +28,7 @@ CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 KERAS_FILE = "model.keras"
+LOCK_FILE = ".lock"  # trainer.workdir_lock's; never part of the run's content.
 SAVED_MODEL_DIR = "saved_model"
 
 # Settings that change the math: a checkpoint resumes only under the same ones. Raising epochs
@@ -36,20 +40,60 @@ MATH_FIELDS = ("model", "api", "hidden_units", "dataset", "image_size", "validat
 _MATH_DEFAULTS = {"model": "mlp", "image_size": [], "image_shape": [], "num_classes": 0}
 
 
+def is_disk_full(error: BaseException) -> bool:
+  """True for an error that says the disk has no space left, from Python or TensorFlow."""
+  return (getattr(error, "errno", None) == errno.ENOSPC
+          or "No space left on device" in str(error))
+
+
+@contextlib.contextmanager
+def writing(what: str, path: str, partial: Sequence[str] = ()) -> Iterator[None]:
+  """Turns a full disk while writing `what` to `path` into a DiskFull that says so.
+
+  `partial` names files or folders the failed write may have left half-written: they are
+  removed, so the space they took comes back and nothing half-written looks like a result.
+  """
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  # OSError, or TensorFlow's own errors.
+    if not is_disk_full(e):
+      raise
+    for leftover in partial:
+      for name in glob.glob(leftover):
+        shutil.rmtree(name, ignore_errors=True) if os.path.isdir(name) else os.remove(name)
+    raise errors.DiskFull(
+        f"The disk is full: writing the {what} to {path} failed. Everything written before "
+        "is intact (the last good checkpoint included): free some space and rerun the same "
+        "command to resume.") from None
+
+
 def write_json(path: str, values: Mapping[str, object], sort_keys: bool = True) -> None:
   """Writes `values` as JSON to `path` through a rename, so a reader never sees half a file."""
-  with open(path + ".tmp", "w") as f:
-    json.dump(dict(values), f, indent=2, sort_keys=sort_keys)
-    f.write("\n")
-  os.replace(path + ".tmp", path)
+  with writing(os.path.basename(path), path, partial=[path + ".tmp"]):
+    with open(path + ".tmp", "w") as f:
+      json.dump(dict(values), f, indent=2, sort_keys=sort_keys)
+      f.write("\n")
+    os.replace(path + ".tmp", path)
 
 
 def read_json(path: str) -> Optional[dict]:
-  """Returns the JSON object in `path`, or None if there is no such file."""
+  """Returns the JSON object in `path`, or None if there is no such file.
+
+  A damaged file (cut short, edited by hand) is a UserError that names it.
+  """
   if not os.path.isfile(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      values = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise errors.UserError(
+        f"{path} is damaged and cannot be read ({e}). Restore it from a backup, or add "
+        "--overwrite to start the run in its folder afresh.") from None
+  if not isinstance(values, dict):
+    raise errors.UserError(f"{path} is damaged: it holds no JSON object. Restore it from a "
+                           "backup, or add --overwrite to start the run in its folder afresh.")
+  return values
 
 
 def read_run_config(workdir: str) -> Optional[dict]:
@@ -74,7 +118,7 @@ def check_same_math(saved: Mapping[str, object], current: Mapping[str, object],
 
 def check_can_start(workdir: str, run_config: Mapping[str, object], overwrite: bool) -> None:
   """Refuses a workdir that holds something other than this run, before anything loads."""
-  if overwrite or not os.path.isdir(workdir) or not os.listdir(workdir):
+  if overwrite or not os.path.isdir(workdir) or not _contents(workdir):
     return
   saved = read_run_config(workdir)
   if saved is None:
@@ -85,7 +129,20 @@ def check_can_start(workdir: str, run_config: Mapping[str, object], overwrite: b
 
 
 def start_afresh(workdir: str, run_config: Mapping[str, object]) -> None:
-  """Empties `workdir` (checked by check_can_start) and records the run's settings in it."""
-  shutil.rmtree(workdir, ignore_errors=True)
-  os.makedirs(workdir)
+  """Empties `workdir` (checked by check_can_start) and records the run's settings in it.
+
+  The lock file stays: the run holds it (see trainer.workdir_lock).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  for name in _contents(workdir):
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+    else:
+      os.remove(path)
   write_json(os.path.join(workdir, CONFIG_FILE), run_config)
+
+
+def _contents(workdir: str) -> list:
+  """What `workdir` holds besides the lock of the run that may hold it."""
+  return [name for name in os.listdir(workdir) if name != LOCK_FILE]

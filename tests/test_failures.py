@@ -1,0 +1,172 @@
+"""Machine limits and slips: the workdir lock, unusable workdirs, a full disk, out of memory and
+damaged records each end in one clear error with nothing lost."""
+
+import errno
+import os
+import subprocess
+
+import pytest
+import tensorflow as tf
+
+from trainer import checkpointing
+from trainer import errors
+from trainer import export
+from trainer import input_pipeline
+from trainer import run_record
+from trainer import task as task_lib
+from trainer import train
+from trainer import workdir as workdir_lib
+from trainer import workdir_lock
+
+
+# ---------------------------------------------------------------- The lock and the workdir.
+def test_a_held_workdir_is_refused_naming_the_holder(tmp_path):
+  with workdir_lock.locked(str(tmp_path)):
+    with pytest.raises(errors.UserError, match=rf"in use by process {os.getpid()} on .* "
+                                               r"\(started .*\).*another --workdir"):
+      # A second open file takes its own flock, as a second process would.
+      with workdir_lock.locked(str(tmp_path)):
+        pass
+  with workdir_lock.locked(str(tmp_path)):  # Released on exit: the next run takes it.
+    pass
+
+
+@pytest.mark.parametrize("make, workdir, message", [
+    (lambda root: (root / "file").write_text("x"), "file", "is a file, not a folder"),
+    (lambda root: None, "/proc/no/such/run", "cannot be created"),
+])
+def test_an_unusable_workdir_is_refused_before_any_data_loads(small_config, tmp_path,
+                                                             monkeypatch, make, workdir,
+                                                             message):
+  make(tmp_path)
+  monkeypatch.setattr(input_pipeline, "make_input_pipeline",
+                      lambda config: pytest.fail("the data loaded before the workdir check"))
+  with pytest.raises(errors.UserError, match=message):
+    train.train_and_evaluate(small_config.replace(workdir=str(tmp_path / workdir)))
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+  """A real small filesystem mounted at tmp_path/mnt (as root on the project's machines)."""
+  mount_point = tmp_path / "mnt"
+  mount_point.mkdir()
+
+  def mount(*options):
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs",
+                           str(mount_point)], capture_output=True, text=True)
+  if mount("size=6m").returncode:
+    pytest.skip("mounting a tmpfs is refused here (needs root)")
+  yield mount_point
+  subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def _remount(mount_point, *options):
+  subprocess.run(["mount", "-o", ",".join(("remount", *options)), str(mount_point)], check=True)
+
+
+def test_a_read_only_filesystem_is_refused_before_any_data_loads(small_config, tmpfs):
+  (tmpfs / "existing").mkdir()
+  _remount(tmpfs, "ro")
+  for workdir, message in (("existing", "is not writable: Read-only file system"),
+                           ("new", "cannot be created: Read-only file system")):
+    with pytest.raises(errors.UserError, match=message):
+      train.train_and_evaluate(small_config.replace(workdir=str(tmpfs / workdir)))
+
+
+def test_a_full_disk_stops_with_its_code_and_the_rerun_resumes_bit_identical(small_config,
+                                                                             tmpfs, tmp_path):
+  # mlp checkpoints are 2.4 MB (weights and Adam's two moments): the third does not fit in 6 MB.
+  config = small_config.replace(max_steps_per_epoch=100, checkpoint_every=20,
+                                deterministic=True, workdir=str(tmpfs / "run"))
+  with pytest.raises(errors.DiskFull, match=r"writing the checkpoint of step 60 to .*free some "
+                                            r"space and rerun") as raised:
+    train.train_and_evaluate(config)
+  assert raised.value.exit_code == errors.DISK_FULL == 5
+  checkpoints = os.path.join(config.workdir, workdir_lib.CHECKPOINT_DIR)
+  assert sorted(os.listdir(checkpoints)) == [  # The failed save left nothing behind.
+      "checkpoint", "ckpt-20.data-00000-of-00001", "ckpt-20.index",
+      "ckpt-40.data-00000-of-00001", "ckpt-40.index"]
+
+  _remount(tmpfs, "size=64m")  # Space freed.
+  resumed = train.train_and_evaluate(config)
+  straight = train.train_and_evaluate(config.replace(workdir=str(tmp_path / "straight")))
+  assert resumed["steps"] == 100
+  assert resumed["weights_sha256"] == straight["weights_sha256"]
+
+
+def _no_space(*args, **kwargs):
+  raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("target, name, what", [
+    (workdir_lib, "write_json", "config.json"),
+    (checkpointing.Checkpointer, "save", None),  # Patched below: below the wrapper.
+    (export.keras.Model, "save", "model.keras export"),
+])
+def test_each_write_names_what_filled_the_disk(small_config, monkeypatch, target, name, what):
+  if target is workdir_lib:
+    # config.json is the first file a run writes: fail json.dump inside the atomic writer.
+    monkeypatch.setattr(workdir_lib.json, "dump", _no_space)
+  elif target is checkpointing.Checkpointer:
+    monkeypatch.setattr("tensorflow.train.CheckpointManager.save", _no_space)
+    what = "checkpoint of step 10"
+  else:
+    monkeypatch.setattr(target, name, _no_space)
+  config = small_config.replace(checkpoint_every=10)
+  with pytest.raises(errors.DiskFull, match=f"writing the {what} to"):
+    train.train_and_evaluate(config)
+  assert not run_record.has_results(config.workdir)
+  leftovers = [name for _, _, files in os.walk(config.workdir) for name in files
+               if ".tmp" in name or "_temp" in name]
+  assert not leftovers
+
+
+def test_results_json_on_a_full_disk_is_named_and_the_rerun_writes_it(small_config,
+                                                                      monkeypatch):
+  monkeypatch.setattr(workdir_lib.json, "dump", _failing_for_results(workdir_lib.json.dump))
+  with pytest.raises(errors.DiskFull, match="writing the results.json to"):
+    train.train_and_evaluate(small_config)
+  monkeypatch.undo()
+  results = train.train_and_evaluate(small_config)  # Resumes from the last checkpoint.
+  assert results["steps"] == 20 and run_record.has_results(small_config.workdir)
+
+
+def _failing_for_results(dump):
+  def maybe_fail(values, f, **kwargs):
+    if "weights_sha256" in values:
+      _no_space()
+    return dump(values, f, **kwargs)
+  return maybe_fail
+
+
+# ---------------------------------------------------------------- Memory and damaged records.
+def test_a_model_too_large_for_memory_is_one_line_with_its_size(small_config, monkeypatch):
+  # What TensorFlow raises for hidden_units=1e9 (measured: after its allocator retries for 10 s,
+  # hence injected here).
+  def out_of_memory(*args, **kwargs):
+    raise tf.errors.ResourceExhaustedError(
+        None, None, "OOM when allocating tensor with shape[784,1000000000] and type float on "
+        "/job:localhost/replica:0/task:0/device:CPU:0 by allocator mklcpu")
+  monkeypatch.setattr(task_lib.Task, "__init__", out_of_memory)
+  with pytest.raises(errors.UserError, match=r"Out of memory: the model \(795,000,000,010 "
+                                             r"parameters\) with --batch_size=64 .*OOM when "
+                                             r"allocating tensor with shape\[784,1000000000\]"):
+    train.train_and_evaluate(small_config.replace(hidden_units=1_000_000_000))
+  assert not os.path.exists(small_config.workdir)  # Nothing left behind.
+
+
+@pytest.mark.parametrize("name", [workdir_lib.CONFIG_FILE, workdir_lib.RESULTS_FILE])
+def test_a_damaged_record_is_named_not_a_json_traceback(small_config, tmp_path, name):
+  config = small_config
+  damaged = tmp_path / "run"
+  os.makedirs(damaged)
+  (damaged / name).write_text('{"api": "functional", "seed": ')  # Cut short.
+  read = (workdir_lib.read_run_config if name == workdir_lib.CONFIG_FILE
+          else run_record.read_results)
+  with pytest.raises(errors.UserError, match=f"{name} is damaged .*--overwrite"):
+    read(str(damaged))
+  if name == workdir_lib.CONFIG_FILE:
+    # The trainer refuses such a folder with that message, and touches nothing in it.
+    with pytest.raises(errors.UserError, match="is damaged"):
+      train.train_and_evaluate(config.replace(workdir=str(damaged)))
+    assert set(os.listdir(damaged)) == {name, workdir_lib.LOCK_FILE}
