@@ -1,5 +1,6 @@
 """MultiWorkerMirroredStrategy with real worker processes on 127.0.0.1, and its failure bounds."""
 
+import ipaddress
 import json
 import os
 import re
@@ -29,6 +30,25 @@ def start_worker(hosts, index, *flags, module="trainer.main", temp_dir=None):
     env["TMPDIR"] = str(temp_dir)
   return subprocess.Popen([sys.executable, "-m", module, *flags], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def listening_addresses(port: int) -> set:
+  """The local addresses of TCP sockets listening on `port`, read from /proc/net/tcp{,6}."""
+  found = set()
+  for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+    with open(table) as f:
+      for line in f.readlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, local_port = local.split(":")
+        if state == "0A" and int(local_port, 16) == port:  # 0A: LISTEN.
+          found.add(str(ipaddress.ip_address(bytes.fromhex(address)[::-1] if width == 8 else
+                                             _tcp6_bytes(address))))
+  return found
+
+
+def _tcp6_bytes(address: str) -> bytes:
+  # /proc/net/tcp6 writes the 16 bytes as four host-order (little-endian) 32-bit words.
+  return b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, 32, 8))
 
 
 def local_hosts(count):
@@ -130,6 +150,14 @@ def test_a_peer_that_never_starts_ends_the_wait_within_the_bound(tmp_path):
   started = time.monotonic()
   lonely = start_worker(hosts, 0, "--strategy=multi_worker_mirrored", "--dataset=synthetic",
                         "--worker_timeout=5", f"--workdir={tmp_path}")
+  # While it waits, its gRPC server listens: on every interface, though its address is
+  # 127.0.0.1. TensorFlow has no setting to bind it to one (README: Security); if a release
+  # gains one, this fails and the README's claim must change.
+  port = int(hosts[0].rpartition(":")[2])
+  deadline = time.monotonic() + 30
+  while not listening_addresses(port) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  assert listening_addresses(port) == {"0.0.0.0"} or listening_addresses(port) == {"::"}
   output = lonely.communicate(timeout=90)[0]
   assert lonely.returncode != 0
   assert time.monotonic() - started < 5 + 30  # The bound, plus start-up.
@@ -163,6 +191,14 @@ def test_malformed_tf_config_stops_the_trainer_before_training(tmp_path):
   assert result.returncode == 2
   assert "TF_CONFIG is not valid JSON" in result.stderr and "Traceback" not in result.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_a_public_worker_address_is_named_and_private_ones_are_not():
+  tf_config = cluster.parse_tf_config(json.dumps({
+      "cluster": {"worker": ["127.0.0.1:2222", "10.1.2.3:2222", "192.168.0.7:2222",
+                             "localhost:2222", "8.8.8.8:2222", "[2001:4860::8888]:2222"]},
+      "task": {"type": "worker", "index": 0}}))
+  assert cluster.exposed_addresses(tf_config) == ["8.8.8.8:2222", "[2001:4860::8888]:2222"]
 
 
 def test_worker_hosts_flag_builds_the_same_cluster_as_tf_config():

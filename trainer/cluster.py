@@ -5,9 +5,13 @@ thing by hand. Malformed input is refused here, before TensorFlow would block wa
 """
 
 import contextlib
+import ipaddress
 import json
 import os
-from typing import Optional, Sequence
+import socket
+from typing import List, Optional, Sequence
+
+from absl import logging
 
 import tensorflow as tf
 # MultiWorkerMirroredStrategy gives a CPU-only worker a single replica; the subclass below lets
@@ -108,10 +112,52 @@ def describe_task(tf_config: dict) -> str:
 
 
 def tf_config_from_environment(worker_hosts: Sequence[str], task_index: int) -> dict:
-  """Returns the checked cluster: from --worker_hosts when given, else from TF_CONFIG."""
+  """Returns the checked cluster: from --worker_hosts when given, else from TF_CONFIG.
+
+  Warns once when a worker's address is public (see exposed_addresses).
+  """
   if worker_hosts:
-    return parse_tf_config(json.dumps(tf_config_from_hosts(worker_hosts, task_index)))
-  return parse_tf_config(os.environ.get("TF_CONFIG"))
+    tf_config = parse_tf_config(json.dumps(tf_config_from_hosts(worker_hosts, task_index)))
+  else:
+    tf_config = parse_tf_config(os.environ.get("TF_CONFIG"))
+  exposed = exposed_addresses(tf_config)
+  if exposed:
+    logging.warning(
+        "Worker addresses %s are neither loopback nor private: TensorFlow's gRPC server of "
+        "each worker takes unauthenticated requests on every interface. Keep the cluster on a "
+        "private network or behind a firewall (README: Security).", ", ".join(exposed))
+  return tf_config
+
+
+def exposed_addresses(tf_config: dict) -> List[str]:
+  """The cluster's host:port addresses whose host is neither loopback nor in a private range.
+
+  TensorFlow binds each worker's gRPC server to every interface whatever its address says
+  (measured: the local launcher's 127.0.0.1 workers listen on *:port), and it has no setting to
+  choose one, so the address tells only where peers reach it, not who else can.
+  """
+  exposed = []
+  for hosts in tf_config["cluster"].values():
+    for address in hosts:
+      host = address.rpartition(":")[0].strip("[]")
+      if not _is_internal(host):
+        exposed.append(address)
+  return exposed
+
+
+def _is_internal(host: str) -> bool:
+  """True for a loopback or private (RFC 1918, link-local, ULA) host; False if public."""
+  if host == "localhost":
+    return True
+  try:
+    addresses = [ipaddress.ip_address(host)]
+  except ValueError:
+    try:
+      addresses = [ipaddress.ip_address(info[4][0]) for info in socket.getaddrinfo(host, None)]
+    except OSError:
+      return True  # Unresolvable here: TensorFlow will say so; nothing to warn about yet.
+  return all(address.is_loopback or address.is_private or address.is_link_local
+             for address in addresses)
 
 
 @contextlib.contextmanager
