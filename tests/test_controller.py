@@ -37,6 +37,9 @@ class FakeTask:
   def reset_train_metrics(self):
     pass
 
+  def agreed_stop(self, local_signal):
+    return local_signal, bool(local_signal)
+
   def evaluate(self):
     self._recorder.events.append(("evaluate",))
     return 0.25, 0.9

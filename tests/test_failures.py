@@ -8,9 +8,9 @@ import subprocess
 import pytest
 import tensorflow as tf
 
-from trainer import checkpointing
+from trainer import compare
 from trainer import errors
-from trainer import export
+from trainer import evaluate
 from trainer import input_pipeline
 from trainer import run_record
 from trainer import task as task_lib
@@ -77,7 +77,7 @@ def test_a_full_disk_stops_with_its_code_and_the_rerun_resumes_bit_identical(sma
                                                                              tmpfs, tmp_path):
   # mlp checkpoints are 2.4 MB (weights and Adam's two moments): the third does not fit in 6 MB.
   config = small_config.replace(max_steps_per_epoch=100, checkpoint_every=20,
-                                deterministic=True, workdir=str(tmpfs / "run"))
+                                workdir=str(tmpfs / "run"))
   with pytest.raises(errors.DiskFull, match=r"writing the checkpoint of step 60 to .*free some "
                                             r"space and rerun") as raised:
     train.train_and_evaluate(config)
@@ -98,20 +98,16 @@ def _no_space(*args, **kwargs):
   raise OSError(errno.ENOSPC, "No space left on device")
 
 
-@pytest.mark.parametrize("target, name, what", [
-    (workdir_lib, "write_json", "config.json"),
-    (checkpointing.Checkpointer, "save", None),  # Patched below: below the wrapper.
-    (export.keras.Model, "save", "model.keras export"),
+@pytest.mark.parametrize("patched, what", [
+    # config.json is the first file a run writes: json.dump fails inside the atomic writer.
+    ("trainer.workdir.json.dump", "config.json"),
+    ("tensorflow.summary.scalar", "TensorBoard events"),
+    ("tensorflow.train.CheckpointManager.save", "checkpoint of step 10"),
+    ("keras.Model.save", "model.keras export"),
+    ("keras.Model.export", "SavedModel export"),
 ])
-def test_each_write_names_what_filled_the_disk(small_config, monkeypatch, target, name, what):
-  if target is workdir_lib:
-    # config.json is the first file a run writes: fail json.dump inside the atomic writer.
-    monkeypatch.setattr(workdir_lib.json, "dump", _no_space)
-  elif target is checkpointing.Checkpointer:
-    monkeypatch.setattr("tensorflow.train.CheckpointManager.save", _no_space)
-    what = "checkpoint of step 10"
-  else:
-    monkeypatch.setattr(target, name, _no_space)
+def test_each_write_names_what_filled_the_disk(small_config, monkeypatch, patched, what):
+  monkeypatch.setattr(patched, _no_space)
   config = small_config.replace(checkpoint_every=10)
   with pytest.raises(errors.DiskFull, match=f"writing the {what} to"):
     train.train_and_evaluate(config)
@@ -137,6 +133,15 @@ def _failing_for_results(dump):
       _no_space()
     return dump(values, f, **kwargs)
   return maybe_fail
+
+
+def test_evaluate_and_compare_read_a_run_whose_workdir_is_held(finished_runs):
+  config, results = finished_runs["functional"]
+  with workdir_lock.locked(config.workdir):  # As a live rerun of it would hold it.
+    figures = evaluate.evaluate_export(config.workdir)
+    runs = compare.load_runs(os.path.dirname(config.workdir))
+  assert figures["test_accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-6)
+  assert config.workdir in [run["workdir"] for run in runs]
 
 
 # ---------------------------------------------------------------- Memory and damaged records.

@@ -122,7 +122,8 @@ def test_image_size_resizes_mixed_sizes_and_jpeg_colour_is_read(tmp_path):
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda root: os.makedirs(root / "empty"), "holds no images"),
+    (lambda root: os.makedirs(root / "empty"), "or one subfolder of images per class"),
+    (lambda root: os.makedirs(root / "train" / "empty"), "holds no images"),
     (lambda root: write_images(root / "only", random_images(5)), "holds one class only"),
     (lambda root: (write_images(root / "a", random_images(5)),
                    write_images(root / "b", random_images(5)),

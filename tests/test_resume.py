@@ -69,13 +69,7 @@ def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_flags, steps_p
   killed_dir = tmp_path / "killed"
   killed = start_trainer(*flags, f"--workdir={killed_dir}")
   wait_for_checkpoint(killed, killed_dir, at_least=steps_per_epoch + 100)  # Inside epoch 2.
-  if "--strategy=default" in strategy_flags:
-    # A second trainer on the live workdir: refused at once, naming the holder.
-    second = processes.run_trainer(*flags, f"--workdir={killed_dir}", timeout=120)
-    assert second.returncode == errors.BAD_INPUT, second.stderr[-2000:]
-    assert f"is in use by process {killed.pid} on " in second.stderr
-    assert killed.poll() is None  # The holder trains on, undisturbed.
-  killed.kill()  # SIGKILL: the lock goes with the process, so the rerun below can take it.
+  killed.kill()  # SIGKILL: its workdir lock goes with it, so the rerun below can take it.
   killed.wait()
   assert not os.path.exists(killed_dir / run_record.RESULTS_FILE)
 
@@ -110,6 +104,11 @@ def test_sigterm_saves_at_the_next_step_and_says_how_to_resume(tmp_path):
     assert process.poll() is None, process.communicate()[1][-3000:]
     assert time.monotonic() < deadline, "not training in epoch 2 in time"
     time.sleep(0.05)
+  # A second trainer on the live workdir: refused at once, naming the holder.
+  second = processes.run_trainer(*flags, timeout=120)
+  assert second.returncode == errors.BAD_INPUT, second.stderr[-2000:]
+  assert f"is in use by process {process.pid} on " in second.stderr
+  assert process.poll() is None  # The holder trains on, undisturbed.
   process.send_signal(signal.SIGTERM)
   _, stderr = process.communicate(timeout=60)
   assert process.returncode == 128 + signal.SIGTERM

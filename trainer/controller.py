@@ -5,7 +5,8 @@ The controller sees the task only through `train_loop(num_steps)`, `train_metric
 loop is tested with a fake task in milliseconds (tests/test_controller.py). The order at a
 call's end: divergence check, throughput, progress, training scalars (log points and epoch
 ends), a checkpoint inside the epoch; at an epoch's end evaluation, its scalars and a checkpoint.
-A stop request (SIGTERM, Ctrl-C) is honoured before the next call: save, then raise.
+A stop request (SIGTERM, Ctrl-C) is honoured before the next call: save, then raise; under
+multi-worker, a request to any worker stops all of them at the same step.
 """
 
 import dataclasses
@@ -59,12 +60,14 @@ class Controller:
     return Outcome(step, train_loss, *evaluation)
 
   def _stop_if_requested(self, step: int) -> None:
-    signal_number = self._stop.signal_number
+    # Every worker asks at the same boundary, so all of them save the same step.
+    signal_number, here = self._task.agreed_stop(self._stop.signal_number or 0)
     if signal_number:
       self._save(step)
+      cause = f"signal {signal_number}" if here else "a signal to another worker"
       raise errors.Interrupted(
-          f"Stopped by signal {signal_number} and saved at step {step} of "
-          f"{self._plan.total_steps}. Rerun the same command to resume from there.",
+          f"Stopped by {cause} and saved at step {step} of {self._plan.total_steps}. Rerun "
+          "the same command to resume from there (on a cluster: on every worker).",
           signal_number)
 
   def _check_finite(self, step: int, call: schedule.Call, bad_step: int, loss: float) -> None:

@@ -47,10 +47,16 @@ class ImageFolder:
 
 
 def is_image_folder(data_dir: str) -> bool:
-  """True when `data_dir` holds subfolders rather than files (IDX files are files)."""
+  """True when `data_dir` holds a train/ folder or a subfolder with images, and no IDX files.
+
+  Subfolders without images (a workdir made inside the data folder, say) do not count.
+  """
   entries = [entry for entry in os.scandir(data_dir) if not entry.name.startswith(".")]
-  return any(entry.is_dir() for entry in entries) and not any(
-      entry.name.startswith(("train-images", "t10k-images")) for entry in entries)
+  if any(entry.name.startswith(("train-images", "t10k-images")) for entry in entries):
+    return False
+  return any(entry.is_dir() and (entry.name == "train" or any(
+      name.lower().endswith(EXTENSIONS) for name in os.listdir(entry.path)))
+             for entry in entries)
 
 
 def read_image_folder(data_dir: str, resize: Sequence[int] = (),

@@ -8,6 +8,7 @@ Keras's optimizer all-reduces gradients with SUM.
 """
 
 import hashlib
+import signal
 from typing import Callable, Dict, Tuple
 
 import keras
@@ -56,6 +57,7 @@ class Task:
     self._eval_dataset = distribution.distribute_dataset(strategy, pipeline.eval_dataset())
     self._evaluate_batches = tf.function(self._evaluate_batches_eager)
     self._iterator, self._pack, self._train_loop = None, 1, None
+    self._count_stop_requests = None
 
   @property
   def max_pack(self) -> int:
@@ -98,6 +100,24 @@ class Task:
     self._eval_accuracy.reset_state()
     self._evaluate_batches(self._eval_dataset)
     return float(self._eval_loss.result()), float(self._eval_accuracy.result())
+
+  def agreed_stop(self, local_signal: int) -> Tuple[int, bool]:
+    """Whether any worker was asked to stop: (signal number, whether it reached this process).
+
+    Under multi_worker_mirrored every worker calls this at the same loop boundary and one small
+    all-reduce tells them all, so a SIGTERM to any one worker (how preemption arrives) makes
+    every worker save the same step and stop, as TensorFlow's PreemptionCheckpointHandler
+    guarantees. A worker that got no signal itself stops as if by SIGTERM.
+    """
+    if self._settings.strategy != "multi_worker_mirrored":
+      return local_signal, bool(local_signal)
+    if self._count_stop_requests is None:
+      self._count_stop_requests = tf.function(lambda flag: self._strategy.reduce(
+          tf.distribute.ReduceOp.SUM, self._strategy.run(lambda: flag), axis=None))
+    requests = float(self._count_stop_requests(tf.constant(1.0 if local_signal else 0.0)))
+    if not requests:
+      return 0, False
+    return (local_signal or signal.SIGTERM), bool(local_signal)
 
   def weights_sha256(self) -> str:
     """A digest of every weight: replicas in sync end with the same one."""
