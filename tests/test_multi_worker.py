@@ -66,8 +66,8 @@ def test_two_workers_train_a_users_model_in_sync_and_only_the_chief_writes(fashi
   workers = [start_worker(hosts, i, "--strategy=multi_worker_mirrored",
                           "--model=examples/residual_subclass.py:build",
                           "--dataset=fashion_mnist", f"--data_dir={fashion_mnist_dir}",
-                          "--epochs=1", "--max_steps_per_epoch=150", "--log_every=50",
-                          "--checkpoint_every=50", f"--workdir={tmp_path / f'worker{i}'}",
+                          "--epochs=1", "--max_steps_per_epoch=60", "--log_every=30",
+                          "--checkpoint_every=30", f"--workdir={tmp_path / f'worker{i}'}",
                           temp_dir=temp_dirs[i]) for i in range(2)]
   outputs = [worker.communicate(timeout=240)[0] for worker in workers]
   assert [worker.returncode for worker in workers] == [0, 0], outputs[1][-3000:]
@@ -90,7 +90,7 @@ def test_sigterm_to_one_worker_stops_all_at_one_step_and_the_rerun_is_bit_identi
   hosts = local_hosts(2)
   # One shared workdir, as on a cluster's shared disk (and as the launcher runs them).
   flags = ("--strategy=multi_worker_mirrored", "--dataset=synthetic", "--epochs=1",
-           "--max_steps_per_epoch=200", "--batch_size=64", "--checkpoint_every=50",
+           "--max_steps_per_epoch=120", "--batch_size=64", "--checkpoint_every=20",
            "--steps_per_loop=10", "--log_every=50",
            f"--workdir={tmp_path / 'run'}")
   workers = [start_worker(hosts, i, *flags) for i in range(2)]
@@ -103,7 +103,7 @@ def test_sigterm_to_one_worker_stops_all_at_one_step_and_the_rerun_is_bit_identi
   workers[1].send_signal(signal.SIGTERM)  # Preemption of the non-chief only.
   outputs = [worker.communicate(timeout=120)[0] for worker in workers]
   assert [worker.returncode for worker in workers] == [143, 143], outputs[0][-2000:]
-  saved = [re.search(r"saved at step (\d+) of 200", output).group(1) for output in outputs]
+  saved = [re.search(r"saved at step (\d+) of 120", output).group(1) for output in outputs]
   assert saved[0] == saved[1]  # Both saved the same step.
   assert "Stopped by a signal to another worker" in outputs[0]
 
@@ -114,10 +114,10 @@ def test_sigterm_to_one_worker_stops_all_at_one_step_and_the_rerun_is_bit_identi
   # The uninterrupted reference: mirrored over two replicas in this process computes the same
   # sums in the same order (measured equal to an uninterrupted two-worker run).
   straight = train.train_and_evaluate(config_lib.Config(
-      strategy="mirrored", cpu_devices=2, dataset="synthetic", epochs=1, max_steps_per_epoch=200,
-      batch_size=64, checkpoint_every=50, steps_per_loop=10, log_every=50,
+      strategy="mirrored", cpu_devices=2, dataset="synthetic", epochs=1, max_steps_per_epoch=120,
+      batch_size=64, checkpoint_every=20, steps_per_loop=10, log_every=50,
       workdir=str(tmp_path / "straight")))
-  assert resumed["steps"] == 200
+  assert resumed["steps"] == 120
   assert resumed["weights_sha256"] == straight["weights_sha256"]
 
 
