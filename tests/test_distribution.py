@@ -1,0 +1,26 @@
+"""Strategies built by trainer.distribution, on the two logical CPU devices of tests/conftest.py."""
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import distribution
+
+
+def _all_reduce_ones(strategy: tf.distribute.Strategy, size: int) -> np.ndarray:
+  @tf.function
+  def step():
+    def replica():
+      context = tf.distribute.get_replica_context()
+      return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.ones([size]))
+    return strategy.run(replica)
+  return strategy.experimental_local_results(step())[0].numpy()
+
+
+def test_mirrored_strategies_in_one_process_keep_their_collectives_apart():
+  # With TensorFlow's shared collective keys the second strategy's all-reduce of another shape
+  # fails with "Shape mismatch in the collective instance" (tensorflow#62790), as a second
+  # model's gradient sum did in a notebook or in this test process.
+  for size in (3, 5):
+    strategy = distribution.make_strategy("mirrored")
+    assert strategy.num_replicas_in_sync == 2
+    np.testing.assert_array_equal(_all_reduce_ones(strategy, size), np.full(size, 2.0))
