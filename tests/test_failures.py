@@ -2,7 +2,9 @@
 damaged records each end in one clear error with nothing lost."""
 
 import errno
+import json
 import os
+from pathlib import Path
 import subprocess
 
 import pytest
@@ -124,7 +126,11 @@ def test_results_json_on_a_full_disk_is_named_and_the_rerun_writes_it(small_conf
     train.train_and_evaluate(small_config)
   monkeypatch.undo()
   results = train.train_and_evaluate(small_config)  # Resumes from the last checkpoint.
-  assert results["steps"] == 20 and run_record.has_results(small_config.workdir)
+  assert results["steps"] == 20 and results["processes"] == 2
+  # This process trained no step, so it has no training loss: null in strict JSON, not NaN.
+  text = (Path(small_config.workdir) / workdir_lib.RESULTS_FILE).read_text()
+  strict = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in results.json"))
+  assert strict["train_loss"] is None and strict["test_accuracy"] > 0.5
 
 
 def _failing_for_results(dump):

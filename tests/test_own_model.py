@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import keras
 import pytest
@@ -169,8 +170,12 @@ def test_evaluate_reloads_a_subclassed_users_model_in_a_new_process(own_model_ru
 def test_a_users_model_resumes_for_more_epochs(own_model_runs, tmp_path):
   config, results = own_model_runs["two_branch"]
   workdir = shutil.copytree(config.workdir, tmp_path / "run")
+  start = time.time()
   resumed = train.train_and_evaluate(config.replace(workdir=str(workdir), epochs=2))
-  assert resumed["steps"] == 2 * results["steps"]
+  this_process = time.time() - start
+  assert resumed["steps"] == 2 * results["steps"] and resumed["processes"] == 2
+  # The first process's time up to its last checkpoint counts too (it took more than a second).
+  assert resumed["wall_time_s"] > this_process + 1.0
   assert resumed["test_accuracy"] > results["test_accuracy"]
 
 

@@ -83,6 +83,7 @@ def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_flags, steps_p
   expected = run_record.read_results(tmp_path / "straight")
   got = run_record.read_results(killed_dir)
   assert got["steps"] == expected["steps"] == total_steps
+  assert (got["processes"], expected["processes"]) == (2, 1)
   assert got["weights_sha256"] == expected["weights_sha256"]  # Bit-identical weights.
   assert got["test_accuracy"] == expected["test_accuracy"]
   # TensorBoard: every logged step once, in order, across the kill.

@@ -8,6 +8,7 @@ updates the `checkpoint` index last, so a crash mid-save leaves the previous che
 import os
 import shutil
 import tempfile
+from typing import Callable
 
 from absl import logging
 import tensorflow as tf
@@ -24,9 +25,17 @@ class Checkpointer:
   strategy's scope: its step counter is a variable.
   """
 
-  def __init__(self, workdir: str, is_chief: bool, max_to_keep: int, **trackables):
+  def __init__(self, workdir: str, is_chief: bool, max_to_keep: int,
+               elapsed: Callable[[], float] = lambda: 0.0, **trackables):
     self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    self._checkpoint = tf.train.Checkpoint(step=self._step, **trackables)
+    # The run's wall time and process count so far: each process adds its own at every save,
+    # so a resumed run reports them whole (up to each earlier process's last checkpoint).
+    self._wall_time = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="wall_time_s")
+    self._processes = tf.Variable(0, dtype=tf.int64, trainable=False, name="processes")
+    self._elapsed = elapsed
+    self.earlier_wall_time_s, self.earlier_processes = 0.0, 0
+    self._checkpoint = tf.train.Checkpoint(step=self._step, wall_time_s=self._wall_time,
+                                           processes=self._processes, **trackables)
     self._shared_dir = os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)
     self._scratch_dir = None if is_chief else tempfile.mkdtemp(prefix="trainer-worker-ckpt-")
     self._manager = tf.train.CheckpointManager(
@@ -56,6 +65,8 @@ class Checkpointer:
         continue
       if path != candidates[0]:
         logging.warning("Resumed from %s, an older checkpoint than the newest.", path)
+      self.earlier_wall_time_s = float(self._wall_time.numpy())
+      self.earlier_processes = int(self._processes.numpy())
       return self.last_step
     if candidates:
       raise errors.UserError(
@@ -67,6 +78,8 @@ class Checkpointer:
   def save(self, step: int) -> None:
     """Saves the state at `step` (every worker must call this together)."""
     self._step.assign(step)
+    self._wall_time.assign(self.earlier_wall_time_s + self._elapsed())
+    self._processes.assign(self.earlier_processes + 1)
     directory = self._manager.directory
     # TensorFlow writes each file under a temporary name and the index last, so a failed save
     # leaves the checkpoints before it readable, and only its own temporary files behind.

@@ -13,7 +13,7 @@ from trainer import config as config_lib
 from trainer import errors
 from trainer import workdir as workdir_lib
 
-SCHEMA_VERSION = 2  # 2 added model, image_shape, num_classes and from_logits.
+SCHEMA_VERSION = 2  # 2 added model, image_shape, num_classes, from_logits and processes.
 RESULTS_FILE = workdir_lib.RESULTS_FILE
 
 # What ran: the HParams dashboard's columns, and the keys compare groups runs by (with seed).
@@ -55,12 +55,13 @@ class RunResults:
   # What it reached.
   test_accuracy: float
   test_loss: float
-  train_loss: float
+  train_loss: Optional[float]
   weights_sha256: str
   examples_per_sec: float
   examples_per_sec_windows: List[float]
   time_to_first_step_s: Optional[float]
   wall_time_s: float
+  processes: int
   exports: Dict[str, str] = dataclasses.field(default_factory=dict)
   schema_version: int = SCHEMA_VERSION
 

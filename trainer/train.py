@@ -50,8 +50,9 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
       # The one writer of the workdir from here to the end; other workers write only scratch.
       stack.enter_context(workdir_lock.locked(config.workdir))
       workdir_lib.check_can_start(config.workdir, settings.run_config(), config.overwrite)
-    logging.info("Strategy %s with %d replicas on %s; precision %s (%s); %d steps per loop, "
-                 "XLA %s.", settings.strategy, settings.num_replicas, settings.device,
+    logging.info("Strategy %s with %d replica%s on %s; precision %s (%s); %d steps per loop, "
+                 "XLA %s.", settings.strategy, settings.num_replicas,
+                 "" if settings.num_replicas == 1 else "s", settings.device,
                  settings.precision, settings.precision_reason, settings.steps_per_loop,
                  "on" if settings.jit_compile else "off")
 
@@ -66,9 +67,9 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     task = built["task"] = task_lib.Task(settings, runtime.strategy, pipeline, build_model)
     hparams = run_record.hparams(settings, task.api, pipeline)
     with runtime.strategy.scope():
-      checkpointer = checkpointing.Checkpointer(config.workdir, settings.is_chief,
-                                                config.keep_checkpoints, model=task.model,
-                                                optimizer=task.optimizer)
+      checkpointer = checkpointing.Checkpointer(
+          config.workdir, settings.is_chief, config.keep_checkpoints,
+          elapsed=lambda: time.time() - start_time, model=task.model, optimizer=task.optimizer)
     stack.callback(checkpointer.close)
     step = 0 if config.overwrite else checkpointer.restore_latest()
     plan = _loop_plan(settings, pipeline.steps_per_epoch, task.max_pack, step)
@@ -94,7 +95,8 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
           stop_requests, runtime.heartbeat).run(step)
 
     # ---------------------------------------------------------------- Export and results.
-    return _finish(settings, plan, task, pipeline, hparams, outcome, meter, writer, start_time)
+    return _finish(settings, plan, task, pipeline, hparams, outcome, meter, writer, checkpointer,
+                   start_time)
 
 
 def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
@@ -140,7 +142,8 @@ def _environment(settings: config_lib.RunSettings, plan: schedule.LoopPlan) -> d
 def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: task_lib.Task,
             pipeline: input_pipeline.InputPipeline, hparams: dict,
             outcome: controller_lib.Outcome, meter: throughput.ThroughputMeter,
-            writer: summaries.RunWriter, start_time: float) -> dict:
+            writer: summaries.RunWriter, checkpointer: checkpointing.Checkpointer,
+            start_time: float) -> dict:
   """Records the run: final scalars, and on the chief the exports and results.json."""
   config = settings.config
   weights_digest = task.weights_sha256()
@@ -157,7 +160,9 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
       test_loss=outcome.test_loss, train_loss=outcome.train_loss,
       weights_sha256=weights_digest, examples_per_sec=meter.examples_per_sec,
       examples_per_sec_windows=meter.window_rates,
-      time_to_first_step_s=meter.time_to_first_step_s, wall_time_s=time.time() - start_time)
+      time_to_first_step_s=meter.time_to_first_step_s,
+      wall_time_s=checkpointer.earlier_wall_time_s + time.time() - start_time,
+      processes=checkpointer.earlier_processes + 1)
   writer.scalars("run", outcome.step, {"test_accuracy": outcome.test_accuracy,
                                        "examples_per_sec": meter.examples_per_sec})
   if settings.is_chief:

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import glob
 import json
+import math
 import os
 import shutil
 from typing import Iterator, Mapping, Optional, Sequence
@@ -71,9 +72,22 @@ def write_json(path: str, values: Mapping[str, object], sort_keys: bool = True) 
   """Writes `values` as JSON to `path` through a rename, so a reader never sees half a file."""
   with writing(os.path.basename(path), path, partial=[path + ".tmp"]):
     with open(path + ".tmp", "w") as f:
-      json.dump(dict(values), f, indent=2, sort_keys=sort_keys)
+      # Strict JSON: a figure that is not finite (a loss of a process that trained no step)
+      # is null, never NaN, which other JSON readers refuse.
+      json.dump(_finite(dict(values)), f, indent=2, sort_keys=sort_keys, allow_nan=False)
       f.write("\n")
     os.replace(path + ".tmp", path)
+
+
+def _finite(value):
+  """`value` with every NaN or infinite float, however deeply nested, made None."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {key: _finite(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite(item) for item in value]
+  return value
 
 
 def read_json(path: str) -> Optional[dict]:
