@@ -1,5 +1,7 @@
 """The tf.data pipeline: global batches, scaling, seeded epochs, full evaluation, offline errors."""
 
+import gzip
+import os
 import time
 
 import numpy as np
@@ -8,6 +10,7 @@ import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer import errors
+from trainer import idx_files
 from trainer import input_pipeline
 
 
@@ -102,3 +105,19 @@ def test_synthetic_data_takes_any_image_shape_and_class_count():
   assert set(labels.numpy()) == set(range(4))
   eval_images, eval_labels, _ = next(iter(pipeline.eval_dataset()))
   assert eval_images.shape == (64, 8, 6, 3) and eval_labels.numpy().max() < 4
+
+
+def test_idx_files_say_which_dataset_they_are(fashion_mnist_dir, tmp_path, caplog):
+  assert make_pipeline(data_dir=fashion_mnist_dir, batch_size=100).name == "fashion_mnist"
+  # Other labels: recorded by folder name, with a warning that says how to name it.
+  for stem in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    os.symlink(os.path.join(fashion_mnist_dir, stem + ".gz"), tmp_path / (stem + ".gz"))
+  labels = np.roll(idx_files.read_idx(os.path.join(fashion_mnist_dir,
+                                                   "train-labels-idx1-ubyte.gz"),
+                                      idx_files.LABEL_MAGIC), 1)
+  with gzip.open(tmp_path / "train-labels-idx1-ubyte.gz", "wb") as f:
+    f.write(idx_files.LABEL_MAGIC.to_bytes(4, "big") + len(labels).to_bytes(4, "big")
+            + labels.tobytes())
+  with caplog.at_level("WARNING"):
+    assert make_pipeline(data_dir=str(tmp_path), batch_size=100).name == "idx:" + tmp_path.name
+  assert "Name it with --dataset" in caplog.text

@@ -50,3 +50,9 @@ def test_uneven_batch_is_refused_with_the_fix(tmp_path):
   assert result.returncode == 2
   assert "Use a multiple of 2, such as 32 or 34" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_helpshort_shows_the_users_flags_and_presets_not_developer_notes():
+  result = run_trainer("--helpshort", timeout=60)
+  assert "--model" in result.stdout and "--flagfile=FILE" in result.stdout
+  assert "This file only parses" not in result.stdout

@@ -13,6 +13,7 @@ import socket
 import urllib.parse
 from typing import Optional, Sequence, Tuple
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -65,9 +66,22 @@ def memory_limit_bytes(limit_mb: float) -> int:
 
 
 # ---------------------------------------------------------------- IDX files.
-def load_idx(data_dir: str, name: str) -> Loaded:
-  """An MNIST-format dataset from its four IDX files (55 MB for MNIST: always in memory)."""
+def load_idx(data_dir: str, name: Optional[str]) -> Loaded:
+  """An MNIST-format dataset from its four IDX files (55 MB for MNIST: always in memory).
+
+  Without a `name` (--dataset) the files say which dataset they are: MNIST and Fashion-MNIST
+  are told apart by their labels; any other is recorded as idx:FOLDER, with a warning.
+  """
   train_images, train_labels, test_images, test_labels = idx_files.read_mnist_format(data_dir)
+  identified = idx_files.identify(train_labels)
+  if name and identified and name != identified:
+    logging.warning("--dataset=%s, but the files in %s hold %s; recorded as %s as given.",
+                    name, data_dir, identified, name)
+  if not name:
+    name = identified or "idx:" + os.path.basename(os.path.normpath(data_dir))
+    if not identified:
+      logging.warning("The IDX files in %s are neither MNIST nor Fashion-MNIST; the run records "
+                      "its dataset as %s. Name it with --dataset.", data_dir, name)
   return Loaded(name, train_images.shape[1:], idx_files.NUM_CLASSES, len(train_labels),
                 len(test_labels), Split(train_images, train_labels),
                 Split(test_images, test_labels))

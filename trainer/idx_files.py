@@ -2,7 +2,7 @@
 
 import gzip
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -18,6 +18,15 @@ TEST_IMAGES = "t10k-images-idx3-ubyte"
 TEST_LABELS = "t10k-labels-idx1-ubyte"
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
+# The two MNIST-format datasets share every header: their first training labels tell them apart.
+FIRST_TRAIN_LABELS = {"mnist": (5, 0, 4, 1, 9, 2, 1, 3, 1, 4),
+                      "fashion_mnist": (9, 0, 0, 3, 0, 2, 7, 2, 5, 5)}
+
+
+def identify(train_labels: np.ndarray) -> Optional[str]:
+  """mnist or fashion_mnist when the training labels are theirs, else None."""
+  first = tuple(int(label) for label in train_labels[:10])
+  return next((name for name, labels in FIRST_TRAIN_LABELS.items() if labels == first), None)
 
 
 def _find(data_dir: str, stem: str) -> str:

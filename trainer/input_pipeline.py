@@ -192,7 +192,7 @@ def _load(config: config_lib.Config) -> data_sources.Loaded:
       return data_sources.load_image_folder(data_dir, config.image_size, config.validation_split,
                                             config.seed, limit)
     _refuse_folder_flags(config, "--data_dir with IDX files")
-    return data_sources.load_idx(data_dir, config.dataset or "mnist")
+    return data_sources.load_idx(data_dir, config.dataset)
   _refuse_folder_flags(config, f"--dataset={config.dataset or 'mnist'}")
   return data_sources.load_tfds(config.dataset or "mnist", config.tfds_data_dir,
                                 config.image_size, config.seed, limit)

@@ -12,8 +12,10 @@ Offline, from the IDX files of Debian's dataset-fashion-mnist:
 Your own model on your own images (one subfolder per class):
   python -m trainer.main --model=examples/residual_subclass.py:build --data_dir=~/photos
 
-This file only parses flags into a Config and calls trainer.train.train_and_evaluate.
+Every flag below can also come from a preset file, --flagfile=FILE (flags after it override
+it); rerunning the same command on a workdir resumes its run.
 """
+# This file only parses flags into a Config and calls trainer.train.train_and_evaluate.
 
 import time
 
