@@ -145,6 +145,19 @@ def test_a_stopped_sweep_continues_and_skips_finished_runs(tmp_path):
   assert any(line.startswith("[2/2] sequential-b64-s0: test accuracy")
              for line in lines)
   assert (tmp_path / "sequential-b64-s0" / "results.json").exists()
+  log = (tmp_path / "sequential-b64-s0" / "trainer.log").read_text()  # The whole output, kept.
+  assert "--workdir=" in log and "test accuracy" in log and "[exit code 0]" in log
+
+
+@pytest.mark.parametrize("stderr, message", [
+    ("I0000 start\nerror: --batch_size=33 does not divide\nW0000 teardown\n",
+     "--batch_size=33 does not divide"),
+    ("Traceback (most recent call last):\n  File x\nValueError: bad shape\nI0000 after\n",
+     "ValueError: bad shape"),
+    ("", "(no output)"),
+])
+def test_a_failed_sweep_run_shows_its_own_error_line(stderr, message):
+  assert sweep.failure_message(stderr) == message
 
 
 def test_sweep_matrix_covers_every_combination():

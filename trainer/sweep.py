@@ -7,11 +7,13 @@ The matrix is models x APIs x seeds x strategies x precisions x batch sizes (you
 is its own, so it runs once per seed and setting); flags after `--` go to every
 run. Runs that finished are skipped and a run that was stopped resumes from its checkpoint, so
 rerunning a stopped sweep continues where it was. Each run is its own `python -m trainer.main`
-process, as a user would start it. Exits non-zero if any run failed.
+process, as a user would start it; its whole output is kept in WORKDIR/trainer.log, and a failed
+run's own error line is shown. Exits non-zero if any run failed.
 """
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ from absl import flags
 from trainer import config as config_lib
 from trainer import errors
 from trainer import run_record
+from trainer import workdir as workdir_lib
 
 flags.DEFINE_string("root", "runs/sweep", "Folder that holds one workdir per run.")
 flags.DEFINE_list("models", ["mlp"], "Models to compare: mlp, cnn, or your own as "
@@ -103,17 +106,43 @@ def run_sweep(root: str, runs: List[Dict[str, str]], trainer_flags: Sequence[str
     start = time.monotonic()
     process = subprocess.run(command, cwd=ROOT_DIR, capture_output=True, text=True)
     seconds = time.monotonic() - start
+    log = _keep_log(workdir, command, process)
     if process.returncode:
       failures += 1
-      message = (process.stderr.strip().splitlines() or ["(no output)"])[-1]
       print(f"{prefix}: FAILED with exit code {process.returncode} "
             f"({errors.describe_exit_code(process.returncode)}) after {seconds:.0f} s: "
-            f"{message}", flush=True)
+            f"{failure_message(process.stderr)} (whole log: {log})", flush=True)
       continue
     results = run_record.read_results(workdir)
     print(f"{prefix}: test accuracy {results['test_accuracy']:.4f}, "
           f"{results['examples_per_sec']:,.0f} examples/s, {seconds:.0f} s", flush=True)
   return failures
+
+
+def _keep_log(workdir: str, command: Sequence[str], process) -> str:
+  """Appends this attempt's command and whole output to the run's log; returns its path."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, workdir_lib.LOG_FILE)
+  with open(path, "a") as f:
+    f.write(f"$ {' '.join(command)}\n{process.stdout}{process.stderr}"
+            f"[exit code {process.returncode}]\n\n")
+  return path
+
+
+def failure_message(stderr: str) -> str:
+  """The line of a failed run's stderr that says what went wrong.
+
+  The trainer's own "error: ..." line when there is one; else the exception line that ends a
+  traceback; else the last line. TensorFlow's log lines after it do not hide it.
+  """
+  lines = [line for line in stderr.strip().splitlines() if line.strip()]
+  for line in reversed(lines):
+    if line.startswith("error:"):
+      return line[len("error:"):].strip()
+  for line in reversed(lines):
+    if re.match(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b", line):
+      return line
+  return lines[-1] if lines else "(no output)"
 
 
 def main(argv):

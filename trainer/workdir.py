@@ -5,6 +5,7 @@
     train/  eval/           TensorBoard scalars
     checkpoints/            model, optimizer and step (trainer.checkpointing)
     config.json             the settings a resume must match
+    trainer.log             every attempt's output, when trainer.sweep ran it
     results.json            the record of a finished run (trainer.run_record)
     model.keras  saved_model/   the exports (trainer.export)
 
@@ -30,6 +31,7 @@ CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 KERAS_FILE = "model.keras"
 LOCK_FILE = ".lock"  # trainer.workdir_lock's; never part of the run's content.
+LOG_FILE = "trainer.log"  # trainer.sweep's record of each attempt; kept across them.
 SAVED_MODEL_DIR = "saved_model"
 
 # Settings that change the math: a checkpoint resumes only under the same ones. Raising epochs
@@ -145,7 +147,7 @@ def check_can_start(workdir: str, run_config: Mapping[str, object], overwrite: b
 def start_afresh(workdir: str, run_config: Mapping[str, object]) -> None:
   """Empties `workdir` (checked by check_can_start) and records the run's settings in it.
 
-  The lock file stays: the run holds it (see trainer.workdir_lock).
+  The lock file stays (the run holds it, see trainer.workdir_lock), and so does a sweep's log.
   """
   os.makedirs(workdir, exist_ok=True)
   for name in _contents(workdir):
@@ -158,5 +160,5 @@ def start_afresh(workdir: str, run_config: Mapping[str, object]) -> None:
 
 
 def _contents(workdir: str) -> list:
-  """What `workdir` holds besides the lock of the run that may hold it."""
-  return [name for name in os.listdir(workdir) if name != LOCK_FILE]
+  """What `workdir` holds besides the lock of the run that may hold it and the sweep's log."""
+  return [name for name in os.listdir(workdir) if name not in (LOCK_FILE, LOG_FILE)]
