@@ -110,6 +110,10 @@ def test_sigterm_saves_at_the_next_step_and_says_how_to_resume(tmp_path):
   assert second.returncode == errors.BAD_INPUT, second.stderr[-2000:]
   assert f"is in use by process {process.pid} on " in second.stderr
   assert process.poll() is None  # The holder trains on, undisturbed.
+  # Signal well inside an epoch, so the save it causes cannot fall on an epoch's end.
+  while not 500 <= summaries.last_logged_step(str(workdir / "train")) % steps_per_epoch <= 4000:
+    assert process.poll() is None and time.monotonic() < deadline + 120
+    time.sleep(0.05)
   process.send_signal(signal.SIGTERM)
   _, stderr = process.communicate(timeout=60)
   assert process.returncode == 128 + signal.SIGTERM
