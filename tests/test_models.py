@@ -74,3 +74,13 @@ def test_a_model_that_is_neither_built_in_nor_a_function_is_refused():
 def test_unknown_api_names_the_valid_ones():
   with pytest.raises(ValueError, match="sequential, functional, subclass"):
     models.build_model("graph")
+
+
+@pytest.mark.parametrize("network", config_lib.NETWORKS)
+@pytest.mark.parametrize("image_shape", [(28, 28, 1), (30, 22, 3)])
+def test_the_count_computed_without_building_matches_the_built_model(network, image_shape):
+  # models.parameter_count names the size of a model too large to build; it must agree with
+  # the layers themselves.
+  built = models.build_model("functional", hidden_units=16, image_shape=image_shape,
+                             num_classes=7, network=network)
+  assert models.parameter_count(network, image_shape, 7, 16) == built.count_params()

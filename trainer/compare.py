@@ -114,10 +114,6 @@ def _label(run: dict, varying: Sequence[str]) -> str:
   return ", ".join(str(run[key]) for key in varying) or run["api"]
 
 
-def _model_and_api(row: dict) -> str:
-  return row["api"] if row["model"] == "mlp" else f"{row['model']} ({row['api']})"
-
-
 def _varying_keys(runs: Sequence[dict], keys: Sequence[str] = GROUP_KEYS) -> List[str]:
   """The group keys whose value differs between runs: what a label must name."""
   return [key for key in keys if len({str(run[key]) for run in runs}) > 1]
@@ -237,7 +233,8 @@ def plot_throughput(rows: Sequence[dict], path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
-  labels = [f"{_model_and_api(row)}\n{row['strategy']}, {row['precision']}\n{row['device']}"
+  labels = [f"{run_record.model_label(row['model'], row['api'])}\n{row['strategy']}, "
+            f"{row['precision']}\n{row['device']}"
             for row in rows]
   figure, axes = pyplot.subplots(figsize=(max(6, 1.6 * len(rows)), 4), dpi=100)
   axes.bar(range(len(rows)), [row["examples_per_sec_median"] for row in rows])

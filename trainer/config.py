@@ -107,6 +107,9 @@ class Config:
       "also across a kill and resume. Slower on GPUs.")
 
   def __post_init__(self):
+    # Lists (from absl's list flags, or config.json) become tuples: the Config stays immutable.
+    for name in ("worker_hosts", "image_size", "image_shape"):
+      object.__setattr__(self, name, tuple(getattr(self, name)))
     if self.own_model and self.api is not None:
       raise errors.UserError(
           f"--api={self.api} chooses how a built-in model is built; --model={self.model} is your "
@@ -143,12 +146,9 @@ class Config:
     """The default workdir's name, e.g. mnist-functional-auto or cifar10-cnn-subclass-auto."""
     dataset = self.dataset or (os.path.basename(os.path.normpath(self.data_dir))
                                if self.data_dir else "mnist")
-    if self.own_model:
-      location, function = self.model.rsplit(":", 1)
-      model = f"{os.path.splitext(os.path.basename(location))[0]}.{function}"
-    else:
-      model = self.api if self.model == "mlp" else f"{self.model}-{self.api}"
-    return f"{dataset}-{model}-{self.strategy}"
+    parts = [dataset, short_model_name(self.model) if self.model != "mlp" else None, self.api,
+             self.strategy]
+    return "-".join(part for part in parts if part)
 
   def replace(self, **changes) -> "Config":
     """Returns a copy with `changes` applied."""
@@ -157,6 +157,14 @@ class Config:
   def to_dict(self) -> dict:
     """Returns the config as a plain, JSON-ready dict."""
     return dataclasses.asdict(self)
+
+
+def short_model_name(model: str) -> str:
+  """A --model value as a folder name may hold it: cnn, or nets.build for path/to/nets.py:build."""
+  if ":" not in model:
+    return model
+  location, function = model.rsplit(":", 1)
+  return f"{os.path.splitext(os.path.basename(location))[0]}.{function}"
 
 
 def _joined(values) -> str:

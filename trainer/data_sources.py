@@ -47,6 +47,11 @@ class Loaded:
   test: Optional[Split] = None
   stream: Optional["Stream"] = None
 
+  @property
+  def decoded_bytes(self) -> int:
+    """What both splits take in memory as uint8 images: the figure the memory limit bounds."""
+    return (self.num_train + self.num_test) * int(np.prod(self.image_shape))
+
 
 class Stream:
   """A dataset read from disk at every epoch; both methods give unbatched (uint8 image, label)."""
@@ -154,7 +159,7 @@ def load_image_folder(data_dir: str, resize: Sequence[int], validation_split: Op
   num_train, num_test = len(folder.train.labels), len(folder.test.labels)
   name = "folder:" + os.path.basename(os.path.normpath(data_dir))
   loaded = Loaded(name, image_shape, len(folder.class_names), num_train, num_test)
-  if (num_train + num_test) * int(np.prod(image_shape)) > limit_bytes:
+  if loaded.decoded_bytes > limit_bytes:
     return dataclasses.replace(loaded, stream=_FolderStream(folder, files, seed))
   return dataclasses.replace(
       loaded, train=Split(files.load_all(folder.train.paths), folder.train.labels),
@@ -285,7 +290,7 @@ def load_tfds(name: str, tfds_data_dir: Optional[str], resize: Sequence[int], se
   num_test = builder.info.splits[test_split].num_examples
   loaded = Loaded(name, image_shape, builder.info.features[label_key].num_classes, num_train,
                   num_test)
-  if (num_train + num_test) * int(np.prod(image_shape)) > limit_bytes:
+  if loaded.decoded_bytes > limit_bytes:
     return dataclasses.replace(loaded, stream=_TfdsStream(builder, keys, test_split, resize,
                                                           seed))
   splits = []

@@ -56,8 +56,6 @@ def _saved_config(run_config: dict, data_dir):
   """The Config a run was made with, from its config.json; `data_dir` replaces its data_dir."""
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   values = {name: run_config[name] for name in config_lib.SETTINGS if name in run_config}
-  for name in ("worker_hosts", "image_size", "image_shape"):
-    values[name] = tuple(values.get(name, ()))
   return config_lib.Config(**{**values, "data_dir": data_dir or values.get("data_dir")})
 
 

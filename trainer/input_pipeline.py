@@ -85,23 +85,22 @@ class InputPipeline:
     that runs them all in one call; it must divide the steps from `start_step` to the end.
     """
     num_steps = num_epochs * self.steps_per_epoch - start_step
+    first_epoch, steps_into_it = divmod(start_step, self.steps_per_epoch)
     if self.synthetic:
       # A few batches drawn once and cycled: serving them costs next to nothing, so synthetic
       # runs measure compute alone.
       pool = tf.data.Dataset.range(min(SYNTHETIC_POOL_BATCHES, self.steps_per_epoch)).map(
           lambda index: self._synthetic_batch([self.seed, 0, index]))
       dataset = pool.cache().repeat().skip(start_step).take(num_steps)
-    elif self.stream is not None:
-      first_epoch = start_step // self.steps_per_epoch
-      epochs = [self._streamed_epoch(epoch) for epoch in range(first_epoch, num_epochs)]
-      dataset = functools.reduce(tf.data.Dataset.concatenate, epochs)
-      dataset = dataset.skip(start_step - first_epoch * self.steps_per_epoch)
     else:
-      first_epoch = start_step // self.steps_per_epoch
-      images, labels = self._tensors[:2]  # Made here, eagerly: flat_map traces its function.
-      dataset = tf.data.Dataset.range(first_epoch, num_epochs).flat_map(
-          lambda epoch: self._epoch_batches(epoch, images, labels))
-      dataset = dataset.skip(start_step - first_epoch * self.steps_per_epoch)
+      if self.stream is not None:
+        epochs = [self._streamed_epoch(epoch) for epoch in range(first_epoch, num_epochs)]
+        dataset = functools.reduce(tf.data.Dataset.concatenate, epochs)
+      else:
+        images, labels = self._tensors[:2]  # Made here, eagerly: flat_map traces its function.
+        dataset = tf.data.Dataset.range(first_epoch, num_epochs).flat_map(
+            lambda epoch: self._epoch_batches(epoch, images, labels))
+      dataset = dataset.skip(steps_into_it)
     if pack > 1:
       dataset = dataset.batch(pack, drop_remainder=True)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())

@@ -81,7 +81,6 @@ FLAGS = flags.FLAGS
 def config_from_flags() -> config_lib.Config:
   """Returns the immutable Config that the parsed flags describe."""
   values = {name: FLAGS[name].value for name in config_lib.SETTINGS}
-  values["worker_hosts"] = tuple(values["worker_hosts"])
   for name in ("image_size", "image_shape"):
     try:
       values[name] = tuple(int(value) for value in values[name])

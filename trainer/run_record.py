@@ -82,6 +82,11 @@ def hparams(settings: config_lib.RunSettings, api: str, pipeline) -> dict:
           "dataset": pipeline.name, "hidden_units": config.hidden_units, "seed": config.seed}
 
 
+def model_label(model: str, api: str) -> str:
+  """How reports name what ran: "functional", "cnn (subclass)", "nets.py:build (subclass)"."""
+  return api if model == "mlp" else f"{model} ({api})"
+
+
 def write_results(workdir: str, results: RunResults) -> str:
   """Writes workdir/results.json through a rename, so a reader never sees half of it."""
   path = os.path.join(workdir, RESULTS_FILE)

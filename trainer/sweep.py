@@ -59,10 +59,7 @@ ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_name(settings: Dict[str, str]) -> str:
   """Returns the workdir name of one run, e.g. functional-s0, cnn-subclass-mirrored-b64-s1 or
   nets.build-s0 for --model=path/to/nets.py:build."""
-  model = settings.get("model", "mlp")
-  if ":" in model:
-    location, function = model.rsplit(":", 1)
-    model = f"{os.path.splitext(os.path.basename(location))[0]}.{function}"
+  model = config_lib.short_model_name(settings.get("model", "mlp"))
   parts = [model if model != "mlp" else None, settings.get("api"), settings.get("strategy"),
            settings.get("precision"),
            settings.get("batch_size") and f"b{settings['batch_size']}", f"s{settings['seed']}"]

@@ -169,7 +169,7 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
     results = dataclasses.replace(results, exports=export.export_model(
         task.model, config.workdir, pipeline.image_shape))
     run_record.write_results(config.workdir, results)
-    print(f"{_model_label(config, task.api)} on {settings.strategy} "
+    print(f"{run_record.model_label(config.model, task.api)} on {settings.strategy} "
           f"x{settings.num_replicas} ({settings.precision}, {settings.device}): test accuracy "
           f"{outcome.test_accuracy:.4f}, loss {outcome.test_loss:.4f}, "
           f"{meter.examples_per_sec:,.0f} examples/s, "
@@ -200,7 +200,3 @@ def _out_of_memory_reported(config: config_lib.Config, pipeline: input_pipeline.
         f"machine's memory ({detail}). Use a smaller --batch_size or a smaller model"
         + ("" if config.own_model else " (--hidden_units)") + ".") from None
 
-
-def _model_label(config: config_lib.Config, api: str) -> str:
-  """e.g. "functional", "cnn (subclass)" or "nets.py:build (subclass)"."""
-  return api if config.model == "mlp" else f"{config.model} ({api})"
