@@ -10,6 +10,7 @@ import tensorflow as tf
 from trainer import config as config_lib
 from trainer import errors
 from trainer import idx_files
+from trainer import image_folder
 from trainer import input_pipeline
 from trainer import train
 
@@ -192,3 +193,11 @@ def test_any_tfds_image_dataset_trains_in_memory_or_streamed(tiny_tfds, tmp_path
 def test_a_name_tfds_does_not_know_is_refused_with_where_to_look(tmp_path):
   with pytest.raises(errors.UserError, match="not a tensorflow-datasets dataset"):
     pipeline(dataset="no_such_dataset", tfds_data_dir=str(tmp_path))
+
+
+def test_a_jpeg_whose_frame_follows_long_metadata_is_read(tmp_path):
+  # EXIF-style metadata of 20 KB before the frame: past the first read of the header.
+  jpeg = tf.io.encode_jpeg(np.zeros((12, 9, 3), np.uint8)).numpy()
+  metadata = b"\xff\xe1" + (20_002).to_bytes(2, "big") + b"\0" * 20_000
+  (tmp_path / "photo.jpg").write_bytes(jpeg[:2] + metadata + jpeg[2:])
+  assert image_folder.image_header(str(tmp_path / "photo.jpg")) == ((12, 9), 3)

@@ -155,16 +155,18 @@ def image_header(path: str) -> Tuple[Tuple[int, int], int]:
   """Returns ((height, width), channels) of a PNG or JPEG file, read from its header alone."""
   try:
     with open(path, "rb") as f:
-      head = f.read(65536)
+      # Every file of the dataset is read here: 4 KB holds a PNG's header and most JPEGs' frame;
+      # a JPEG whose metadata comes first (EXIF may take 64 KB) reads on.
+      head = f.read(4096)
+      if head.startswith(_PNG_SIGNATURE) and len(head) >= 26 and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        return (height, width), _PNG_CHANNELS.get(head[25], 3)
+      if head.startswith(b"\xff\xd8"):
+        frame = _jpeg_frame(head) or _jpeg_frame(head + f.read(65536 - len(head)))
+        if frame:
+          return frame
   except OSError as e:
     raise errors.UserError(f"{path} cannot be read: {e.strerror}.") from None
-  if head.startswith(_PNG_SIGNATURE) and len(head) >= 26 and head[12:16] == b"IHDR":
-    width, height = struct.unpack(">II", head[16:24])
-    return (height, width), _PNG_CHANNELS.get(head[25], 3)
-  if head.startswith(b"\xff\xd8"):
-    frame = _jpeg_frame(head)
-    if frame:
-      return frame
   raise errors.UserError(
       f"{path} is not a readable PNG or JPEG image. Delete it or replace it with a good copy.")
 
