@@ -56,6 +56,8 @@ def test_run_settings_resolve_the_automatic_choices():
   assert settings(1, steps_per_loop=7).steps_per_loop == 7
   assert settings(1).jit_compile and not settings(2).jit_compile
   assert settings(2, jit_compile=True).jit_compile
+  assert settings(1, batch_size=512).jit_compile and not settings(1, batch_size=1024).jit_compile
+  assert not settings(1, model="cnn").jit_compile
   saved = settings(2, precision="auto", strategy="auto").run_config()
   assert (saved["strategy"], saved["precision"], saved["num_replicas"]) == (
       "mirrored", "float32", 2)

@@ -72,7 +72,7 @@ class FakeProgress:
   def start_epoch(self, epoch):
     self._recorder.events.append(("epoch", epoch))
 
-  def update(self, step_in_epoch, loss, accuracy):
+  def update(self, step_in_epoch, loss, accuracy, logged):
     pass
 
   def end_epoch(self, test_loss, test_accuracy):
@@ -83,12 +83,25 @@ class FakeStopRequests:
   signal_number = None
 
 
-def run(plan, start_step=0, losses=None, on_call=None, stop=None):
+class FakeProfiler:
+
+  def __init__(self, recorder):
+    self._recorder = recorder
+
+  def before_call(self, step):
+    self._recorder.events.append(("before call", step))
+
+  def after_call(self, end_step):
+    self._recorder.events.append(("after call", end_step))
+
+
+def run(plan, start_step=0, losses=None, on_call=None, stop=None, profile=False):
   recorder = Recorder()
   task = FakeTask(recorder, losses, on_call)
   loop = controller.Controller(
       task, plan, throughput.ThroughputMeter(8, 0.0), FakeWriter(recorder),
-      FakeCheckpointer(recorder), FakeProgress(recorder), stop or FakeStopRequests())
+      FakeCheckpointer(recorder), FakeProgress(recorder), stop or FakeStopRequests(),
+      profiler=FakeProfiler(recorder) if profile else None)
   return recorder, loop, lambda: loop.run(start_step)
 
 
@@ -142,3 +155,15 @@ def test_a_non_finite_loss_names_its_step_and_saves_nothing_more():
   with pytest.raises(errors.Diverged, match=r"became nan at step 3\. .*checkpoint \(step 0\)"):
     go()
   assert [event for event in recorder.events if event[0] == "save"] == []
+
+
+def test_the_profiler_brackets_each_call_with_its_global_steps():
+  plan = schedule.LoopPlan(steps_per_epoch=4, epochs=2, log_every=4, checkpoint_every=0,
+                           steps_per_loop=10, profile_steps=(3, 5))
+  recorder, _, go = run(plan, profile=True)
+  go()
+  calls = [event for event in recorder.events if event[0] in ("before call", "after call")]
+  # Calls end after step 2 and step 5 (B), so the window is exactly steps 3 to 5.
+  assert calls[:8] == [("before call", 0), ("after call", 1), ("before call", 1),
+                       ("after call", 2), ("before call", 2), ("after call", 4),
+                       ("before call", 4), ("after call", 5)]

@@ -102,3 +102,14 @@ def test_a_pack_that_would_cut_a_boundary_is_refused():
                            steps_per_loop=100, pack=25)
   with pytest.raises(ValueError, match="inside a pack"):
     plan.next_call(30)
+
+
+def test_a_profile_window_gets_calls_of_exactly_its_steps():
+  plan = schedule.LoopPlan(steps_per_epoch=300, epochs=1, log_every=100, checkpoint_every=0,
+                           steps_per_loop=100, pack=10, profile_steps=(121, 140))
+  assert [call.end_step for call in walk(plan)][:5] == [10, 100, 120, 140, 200]
+  assert schedule.pack_size(25, 0, 300, 100, 0, (121, 140)) == 20
+  assert schedule.pack_size(25, 0, 300, 100, 0, (1, 7)) == 1  # From the start: 0 is no bound.
+  with pytest.raises(ValueError, match="profile"):
+    schedule.LoopPlan(steps_per_epoch=300, epochs=1, log_every=100, checkpoint_every=0,
+                      steps_per_loop=100, pack=25, profile_steps=(121, 140))

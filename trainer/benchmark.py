@@ -1,297 +1,449 @@
-"""Measures the harness against the plain Keras script and the machine's matmul ceiling.
+"""Measures the harness against the best peers on this machine, and the time to a good model.
 
   python -m trainer.benchmark --data_dir=/usr/share/datasets/fashion-mnist --output=benchmark.json
-  python -m trainer.benchmark --tiny --output=/tmp/benchmark.json     # seconds, for CI
 
-Rows, all on this machine and the same data (Fashion-MNIST IDX files, or --dataset):
-  a  plain Keras: the blog post's compile() and fit(x, y, batch_size=32) on NumPy arrays
-  b  the harness at batch 32 with default flags
-  c  the harness at its best settings for the machine (--best_batch_size, precision, XLA)
-  d  the ceiling: a plain matmul of the model's largest shape, in examples/sec at 6 x params
-     FLOPs per example, per precision
-  e  c on synthetic data (real vs synthetic = input pipeline overhead)
-  f  b under one_device and under mirrored over one device (strategy wrapper cost)
-Each figure is the median of the timed intervals (at least 6) with their min-max spread. The rows
-are measured in interleaved rounds, each row a few intervals per round after its own warm-up
-interval, so a machine whose speed drifts (shared VMs do) shifts every row alike. Harness
-intervals are its TensorBoard log windows, so the figures match what runs report.
+1. The machine: CPU model, vector extensions, TensorFlow's oneDNN setting, and a ceiling: the
+   best fp32 matmul rate measured here (large square matmuls, and the blog model's own shapes,
+   each with and without XLA).
+2. FLOPs per example of the blog's model, read from the HLO of its XLA-compiled train step
+   (trainer.flops), so MFU = examples/s x FLOPs per example / ceiling.
+3. Throughput of four peers training the same model on the same data, at each batch size, under
+   the default strategy and under mirrored over 2 logical CPUs:
+     plain_fit     the blog post's compile() and fit(x, y) on NumPy arrays
+     tuned_fit     an expert's fit: jit_compile=True, steps_per_execution=100, a tf.data pipeline
+     minimal_loop  tf.distribute's custom-loop tutorial: strategy.run in a tf.function, 100 steps
+                   per call
+     harness       trainer.train.train_and_evaluate with default flags
+   Each measurement times `timed_steps` steps after `warmup_steps`; the peers run interleaved,
+   `--repeats` rounds, so a machine whose speed drifts shifts every peer alike; each row gives
+   min / median / max over the rounds.
+4. Time to accuracy: the blog's whole script (scripts/blog_script.py) against
+   `python -m trainer.main --flagfile=configs/fast.cfg` for seeds 0 and 1, each a fresh process,
+   wall time from start to exit; fast.cfg's start-up phases from its results.json.
+The targets are checked here, not in tests.
 """
 
+import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from typing import Dict, List, Sequence
 
 from absl import app
 from absl import flags
 
-from trainer import run_record
+from trainer import startup
 from trainer import workdir as workdir_lib
 
-flags.DEFINE_string("data_dir", "/usr/share/datasets/fashion-mnist",
-                    "MNIST-format IDX folder for the real-data rows.")
-flags.DEFINE_enum("dataset", "fashion_mnist", ["mnist", "fashion_mnist"],
-                  "Dataset name recorded for the real-data rows.")
-flags.DEFINE_integer("best_batch_size", 4096, "Batch size of row c.", lower_bound=1)
-flags.DEFINE_enum("best_precision", "auto", ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
-                  "Precision of row c; auto as in the trainer.")
-flags.DEFINE_integer("rounds", 3, "Interleaved rounds over all rows.", lower_bound=1)
-flags.DEFINE_integer("intervals", 3, "Timed intervals per row per round, after one warm-up.",
-                     lower_bound=2)
-flags.DEFINE_boolean("tiny", False, "A seconds-long run that checks the benchmark works: "
-                     "a few small intervals, figures meaningless.")
-flags.DEFINE_string("output", "benchmark.json", "Where to write the JSON results.")
-
-FLAGS = flags.FLAGS
-
-# Training FLOPs per example: forward + backward ~ 6 x the weights of the two Dense layers.
-FLOPS_PER_EXAMPLE = 6 * (784 * 256 + 256 * 10)
-# Dense peak FLOP/s by GPU name (vendor specs, without sparsity), for MFU against the spec.
-GPU_PEAK_FLOPS = {
-    "H100": {"float32": 67e12, "mixed_bfloat16": 989e12, "mixed_float16": 989e12},
-    "A100": {"float32": 19.5e12, "mixed_bfloat16": 312e12, "mixed_float16": 312e12},
-    "V100": {"float32": 15.7e12, "mixed_float16": 125e12},
-    "L4": {"float32": 30.3e12, "mixed_bfloat16": 121e12, "mixed_float16": 121e12},
-    "T4": {"float32": 8.1e12, "mixed_float16": 65e12},
-}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEERS = ("plain_fit", "tuned_fit", "minimal_loop", "harness")
+STEPS_PER_CALL = 100  # tuned_fit's steps_per_execution, minimal_loop's steps per call.
 
 
-def _summary(rates):
-  """Median and spread of timed intervals."""
-  return {"examples_per_sec": statistics.median(rates), "min": min(rates), "max": max(rates),
-          "intervals": len(rates)}
+
+# ---------------------------------------------------------------- The machine.
+def machine() -> dict:
+  """The CPU, its vector extensions, and whether TensorFlow's oneDNN kernels are on."""
+  model, extensions = platform.processor() or platform.machine(), []
+  try:
+    with open("/proc/cpuinfo") as f:
+      info = f.read()
+    model = next(line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.startswith("model name"))
+    cpu_flags = set(next(line for line in info.splitlines() if line.startswith("flags"))
+                    .split(":", 1)[1].split())
+    extensions = sorted(cpu_flags & {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16",
+                                     "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8"})
+  except (OSError, StopIteration):
+    pass
+  # TensorFlow turns oneDNN on by default on x86 Linux; TF_ENABLE_ONEDNN_OPTS=0 turns it off.
+  onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1 (default)")
+  return {"cpu": model, "cores": os.cpu_count(), "extensions": extensions,
+          "tf_enable_onednn_opts": onednn}
 
 
-def measure_plain_keras(images, labels, batch_size: int, interval_steps: int, intervals: int):
-  """Row a: the blog post's script, timed every `interval_steps` batches by a callback.
+def matmul_ceiling(tiny: bool) -> dict:
+  """The best fp32 matmul rate (FLOP/s) of this machine over a few shapes, with and without XLA.
 
-  Returns (rates of `intervals` intervals after a warm-up one, row details).
+  Shapes: two large squares (what vendors' peaks assume) and the blog model's first layer at
+  batch 4096, so the ceiling is a rate this machine reaches, not a spec sheet's.
   """
-  import keras  # pylint: disable=g-import-not-at-top
-  model = keras.Sequential([
-      keras.Input(shape=(28, 28, 1)), keras.layers.Flatten(),
-      keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10, activation="softmax")])
-  model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-
-  class Timer(keras.callbacks.Callback):
-
-    def __init__(self):
-      super().__init__()
-      self.times, self.batches = [], 0
-
-    def on_train_batch_end(self, batch, logs=None):
-      self.batches += 1
-      if self.batches % interval_steps == 0:
-        self.times.append(time.perf_counter())
-
-  timer = Timer()
-  steps_per_epoch = len(images) // batch_size
-  epochs = -(-(intervals + 2) * interval_steps // steps_per_epoch)  # Warm-up + timed + margin.
-  model.fit(images.astype("float32") / 255.0, labels, batch_size=batch_size, epochs=epochs,
-            verbose=0, callbacks=[timer])
-  rates = [interval_steps * batch_size / (end - start)
-           for start, end in zip(timer.times, timer.times[1:])]
-  return rates[1:intervals + 1], {"batch_size": batch_size}
-
-
-def measure_harness(base_config, **changes):
-  """A harness row: one run of train_and_evaluate; its log windows after the first are the
-  intervals. Returns (rates, row details)."""
-  from trainer import train  # pylint: disable=g-import-not-at-top
-  config = base_config.replace(**changes)
-  results = train.train_and_evaluate(config)
-  return results["examples_per_sec_windows"][1:], {
-      "batch_size": config.batch_size, "strategy": results["strategy"],
-      "precision": results["precision"], "jit_compile": results["jit_compile"],
-      "steps_per_loop": results["steps_per_loop"], "dataset": config.dataset,
-      "test_accuracy": results["test_accuracy"]}
-
-
-def measure_matmul_ceiling(batch_size: int, precision: str, intervals: int, iterations: int):
-  """Row d: FLOP/s of [batch, 784] x [784, 256], the model's largest matmul, under XLA."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  dtype = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16,
-           "mixed_float16": tf.float16}[precision]
-  inputs = tf.cast(tf.random.uniform([batch_size, 784]), dtype)
-  weights = tf.cast(tf.random.uniform([784, 256]), dtype)
+  shapes = [(256, 256, 256)] if tiny else [(1024, 1024, 1024), (2048, 2048, 2048),
+                                           (4096, 784, 256)]
+  rates = {}
+  for m, k, n in shapes:
+    a, b = tf.random.uniform([m, k]), tf.random.uniform([k, n])
+    for jit in (False, True):
+      matmul = tf.function(tf.linalg.matmul, jit_compile=jit)
 
-  @tf.function(jit_compile=True)
-  def matmul(inputs, weights):
-    return tf.reduce_sum(tf.cast(tf.matmul(inputs, weights), tf.float32))
+      @tf.function
+      def repeat(count, matmul=matmul, a=a, b=b):
+        total = tf.constant(0.0)
+        for _ in tf.range(count):
+          total += matmul(a, b)[0, 0]  # Reads the product, so nothing is skipped.
+        return total
+
+      iterations = 3 if tiny else max(3, int(2e10 // (2 * m * k * n)))  # ~20 GFLOP a call.
+      repeat(tf.constant(1)).numpy()
+      best = 0.0
+      for _ in range(3):
+        start = time.perf_counter()
+        repeat(tf.constant(iterations)).numpy()
+        best = max(best, 2 * m * k * n * iterations / (time.perf_counter() - start))
+      rates[f"{m}x{k}x{n}" + (" XLA" if jit else "")] = best
+  best_shape = max(rates, key=rates.get)
+  return {"flops_per_sec": rates[best_shape], "best": best_shape, "by_shape": rates}
+
+
+# ---------------------------------------------------------------- The peers.
+def blog_model():
+  """The blog post's network, built the way its script builds it."""
+  import keras  # pylint: disable=g-import-not-at-top
+  return keras.Sequential([keras.Input(shape=(28, 28, 1)), keras.layers.Flatten(),
+                           keras.layers.Dense(256, activation="relu"),
+                           keras.layers.Dense(10, activation="softmax")])
+
+
+class _StepTimer:
+  """A Keras callback that notes when global step `warmup` and `warmup + timed` end."""
+
+  def __init__(self, steps_per_epoch: int, warmup: int, timed: int):
+    import keras  # pylint: disable=g-import-not-at-top
+
+    timer = self
+
+    class Callback(keras.callbacks.Callback):
+
+      def on_epoch_begin(self, epoch, logs=None):
+        timer.epoch = epoch
+
+      def on_train_batch_end(self, batch, logs=None):
+        step = timer.epoch * steps_per_epoch + batch + 1
+        if timer.start is None and step >= warmup:
+          timer.start, timer.start_step = time.perf_counter(), step
+        elif timer.start is not None and timer.end is None and step >= warmup + timed:
+          timer.end, timer.end_step = time.perf_counter(), step
+
+    self.callback = Callback()
+    self.epoch, self.start, self.end = 0, None, None
+    self.start_step = self.end_step = 0
+
+  def rate(self, batch_size: int) -> float:
+    return (self.end_step - self.start_step) * batch_size / (self.end - self.start)
+
+
+def _fit(data, strategy, batch_size: int, warmup: int, timed: int, tuned: bool) -> float:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  images, labels = data
+  # Under MirroredStrategy, Keras 3's fit fails with XLA or with steps_per_execution > 1 ("You
+  # must feed a value for placeholder tensor", keras-team/keras#19246): the tuned fit keeps only
+  # its tf.data pipeline there.
+  compiled = tuned and isinstance(strategy, type(tf.distribute.get_strategy()))
+  with strategy.scope():
+    model = blog_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], jit_compile=compiled,
+                  steps_per_execution=STEPS_PER_CALL if compiled else 1)
+  if tuned:
+    steps = warmup + timed
+    dataset = (tf.data.Dataset.from_tensor_slices((images, labels)).cache()
+               .shuffle(len(images)).batch(batch_size, drop_remainder=True).repeat()
+               .prefetch(tf.data.AUTOTUNE))
+    timer = _StepTimer(steps, warmup, timed)
+    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer.callback])
+  else:
+    steps_per_epoch = -(-len(images) // batch_size)
+    timer = _StepTimer(steps_per_epoch, warmup, timed)
+    model.fit(images, labels, batch_size=batch_size, verbose=0, callbacks=[timer.callback],
+              epochs=-(-(warmup + timed + 1) // steps_per_epoch))
+  return timer.rate(batch_size)
+
+
+def measure_plain_fit(data, strategy, batch_size, warmup, timed) -> float:
+  """The blog post's fit: NumPy arrays in, default compile."""
+  return _fit(data, strategy, batch_size, warmup, timed, tuned=False)
+
+
+def measure_tuned_fit(data, strategy, batch_size, warmup, timed) -> float:
+  """An expert's fit: XLA, 100 steps per execution, a cached, prefetched tf.data pipeline."""
+  return _fit(data, strategy, batch_size, warmup, timed, tuned=True)
+
+
+def measure_minimal_loop(data, strategy, batch_size, warmup, timed) -> float:
+  """tf.distribute's custom training loop tutorial, 100 steps per tf.function call."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  images, labels = data
+  with strategy.scope():
+    model = blog_model()
+    optimizer = keras.optimizers.Adam()
+    # Built here: Keras 3 cannot create its slots inside the loop's tf.while under a strategy.
+    optimizer.build(model.trainable_variables)
+  loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+  dataset = (tf.data.Dataset.from_tensor_slices((images, labels)).cache()
+             .shuffle(len(images)).batch(batch_size, drop_remainder=True).repeat()
+             .prefetch(tf.data.AUTOTUNE))
+  iterator = iter(strategy.experimental_distribute_dataset(dataset))
+
+  def step(x, y):
+    with tf.GradientTape() as tape:
+      loss = tf.nn.compute_average_loss(loss_fn(y, model(x, training=True)),
+                                        global_batch_size=batch_size)
+    gradients = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(gradients, model.trainable_variables))
 
   @tf.function
-  def repeat(count):
-    total = tf.constant(0.0)
-    for _ in tf.range(count):
-      total += matmul(inputs, weights)
-    return total
+  def train(iterator, steps):
+    for _ in tf.range(steps):
+      strategy.run(step, args=next(iterator))
 
-  repeat(tf.constant(2)).numpy()
-  rates = []
-  for _ in range(intervals):
-    start = time.perf_counter()
-    repeat(tf.constant(iterations)).numpy()
-    # In examples/sec at FLOPS_PER_EXAMPLE, like the other rows.
-    flops = iterations * 2 * batch_size * 784 * 256 / (time.perf_counter() - start)
-    rates.append(flops / FLOPS_PER_EXAMPLE)
-  return rates, {"batch_size": batch_size, "precision": precision}
+  train(iterator, tf.constant(warmup))
+  calls = max(1, timed // STEPS_PER_CALL)
+  start = time.perf_counter()
+  for _ in range(calls):
+    train(iterator, tf.constant(STEPS_PER_CALL))
+  tf.constant(0).numpy()  # Every step has run: the calls above return after their last op.
+  return calls * STEPS_PER_CALL * batch_size / (time.perf_counter() - start)
 
 
-def measure_startup(data_dir: str, workdir: str) -> float:
-  """Seconds from process start to the first training step, in a fresh process."""
-  subprocess.run([sys.executable, "-m", "trainer.main", "--dataset=fashion_mnist",
-                  f"--data_dir={data_dir}", "--epochs=1", "--max_steps_per_epoch=1",
-                  f"--workdir={workdir}"], check=True, capture_output=True,
-                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  return run_record.read_results(workdir)["time_to_first_step_s"]
+def measure_harness(config_base, batch_size, warmup, timed, strategy_name, workdir,
+                    train_examples) -> float:
+  """The harness with default flags: examples_per_sec of its results (first call left out)."""
+  from trainer import train  # pylint: disable=g-import-not-at-top
+  steps_per_epoch = train_examples // batch_size
+  steps = warmup + timed
+  config = config_base.replace(
+      batch_size=batch_size, strategy=strategy_name,
+      cpu_devices=2 if strategy_name == "mirrored" else 1, workdir=workdir,
+      epochs=-(-steps // steps_per_epoch), max_steps_per_epoch=min(steps, steps_per_epoch))
+  return train.train_and_evaluate(config)["examples_per_sec"]
 
 
-def run_benchmark(data_dir: str, dataset: str, best_batch_size: int, best_precision: str,
-                  rounds: int, intervals: int, tiny: bool, root: str) -> dict:
-  """Runs every row and returns the benchmark record, targets included."""
-  from trainer import hardware  # pylint: disable=g-import-not-at-top
-  from trainer import idx_files  # pylint: disable=g-import-not-at-top
-  from trainer import precision as precision_lib  # pylint: disable=g-import-not-at-top
-  import keras  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  images, labels, _, _ = idx_files.read_mnist_format(data_dir)
-  if tiny:
-    images, labels, best_batch_size = images[:4096], labels[:4096], 256
-    rounds, intervals = 1, 5
-  best_precision = precision_lib.resolve_precision(best_precision)[0]
-  measures = _measures(images, labels, data_dir, dataset, best_batch_size, best_precision,
-                       intervals, tiny, root)
-  rates, details = {name: [] for name in measures}, {}
-  for _ in range(rounds):  # Interleaved, so drift over minutes shifts every row alike.
-    for name, measure in measures.items():
-      measured, details[name] = measure()
-      rates[name] += measured
-  device = hardware.describe_devices()
-  rows, ceilings = _rows(rates, details, device)
-  startup = measure_startup(data_dir, os.path.join(root, "startup"))
-  ratios, targets = _ratios_and_targets(rows, ceilings, startup)
-  return {
-      "date": time.strftime("%Y-%m-%d"), "device": device, "tiny": tiny,
-      "tf_version": tf.__version__, "keras_version": keras.__version__,
-      "flops_per_example": FLOPS_PER_EXAMPLE, "rows": rows, "ceilings": ceilings,
-      "ratios": ratios, "time_to_first_step_s": startup, "targets_met": targets,
-  }
-
-
-def _measures(images, labels, data_dir: str, dataset: str, best_batch_size: int,
-              best_precision: str, intervals: int, tiny: bool, root: str) -> dict:
-  """Each row's measuring function, by row name; each returns (rates, row details)."""
+def throughput(data, data_dir: str, batch_sizes: Sequence[int], strategies: Sequence[str],
+               repeats: int, tiny: bool, root: str) -> Dict[str, dict]:
+  """Every peer x batch x strategy, interleaved over `repeats` rounds; rows keyed
+  "strategy/batch/peer" with min / median / max examples/s."""
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
-  # Steps per interval: about a second of training each on a 2-core CPU; tiny runs are seconds.
-  small_interval = 20 if tiny else 400
-  best_interval = max(1, (2 if tiny else 40) * 4096 // best_batch_size)
-  runs = iter(range(1000))
-
-  def harness(batch_size, interval, **changes):
-    # The first (tracing) loop may fill a window; then a warm-up window and the timed ones.
-    # Tiny runs cut one epoch to exactly that; full runs train whole epochs, enough of them.
-    steps = (intervals + 2) * interval
-    config = config_lib.Config(
-        dataset=dataset, data_dir=data_dir, batch_size=batch_size, log_every=interval,
-        epochs=1 if tiny else -(-steps // (len(images) // batch_size)),
-        max_steps_per_epoch=steps if tiny else 0, workdir=os.path.join(root, f"run{next(runs)}"))
-    return measure_harness(config, **changes)
-
-  ceiling_precisions = ["float32"] + ([best_precision] if best_precision != "float32" else [])
-  iterations = 5 if tiny else 100
-  return {
-      "a_plain_keras": lambda: measure_plain_keras(images, labels, 32, small_interval,
-                                                   intervals),
-      "b_harness_defaults": lambda: harness(32, small_interval),
-      "c_harness_best": lambda: harness(best_batch_size, best_interval,
-                                        precision=best_precision, jit_compile=True),
-      **{f"d_ceiling_{precision}": lambda p=precision: measure_matmul_ceiling(
-          best_batch_size, p, intervals, iterations) for precision in ceiling_precisions},
-      "e_harness_best_synthetic": lambda: harness(best_batch_size, best_interval,
-                                                  dataset="synthetic", precision=best_precision,
-                                                  jit_compile=True),
-      "f_one_device": lambda: harness(32, small_interval, strategy="one_device"),
-      "f_mirrored_one_device": lambda: harness(32, small_interval, strategy="mirrored"),
-  }
+  from trainer import distribution  # pylint: disable=g-import-not-at-top
+  base = config_lib.Config(dataset="fashion_mnist", data_dir=data_dir, log_every=STEPS_PER_CALL,
+                           checkpoint_every=0)
+  measures = {"plain_fit": measure_plain_fit, "tuned_fit": measure_tuned_fit,
+              "minimal_loop": measure_minimal_loop}
+  rates: Dict[str, List[float]] = {}
+  runs = iter(range(10**6))
+  for _ in range(repeats):
+    for strategy_name in strategies:
+      for batch_size in batch_sizes:
+        warmup, timed = _steps(batch_size, tiny)
+        for peer in PEERS:
+          key = f"{strategy_name}/{batch_size}/{peer}"
+          if peer == "harness":
+            rate = measure_harness(base, batch_size, warmup, timed, strategy_name,
+                                   os.path.join(root, f"run{next(runs)}"), len(data[0]))
+          else:
+            strategy = distribution.make_strategy(strategy_name)
+            rate = measures[peer](data, strategy, batch_size, warmup, timed)
+          rates.setdefault(key, []).append(rate)
+          print(f"  {key}: {rate:,.0f} examples/s", flush=True)
+  return {key: summary(values) for key, values in rates.items()}
 
 
-def _rows(rates: dict, details: dict, device: str):
-  """Returns (rows of the table, with MFU; the ceiling row of each precision)."""
-  rows, ceilings = {}, {}
-  for name in rates:
-    row = {**_summary(rates[name]), **details[name]}
-    if name.startswith("d_ceiling_"):
-      row["flops_per_sec"] = row["examples_per_sec"] * FLOPS_PER_EXAMPLE
-      ceilings[row["precision"]] = row
-      if row["precision"] != "float32":
-        continue  # Used for the MFU of that precision's rows; the table's row d is float32.
-      name = "d_ceiling"
-    rows[name] = row
-  peak = next((spec for name, spec in GPU_PEAK_FLOPS.items() if name in device), None)
-  for name, row in rows.items():
-    if name == "d_ceiling":
-      continue
-    model_flops = row["examples_per_sec"] * FLOPS_PER_EXAMPLE
-    ceiling = ceilings.get(row.get("precision", "float32"), ceilings["float32"])
-    row["mfu_vs_ceiling"] = model_flops / ceiling["flops_per_sec"]
-    if peak and row.get("precision", "float32") in peak:
-      row["mfu_vs_peak_spec"] = model_flops / peak[row.get("precision", "float32")]
-  return rows, ceilings
+def _steps(batch_size: int, tiny: bool):
+  """(warm-up, timed) steps: whole 100-step calls, about 30,000 timed examples or more."""
+  if tiny:
+    return STEPS_PER_CALL, STEPS_PER_CALL
+  timed = max(STEPS_PER_CALL, -(-30000 // batch_size) // STEPS_PER_CALL * STEPS_PER_CALL)
+  # Two calls of warm-up; one is plenty where a call is 100,000 examples or more.
+  return (2 if batch_size < 1000 else 1) * STEPS_PER_CALL, timed
 
 
-def _ratios_and_targets(rows: dict, ceilings: dict, startup: float):
-  """Returns (the ratios between rows, whether each target is met)."""
-  rate = {name: row["examples_per_sec"] for name, row in rows.items()}
-  ratios = {
-      "b_over_a": rate["b_harness_defaults"] / rate["a_plain_keras"],
-      "c_over_d": rate["c_harness_best"] / ceilings.get(
-          rows["c_harness_best"]["precision"], ceilings["float32"])["examples_per_sec"],
-      "real_over_synthetic": rate["c_harness_best"] / rate["e_harness_best_synthetic"],
-      "one_device_over_default": rate["f_one_device"] / rate["b_harness_defaults"],
-      "mirrored_one_device_over_default": (rate["f_mirrored_one_device"]
-                                           / rate["b_harness_defaults"]),
-  }
-  targets = {
-      "b_over_a >= 4.0": ratios["b_over_a"] >= 4.0,
-      "c_over_d >= 0.8": ratios["c_over_d"] >= 0.8,
-      "real_over_synthetic >= 0.95": ratios["real_over_synthetic"] >= 0.95,
-      "one_device_over_default >= 0.9": ratios["one_device_over_default"] >= 0.9,
-      "mirrored_one_device_over_default >= 0.9": ratios["mirrored_one_device_over_default"] >= 0.9,
-      "time_to_first_step_s <= 8": startup <= 8.0,
-  }
+def summary(values: Sequence[float]) -> dict:
+  """min / median / max of repeated measurements."""
+  return {"min": min(values), "median": statistics.median(values), "max": max(values),
+          "n": len(values)}
+
+
+# ---------------------------------------------------------------- Time to accuracy.
+def _timed_process(command: List[str]) -> tuple:
+  """(wall seconds, stdout) of a fresh process; its error if it fails."""
+  start = time.perf_counter()
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+  seconds = time.perf_counter() - start
+  if result.returncode:
+    raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+  return seconds, result.stdout
+
+
+def time_to_accuracy(data_dir: str, repeats: int, tiny: bool, root: str) -> dict:
+  """The blog's whole script against fast.cfg (seeds 0 and 1), fresh processes, interleaved."""
+  from trainer import run_record  # pylint: disable=g-import-not-at-top
+  blog = [sys.executable, os.path.join("scripts", "blog_script.py"), f"--data_dir={data_dir}"]
+  fast = [sys.executable, "-m", "trainer.main", "--flagfile=configs/fast.cfg",
+          "--dataset=fashion_mnist", f"--data_dir={data_dir}"]
+  if tiny:
+    blog += ["--epochs=1", "--train_examples=2048"]
+    fast += ["--epochs=1", "--max_steps_per_epoch=16"]
+  runs = {"blog_script": [], "fast_seed0": [], "fast_seed1": []}
+  for round_index in range(repeats):
+    seconds, stdout = _timed_process(blog)
+    runs["blog_script"].append({"wall_s": seconds,
+                                **json.loads(stdout.strip().splitlines()[-1])})
+    for seed in (0, 1):
+      workdir = os.path.join(root, f"fast{seed}-{round_index}")
+      seconds, _ = _timed_process(fast + [f"--seed={seed}", f"--workdir={workdir}"])
+      results = run_record.read_results(workdir)
+      runs[f"fast_seed{seed}"].append({
+          "wall_s": seconds, "test_accuracy": results["test_accuracy"],
+          "time_to_first_step_s": results["time_to_first_step_s"],
+          "startup_s": results["startup_s"]})
+    print(f"  round {round_index + 1}: blog {runs['blog_script'][-1]['wall_s']:.1f} s, fast "
+          f"{runs['fast_seed0'][-1]['wall_s']:.1f} / {runs['fast_seed1'][-1]['wall_s']:.1f} s",
+          flush=True)
+  record = {name: {"wall_s": summary([r["wall_s"] for r in values]),
+                   "test_accuracy": summary([r["test_accuracy"] for r in values])}
+            for name, values in runs.items()}
+  record["fast_startup_s"] = {phase: statistics.median(
+      r["startup_s"][phase] for name in ("fast_seed0", "fast_seed1") for r in runs[name])
+      for phase in startup.PHASES}
+  return record
+
+
+# ---------------------------------------------------------------- Ratios and targets.
+def ratios_and_targets(rows: Dict[str, dict], ceiling_flops: float, flops_per_example: float,
+                       accuracy: dict) -> tuple:
+  """(the ratios the targets read, each target met or not); medians throughout."""
+  rate = {key: row["median"] for key, row in rows.items()}
+  ratios, targets = {}, {}
+  if "default/32/harness" in rate:
+    ratios["harness_over_tuned_fit_b32"] = (rate["default/32/harness"]
+                                            / rate["default/32/tuned_fit"])
+    targets["harness >= 1.5x tuned_fit at batch 32"] = ratios["harness_over_tuned_fit_b32"] >= 1.5
+  best = max((key for key in rate if key.endswith("/harness")), key=rate.get)
+  ratios["best_harness"] = best
+  ratios["best_harness_mfu"] = rate[best] * flops_per_example / ceiling_flops
+  targets["best harness >= 85% of the fp32 ceiling"] = ratios["best_harness_mfu"] >= 0.85
+  batches = sorted({int(key.split("/")[1]) for key in rate})
+  for batch in batches:
+    keys = [f"{s}/{batch}/{p}" for s in ("default", "mirrored") for p in ("harness",
+                                                                            "minimal_loop")]
+    if all(key in rate for key in keys):
+      harness = rate[f"mirrored/{batch}/harness"] / rate[f"default/{batch}/harness"]
+      minimal = rate[f"mirrored/{batch}/minimal_loop"] / rate[f"default/{batch}/minimal_loop"]
+      ratios[f"mirrored_share_b{batch}"] = {"harness": harness, "minimal_loop": minimal}
+      targets[f"mirrored x2 keeps >= minimal loop's share at batch {batch}"] = harness >= minimal
+  if accuracy:
+    blog = accuracy["blog_script"]["wall_s"]["median"]
+    fast = max(accuracy[f"fast_seed{s}"]["wall_s"]["median"] for s in (0, 1))
+    ratios["fast_speedup_over_blog"] = blog / fast
+    targets["fast.cfg >= 0.88 for seeds 0 and 1"] = all(
+        accuracy[f"fast_seed{s}"]["test_accuracy"]["min"] >= 0.88 for s in (0, 1))
+    targets["fast.cfg >= 5x faster than the blog's script"] = ratios[
+        "fast_speedup_over_blog"] >= 5
   return ratios, targets
 
 
-def format_table(record: dict) -> str:
-  """Returns the record as a Markdown table."""
-  lines = ["| row | batch | precision | examples/s (median) | min-max | MFU vs ceiling |",
+def format_report(record: dict) -> str:
+  """The record as Markdown: machine, ceiling, throughput table, time to accuracy, targets."""
+  m, flops = record["machine"], record["flops_per_example"]
+  ceiling = record["ceiling"]
+  lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {' '.join(m['extensions']) or '-'}; "
+           f"TF_ENABLE_ONEDNN_OPTS={m['tf_enable_onednn_opts']}; TF {record['tf_version']}, "
+           f"Keras {record['keras_version']}; {record['date']}.",
+           f"FLOPs per example (XLA HLO of the train step): {flops:,.0f}.",
+           f"fp32 ceiling: {ceiling['flops_per_sec'] / 1e9:,.1f} GFLOP/s ({ceiling['best']}); "
+           + ", ".join(f"{k} {v / 1e9:,.0f}" for k, v in ceiling["by_shape"].items()) + ".",
+           "", "| strategy | batch | peer | examples/s median | min - max | MFU |",
            "|---|---|---|---|---|---|"]
-  for name, row in record["rows"].items():
-    mfu = f"{row['mfu_vs_ceiling']:.0%}" if "mfu_vs_ceiling" in row else "-"
-    lines.append(f"| {name} | {row['batch_size']} | {row.get('precision', 'float32')} | "
-                 f"{row['examples_per_sec']:,.0f} | {row['min']:,.0f}-{row['max']:,.0f} | {mfu} |")
+  for key, row in record["throughput"].items():
+    strategy, batch, peer = key.split("/")
+    lines.append(f"| {strategy} | {batch} | {peer} | {row['median']:,.0f} | "
+                 f"{row['min']:,.0f} - {row['max']:,.0f} | "
+                 f"{row['median'] * flops / ceiling['flops_per_sec']:.0%} |")
+  if record["time_to_accuracy"]:
+    lines += ["", "| run | wall s median (min - max) | test accuracy (min - max) |",
+              "|---|---|---|"]
+    for name, row in record["time_to_accuracy"].items():
+      if name == "fast_startup_s":
+        continue
+      w, a = row["wall_s"], row["test_accuracy"]
+      lines.append(f"| {name} | {w['median']:.1f} ({w['min']:.1f} - {w['max']:.1f}) | "
+                   f"{a['median']:.4f} ({a['min']:.4f} - {a['max']:.4f}) |")
+    lines.append("\nfast.cfg start-up (median s): " + ", ".join(
+        f"{k} {v:.2f}" for k, v in record["time_to_accuracy"]["fast_startup_s"].items()))
   lines.append("")
-  lines += [f"- {name}: {value:.2f}" for name, value in record["ratios"].items()]
-  lines.append(f"- time to first step: {record['time_to_first_step_s']:.1f} s")
+  for name, value in record["ratios"].items():
+    if isinstance(value, dict):
+      value = ", ".join(f"{k} {v:.2f}" for k, v in value.items())
+    elif isinstance(value, float):
+      value = f"{value:.2f}"
+    lines.append(f"- {name}: {value}")
   lines += [f"- target {name}: {'met' if met else 'NOT met'}"
             for name, met in record["targets_met"].items()]
   return "\n".join(lines)
 
 
+def run_benchmark(data_dir: str, batch_sizes: Sequence[int], strategies: Sequence[str],
+                  repeats: int, accuracy_repeats: int, tiny: bool, root: str) -> dict:
+  """Runs every part and returns the benchmark record."""
+  from trainer import hardware  # pylint: disable=g-import-not-at-top
+  if "mirrored" in strategies:
+    hardware.split_cpu(2)  # Before TensorFlow starts; the default strategy uses the first.
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer import flops  # pylint: disable=g-import-not-at-top
+  from trainer import idx_files  # pylint: disable=g-import-not-at-top
+  images, labels, _, _ = idx_files.read_mnist_format(data_dir)
+  images = (images.astype("float32") / 255.0).reshape(-1, 28, 28, 1)
+  if tiny:
+    images, labels = images[:4096], labels[:4096]
+  flops_per_example = flops.train_step_flops(blog_model(), False, (28, 28, 1), 32) / 32
+  print(f"FLOPs per example: {flops_per_example:,.0f}", flush=True)
+  ceiling = matmul_ceiling(tiny)
+  print(f"fp32 ceiling: {ceiling['flops_per_sec'] / 1e9:,.1f} GFLOP/s", flush=True)
+  rows = throughput((images, labels), data_dir, batch_sizes, strategies, repeats, tiny, root)
+  accuracy = time_to_accuracy(data_dir, accuracy_repeats, tiny, root) if accuracy_repeats else {}
+  ratios, targets = ratios_and_targets(rows, ceiling["flops_per_sec"], flops_per_example,
+                                       accuracy)
+  return {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "tiny": tiny,
+          "device": hardware.describe_devices(), "tf_version": tf.__version__,
+          "keras_version": keras.__version__, "flops_per_example": flops_per_example,
+          "ceiling": ceiling, "throughput": rows, "time_to_accuracy": accuracy,
+          "ratios": ratios, "targets_met": targets}
+
+
+def define_flags() -> None:
+  """The benchmark's flags; defined only when it runs, so tests can import its functions."""
+  flags.DEFINE_string("data_dir", "/usr/share/datasets/fashion-mnist",
+                      "Folder of Fashion-MNIST's (or MNIST's) four IDX files.")
+  flags.DEFINE_list("batch_sizes", ["32", "1024", "4096"], "Global batch sizes to measure.")
+  flags.DEFINE_list("strategies", ["default", "mirrored"],
+                    "default, and mirrored over 2 logical CPUs.")
+  flags.DEFINE_integer("repeats", 3, "Interleaved rounds of every throughput measurement.",
+                       lower_bound=1)
+  flags.DEFINE_integer("accuracy_repeats", 2, "Rounds of the time-to-accuracy runs; 0 skips them.",
+                       lower_bound=0)
+  flags.DEFINE_boolean("tiny", False, "Seconds-long: a slice of the data, short measurements "
+                       "and time-to-accuracy runs; checks that it works, figures meaningless.")
+  flags.DEFINE_string("output", "benchmark.json", "Where to write the JSON results.")
+
+
 def main(argv):
   del argv  # Unused.
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   with tempfile.TemporaryDirectory(prefix="benchmark-") as root:
-    record = run_benchmark(FLAGS.data_dir, FLAGS.dataset, FLAGS.best_batch_size,
-                           FLAGS.best_precision, FLAGS.rounds, FLAGS.intervals, FLAGS.tiny, root)
+    record = run_benchmark(FLAGS.data_dir, [int(b) for b in FLAGS.batch_sizes], FLAGS.strategies,
+                           FLAGS.repeats, FLAGS.accuracy_repeats, FLAGS.tiny, root)
   workdir_lib.write_json(FLAGS.output, record, sort_keys=False)  # Rows stay in table order.
-  print(f"\nBenchmark on {record['device']}, {record['date']} (TF {record['tf_version']}):")
-  print(format_table(record))
+  print("\n" + format_report(record))
   print(f"\nWritten to {FLAGS.output}")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -17,8 +17,13 @@ APIS = ("sequential", "functional", "subclass")
 NETWORKS = ("mlp", "cnn")  # The built-in models; anything with a ":" is the user's own.
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker_mirrored")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+LR_SCHEDULES = ("constant", "cosine")
+PROGRESS = ("auto", "bar", "lines", "none")
 
 AUTO_STEPS_PER_LOOP = 100  # Measured no faster beyond 100 on a 2-core CPU.
+# The mlp's examples/s with XLA on / off (Fashion-MNIST, one replica, 2-core AVX-512/AMX VM):
+# batch 128 157k / 81k, 512 226k / 211k, 1024 233-241k / 245k, 4096 252-254k / 317-319k.
+XLA_MAX_BATCH = 1024
 
 
 def _setting(default, help_text: str):
@@ -64,7 +69,10 @@ class Config:
   # Optimisation.
   epochs: int = _setting(10, "Passes over the training split.")
   batch_size: int = _setting(32, "GLOBAL batch size: split across all replicas of all workers.")
-  learning_rate: float = _setting(1e-3, "Adam learning rate.")
+  learning_rate: float = _setting(1e-3, "Adam learning rate (the peak, under a schedule).")
+  lr_schedule: str = _setting(
+      "constant", "constant, or cosine: --learning_rate decays to 0 along a half cosine over "
+      "the run's --epochs (resuming with more epochs stretches the rest of the curve).")
   seed: int = _setting(0, "Seed of the initial weights and the data order.")
   max_steps_per_epoch: int = _setting(
       0, "Cut each epoch to at most this many steps; 0 is the whole split.")
@@ -96,10 +104,18 @@ class Config:
       None, "Folder for TensorBoard events and results.json; default "
       "runs/<dataset>-<model>-<strategy>, e.g. runs/mnist-functional-auto.")
   log_every: int = _setting(100, "Write training scalars every this many steps.")
+  progress: str = _setting(
+      "auto", "Console progress: bar (a live bar), lines (a plain line every --log_every "
+      "steps, for files and CI), none (test figures and the summary only); auto is bar on a "
+      "terminal, lines otherwise.")
   checkpoint_every: int = _setting(
       1000, "Save a checkpoint every this many steps (and at every epoch's end); 0 saves only "
       "at epoch ends.")
   keep_checkpoints: int = _setting(3, "How many recent checkpoints to keep.")
+  profile_steps: Tuple[int, ...] = _setting(
+      (), "A,B: capture a TensorBoard profile of global training steps A to B (from 1) into "
+      "WORKDIR/plugins/profile/, shown in TensorBoard's PROFILE tab (install the [profile] "
+      "extra). Keep it short: 10 to 100 steps.")
   overwrite: bool = _setting(
       False, "Delete the run in --workdir and start afresh, instead of resuming it.")
   deterministic: bool = _setting(
@@ -108,7 +124,7 @@ class Config:
 
   def __post_init__(self):
     # Lists (from absl's list flags, or config.json) become tuples: the Config stays immutable.
-    for name in ("worker_hosts", "image_size", "image_shape"):
+    for name in ("worker_hosts", "image_size", "image_shape", "profile_steps"):
       object.__setattr__(self, name, tuple(getattr(self, name)))
     if self.own_model and self.api is not None:
       raise errors.UserError(
@@ -130,6 +146,10 @@ class Config:
     if self.image_size and (len(self.image_size) != 2 or min(self.image_size) < 1):
       raise errors.UserError(f"--image_size={_joined(self.image_size)} must be HEIGHT,WIDTH, "
                              "two positive integers, e.g. 64,64.")
+    if self.profile_steps and (len(self.profile_steps) != 2 or
+                               not 1 <= self.profile_steps[0] <= self.profile_steps[1]):
+      raise errors.UserError(f"--profile_steps={_joined(self.profile_steps)} must be A,B, the "
+                             "first and last training step to profile, 1 <= A <= B, e.g. 101,120.")
     if self.validation_split is not None and not 0 < self.validation_split < 1:
       raise errors.UserError(f"--validation_split={self.validation_split} must lie between 0 "
                              "and 1, e.g. 0.2.")
@@ -207,8 +227,11 @@ class RunSettings:
     if self.config.jit_compile is not None:
       return self.config.jit_compile
     # Only the mlp by default: XLA's CPU convolutions ran the cnn 18x slower than TensorFlow's
-    # oneDNN kernels (380 against 6,929 examples/s on a 2-core AVX-512 VM).
-    return self.num_replicas == 1 and self.config.model == "mlp"
+    # oneDNN kernels (380 against 6,929 examples/s on a 2-core AVX-512 VM). And only below
+    # XLA_MAX_BATCH: small steps gain most from fusing whole steps into one call, large ones
+    # are matmuls, which oneDNN runs faster than XLA's CPU dots.
+    return (self.num_replicas == 1 and self.config.model == "mlp"
+            and self.config.batch_size < XLA_MAX_BATCH)
 
   def run_config(self) -> dict:
     """config.json: the user's settings with the strategy, precision and replicas resolved."""

@@ -27,14 +27,25 @@ class Outcome:
   test_accuracy: float
 
 
+class _NoProfile:
+  """The profiler of a run without --profile_steps."""
+
+  def before_call(self, step: int) -> None:
+    pass
+
+  def after_call(self, end_step: int) -> None:
+    pass
+
+
 class Controller:
   """Runs a LoopPlan's calls from a start step to the end of the run."""
 
   def __init__(self, task, plan: schedule.LoopPlan, meter, writer, checkpointer, progress,
-               stop_requests, heartbeat: Callable[[], None] = lambda: None):
+               stop_requests, heartbeat: Callable[[], None] = lambda: None, profiler=None):
     self._task, self._plan, self._meter, self._writer = task, plan, meter, writer
     self._checkpointer, self._progress, self._stop = checkpointer, progress, stop_requests
     self._heartbeat = heartbeat
+    self._profiler = profiler or _NoProfile()
 
   def run(self, start_step: int) -> Outcome:
     """Trains from `start_step` to the plan's last step; returns the final figures."""
@@ -45,8 +56,10 @@ class Controller:
         self._progress.start_epoch(self._plan.epoch_of(step))
       self._stop_if_requested(step)
       call = self._plan.next_call(step, first)
+      self._profiler.before_call(step)
       bad_step = self._task.train_loop(call.num_steps)
       self._heartbeat()  # The loop above has finished: the compiled call returns a value.
+      self._profiler.after_call(call.end_step)
       metrics = self._task.train_metrics()
       self._check_finite(step, call, bad_step, metrics["loss"])
       train_loss, step, first = metrics["loss"], call.end_step, False
@@ -57,6 +70,7 @@ class Controller:
           evaluation = self._end_epoch(step)
     if evaluation is None:  # Every step was already trained: a run stopped before its end.
       evaluation = self._evaluate()
+    self._stop_if_requested(step)  # A signal during the last evaluation or save.
     return Outcome(step, train_loss, *evaluation)
 
   def _stop_if_requested(self, step: int) -> None:
@@ -80,7 +94,7 @@ class Controller:
 
   def _after_call(self, call: schedule.Call, metrics: Dict[str, float]) -> None:
     step_in_epoch = (call.end_step - 1) % self._plan.steps_per_epoch + 1
-    self._progress.update(step_in_epoch, metrics["loss"], metrics["accuracy"])
+    self._progress.update(step_in_epoch, metrics["loss"], metrics["accuracy"], call.log)
     if call.log:
       self._writer.scalars("train", call.end_step, {**metrics, **self._meter.end_window()})
       self._task.reset_train_metrics()

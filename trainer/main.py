@@ -22,14 +22,11 @@ import time
 _PROCESS_START = time.time()  # Before the heavy imports, so start-up time is measured whole.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's C++ start-up chatter out.
-
 from absl import app
 from absl import flags
 
 from trainer import config as config_lib
+from trainer import console
 from trainer import errors
 
 
@@ -56,6 +53,7 @@ _define(flags.DEFINE_float, "memory_limit_mb", lower_bound=0.0)
 _define(flags.DEFINE_integer, "epochs", lower_bound=1)
 _define(flags.DEFINE_integer, "batch_size", lower_bound=1)
 _define(flags.DEFINE_float, "learning_rate", lower_bound=0.0)
+_define(flags.DEFINE_enum, "lr_schedule", enum_values=config_lib.LR_SCHEDULES)
 _define(flags.DEFINE_integer, "seed", lower_bound=0)
 _define(flags.DEFINE_integer, "max_steps_per_epoch", lower_bound=0)
 # Hardware.
@@ -70,8 +68,10 @@ _define(flags.DEFINE_boolean, "jit_compile")
 # Output.
 _define(flags.DEFINE_string, "workdir")
 _define(flags.DEFINE_integer, "log_every", lower_bound=1)
+_define(flags.DEFINE_enum, "progress", enum_values=config_lib.PROGRESS)
 _define(flags.DEFINE_integer, "checkpoint_every", lower_bound=0)
 _define(flags.DEFINE_integer, "keep_checkpoints", lower_bound=1)
+_define(flags.DEFINE_list, "profile_steps")
 _define(flags.DEFINE_boolean, "overwrite")
 _define(flags.DEFINE_boolean, "deterministic")
 
@@ -81,7 +81,7 @@ FLAGS = flags.FLAGS
 def config_from_flags() -> config_lib.Config:
   """Returns the immutable Config that the parsed flags describe."""
   values = {name: FLAGS[name].value for name in config_lib.SETTINGS}
-  for name in ("image_size", "image_shape"):
+  for name in ("image_size", "image_shape", "profile_steps"):
     try:
       values[name] = tuple(int(value) for value in values[name])
     except ValueError:
@@ -93,10 +93,14 @@ def config_from_flags() -> config_lib.Config:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  console.quiet()  # Before TensorFlow loads: its start-up chatter is filtered from here on.
   # Imported after flag parsing so that --help answers without loading TensorFlow.
   from trainer import train
+  from trainer import cluster
   with errors.shown_as_one_line():
-    train.train_and_evaluate(config_from_flags(), start_time=_PROCESS_START)
+    config = config_from_flags()
+    train.train_and_evaluate(config, start_time=_PROCESS_START)
+    cluster.leave_cluster(config)
 
 
 if __name__ == "__main__":

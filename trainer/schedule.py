@@ -8,6 +8,7 @@ A call ends at the first of: steps_per_loop steps, a log point, a checkpoint, th
 import dataclasses
 import math
 import sys
+from typing import Sequence, Tuple
 
 MAX_PACK = 25  # Steps per XLA call at most; see pack_size.
 
@@ -23,7 +24,7 @@ def steps_until_due(step: int, every: int) -> int:
 
 
 def pack_size(max_pack: int, start_step: int, steps_per_epoch: int, log_every: int,
-              checkpoint_every: int) -> int:
+              checkpoint_every: int, profile_steps: Sequence[int] = ()) -> int:
   """The largest K <= max_pack that divides every boundary and the start step.
 
   One compiled call can run K steps in an in-graph loop (a "pack") only if no boundary falls
@@ -31,8 +32,17 @@ def pack_size(max_pack: int, start_step: int, steps_per_epoch: int, log_every: i
   puts every boundary, and so every resume point, between packs. An epoch of prime length gets 1.
   """
   common = math.gcd(steps_per_epoch, log_every, checkpoint_every or steps_per_epoch,
-                    start_step or steps_per_epoch)
+                    start_step or steps_per_epoch,
+                    *(profile_boundaries(profile_steps) or [steps_per_epoch]))
   return max(k for k in range(1, max_pack + 1) if common % k == 0)
+
+
+def profile_boundaries(profile_steps: Sequence[int]) -> list:
+  """Where calls must end for a profile of steps A to B: after A-1 (unless 0) and after B."""
+  if not profile_steps:
+    return []
+  first, last = profile_steps
+  return [step for step in (first - 1, last) if step > 0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,14 +67,17 @@ class LoopPlan:
   checkpoint_every: int  # 0: only at epoch ends.
   steps_per_loop: int
   pack: int = 1  # Steps per XLA call; divides every boundary (see pack_size).
+  profile_steps: Tuple[int, ...] = ()  # (A, B): calls end after steps A-1 and B.
 
   def __post_init__(self):
     for name in ("steps_per_epoch", "epochs", "log_every", "steps_per_loop", "pack"):
       if getattr(self, name) < 1:
         raise ValueError(f"LoopPlan.{name} must be at least 1, got {getattr(self, name)}.")
     if self.steps_per_epoch % self.pack or self.log_every % self.pack or (
-        self.checkpoint_every % self.pack):
-      raise ValueError(f"pack {self.pack} must divide the epoch, log and checkpoint intervals.")
+        self.checkpoint_every % self.pack) or any(
+            step % self.pack for step in profile_boundaries(self.profile_steps)):
+      raise ValueError(f"pack {self.pack} must divide the epoch, log and checkpoint intervals "
+                       "and the profile's boundaries.")
 
   @property
   def total_steps(self) -> int:
@@ -90,7 +103,9 @@ class LoopPlan:
       num_steps = min(max(self.pack, self.steps_per_loop // self.pack * self.pack),
                       steps_until_due(step, self.steps_per_epoch),
                       steps_until_due(step, self.log_every),
-                      steps_until_due(step, self.checkpoint_every))
+                      steps_until_due(step, self.checkpoint_every),
+                      *(boundary - step for boundary in profile_boundaries(self.profile_steps)
+                        if boundary > step))
     end = step + num_steps
     epoch_end = is_due(end, self.steps_per_epoch)
     return Call(num_steps=num_steps, end_step=end,

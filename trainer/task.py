@@ -22,6 +22,14 @@ from trainer import precision as precision_lib
 from trainer import schedule
 
 
+def learning_rate(config: config_lib.Config, total_steps: int):
+  """--learning_rate, or its --lr_schedule over `total_steps` (driven by the optimizer's step
+  count, which the checkpoint restores, so a resumed run continues the same curve)."""
+  if config.lr_schedule == "cosine":
+    return keras.optimizers.schedules.CosineDecay(config.learning_rate, total_steps)
+  return config.learning_rate
+
+
 class Task:
   """Builds the model and optimizer under the strategy and runs training and evaluation steps."""
 
@@ -34,7 +42,8 @@ class Task:
       self.model = built.model
       self.api = built.api  # As detected for the user's own model.
       self.from_logits = built.from_logits
-      self.optimizer = keras.optimizers.Adam(config.learning_rate)
+      self.optimizer = keras.optimizers.Adam(
+          learning_rate(config, config.epochs * pipeline.steps_per_epoch))
       if precision_lib.uses_loss_scaling(settings.precision):
         self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)  # Dynamic scaling.
       self.optimizer.build(self.model.trainable_variables)

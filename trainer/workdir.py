@@ -37,10 +37,11 @@ SAVED_MODEL_DIR = "saved_model"
 # Settings that change the math: a checkpoint resumes only under the same ones. Raising epochs
 # does not change them, so it continues a run.
 MATH_FIELDS = ("model", "api", "hidden_units", "dataset", "image_size", "validation_split",
-               "image_shape", "num_classes", "batch_size", "learning_rate", "seed",
+               "image_shape", "num_classes", "batch_size", "learning_rate", "lr_schedule", "seed",
                "max_steps_per_epoch", "precision", "num_replicas")
 # What a config.json written before a setting existed means by its absence.
-_MATH_DEFAULTS = {"model": "mlp", "image_size": [], "image_shape": [], "num_classes": 0}
+_MATH_DEFAULTS = {"model": "mlp", "image_size": [], "image_shape": [], "num_classes": 0,
+                  "lr_schedule": "constant"}
 
 
 def is_disk_full(error: BaseException) -> bool:
@@ -58,16 +59,23 @@ def writing(what: str, path: str, partial: Sequence[str] = ()) -> Iterator[None]
   """
   try:
     yield
+  except KeyboardInterrupt:
+    _remove(partial)  # Ctrl-C mid-write: nothing half-written stays to look like a result.
+    raise
   except Exception as e:  # pylint: disable=broad-except  # OSError, or TensorFlow's own errors.
     if not is_disk_full(e):
       raise
-    for leftover in partial:
-      for name in glob.glob(leftover):
-        shutil.rmtree(name, ignore_errors=True) if os.path.isdir(name) else os.remove(name)
+    _remove(partial)
     raise errors.DiskFull(
         f"The disk is full: writing the {what} to {path} failed. Everything written before "
         "is intact (the last good checkpoint included): free some space and rerun the same "
         "command to resume.") from None
+
+
+def _remove(patterns: Sequence[str]) -> None:
+  for pattern in patterns:
+    for name in glob.glob(pattern):
+      shutil.rmtree(name, ignore_errors=True) if os.path.isdir(name) else os.remove(name)
 
 
 def write_json(path: str, values: Mapping[str, object], sort_keys: bool = True) -> None:
