@@ -20,7 +20,8 @@ def test_a_preset_with_overrides_runs_mirrored_from_the_command_line(fashion_mni
       "mirrored", 2, "subclass")
   # The preset's batch size is kept; its epochs and steps are overridden by later flags.
   assert (results["global_batch_size"], results["epochs"], results["steps"]) == (64, 1, 50)
-  assert "test accuracy" in result.stdout.splitlines()[-1]  # The one-line summary comes last.
+  summary = result.stdout.splitlines()[-4:]  # The summary block comes last.
+  assert summary[0].startswith("Done: ") and "test accuracy" in summary[1]
 
 
 @pytest.mark.parametrize("flag, message", [

@@ -150,6 +150,11 @@ def test_launcher_runs_two_workers_of_two_cpu_devices_as_four_replicas_and_rerun
   lines = result.stdout.splitlines()
   assert any(line.startswith("[worker 0] ") for line in lines)
   assert any(line.startswith("[worker 1] ") for line in lines)
+  # Nothing a user would take for an error: no C++ error lines (the coordination service's
+  # "Connection refused" at shutdown was one), no CUDA or oneDNN notes, no Python warnings.
+  noise = re.compile(r"\] [EW]\d{4}|^\[worker \d\] [EWF]\d{4} |Connection refused|cuInit|cuda|"
+                     r"oneDNN|InitializeLog|Warning|Traceback")
+  assert not [line for line in lines if noise.search(line)], result.stdout[-3000:]
   # Rerunning a finished run ends cleanly on every worker, the non-chief included.
   again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
   assert again.returncode == 0, again.stdout[-3000:]

@@ -23,7 +23,10 @@ class ProgressWatchdog:
   def __init__(self, timeout_s: float, who: str):
     self._child = subprocess.Popen(
         [sys.executable, "-m", "trainer.watchdog", str(os.getpid()), str(timeout_s), who],
-        stdin=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        stdin=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        # Python's stderr, the console itself: file descriptor 2 may lead to trainer.console's
+        # filter thread, which cannot run while this process blocks holding the GIL.
+        stderr=sys.stderr)
 
   def beat(self) -> None:
     """Records progress."""
