@@ -76,7 +76,7 @@ def test_tensorboard_server_serves_the_runs_scalars_and_hparams(tiny_runs, tmp_p
                 for session in group["sessions"]}
     assert len(sessions) == 4
     group = sessions[run]
-    assert group["hparams"]["api"] == "functional" and group["hparams"]["seed"] == 0
+    assert group["hparams"]["api"] == "functional" and group["hparams"]["seed"] == "0"
     metrics = {value["name"]["tag"]: value["value"] for value in group["metricValues"]}
     assert metrics["test_accuracy"] == pytest.approx(results["test_accuracy"])
     assert metrics["examples_per_sec"] > 0
@@ -188,9 +188,22 @@ def test_a_sweep_over_strategies_is_tested_and_plotted_per_strategy(tmp_path):
   assert lines[0].startswith("- [default] functional vs subclass: identical test accuracy")
   assert lines[1].startswith("- [mirrored] functional vs subclass:")
   assert "beyond seed noise" in lines[1]
-  labels = compare.plot_accuracy(two_strategy_sweep(), str(tmp_path / "accuracy.png"))
-  assert labels == ["functional, default (3 seeds)", "functional, mirrored (3 seeds)",
-                    "subclass, default (3 seeds)", "subclass, mirrored (3 seeds)"]
+  drawn = compare.plot_accuracy(two_strategy_sweep(), str(tmp_path / "accuracy.png"))
+  # Every run here has the same two-epoch curve: each repeat says which curve it equals.
+  assert drawn["labels"] == [
+      "functional, default (3 seeds)",
+      "functional, mirrored (3 seeds); same curve as functional, default",
+      "subclass, default (3 seeds); same curve as functional, default",
+      "subclass, mirrored (3 seeds); same curve as functional, default"]
+  assert drawn["epoch_ticks"] and all(tick == int(tick) for tick in drawn["epoch_ticks"])
+
+
+def test_the_throughput_plot_shows_the_spread_over_seeds_and_the_machine(tmp_path):
+  runs = [{**run_of("functional", seed, 0.8), "examples_per_sec": rate}
+          for seed, rate in enumerate((900.0, 1000.0, 1300.0))]
+  drawn = compare.plot_throughput(compare.summarize(runs, 0.85), str(tmp_path / "t.png"))
+  assert drawn["whiskers"] == [[100.0], [300.0]]  # Median 1000, min 900, max 1300.
+  assert drawn["title"] == "Throughput on CPU"
 
 
 def test_compare_tests_apis_within_each_model_not_across_models():

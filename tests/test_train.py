@@ -107,12 +107,11 @@ def test_tensorboard_holds_scalars_hparams_and_config(finished_runs):
   values = {name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
             for name, value in session.hparams.items()}
   assert values["api"] == "functional" and values["strategy"] == "default"
-  assert values["num_replicas"] == 1 and values["precision"] == "float32"
-  assert values["global_batch_size"] == 64 and values["dataset"] == "synthetic"
+  assert values["num_replicas"] == "1" and values["precision"] == "float32"
+  assert values["global_batch_size"] == "64" and values["dataset"] == "synthetic"
+  assert values["epochs"] == "2" and values["jit_compile"] is True
   assert values["device"].startswith("CPU: ")
-  experiment = plugin_data_pb2.HParamsPluginData.FromString(
-      hparams_content["_hparams_/experiment"]).experiment
-  assert [m.name.tag for m in experiment.metric_infos] == ["test_accuracy", "examples_per_sec"]
+  assert session.group_name == os.path.normpath(config.workdir)  # The trial id: the run's name.
   assert {"config", "environment"} <= set(run.Tags()["tensors"])
 
 

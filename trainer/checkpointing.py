@@ -8,13 +8,17 @@ updates the `checkpoint` index last, so a crash mid-save leaves the previous che
 import os
 import shutil
 import tempfile
-from typing import Callable
+from typing import Callable, Dict
 
 from absl import logging
 import tensorflow as tf
 
 from trainer import errors
 from trainer import workdir as workdir_lib
+
+
+# Figures each process adds to the run's totals.
+SUMMED = ("wall_time_s", "timed_examples", "timed_seconds")
 
 
 class Checkpointer:
@@ -26,20 +30,33 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, is_chief: bool, max_to_keep: int,
-               elapsed: Callable[[], float] = lambda: 0.0, **trackables):
+               this_process: Callable[[], Dict[str, float]] = dict, **trackables):
     self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    # The run's wall time and process count so far: each process adds its own at every save,
-    # so a resumed run reports them whole (up to each earlier process's last checkpoint).
-    self._wall_time = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="wall_time_s")
+    # The run's totals so far, summed over the processes that trained it: each process adds
+    # its own (from `this_process`: wall_time_s, timed_examples, timed_seconds) at every save,
+    # so a resumed run reports them whole, up to each earlier process's last checkpoint. The
+    # time to the first step is the last training process's own.
+    self._totals = {name: tf.Variable(0.0, dtype=tf.float64, trainable=False, name=name)
+                    for name in SUMMED + ("time_to_first_step_s",)}
     self._processes = tf.Variable(0, dtype=tf.int64, trainable=False, name="processes")
-    self._elapsed = elapsed
-    self.earlier_wall_time_s, self.earlier_processes = 0.0, 0
-    self._checkpoint = tf.train.Checkpoint(step=self._step, wall_time_s=self._wall_time,
-                                           processes=self._processes, **trackables)
+    self._this_process = this_process
+    self.earlier = {name: 0.0 for name in self._totals}
+    self.earlier_processes = 0
+    self._checkpoint = tf.train.Checkpoint(step=self._step, processes=self._processes,
+                                           **self._totals, **trackables)
     self._shared_dir = os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)
     self._scratch_dir = None if is_chief else tempfile.mkdtemp(prefix="trainer-worker-ckpt-")
     self._manager = tf.train.CheckpointManager(
         self._checkpoint, self._scratch_dir or self._shared_dir, max_to_keep=max_to_keep)
+
+  def totals(self) -> Dict[str, float]:
+    """The run's figures over every process so far, this one included."""
+    current = self._this_process()
+    totals = {name: self.earlier[name] + current.get(name, 0.0) for name in SUMMED}
+    totals["time_to_first_step_s"] = (current.get("time_to_first_step_s")
+                                      or self.earlier["time_to_first_step_s"] or None)
+    totals["processes"] = self.earlier_processes + 1
+    return totals
 
   @property
   def last_step(self) -> int:
@@ -65,7 +82,7 @@ class Checkpointer:
         continue
       if path != candidates[0]:
         logging.warning("Resumed from %s, an older checkpoint than the newest.", path)
-      self.earlier_wall_time_s = float(self._wall_time.numpy())
+      self.earlier = {name: float(variable.numpy()) for name, variable in self._totals.items()}
       self.earlier_processes = int(self._processes.numpy())
       return self.last_step
     if candidates:
@@ -78,7 +95,9 @@ class Checkpointer:
   def save(self, step: int) -> None:
     """Saves the state at `step` (every worker must call this together)."""
     self._step.assign(step)
-    self._wall_time.assign(self.earlier_wall_time_s + self._elapsed())
+    for name, value in self.totals().items():
+      if name != "processes":
+        self._totals[name].assign(value or 0.0)
     self._processes.assign(self.earlier_processes + 1)
     directory = self._manager.directory
     # TensorFlow writes each file under a temporary name and the index last, so a failed save

@@ -99,6 +99,8 @@ def summarize(runs: Sequence[dict], target_accuracy: float) -> List[dict]:
         "test_accuracy_mean": statistics.mean(accuracies),
         "test_accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
         "examples_per_sec_median": statistics.median(run["examples_per_sec"] for run in members),
+        "examples_per_sec_min": min(run["examples_per_sec"] for run in members),
+        "examples_per_sec_max": max(run["examples_per_sec"] for run in members),
         "seconds_to_target_median": (statistics.median(times) if None not in times else None),
         "accuracies": accuracies,
     })
@@ -188,63 +190,86 @@ def write_csv(rows: Sequence[dict], path: str) -> None:
     writer.writerows(rows)
 
 
-def plot_accuracy(runs: Sequence[dict], path: str) -> List[str]:
+def plot_accuracy(runs: Sequence[dict], path: str) -> dict:
   """Eval accuracy per epoch for each configuration: the mean line and a min-max band over seeds.
 
-  Returns the curves' labels, one per configuration (all group keys; only those that differ
-  between runs are named).
+  Returns the curves' "labels", one per configuration (all group keys; only those that differ
+  between runs are named), and the "epoch_ticks" drawn. Configurations with identical curves
+  (the three APIs can agree to the bit) would hide each other: each repeat is nudged sideways,
+  hatched, and its label says which curve it equals.
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   figure, axes = pyplot.subplots(figsize=(6, 4), dpi=100)
-  # Distinct dashes and markers: APIs that agree exactly (they can) stay visible on top of each
-  # other.
   styles = itertools.cycle([("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")])
+  hatches = itertools.cycle(["//", "\\\\", "xx", ".."])
   groups: Dict[tuple, List[dict]] = {}
   for run in runs:
     if run["eval_accuracy"]:
       groups.setdefault(tuple(run[key] for key in GROUP_KEYS), []).append(run)
   varying = _varying_keys(runs)
-  labels = []
+  labels, seen = [], {}
   for key in sorted(groups, key=lambda k: tuple(map(str, k))):
     curves = [[value for _, _, value in run["eval_accuracy"]] for run in groups[key]]
     length = min(len(curve) for curve in curves)
-    epochs = range(1, length + 1)
     columns = [[curve[i] for curve in curves] for i in range(length)]
+    mean = [statistics.mean(c) for c in columns]
+    low, high = [min(c) for c in columns], [max(c) for c in columns]
+    label = f"{_label(groups[key][0], varying)} ({len(curves)} seeds)"
+    signature = (tuple(mean), tuple(low), tuple(high))
+    repeats = seen.setdefault(signature, [])
+    offset, hatch = 0.06 * len(repeats), None
+    if repeats:
+      label += f"; same curve as {repeats[0]}"
+      hatch = next(hatches)
+    repeats.append(label.split(" (")[0])
+    epochs = [epoch + offset for epoch in range(1, length + 1)]
     line_style, marker = next(styles)
-    labels.append(f"{_label(groups[key][0], varying)} ({len(curves)} seeds)")
-    axes.plot(epochs, [statistics.mean(c) for c in columns], linestyle=line_style, marker=marker,
-              markersize=4, label=labels[-1])
-    axes.fill_between(epochs, [min(c) for c in columns], [max(c) for c in columns], alpha=0.25)
+    lines = axes.plot(epochs, mean, linestyle=line_style, marker=marker, markersize=4,
+                      label=label)
+    axes.fill_between(epochs, low, high, alpha=0.2, color=lines[0].get_color(), hatch=hatch)
+    labels.append(label)
+  axes.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   axes.set_xlabel("epoch")
   axes.set_ylabel("test accuracy")
   axes.set_title("Test accuracy per epoch (band: min-max over seeds)")
   axes.grid(alpha=0.3)
-  axes.legend()
+  axes.legend(fontsize=7)
   figure.tight_layout()
   figure.savefig(path)
+  low, high = axes.get_xlim()
+  ticks = [tick for tick in axes.get_xticks() if low <= tick <= high]
   pyplot.close(figure)
-  return labels
+  return {"labels": labels, "epoch_ticks": ticks}
 
 
-def plot_throughput(rows: Sequence[dict], path: str) -> None:
-  """Median training examples/sec per API, one bar group per device and strategy."""
+def plot_throughput(rows: Sequence[dict], path: str) -> dict:
+  """Median training examples/sec per configuration, whiskers from the slowest to the fastest
+  seed: how far apart runs of one configuration land on this machine (its noise). Returns the
+  "whiskers" (below, above each median) and the "title", which names the machines."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  machines = sorted({row["device"] for row in rows})
   labels = [f"{run_record.model_label(row['model'], row['api'])}\n{row['strategy']}, "
-            f"{row['precision']}\n{row['device']}"
+            f"{row['precision']}" + (f"\n{row['device']}" if len(machines) > 1 else "")
             for row in rows]
+  medians = [row["examples_per_sec_median"] for row in rows]
+  whiskers = [[m - row["examples_per_sec_min"] for m, row in zip(medians, rows)],
+              [row["examples_per_sec_max"] - m for m, row in zip(medians, rows)]]
   figure, axes = pyplot.subplots(figsize=(max(6, 1.6 * len(rows)), 4), dpi=100)
-  axes.bar(range(len(rows)), [row["examples_per_sec_median"] for row in rows])
+  axes.bar(range(len(rows)), medians, yerr=whiskers, capsize=5)
   axes.set_xticks(range(len(rows)), labels, fontsize=7)
-  axes.set_ylabel("training examples/sec (median over seeds)")
-  axes.set_title("Throughput per API and device")
+  axes.set_ylabel("training examples/sec (median; whiskers: min-max over seeds)")
+  title = "Throughput on " + "; ".join(machines)
+  axes.set_title(title, fontsize=9)
   axes.grid(axis="y", alpha=0.3)
   figure.tight_layout()
   figure.savefig(path)
   pyplot.close(figure)
+  return {"whiskers": whiskers, "title": title}
 
 
 def build_report(logdir: str, output_dir: str, target_accuracy: float = 0.85,

@@ -73,11 +73,36 @@ def describe_exit_code(code: int) -> str:
   return "unknown exit code"
 
 
+class Terminated(KeyboardInterrupt):
+  """SIGTERM outside the training loop, raised where the process is, as Ctrl-C is."""
+
+  signal_number = signal.SIGTERM
+
+
+def _raise_terminated(signal_number, frame):
+  del signal_number, frame  # Unused.
+  raise Terminated()
+
+
 @contextlib.contextmanager
 def shown_as_one_line() -> Iterator[None]:
-  """Prints a UserError raised inside as "error: ..." alone and exits with its code."""
+  """Prints a UserError raised inside as "error: ..." alone and exits with its code.
+
+  Ctrl-C or SIGTERM outside the training loop (which saves first, see trainer.preemption),
+  during start-up or the export, ends the same way: one line, exit 130 or 143. Every write
+  goes through a rename or removes its half, so the workdir stays valid and a rerun resumes.
+  """
+  previous = signal.signal(signal.SIGTERM, _raise_terminated)
   try:
     yield
   except UserError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(e.exit_code)
+  except KeyboardInterrupt as e:
+    signal_number = getattr(e, "signal_number", signal.SIGINT)
+    cause = "Ctrl-C" if signal_number == signal.SIGINT else "SIGTERM"
+    print(f"error: Stopped by {cause}; nothing half-written was kept. Rerun the same command "
+          "to resume from the last checkpoint.", file=sys.stderr, flush=True)
+    sys.exit(128 + signal_number)
+  finally:
+    signal.signal(signal.SIGTERM, previous)

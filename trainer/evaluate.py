@@ -85,6 +85,8 @@ def _load_keras_model(workdir: str, config):
 
 def main(argv):
   del argv  # Unused.
+  from trainer import console  # pylint: disable=g-import-not-at-top
+  console.quiet()  # Before TensorFlow loads.
   from trainer import errors  # pylint: disable=g-import-not-at-top
   from trainer import run_record  # pylint: disable=g-import-not-at-top
   with errors.shown_as_one_line():

@@ -13,14 +13,14 @@ from trainer import config as config_lib
 from trainer import errors
 from trainer import workdir as workdir_lib
 
-SCHEMA_VERSION = 2  # 2 added model, image_shape, num_classes, from_logits and processes.
+# 2 added model, image_shape, num_classes, from_logits and processes; 3 added startup_s.
+SCHEMA_VERSION = 3
 RESULTS_FILE = workdir_lib.RESULTS_FILE
 
-# What ran: the HParams dashboard's columns, and the keys compare groups runs by (with seed).
+# What ran: results.json's first fields, and the keys compare groups runs by (with seed). The
+# HParams entry holds these and every other setting that can differ (hparams_entry).
 HPARAMS = ("model", "api", "strategy", "num_replicas", "precision", "device",
            "global_batch_size", "dataset", "hidden_units", "seed")
-# The final metrics the HParams dashboard shows beside them.
-HPARAM_METRICS = ("test_accuracy", "examples_per_sec")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +60,7 @@ class RunResults:
   examples_per_sec: float
   examples_per_sec_windows: List[float]
   time_to_first_step_s: Optional[float]
+  startup_s: Dict[str, Optional[float]]  # startup.PHASES: where time_to_first_step_s went.
   wall_time_s: float
   processes: int
   exports: Dict[str, str] = dataclasses.field(default_factory=dict)
@@ -80,6 +81,40 @@ def hparams(settings: config_lib.RunSettings, api: str, pipeline) -> dict:
           "num_replicas": settings.num_replicas, "precision": settings.precision,
           "device": settings.device, "global_batch_size": config.batch_size,
           "dataset": pipeline.name, "hidden_units": config.hidden_units, "seed": config.seed}
+
+
+# Settings that say where or how a run writes, not what it computes: left out of the HParams
+# entry, where they would only add columns that differ between every two runs.
+_NOT_HPARAMS = ("workdir", "overwrite", "progress", "log_every", "checkpoint_every",
+                "keep_checkpoints", "profile_steps", "worker_hosts", "task_index",
+                "worker_timeout", "tfds_data_dir", "data_dir", "memory_limit_mb")
+
+
+def hparams_entry(settings: config_lib.RunSettings, hparams: dict) -> dict:
+  """TensorBoard's HParams entry of a run: `hparams` and every other setting that can differ
+  between runs, resolved (XLA, steps per loop).
+
+  Numbers are written as text: the HPARAMS table prints a number with 5 significant digits, so
+  a batch of 64 would read 64.000 and a learning rate of 0.001 0.0010000. Lists become text.
+  """
+  config = settings.config
+  entry = {name: value for name, value in config.to_dict().items()
+           if name not in _NOT_HPARAMS and name not in ("batch_size", "jit_compile",
+                                                         "steps_per_loop")}
+  entry.update(hparams, jit_compile=settings.jit_compile, steps_per_loop=settings.steps_per_loop)
+  shown = {}
+  for name, value in sorted(entry.items()):
+    if isinstance(value, bool):
+      shown[name] = value
+    elif value is None:
+      shown[name] = "auto"
+    elif isinstance(value, (int, float)):
+      shown[name] = repr(value)
+    elif isinstance(value, (list, tuple)):
+      shown[name] = ",".join(str(item) for item in value) or "-"
+    else:
+      shown[name] = str(value)
+  return shown
 
 
 def model_label(model: str, api: str) -> str:

@@ -17,7 +17,6 @@ from typing import Dict, Mapping
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
-from trainer import run_record
 from trainer import workdir as workdir_lib
 
 
@@ -52,17 +51,21 @@ class RunWriter:
       self._writers[writer].flush()
     self._last_step[writer] = step
 
-  def run_info(self, hparams: Mapping[str, object], config: Mapping[str, object],
-               environment: Mapping[str, object]) -> None:
-    """Writes the HParams entry and a text summary of the resolved config and environment."""
+  def run_info(self, hparams: Mapping[str, object], trial_id: str,
+               config: Mapping[str, object], environment: Mapping[str, object]) -> None:
+    """Writes the HParams entry under `trial_id` and a text summary of the resolved config and
+    environment.
+
+    No experiment (hparams_config) is written: TensorBoard then derives the columns from the
+    runs it finds, marks those that differ between them and shows those first, so the
+    columns that tell runs apart are visible without ticking them. The trial id keeps runs
+    with equal settings as rows of their own instead of one averaged row.
+    """
     if not self._enabled:
       return
     with workdir_lib.writing("HParams entry", self._folders["run"]):
       with self._writers["run"].as_default(step=0):
-        hparams_api.hparams_config(
-            hparams=[hparams_api.HParam(name) for name in hparams],
-            metrics=[hparams_api.Metric(name) for name in run_record.HPARAM_METRICS])
-        hparams_api.hparams(dict(hparams))
+        hparams_api.hparams(dict(hparams), trial_id=trial_id)
         tf.summary.text("config", _markdown_table(config))
         tf.summary.text("environment", _markdown_table(environment))
       self._writers["run"].flush()

@@ -57,6 +57,11 @@ class ThroughputMeter:
     self._window_steps, self._window_seconds = 0, 0.0
     return figures
 
+  def totals(self) -> Dict[str, float]:
+    """This process's timed examples and seconds, and its time to the first step (0 if none)."""
+    return {"timed_examples": float(self._steps * self._batch), "timed_seconds": self._seconds,
+            "time_to_first_step_s": self.time_to_first_step_s or 0.0}
+
   @property
   def examples_per_sec(self) -> float:
     """Over every timed call of this process (0.0 when none was timed)."""

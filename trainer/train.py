@@ -11,6 +11,7 @@ step-exact (the batches after it are exactly those an uninterrupted run would se
 
 import contextlib
 import dataclasses
+import os
 import re
 import sys
 import time
@@ -28,10 +29,12 @@ from trainer import export
 from trainer import input_pipeline
 from trainer import models
 from trainer import preemption
+from trainer import profiling
 from trainer import progress
 from trainer import run_record
 from trainer import runtime as runtime_lib
 from trainer import schedule
+from trainer import startup
 from trainer import summaries
 from trainer import task as task_lib
 from trainer import throughput
@@ -42,6 +45,8 @@ from trainer import workdir_lock
 def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = None) -> dict:
   """Trains and evaluates the model that `config` describes; returns the results.json fields."""
   start_time = start_time or time.time()
+  clock = startup.StartupClock(start_time)
+  clock.mark("imports")
   with contextlib.ExitStack() as stack:
     # ---------------------------------------------------------------- Runtime.
     runtime = stack.enter_context(runtime_lib.open_runtime(config))
@@ -58,7 +63,9 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
 
     # ---------------------------------------------------------------- Input.
     build_model = models.model_builder(config)  # Imports the user's model: fails before the data.
+    clock.mark("runtime")
     pipeline = input_pipeline.make_input_pipeline(config)
+    clock.mark("data")
     runtime.heartbeat()
     built = {}  # The task, once it exists, for the out-of-memory message.
     stack.enter_context(_out_of_memory_reported(config, pipeline, built))
@@ -66,10 +73,12 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     # ---------------------------------------------------------------- Task and checkpoint.
     task = built["task"] = task_lib.Task(settings, runtime.strategy, pipeline, build_model)
     hparams = run_record.hparams(settings, task.api, pipeline)
+    meter = throughput.ThroughputMeter(config.batch_size, start_time)
     with runtime.strategy.scope():
       checkpointer = checkpointing.Checkpointer(
           config.workdir, settings.is_chief, config.keep_checkpoints,
-          elapsed=lambda: time.time() - start_time, model=task.model, optimizer=task.optimizer)
+          this_process=lambda: {**meter.totals(), "wall_time_s": time.time() - start_time},
+          model=task.model, optimizer=task.optimizer)
     stack.callback(checkpointer.close)
     step = 0 if config.overwrite else checkpointer.restore_latest()
     plan = _loop_plan(settings, pipeline.steps_per_epoch, task.max_pack, step)
@@ -83,20 +92,23 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
 
     # ---------------------------------------------------------------- Workdir.
     writer = _open_workdir(stack, settings, plan, step, hparams)
+    clock.mark("model")
 
     # ---------------------------------------------------------------- Training loop.
     # One dataset for the whole run: the next epoch is prepared while this one trains.
     task.start_training(pipeline.training_batches(step, config.epochs, plan.pack), plan.pack)
-    meter = throughput.ThroughputMeter(config.batch_size, start_time)
+    profiler = profiling.ProfileWindow(config.profile_steps, config.workdir, settings.is_chief)
+    stack.callback(profiler.stop)
     with preemption.StopRequests() as stop_requests:
       outcome = controller_lib.Controller(
           task, plan, meter, writer, checkpointer,
-          progress.EpochProgress(plan.steps_per_epoch, config.epochs, settings.is_chief),
-          stop_requests, runtime.heartbeat).run(step)
+          progress.EpochProgress(plan.steps_per_epoch, config.epochs, config.progress,
+                                 settings.is_chief),
+          stop_requests, runtime.heartbeat, profiler).run(step)
 
     # ---------------------------------------------------------------- Export and results.
     return _finish(settings, plan, task, pipeline, hparams, outcome, meter, writer, checkpointer,
-                   start_time)
+                   start_time, clock)
 
 
 def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
@@ -111,8 +123,8 @@ def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
     workdir_lib.start_afresh(workdir, settings.run_config())
   writer = stack.enter_context(summaries.RunWriter(workdir, enabled=settings.is_chief))
   if step == 0:
-    writer.run_info(hparams, settings.run_config(),
-                    _environment(settings, plan))
+    writer.run_info(run_record.hparams_entry(settings, hparams), os.path.normpath(workdir),
+                    settings.run_config(), _environment(settings, plan))
   else:
     logging.info("Resuming from step %d of %d.", step, plan.total_steps)
   return writer
@@ -126,7 +138,8 @@ def _loop_plan(settings: config_lib.RunSettings, steps_per_epoch: int, max_pack:
       steps_per_epoch=steps_per_epoch, epochs=config.epochs, log_every=config.log_every,
       checkpoint_every=config.checkpoint_every, steps_per_loop=settings.steps_per_loop,
       pack=schedule.pack_size(max_pack, start_step, steps_per_epoch, config.log_every,
-                              config.checkpoint_every))
+                              config.checkpoint_every, config.profile_steps),
+      profile_steps=config.profile_steps)
 
 
 def _environment(settings: config_lib.RunSettings, plan: schedule.LoopPlan) -> dict:
@@ -143,13 +156,15 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
             pipeline: input_pipeline.InputPipeline, hparams: dict,
             outcome: controller_lib.Outcome, meter: throughput.ThroughputMeter,
             writer: summaries.RunWriter, checkpointer: checkpointing.Checkpointer,
-            start_time: float) -> dict:
+            start_time: float, clock: startup.StartupClock) -> dict:
   """Records the run: final scalars, and on the chief the exports and results.json."""
   config = settings.config
   weights_digest = task.weights_sha256()
-  # Every worker logs this; replicas in sync end with the same weights, hence the same digest.
-  logging.info("%s: final train loss %.6f, weights sha256 %s", settings.task or "this process",
-               outcome.train_loss, weights_digest)
+  totals = checkpointer.totals()  # Over every process that trained the run.
+  if settings.task:
+    # Every worker logs this; replicas in sync end with the same weights, hence the same digest.
+    logging.info("%s: final train loss %.6f, weights sha256 %s", settings.task,
+                 outcome.train_loss, weights_digest)
   results = run_record.RunResults(
       **hparams, image_shape=list(pipeline.image_shape), num_classes=pipeline.num_classes,
       from_logits=task.from_logits, epochs=config.epochs, params=task.model.count_params(),
@@ -158,23 +173,37 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
       jit_compile=settings.jit_compile, tf_version=tf.__version__,
       keras_version=keras.__version__, test_accuracy=outcome.test_accuracy,
       test_loss=outcome.test_loss, train_loss=outcome.train_loss,
-      weights_sha256=weights_digest, examples_per_sec=meter.examples_per_sec,
+      weights_sha256=weights_digest,
+      examples_per_sec=(totals["timed_examples"] / totals["timed_seconds"]
+                        if totals["timed_seconds"] else 0.0),
       examples_per_sec_windows=meter.window_rates,
-      time_to_first_step_s=meter.time_to_first_step_s,
-      wall_time_s=checkpointer.earlier_wall_time_s + time.time() - start_time,
-      processes=checkpointer.earlier_processes + 1)
+      time_to_first_step_s=totals["time_to_first_step_s"],
+      startup_s=clock.phases(meter.time_to_first_step_s),
+      wall_time_s=totals["wall_time_s"], processes=totals["processes"])
   writer.scalars("run", outcome.step, {"test_accuracy": outcome.test_accuracy,
-                                       "examples_per_sec": meter.examples_per_sec})
+                                       "examples_per_sec": results.examples_per_sec})
   if settings.is_chief:
     results = dataclasses.replace(results, exports=export.export_model(
         task.model, config.workdir, pipeline.image_shape))
     run_record.write_results(config.workdir, results)
-    print(f"{run_record.model_label(config.model, task.api)} on {settings.strategy} "
-          f"x{settings.num_replicas} ({settings.precision}, {settings.device}): test accuracy "
-          f"{outcome.test_accuracy:.4f}, loss {outcome.test_loss:.4f}, "
-          f"{meter.examples_per_sec:,.0f} examples/s, "
-          f"{results.wall_time_s:.1f} s", flush=True)
+    print(_summary(settings, task.api, results), flush=True)
   return results.to_dict()
+
+
+def _summary(settings: config_lib.RunSettings, api: str, results: run_record.RunResults) -> str:
+  """The block printed when a run ends: what ran, what it reached, where it all is."""
+  config = settings.config
+  first_step = ("" if results.time_to_first_step_s is None
+                else f", {results.time_to_first_step_s:.1f} s of it before the first step")
+  resumed = (f" over {results.processes} processes" if results.processes > 1 else "")
+  return "\n".join([
+      f"Done: {run_record.model_label(config.model, api)} on {settings.strategy} "
+      f"x{settings.num_replicas} ({settings.precision}, {settings.device})",
+      f"  test accuracy {results.test_accuracy:.4f}, loss {results.test_loss:.4f}",
+      f"  {results.examples_per_sec:,.0f} examples/s, {results.wall_time_s:.1f} s{resumed}"
+      f"{first_step}",
+      f"  {config.workdir}: results.json, model.keras, saved_model/; "
+      f"tensorboard --logdir {config.workdir}"])
 
 
 @contextlib.contextmanager
