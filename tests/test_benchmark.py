@@ -40,11 +40,12 @@ def test_targets_read_the_medians_of_the_right_rows():
 
 
 def test_tiny_benchmark_measures_every_peer_and_writes_the_record(fashion_mnist_dir, tmp_path):
-  output = tmp_path / "benchmark.json"
+  output, report = tmp_path / "benchmark.json", tmp_path / "benchmark.md"
   result = subprocess.run(
       [sys.executable, "-m", "trainer.benchmark", "--tiny", "--batch_sizes=32",
        "--strategies=default", "--repeats=1", "--accuracy_repeats=0",
-       f"--data_dir={fashion_mnist_dir}", f"--output={output}"],
+       f"--data_dir={fashion_mnist_dir}", f"--output={output}",
+       f"--report={report}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads(output.read_text())
@@ -55,4 +56,6 @@ def test_tiny_benchmark_measures_every_peer_and_writes_the_record(fashion_mnist_
   assert record["ceiling"]["flops_per_sec"] > 0
   assert record["machine"]["cpu"] and "tf_enable_onednn_opts" in record["machine"]
   assert "harness >= 1.5x tuned_fit at batch 32" in record["targets_met"]
-  assert "| default | 32 | harness |" in result.stdout  # The printed table.
+  assert "| default | 32 | harness |" in result.stdout  # The printed table,
+  assert "| default | 32 | harness |" in report.read_text()  # and the same as Markdown.
+  assert "failed call to cuInit" not in result.stderr  # TensorFlow's chatter is filtered.

@@ -1,6 +1,7 @@
 """Measures the harness against the best peers on this machine, and the time to a good model.
 
-  python -m trainer.benchmark --data_dir=/usr/share/datasets/fashion-mnist --output=benchmark.json
+  python -m trainer.benchmark --data_dir=/usr/share/datasets/fashion-mnist \
+    --output=docs/benchmark.json --report=docs/benchmark.md
 
 1. The machine: CPU model, vector extensions, TensorFlow's oneDNN setting, and a ceiling: the
    best fp32 matmul rate measured here (large square matmuls, and the blog model's own shapes,
@@ -36,6 +37,7 @@ from typing import Dict, List, Sequence
 from absl import app
 from absl import flags
 
+from trainer import console
 from trainer import startup
 from trainer import workdir as workdir_lib
 
@@ -430,18 +432,24 @@ def define_flags() -> None:
   flags.DEFINE_boolean("tiny", False, "Seconds-long: a slice of the data, short measurements "
                        "and time-to-accuracy runs; checks that it works, figures meaningless.")
   flags.DEFINE_string("output", "benchmark.json", "Where to write the JSON results.")
+  flags.DEFINE_string("report", "", "Where to write the printed report as Markdown too "
+                      "(docs/benchmark.md comes from it); empty: not written.")
 
 
 def main(argv):
   del argv  # Unused.
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  console.quiet()  # Before TensorFlow loads: its start-up chatter stays off the report.
   with tempfile.TemporaryDirectory(prefix="benchmark-") as root:
     record = run_benchmark(FLAGS.data_dir, [int(b) for b in FLAGS.batch_sizes], FLAGS.strategies,
                            FLAGS.repeats, FLAGS.accuracy_repeats, FLAGS.tiny, root)
   workdir_lib.write_json(FLAGS.output, record, sort_keys=False)  # Rows stay in table order.
-  print("\n" + format_report(record))
-  print(f"\nWritten to {FLAGS.output}")
+  report = format_report(record)
+  print("\n" + report)
+  if FLAGS.report:
+    with open(FLAGS.report, "w") as f:
+      f.write("# Benchmark\n\n" + report + "\n")
+  print(f"\nWritten to {FLAGS.output}" + (f" and {FLAGS.report}" if FLAGS.report else ""))
 
 
 if __name__ == "__main__":
