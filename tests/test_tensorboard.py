@@ -77,7 +77,8 @@ def test_runs_that_differ_only_in_epochs_are_two_rows_with_epochs_shown_first(se
       "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN"], "colParams": [],
       "startIndex": 0, "sliceSize": 100})["sessionGroups"]
   rows = {group["name"]: group["hparams"] for group in groups}
-  assert set(rows) == {os.path.join(str(logdir), "short"), os.path.join(str(logdir), "long")}
+  # One row per run, named by the run's folder first.
+  assert set(rows) == {f"short ({logdir})", f"long ({logdir})"}
   by_epochs = {row["epochs"]: row for row in rows.values()}
   assert set(by_epochs) == {"1", "2"}  # Shown as integers, not 1.0000.
   assert by_epochs["1"]["global_batch_size"] == "64"

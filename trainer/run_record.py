@@ -117,6 +117,17 @@ def hparams_entry(settings: config_lib.RunSettings, hparams: dict) -> dict:
   return shown
 
 
+def trial_id(workdir: str) -> str:
+  """The HPARAMS table's name for a run: its folder's name first, then where it is.
+
+  The table's Trial ID column shows about 16 characters, so the run's own name ("functional-s0")
+  must come first; the parent folder keeps two runs of the same name in different folders apart
+  (TensorBoard averages runs that share a trial id into one row).
+  """
+  path = os.path.abspath(workdir)
+  return f"{os.path.basename(path)} ({os.path.dirname(path)})"
+
+
 def model_label(model: str, api: str) -> str:
   """How reports name what ran: "functional", "cnn (subclass)", "nets.py:build (subclass)"."""
   return api if model == "mlp" else f"{model} ({api})"

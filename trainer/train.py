@@ -11,7 +11,6 @@ step-exact (the batches after it are exactly those an uninterrupted run would se
 
 import contextlib
 import dataclasses
-import os
 import re
 import sys
 import time
@@ -123,7 +122,7 @@ def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
     workdir_lib.start_afresh(workdir, settings.run_config())
   writer = stack.enter_context(summaries.RunWriter(workdir, enabled=settings.is_chief))
   if step == 0:
-    writer.run_info(run_record.hparams_entry(settings, hparams), os.path.normpath(workdir),
+    writer.run_info(run_record.hparams_entry(settings, hparams), run_record.trial_id(workdir),
                     settings.run_config(), _environment(settings, plan))
   else:
     logging.info("Resuming from step %d of %d.", step, plan.total_steps)
