@@ -111,7 +111,9 @@ def test_tensorboard_holds_scalars_hparams_and_config(finished_runs):
   assert values["global_batch_size"] == "64" and values["dataset"] == "synthetic"
   assert values["epochs"] == "2" and values["jit_compile"] is True
   assert values["device"].startswith("CPU: ")
-  assert session.group_name == os.path.normpath(config.workdir)  # The trial id: the run's name.
+  # The trial id: the run's folder name first, then where it is.
+  parent, name = os.path.split(os.path.abspath(config.workdir))
+  assert session.group_name == f"{name} ({parent})"
   assert {"config", "environment"} <= set(run.Tags()["tensors"])
 
 
