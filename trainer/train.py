@@ -48,17 +48,8 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
   clock.mark("imports")
   with contextlib.ExitStack() as stack:
     # ---------------------------------------------------------------- Runtime.
-    runtime = stack.enter_context(runtime_lib.open_runtime(config))
+    runtime = _open_runtime(stack, config)
     settings = runtime.settings
-    if settings.is_chief:
-      # The one writer of the workdir from here to the end; other workers write only scratch.
-      stack.enter_context(workdir_lock.locked(config.workdir))
-      workdir_lib.check_can_start(config.workdir, settings.run_config(), config.overwrite)
-    logging.info("Strategy %s with %d replica%s on %s; precision %s (%s); %d steps per loop, "
-                 "XLA %s.", settings.strategy, settings.num_replicas,
-                 "" if settings.num_replicas == 1 else "s", settings.device,
-                 settings.precision, settings.precision_reason, settings.steps_per_loop,
-                 "on" if settings.jit_compile else "off")
 
     # ---------------------------------------------------------------- Input.
     build_model = models.model_builder(config)  # Imports the user's model: fails before the data.
@@ -108,6 +99,24 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     # ---------------------------------------------------------------- Export and results.
     return _finish(settings, plan, task, pipeline, hparams, outcome, meter, writer, checkpointer,
                    start_time, clock)
+
+
+def _open_runtime(stack: contextlib.ExitStack,
+                  config: config_lib.Config) -> runtime_lib.Runtime:
+  """Opens the runtime (devices, cluster, strategy) on `stack` and, on the chief, takes the
+  workdir and checks that the run may start there; returns the runtime."""
+  runtime = stack.enter_context(runtime_lib.open_runtime(config))
+  settings = runtime.settings
+  if settings.is_chief:
+    # The one writer of the workdir from here to the end; other workers write only scratch.
+    stack.enter_context(workdir_lock.locked(config.workdir))
+    workdir_lib.check_can_start(config.workdir, settings.run_config(), config.overwrite)
+  logging.info("Strategy %s with %d replica%s on %s; precision %s (%s); %d steps per loop, "
+               "XLA %s.", settings.strategy, settings.num_replicas,
+               "" if settings.num_replicas == 1 else "s", settings.device,
+               settings.precision, settings.precision_reason, settings.steps_per_loop,
+               "on" if settings.jit_compile else "off")
+  return runtime
 
 
 def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
