@@ -10,7 +10,7 @@ import sys
 import yaml
 
 from tests.processes import ROOT
-from trainer import cluster
+from trainer.distribute import cluster
 from trainer import config as config_lib
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))

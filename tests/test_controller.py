@@ -5,10 +5,10 @@ import signal
 
 import pytest
 
-from trainer import controller
+from trainer.loop import controller
 from trainer import errors
-from trainer import schedule
-from trainer import throughput
+from trainer.loop import schedule
+from trainer.loop import throughput
 
 
 class Recorder:

@@ -1,9 +1,10 @@
-"""Strategies built by trainer.distribution, on the two logical CPU devices of tests/conftest.py."""
+"""Strategies built by trainer.distribute.distribution, on the two logical CPU devices of
+tests/conftest.py."""
 
 import numpy as np
 import tensorflow as tf
 
-from trainer import distribution
+from trainer.distribute import distribution
 
 
 def _all_reduce_ones(strategy: tf.distribute.Strategy, size: int) -> np.ndarray:

@@ -4,7 +4,7 @@ import os
 
 from tests.processes import ROOT
 from trainer import errors
-from trainer import run_record
+from trainer.records import run_record
 
 
 def readme_section(title: str) -> str:

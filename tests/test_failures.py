@@ -13,12 +13,12 @@ import tensorflow as tf
 from trainer import compare
 from trainer import errors
 from trainer import evaluate
-from trainer import input_pipeline
-from trainer import run_record
-from trainer import task as task_lib
+from trainer.data import input_pipeline
+from trainer.records import run_record
+from trainer.loop import task as task_lib
 from trainer import train
-from trainer import workdir as workdir_lib
-from trainer import workdir_lock
+from trainer.records import workdir as workdir_lib
+from trainer.records import workdir_lock
 
 
 # ---------------------------------------------------------------- The lock and the workdir.
@@ -102,7 +102,7 @@ def _no_space(*args, **kwargs):
 
 @pytest.mark.parametrize("patched, what", [
     # config.json is the first file a run writes: json.dump fails inside the atomic writer.
-    ("trainer.workdir.json.dump", "config.json"),
+    ("trainer.records.workdir.json.dump", "config.json"),
     ("tensorflow.summary.scalar", "TensorBoard events"),
     ("tensorflow.train.CheckpointManager.save", "checkpoint of step 10"),
     ("keras.Model.save", "model.keras export"),

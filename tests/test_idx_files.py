@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from trainer import errors
-from trainer import idx_files
+from trainer.data import idx_files
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer import errors
-from trainer import idx_files
-from trainer import image_folder
-from trainer import input_pipeline
+from trainer.data import idx_files
+from trainer.data import image_folder
+from trainer.data import input_pipeline
 from trainer import train
 
 

@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer import errors
-from trainer import idx_files
-from trainer import input_pipeline
+from trainer.data import idx_files
+from trainer.data import input_pipeline
 
 
 def make_pipeline(**settings) -> input_pipeline.InputPipeline:

@@ -12,10 +12,10 @@ import signal
 import keras
 import pytest
 
-from trainer import checkpointing
+from trainer.records import checkpointing
 from trainer import errors
-from trainer import input_pipeline
-from trainer import task as task_lib
+from trainer.data import input_pipeline
+from trainer.loop import task as task_lib
 from trainer import train
 
 

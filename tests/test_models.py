@@ -6,14 +6,14 @@ import pytest
 
 from trainer import config as config_lib
 from trainer import errors
-from trainer import models
+from trainer.models import simple
 
 IMAGES = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
 
 
 def test_all_apis_have_the_blog_networks_parameter_count():
   for api in config_lib.APIS:
-    assert models.build_model(api).count_params() == 203_530, api
+    assert simple.build_model(api).count_params() == 203_530, api
 
 
 # Conv 3x3x1x32 + 32, conv 3x3x32x64 + 64, then the head on 7x7x64 features.
@@ -22,7 +22,7 @@ CNN_PARAMS = 320 + 18_496 + 3136 * 256 + 256 + 256 * 10 + 10
 
 def test_the_cnn_has_two_conv_blocks_and_the_same_head_in_every_api():
   for api in config_lib.APIS:
-    model = models.build_model(api, network="cnn")
+    model = simple.build_model(api, network="cnn")
     assert model.count_params() == CNN_PARAMS, api
     names = [layer.name for layer in model.layers if layer.name != "images"]
     assert names == ["conv1", "pool1", "conv2", "pool2", "flatten", "hidden", "logits",
@@ -31,7 +31,7 @@ def test_the_cnn_has_two_conv_blocks_and_the_same_head_in_every_api():
 
 @pytest.mark.parametrize("network", config_lib.NETWORKS)
 def test_same_seed_gives_identical_weights_and_predictions(network):
-  built = [models.build_model(api, seed=7, network=network) for api in config_lib.APIS]
+  built = [simple.build_model(api, seed=7, network=network) for api in config_lib.APIS]
   reference = built[0]
   for model in built[1:]:
     for ours, theirs in zip(model.get_weights(), reference.get_weights()):
@@ -40,26 +40,26 @@ def test_same_seed_gives_identical_weights_and_predictions(network):
 
 
 def test_different_seeds_give_different_weights():
-  first = models.build_model("functional", seed=1).get_weights()[0]
-  second = models.build_model("functional", seed=2).get_weights()[0]
+  first = simple.build_model("functional", seed=1).get_weights()[0]
+  second = simple.build_model("functional", seed=2).get_weights()[0]
   assert not np.array_equal(first, second)
 
 
 def test_subclass_creates_its_layers_in_init():
-  model = models.SubclassClassifier(hidden_units=64)
+  model = simple.SubclassClassifier(hidden_units=64)
   assert [model.hidden.units, model.logits.units] == [64, 10]
 
 
 @pytest.mark.parametrize("api", config_lib.APIS)
 def test_hidden_units_sets_the_width(api):
-  assert models.build_model(api, hidden_units=32).count_params() == 784 * 32 + 32 + 32 * 10 + 10
+  assert simple.build_model(api, hidden_units=32).count_params() == 784 * 32 + 32 + 32 * 10 + 10
 
 
 @pytest.mark.parametrize("network", config_lib.NETWORKS)
 @pytest.mark.parametrize("api", config_lib.APIS)
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_computes_low_and_outputs_float32(api, policy, network):
-  model = models.build_model(api, precision=policy, network=network)
+  model = simple.build_model(api, precision=policy, network=network)
   assert keras.backend.standardize_dtype(model(IMAGES).dtype) == "float32"
   hidden = model.get_layer("hidden") if api != "subclass" else model.hidden
   assert hidden.compute_dtype == policy.split("_")[1]
@@ -73,14 +73,14 @@ def test_a_model_that_is_neither_built_in_nor_a_function_is_refused():
 
 def test_unknown_api_names_the_valid_ones():
   with pytest.raises(ValueError, match="sequential, functional, subclass"):
-    models.build_model("graph")
+    simple.build_model("graph")
 
 
 @pytest.mark.parametrize("network", config_lib.NETWORKS)
 @pytest.mark.parametrize("image_shape", [(28, 28, 1), (30, 22, 3)])
 def test_the_count_computed_without_building_matches_the_built_model(network, image_shape):
-  # models.parameter_count names the size of a model too large to build; it must agree with
+  # simple.parameter_count names the size of a model too large to build; it must agree with
   # the layers themselves.
-  built = models.build_model("functional", hidden_units=16, image_shape=image_shape,
+  built = simple.build_model("functional", hidden_units=16, image_shape=image_shape,
                              num_classes=7, network=network)
-  assert models.parameter_count(network, image_shape, 7, 16) == built.count_params()
+  assert simple.parameter_count(network, image_shape, 7, 16) == built.count_params()

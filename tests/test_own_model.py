@@ -13,8 +13,8 @@ import pytest
 
 from trainer import errors
 from trainer import evaluate
-from trainer import export
-from trainer import own_model
+from trainer.records import export
+from trainer.models import own_model
 from trainer import train
 from tests import processes
 

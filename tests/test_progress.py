@@ -2,7 +2,7 @@
 
 import io
 
-from trainer import progress
+from trainer.loop import progress
 
 
 class Terminal(io.StringIO):

@@ -18,12 +18,12 @@ from tests.processes import ROOT
 from trainer import config as config_lib
 from trainer import errors
 from trainer import evaluate
-from trainer import export
-from trainer import input_pipeline
-from trainer import run_record
-from trainer import summaries
+from trainer.records import export
+from trainer.data import input_pipeline
+from trainer.records import run_record
+from trainer.records import summaries
 from trainer import train
-from trainer import workdir as workdir_lib
+from trainer.records import workdir as workdir_lib
 
 
 def checkpoint_steps(workdir) -> list:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainer import schedule
+from trainer.loop import schedule
 
 
 def walk(plan: schedule.LoopPlan, start_step: int = 0) -> list:

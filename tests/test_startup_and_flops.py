@@ -1,8 +1,8 @@
 """Start-up phases add up to the time to the first step; FLOPs come from the compiled step."""
 
 from trainer import flops
-from trainer import models
-from trainer import startup
+from trainer.models import simple
+from trainer.loop import startup
 
 
 def test_startup_phases_add_up_to_the_time_to_first_step():
@@ -34,5 +34,5 @@ dim_labels=b01f_01io->b01f
 def test_the_mlp_step_costs_what_its_layers_do_without_the_first_input_gradient():
   # Forward and two gradients of each layer, except the input gradient of the first, which XLA
   # removes: 2 x (784 x 256 x 2 + 256 x 10 x 3) FLOPs per example.
-  model = models.build_model("functional", network="mlp")
+  model = simple.build_model("functional", network="mlp")
   assert flops.train_step_flops(model, False, (28, 28, 1), 16) == 16 * 818_176

@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainer import throughput
+from trainer.loop import throughput
 
 
 class FakeClock:

@@ -12,7 +12,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from tests.processes import run_trainer
 from trainer import config as config_lib
 from trainer import errors
-from trainer import run_record
+from trainer.records import run_record
 from trainer import train
 
 

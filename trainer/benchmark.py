@@ -38,8 +38,8 @@ from absl import app
 from absl import flags
 
 from trainer import console
-from trainer import startup
-from trainer import workdir as workdir_lib
+from trainer.loop import startup
+from trainer.records import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = ("plain_fit", "tuned_fit", "minimal_loop", "harness")
@@ -231,7 +231,7 @@ def throughput(data, data_dir: str, batch_sizes: Sequence[int], strategies: Sequ
   """Every peer x batch x strategy, interleaved over `repeats` rounds; rows keyed
   "strategy/batch/peer" with min / median / max examples/s."""
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
-  from trainer import distribution  # pylint: disable=g-import-not-at-top
+  from trainer.distribute import distribution  # pylint: disable=g-import-not-at-top
   base = config_lib.Config(dataset="fashion_mnist", data_dir=data_dir, log_every=STEPS_PER_CALL,
                            checkpoint_every=0)
   measures = {"plain_fit": measure_plain_fit, "tuned_fit": measure_tuned_fit,
@@ -283,7 +283,7 @@ def _timed_process(command: List[str]) -> tuple:
 
 def time_to_accuracy(data_dir: str, repeats: int, tiny: bool, root: str) -> dict:
   """The blog's whole script against fast.cfg (seeds 0 and 1), fresh processes, interleaved."""
-  from trainer import run_record  # pylint: disable=g-import-not-at-top
+  from trainer.records import run_record  # pylint: disable=g-import-not-at-top
   blog = [sys.executable, os.path.join("scripts", "blog_script.py"), f"--data_dir={data_dir}"]
   fast = [sys.executable, "-m", "trainer.main", "--flagfile=configs/fast.cfg",
           "--dataset=fashion_mnist", f"--data_dir={data_dir}"]
@@ -392,13 +392,13 @@ def format_report(record: dict) -> str:
 def run_benchmark(data_dir: str, batch_sizes: Sequence[int], strategies: Sequence[str],
                   repeats: int, accuracy_repeats: int, tiny: bool, root: str) -> dict:
   """Runs every part and returns the benchmark record."""
-  from trainer import hardware  # pylint: disable=g-import-not-at-top
+  from trainer.distribute import hardware  # pylint: disable=g-import-not-at-top
   if "mirrored" in strategies:
     hardware.split_cpu(2)  # Before TensorFlow starts; the default strategy uses the first.
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer import flops  # pylint: disable=g-import-not-at-top
-  from trainer import idx_files  # pylint: disable=g-import-not-at-top
+  from trainer.data import idx_files  # pylint: disable=g-import-not-at-top
   images, labels, _, _ = idx_files.read_mnist_format(data_dir)
   images = (images.astype("float32") / 255.0).reshape(-1, 28, 28, 1)
   if tiny:

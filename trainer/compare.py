@@ -23,7 +23,7 @@ from absl import flags
 from absl import logging
 
 from trainer import errors
-from trainer import run_record
+from trainer.records import run_record
 
 flags.DEFINE_string("logdir", None, "Folder of runs, as written by trainer.sweep.", required=True)
 flags.DEFINE_string("output_dir", None, "Where to write the report (default LOGDIR/report).")

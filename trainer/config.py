@@ -223,7 +223,7 @@ class RunSettings:
 
   @property
   def jit_compile(self) -> bool:
-    # Several replicas compile only forward and backward (see trainer.task); one compiles all.
+    # Several replicas compile only forward and backward (see trainer.loop.task); one compiles all.
     if self.config.jit_compile is not None:
       return self.config.jit_compile
     # Only the mlp by default: XLA's CPU convolutions ran the cnn 18x slower than TensorFlow's

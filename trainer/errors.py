@@ -88,7 +88,7 @@ def _raise_terminated(signal_number, frame):
 def shown_as_one_line() -> Iterator[None]:
   """Prints a UserError raised inside as "error: ..." alone and exits with its code.
 
-  Ctrl-C or SIGTERM outside the training loop (which saves first, see trainer.preemption),
+  Ctrl-C or SIGTERM outside the training loop (which saves first, see trainer.loop.preemption),
   during start-up or the export, ends the same way: one line, exit 130 or 143. Every write
   goes through a rename or removes its half, so the workdir stays valid and a rerun resumes.
   """

@@ -23,10 +23,10 @@ def evaluate_export(workdir: str, export_format: str = "keras", data_dir=None) -
   # Imported here so that --help answers without loading TensorFlow.
   import keras  # pylint: disable=g-import-not-at-top
   from trainer import errors  # pylint: disable=g-import-not-at-top
-  from trainer import export  # pylint: disable=g-import-not-at-top
-  from trainer import input_pipeline  # pylint: disable=g-import-not-at-top
-  from trainer import run_record  # pylint: disable=g-import-not-at-top
-  from trainer import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from trainer.records import export  # pylint: disable=g-import-not-at-top
+  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainer.records import run_record  # pylint: disable=g-import-not-at-top
+  from trainer.records import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
   run_config = workdir_lib.read_run_config(workdir)
   if run_config is None or not export.has_export(workdir):
@@ -63,8 +63,8 @@ def _load_keras_model(workdir: str, config):
   """Loads model.keras; for the user's own model, with the layers and models its module defines,
   as Keras needs their classes to rebuild it."""
   from trainer import errors  # pylint: disable=g-import-not-at-top
-  from trainer import export  # pylint: disable=g-import-not-at-top
-  from trainer import own_model  # pylint: disable=g-import-not-at-top
+  from trainer.records import export  # pylint: disable=g-import-not-at-top
+  from trainer.models import own_model  # pylint: disable=g-import-not-at-top
   if not config.own_model:
     return export.load_keras_model(workdir)
   try:
@@ -88,7 +88,7 @@ def main(argv):
   from trainer import console  # pylint: disable=g-import-not-at-top
   console.quiet()  # Before TensorFlow loads.
   from trainer import errors  # pylint: disable=g-import-not-at-top
-  from trainer import run_record  # pylint: disable=g-import-not-at-top
+  from trainer.records import run_record  # pylint: disable=g-import-not-at-top
   with errors.shown_as_one_line():
     figures = evaluate_export(FLAGS.workdir, FLAGS.format, FLAGS.data_dir)
     recorded = run_record.read_results(FLAGS.workdir)["test_accuracy"]

@@ -96,7 +96,7 @@ def main(argv):
   console.quiet()  # Before TensorFlow loads: its start-up chatter is filtered from here on.
   # Imported after flag parsing so that --help answers without loading TensorFlow.
   from trainer import train
-  from trainer import cluster
+  from trainer.distribute import cluster
   with errors.shown_as_one_line():
     config = config_from_flags()
     train.train_and_evaluate(config, start_time=_PROCESS_START)

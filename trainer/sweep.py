@@ -24,8 +24,8 @@ from absl import flags
 
 from trainer import config as config_lib
 from trainer import errors
-from trainer import run_record
-from trainer import workdir as workdir_lib
+from trainer.records import run_record
+from trainer.records import workdir as workdir_lib
 
 flags.DEFINE_string("root", "runs/sweep", "Folder that holds one workdir per run.")
 flags.DEFINE_list("models", ["mlp"], "Models to compare: mlp, cnn, or your own as "

@@ -20,25 +20,25 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from trainer import checkpointing
+from trainer.records import checkpointing
 from trainer import config as config_lib
-from trainer import controller as controller_lib
+from trainer.loop import controller as controller_lib
 from trainer import errors
-from trainer import export
-from trainer import input_pipeline
-from trainer import models
-from trainer import preemption
-from trainer import profiling
-from trainer import progress
-from trainer import run_record
-from trainer import runtime as runtime_lib
-from trainer import schedule
-from trainer import startup
-from trainer import summaries
-from trainer import task as task_lib
-from trainer import throughput
-from trainer import workdir as workdir_lib
-from trainer import workdir_lock
+from trainer.records import export
+from trainer.data import input_pipeline
+from trainer.models import simple
+from trainer.loop import preemption
+from trainer.loop import profiling
+from trainer.loop import progress
+from trainer.records import run_record
+from trainer.distribute import runtime as runtime_lib
+from trainer.loop import schedule
+from trainer.loop import startup
+from trainer.records import summaries
+from trainer.loop import task as task_lib
+from trainer.loop import throughput
+from trainer.records import workdir as workdir_lib
+from trainer.records import workdir_lock
 
 
 def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = None) -> dict:
@@ -52,7 +52,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     settings = runtime.settings
 
     # ---------------------------------------------------------------- Input.
-    build_model = models.model_builder(config)  # Imports the user's model: fails before the data.
+    build_model = simple.model_builder(config)  # Imports the user's model: fails before the data.
     clock.mark("runtime")
     pipeline = input_pipeline.make_input_pipeline(config)
     clock.mark("data")
@@ -225,7 +225,7 @@ def _out_of_memory_reported(config: config_lib.Config, pipeline: input_pipeline.
     if "task" in built:
       params = built["task"].model.count_params()
     elif not config.own_model:
-      params = models.parameter_count(config.model, pipeline.image_shape, pipeline.num_classes,
+      params = simple.parameter_count(config.model, pipeline.image_shape, pipeline.num_classes,
                                       config.hidden_units)
     else:
       params = None

@@ -5,7 +5,7 @@ from typing import Optional, Union
 
 import tensorflow as tf
 
-from trainer import cluster
+from trainer.distribute import cluster
 from trainer import config
 from trainer import errors
 
@@ -18,7 +18,7 @@ def make_strategy(name: str, tf_config: Optional[dict] = None) -> tf.distribute.
 
   auto is mirrored over several GPUs (or several logical CPUs from --cpu_devices), one_device on
   a single GPU, and the default strategy otherwise. multi_worker_mirrored spans the cluster of
-  `tf_config` (see trainer.cluster). Never returns None.
+  `tf_config` (see trainer.distribute.cluster). Never returns None.
   """
   if name == "multi_worker_mirrored":
     return cluster.make_multi_worker_strategy(tf_config)

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from trainer import workdir as workdir_lib
+from trainer.records import workdir as workdir_lib
 
 PROFILE_DIR = os.path.join("plugins", "profile")
 

@@ -18,8 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import errors
-from trainer import idx_files
-from trainer import image_folder
+from trainer.data import idx_files
+from trainer.data import image_folder
 
 _NETWORK_PROBE_SECONDS = 5.0
 _DECODE_BATCH = 1024
@@ -152,7 +152,7 @@ class _FolderStream(Stream):
 
 def load_image_folder(data_dir: str, resize: Sequence[int], validation_split: Optional[float],
                       seed: int, limit_bytes: int) -> Loaded:
-  """A folder of class subfolders (see trainer.image_folder), in memory or streamed."""
+  """A folder of class subfolders (see trainer.data.image_folder), in memory or streamed."""
   folder = image_folder.read_image_folder(data_dir, resize, validation_split)
   image_shape = (*(tuple(resize) or folder.image_size), folder.channels)
   files = _ImageFiles(image_shape, resize=bool(resize))

@@ -21,7 +21,7 @@ import time
 from typing import Iterator
 
 from trainer import errors
-from trainer import workdir as workdir_lib
+from trainer.records import workdir as workdir_lib
 
 LOCK_FILE = workdir_lib.LOCK_FILE
 

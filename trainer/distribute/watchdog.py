@@ -6,7 +6,7 @@ child process: the trainer sends it a byte at every sign of progress; after `tim
 silence it prints why and SIGKILLs the trainer. When the trainer ends, the pipe closes and the
 watchdog exits with it.
 
-Run as a child by ProgressWatchdog: python -m trainer.watchdog PARENT_PID TIMEOUT_S WHO
+Run as a child by ProgressWatchdog: python -m trainer.distribute.watchdog PARENT_PID TIMEOUT_S WHO
 """
 
 import os
@@ -22,7 +22,8 @@ class ProgressWatchdog:
 
   def __init__(self, timeout_s: float, who: str):
     self._child = subprocess.Popen(
-        [sys.executable, "-m", "trainer.watchdog", str(os.getpid()), str(timeout_s), who],
+        [sys.executable, "-m", "trainer.distribute.watchdog", str(os.getpid()), str(timeout_s),
+         who],
         stdin=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         # Python's stderr, the console itself: file descriptor 2 may lead to trainer.console's
         # filter thread, which cannot run while this process blocks holding the GIL.

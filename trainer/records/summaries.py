@@ -17,7 +17,7 @@ from typing import Dict, Mapping
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
-from trainer import workdir as workdir_lib
+from trainer.records import workdir as workdir_lib
 
 
 class RunWriter:

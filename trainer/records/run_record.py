@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 
 from trainer import config as config_lib
 from trainer import errors
-from trainer import workdir as workdir_lib
+from trainer.records import workdir as workdir_lib
 
 # 2 added model, image_shape, num_classes, from_logits and processes; 3 added startup_s.
 SCHEMA_VERSION = 3

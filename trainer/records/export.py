@@ -8,8 +8,9 @@ from typing import Optional, Sequence
 import keras
 import tensorflow as tf
 
-from trainer import models  # pylint: disable=unused-import  # Registers SubclassClassifier.
-from trainer import workdir as workdir_lib
+# Imported to register SubclassClassifier for loading.
+from trainer.models import simple  # pylint: disable=unused-import
+from trainer.records import workdir as workdir_lib
 
 
 def export_model(model: keras.Model, workdir: str, image_shape: Sequence[int]) -> dict:

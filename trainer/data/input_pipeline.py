@@ -1,4 +1,4 @@
-"""tf.data input: real images (trainer.data_sources) or synthetic data, in global batches.
+"""tf.data input: real images (trainer.data.sources) or synthetic data, in global batches.
 
 Every dataset yields whole global batches; tf.distribute splits them across replicas (and, with
 the DATA shard policy, across workers). Each epoch's order is a permutation seeded by (seed, epoch),
@@ -14,17 +14,17 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import config as config_lib
-from trainer import data_sources
+from trainer.data import sources
 from trainer import errors
-from trainer import idx_files
-from trainer import image_folder
+from trainer.data import idx_files
+from trainer.data import image_folder
 
 IMAGE_SHAPE = (*idx_files.IMAGE_SHAPE, 1)  # One channel, as Keras image layers expect.
 NUM_CLASSES = idx_files.NUM_CLASSES
 SYNTHETIC_TRAIN_SIZE = 60_000
 SYNTHETIC_TEST_SIZE = 10_000
 SYNTHETIC_POOL_BATCHES = 16
-Split = data_sources.Split
+Split = sources.Split
 
 
 def _dataset_options() -> tf.data.Options:
@@ -58,7 +58,7 @@ class InputPipeline:
   name: str = "synthetic"  # What the records call the dataset, e.g. mnist or folder:flowers.
   train: Optional[Split] = None  # In memory; None when synthetic or streamed.
   test: Optional[Split] = None
-  stream: Optional[data_sources.Stream] = None
+  stream: Optional[sources.Stream] = None
 
   @property
   def synthetic(self) -> bool:
@@ -112,7 +112,7 @@ class InputPipeline:
     Gathering the whole epoch in one op makes serving a batch a slice: on a 2-core machine that
     measured about 13% faster than gathering batch by batch.
     """
-    order = data_sources.epoch_order(len(self.train.labels), self.seed, epoch)
+    order = sources.epoch_order(len(self.train.labels), self.seed, epoch)
     batches = tf.reshape(order[:self.steps_per_epoch * self.global_batch_size],
                          [self.steps_per_epoch, self.global_batch_size])
     return tf.data.Dataset.from_tensor_slices((
@@ -176,9 +176,9 @@ class InputPipeline:
     return tf.reshape(images, (batch_size, *self.image_shape)), labels
 
 
-def _load(config: config_lib.Config) -> data_sources.Loaded:
+def _load(config: config_lib.Config) -> sources.Loaded:
   """Reads the real dataset that `config` names, from --data_dir or through tfds."""
-  limit = data_sources.memory_limit_bytes(config.memory_limit_mb)
+  limit = sources.memory_limit_bytes(config.memory_limit_mb)
   if config.data_dir:
     data_dir = os.path.expanduser(config.data_dir)
     if not os.path.isdir(data_dir):
@@ -188,12 +188,12 @@ def _load(config: config_lib.Config) -> data_sources.Loaded:
         raise errors.UserError(
             f"--data_dir={config.data_dir} is a folder of images, named by the folder; "
             f"--dataset={config.dataset} names a tensorflow-datasets dataset. Leave --dataset out.")
-      return data_sources.load_image_folder(data_dir, config.image_size, config.validation_split,
+      return sources.load_image_folder(data_dir, config.image_size, config.validation_split,
                                             config.seed, limit)
     _refuse_folder_flags(config, "--data_dir with IDX files")
-    return data_sources.load_idx(data_dir, config.dataset)
+    return sources.load_idx(data_dir, config.dataset)
   _refuse_folder_flags(config, f"--dataset={config.dataset or 'mnist'}")
-  return data_sources.load_tfds(config.dataset or "mnist", config.tfds_data_dir,
+  return sources.load_tfds(config.dataset or "mnist", config.tfds_data_dir,
                                 config.image_size, config.seed, limit)
 
 
@@ -209,7 +209,7 @@ def _refuse_folder_flags(config: config_lib.Config, source: str) -> None:
 def make_input_pipeline(config: config_lib.Config) -> InputPipeline:
   """Loads the dataset that `config` names and returns the pipeline that batches it."""
   if config.dataset == "synthetic":
-    loaded = data_sources.Loaded("synthetic", tuple(config.image_shape) or IMAGE_SHAPE,
+    loaded = sources.Loaded("synthetic", tuple(config.image_shape) or IMAGE_SHAPE,
                                  config.num_classes or NUM_CLASSES, SYNTHETIC_TRAIN_SIZE,
                                  SYNTHETIC_TEST_SIZE)
   else:

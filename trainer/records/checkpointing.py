@@ -14,7 +14,7 @@ from absl import logging
 import tensorflow as tf
 
 from trainer import errors
-from trainer import workdir as workdir_lib
+from trainer.records import workdir as workdir_lib
 
 
 # Figures each process adds to the run's totals.

@@ -14,7 +14,7 @@ import math
 from typing import Callable, Dict, Tuple
 
 from trainer import errors
-from trainer import schedule
+from trainer.loop import schedule
 
 
 @dataclasses.dataclass(frozen=True)

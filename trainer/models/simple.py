@@ -14,8 +14,8 @@ from typing import Callable, List, Optional, Sequence
 import keras
 
 from trainer import config
-from trainer import input_pipeline
-from trainer import own_model
+from trainer.data import input_pipeline
+from trainer.models import own_model
 
 
 def _glorot(seed: int) -> keras.initializers.Initializer:

@@ -2,7 +2,7 @@
 
 from typing import Tuple
 
-from trainer import hardware
+from trainer.distribute import hardware
 
 
 def resolve_precision(requested: str) -> Tuple[str, str]:

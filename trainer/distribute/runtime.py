@@ -11,12 +11,12 @@ from typing import Callable, Iterator
 
 import tensorflow as tf
 
-from trainer import cluster
+from trainer.distribute import cluster
 from trainer import config as config_lib
-from trainer import distribution
-from trainer import hardware
-from trainer import precision as precision_lib
-from trainer import watchdog as watchdog_lib
+from trainer.distribute import distribution
+from trainer.distribute import hardware
+from trainer.distribute import precision as precision_lib
+from trainer.distribute import watchdog as watchdog_lib
 
 
 @dataclasses.dataclass(frozen=True)

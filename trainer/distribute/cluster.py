@@ -24,7 +24,7 @@ from tensorflow.python.distribute import distribute_lib  # pylint: disable=g-dir
 
 from trainer import console
 from trainer import errors
-from trainer import hardware
+from trainer.distribute import hardware
 
 TASK_TYPES = ("chief", "worker")
 

@@ -1,13 +1,13 @@
 """A run's folder: its layout, JSON files written atomically, and whether a run may start there.
 
   WORKDIR/
-    events.out.tfevents.*   HParams entry, final metrics, config text (trainer.summaries)
+    events.out.tfevents.*   HParams entry, final metrics, config text (trainer.records.summaries)
     train/  eval/           TensorBoard scalars
-    checkpoints/            model, optimizer and step (trainer.checkpointing)
+    checkpoints/            model, optimizer and step (trainer.records.checkpointing)
     config.json             the settings a resume must match
     trainer.log             every attempt's output, when trainer.sweep ran it
-    results.json            the record of a finished run (trainer.run_record)
-    model.keras  saved_model/   the exports (trainer.export)
+    results.json            the record of a finished run (trainer.records.run_record)
+    model.keras  saved_model/   the exports (trainer.records.export)
 
 A workdir is never overwritten silently: one that holds something else, or a run with other
 settings, is refused unless --overwrite.
@@ -30,7 +30,7 @@ CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 KERAS_FILE = "model.keras"
-LOCK_FILE = ".lock"  # trainer.workdir_lock's; never part of the run's content.
+LOCK_FILE = ".lock"  # trainer.records.workdir_lock's; never part of the run's content.
 LOG_FILE = "trainer.log"  # trainer.sweep's record of each attempt; kept across them.
 SAVED_MODEL_DIR = "saved_model"
 
@@ -155,7 +155,8 @@ def check_can_start(workdir: str, run_config: Mapping[str, object], overwrite: b
 def start_afresh(workdir: str, run_config: Mapping[str, object]) -> None:
   """Empties `workdir` (checked by check_can_start) and records the run's settings in it.
 
-  The lock file stays (the run holds it, see trainer.workdir_lock), and so does a sweep's log.
+  The lock file stays (the run holds it, see trainer.records.workdir_lock), and so does a
+  sweep's log.
   """
   os.makedirs(workdir, exist_ok=True)
   for name in _contents(workdir):

@@ -1,0 +1,1 @@
+"""Where a run's images come from and the tf.data pipeline that batches them."""

@@ -1,0 +1,1 @@
+"""Devices, precision, strategies and the multi-worker cluster a run executes on."""

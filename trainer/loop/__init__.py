@@ -1,0 +1,1 @@
+"""The training loop: the task's compiled steps, the controller and what it times, logs and stops on."""

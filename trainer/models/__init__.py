@@ -1,0 +1,1 @@
+"""The model families: the blog's mlp and a small cnn, and the user's own model."""

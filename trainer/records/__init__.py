@@ -1,0 +1,1 @@
+"""What a run writes: its workdir, checkpoints, TensorBoard events, results.json and exports."""
