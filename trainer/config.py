@@ -14,7 +14,8 @@ from trainer import errors
 
 # The choices of the enum flags; the modules that act on them validate against these.
 APIS = ("sequential", "functional", "subclass")
-NETWORKS = ("mlp", "cnn")  # The built-in models; anything with a ":" is the user's own.
+NETWORKS = ("mlp", "cnn", "resnet18", "resnet34", "resnet50")  # Built in, in all three APIs.
+APPLICATIONS_PREFIX = "applications."  # --model=applications.NAME: a keras.applications model.
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker_mirrored")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 LR_SCHEDULES = ("constant", "cosine")
@@ -36,13 +37,18 @@ class Config:
 
   # Model.
   model: str = _setting(
-      "mlp", "mlp (the blog's network), cnn (two conv blocks), or your own: "
-      "path/to/file.py:function or package.module:function, called as "
-      "function(input_shape=(height, width, channels), num_classes=N) to return a keras.Model.")
+      "mlp", "mlp (the blog's network), cnn (two conv blocks), resnet18, resnet34, resnet50 "
+      "(v1.5; the CIFAR stem for images up to 64 px), applications.NAME (any keras.applications "
+      "model, untrained: applications.MobileNetV2), or your own: path/to/file.py:function or "
+      "package.module:function, called as function(input_shape=(height, width, channels), "
+      "num_classes=N) to return a keras.Model.")
   api: Optional[str] = _setting(
       None, "Keras API that builds the built-in model (default functional); your own model's "
       "API is detected.")
-  hidden_units: int = _setting(256, "Width of the built-in model's hidden Dense layer.")
+  hidden_units: int = _setting(256, "Width of the mlp's and the cnn's hidden Dense layer.")
+  sync_batchnorm: bool = _setting(
+      False, "BatchNorm statistics over the global batch (all replicas) instead of each "
+      "replica's own share; the ResNets only.")
   # Data.
   dataset: Optional[str] = _setting(
       None, "mnist (default), fashion_mnist or any tensorflow-datasets image classification name "
@@ -76,6 +82,9 @@ class Config:
   seed: int = _setting(0, "Seed of the initial weights and the data order.")
   max_steps_per_epoch: int = _setting(
       0, "Cut each epoch to at most this many steps; 0 is the whole split.")
+  eval_steps: int = _setting(
+      0, "Evaluate on the first this many global batches of the test split only, the same "
+      "examples every time; 0 is the whole test split.")
   # Hardware.
   strategy: str = _setting(
       "auto", "tf.distribute strategy; auto is mirrored over several devices, one_device on "
@@ -126,15 +135,19 @@ class Config:
     # Lists (from absl's list flags, or config.json) become tuples: the Config stays immutable.
     for name in ("worker_hosts", "image_size", "image_shape", "profile_steps"):
       object.__setattr__(self, name, tuple(getattr(self, name)))
-    if self.own_model and self.api is not None:
+    if (self.own_model or self.application) and self.api is not None:
       raise errors.UserError(
-          f"--api={self.api} chooses how a built-in model is built; --model={self.model} is your "
-          "own, whose API is detected. Leave --api out.")
-    if not self.own_model and self.model not in NETWORKS:
+          f"--api={self.api} chooses how a built-in model is built; --model={self.model} comes "
+          "built, and its API is detected. Leave --api out.")
+    if not self.own_model and not self.application and self.model not in NETWORKS:
       raise errors.UserError(
-          f"--model={self.model} is neither a built-in model ({', '.join(NETWORKS)}) nor your "
-          "own as path/to/file.py:function or package.module:function.")
-    if not self.own_model and self.api is None:
+          f"--model={self.model} is neither a built-in model ({', '.join(NETWORKS)}), "
+          f"{APPLICATIONS_PREFIX}NAME, nor your own as path/to/file.py:function or "
+          "package.module:function.")
+    if self.sync_batchnorm and not self.model.startswith("resnet"):
+      raise errors.UserError(f"--sync_batchnorm applies to the built-in ResNets; --model="
+                             f"{self.model} has its own layers. Leave it out.")
+    if not self.own_model and not self.application and self.api is None:
       object.__setattr__(self, "api", "functional")
     if self.dataset != "synthetic" and (self.image_shape or self.num_classes):
       raise errors.UserError(
@@ -160,6 +173,11 @@ class Config:
   def own_model(self) -> bool:
     """True when --model names the user's own function rather than a built-in network."""
     return ":" in self.model
+
+  @property
+  def application(self) -> bool:
+    """True when --model names a keras.applications model (applications.NAME)."""
+    return self.model.startswith(APPLICATIONS_PREFIX)
 
   @property
   def run_name(self) -> str:

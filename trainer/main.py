@@ -40,6 +40,7 @@ def _define(define, name: str, **kwargs) -> None:
 _define(flags.DEFINE_string, "model")
 _define(flags.DEFINE_enum, "api", enum_values=config_lib.APIS)
 _define(flags.DEFINE_integer, "hidden_units", lower_bound=1)
+_define(flags.DEFINE_boolean, "sync_batchnorm")
 # Data.
 _define(flags.DEFINE_string, "dataset")
 _define(flags.DEFINE_string, "data_dir")
@@ -56,6 +57,7 @@ _define(flags.DEFINE_float, "learning_rate", lower_bound=0.0)
 _define(flags.DEFINE_enum, "lr_schedule", enum_values=config_lib.LR_SCHEDULES)
 _define(flags.DEFINE_integer, "seed", lower_bound=0)
 _define(flags.DEFINE_integer, "max_steps_per_epoch", lower_bound=0)
+_define(flags.DEFINE_integer, "eval_steps", lower_bound=0)
 # Hardware.
 _define(flags.DEFINE_enum, "strategy", enum_values=config_lib.STRATEGIES)
 _define(flags.DEFINE_integer, "cpu_devices", lower_bound=1)

@@ -26,7 +26,7 @@ from trainer.loop import controller as controller_lib
 from trainer import errors
 from trainer.records import export
 from trainer.data import input_pipeline
-from trainer.models import simple
+from trainer.models import factory
 from trainer.loop import preemption
 from trainer.loop import profiling
 from trainer.loop import progress
@@ -52,7 +52,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     settings = runtime.settings
 
     # ---------------------------------------------------------------- Input.
-    build_model = simple.model_builder(config)  # Imports the user's model: fails before the data.
+    build_model = factory.model_builder(config)  # Imports the user's model: fails before data.
     clock.mark("runtime")
     pipeline = input_pipeline.make_input_pipeline(config)
     clock.mark("data")
@@ -224,16 +224,13 @@ def _out_of_memory_reported(config: config_lib.Config, pipeline: input_pipeline.
   except (tf.errors.ResourceExhaustedError, MemoryError) as e:
     if "task" in built:
       params = built["task"].model.count_params()
-    elif not config.own_model:
-      params = simple.parameter_count(config.model, pipeline.image_shape, pipeline.num_classes,
-                                      config.hidden_units)
     else:
-      params = None
-    model = f"the model ({params:,} parameters)" if params else "your model"
+      params = factory.parameter_count(config, pipeline.image_shape, pipeline.num_classes)
+    model = f"the model ({params:,} parameters)" if params else f"the model ({config.model})"
     allocation = re.search(r"OOM when allocating tensor with shape\[[^\]]*\]", str(e))
     detail = allocation.group(0) if allocation else type(e).__name__
     raise errors.UserError(
         f"Out of memory: {model} with --batch_size={config.batch_size} does not fit in this "
         f"machine's memory ({detail}). Use a smaller --batch_size or a smaller model"
-        + ("" if config.own_model else " (--hidden_units)") + ".") from None
+        + (" (--hidden_units)" if config.model in ("mlp", "cnn") else "") + ".") from None
 

@@ -24,6 +24,9 @@ NUM_CLASSES = idx_files.NUM_CLASSES
 SYNTHETIC_TRAIN_SIZE = 60_000
 SYNTHETIC_TEST_SIZE = 10_000
 SYNTHETIC_POOL_BATCHES = 16
+# Scaled float32 images held in memory at most: the synthetic pool, and a cached test split (an
+# ImageNet-shaped batch of 256 is 154 MB, so such a pool is 3 batches).
+CACHE_BYTES = 512 * 2**20
 Split = sources.Split
 
 
@@ -87,9 +90,11 @@ class InputPipeline:
     num_steps = num_epochs * self.steps_per_epoch - start_step
     first_epoch, steps_into_it = divmod(start_step, self.steps_per_epoch)
     if self.synthetic:
-      # A few batches drawn once and cycled: serving them costs next to nothing, so synthetic
-      # runs measure compute alone.
-      pool = tf.data.Dataset.range(min(SYNTHETIC_POOL_BATCHES, self.steps_per_epoch)).map(
+      # A few batches drawn once and cycled: serving them costs a copy, so synthetic runs
+      # measure compute alone, at any image size.
+      pool_batches = min(SYNTHETIC_POOL_BATCHES, self.steps_per_epoch,
+                         max(1, CACHE_BYTES // self._float_bytes(self.global_batch_size)))
+      pool = tf.data.Dataset.range(pool_batches).map(
           lambda index: self._synthetic_batch([self.seed, 0, index]))
       dataset = pool.cache().repeat().skip(start_step).take(num_steps)
     else:
@@ -144,7 +149,7 @@ class InputPipeline:
       padding = tf.data.Dataset.from_tensors(
           (tf.zeros(self.image_shape, tf.uint8), tf.constant(0, tf.int32))).repeat(
               num_padded - self.num_test_examples)
-      examples = self.stream.test_examples().concatenate(padding)
+      examples = self.stream.test_examples().take(self.num_test_examples).concatenate(padding)
       dataset = tf.data.Dataset.zip(examples, tf.data.Dataset.from_tensor_slices(weights)).map(
           lambda example, weight: (_scale(example[0]), example[1], weight)).batch(
               self.global_batch_size)
@@ -152,9 +157,13 @@ class InputPipeline:
       images, labels = self._tensors[2:]  # Eager here: eval_dataset runs outside any trace.
       dataset = batches.map(lambda index, weight: (
           _scale(tf.gather(images, index)), tf.gather(labels, index), weight))
-    if self.stream is None:  # A streamed test split is larger than memory: no cache.
+    if self.stream is None and self._float_bytes(num_padded) <= CACHE_BYTES:
+      # Scaled once; a streamed test split, or a large one, is made again at each evaluation.
       dataset = dataset.cache()
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
+
+  def _float_bytes(self, num_examples: int) -> int:
+    return num_examples * int(np.prod(self.image_shape)) * 4
 
   def _synthetic_batch(self, key) -> Tuple[tf.Tensor, tf.Tensor]:
     """Random images with a learnable label: the label's band of pixels is brighter.
@@ -221,9 +230,12 @@ def make_input_pipeline(config: config_lib.Config) -> InputPipeline:
         f"--batch_size={batch} is larger than the {loaded.num_train} training examples.")
   if config.max_steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+  num_test = loaded.num_test
+  if config.eval_steps:
+    num_test = min(num_test, config.eval_steps * batch)
   return InputPipeline(
       global_batch_size=batch, seed=config.seed, steps_per_epoch=steps_per_epoch,
-      eval_steps=-(-loaded.num_test // batch), num_test_examples=loaded.num_test,
+      eval_steps=-(-num_test // batch), num_test_examples=num_test,
       image_shape=tuple(int(size) for size in loaded.image_shape),
       num_classes=int(loaded.num_classes), name=loaded.name, train=loaded.train,
       test=loaded.test, stream=loaded.stream)

@@ -17,7 +17,7 @@ import tensorflow as tf
 from trainer import config as config_lib
 from trainer.distribute import distribution
 from trainer.data import input_pipeline
-from trainer.models import simple
+from trainer.models import factory
 from trainer.distribute import precision as precision_lib
 from trainer.loop import schedule
 
@@ -34,7 +34,7 @@ class Task:
   """Builds the model and optimizer under the strategy and runs training and evaluation steps."""
 
   def __init__(self, settings: config_lib.RunSettings, strategy: tf.distribute.Strategy,
-               pipeline: input_pipeline.InputPipeline, build_model: simple.ModelBuilder):
+               pipeline: input_pipeline.InputPipeline, build_model: factory.ModelBuilder):
     self._settings, self._strategy = settings, strategy
     config = settings.config
     with strategy.scope():

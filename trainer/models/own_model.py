@@ -106,6 +106,8 @@ def build(model_function: ModelFunction, image_shape: Sequence[int], num_classes
   keras.config.set_dtype_policy(precision)
   try:
     model = model_function.function(input_shape=tuple(image_shape), num_classes=num_classes)
+  except errors.UserError:
+    raise
   except Exception as e:  # pylint: disable=broad-except  # The user's code: any error at all.
     raise errors.UserError(f"--model={spec} raised {type(e).__name__}: {e}") from None
   finally:

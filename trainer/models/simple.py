@@ -1,4 +1,4 @@
-"""The built-in model family, each network written with all three Keras APIs.
+"""The blog's mlp and a small cnn, each network written with all three Keras APIs.
 
   mlp: Flatten -> Dense(hidden_units, relu) -> Dense(classes) -> softmax (the blog's network)
   cnn: two Conv(3x3, same padding, relu) + MaxPool(2) blocks -> Flatten
@@ -6,16 +6,16 @@
 
 For one network the three builders give the same layers, names, parameter count and, from the
 same seed, the same initial weights, so any difference between them in a run comes from the API
-alone. A user's own model (--model=file.py:function) is built by trainer.user_model instead.
+alone. trainer.models.factory picks between these, the ResNets, Keras Applications and the
+user's own model.
 """
 
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import keras
 
 from trainer import config
 from trainer.data import input_pipeline
-from trainer.models import own_model
 
 
 def _glorot(seed: int) -> keras.initializers.Initializer:
@@ -154,14 +154,13 @@ def build_model(api: str, hidden_units: int = 256, seed: int = 0,
                 image_shape: Sequence[int] = input_pipeline.IMAGE_SHAPE,
                 num_classes: int = input_pipeline.NUM_CLASSES,
                 network: str = "mlp") -> keras.Model:
-  """Returns the built-in `network` (one of config.NETWORKS) built with `api` (one of
+  """Returns the built-in `network` (mlp or cnn) built with `api` (one of
   config.APIS) under the dtype policy `precision`, for images of `image_shape` (height, width,
   channels) in `num_classes` classes."""
   if api not in _BUILDERS:
     raise ValueError(f"Unknown model API {api!r}; expected one of {', '.join(config.APIS)}.")
   if network not in LAYERS:
-    raise ValueError(f"Unknown network {network!r}; expected one of "
-                     f"{', '.join(config.NETWORKS)}.")
+    raise ValueError(f"Unknown network {network!r}; expected one of {', '.join(LAYERS)}.")
   return _BUILDERS[api](network, image_shape, num_classes, hidden_units, seed,
                         precision or "float32")
 
@@ -178,22 +177,3 @@ def parameter_count(network: str, image_shape: Sequence[int], num_classes: int,
     features = (height // 4) * (width // 4) * 64
   return convolutions + features * hidden_units + hidden_units + hidden_units * num_classes + \
       num_classes
-
-
-ModelBuilder = Callable[[Sequence[int], int, str], own_model.BuiltModel]
-
-
-def model_builder(model_config: config.Config) -> ModelBuilder:
-  """Returns what builds the model of `model_config` for (image_shape, num_classes, precision).
-
-  The user's own module is imported here, so a --model that names no function fails before any
-  data loads.
-  """
-  if model_config.own_model:
-    function = own_model.load_function(model_config.model)
-    return lambda image_shape, num_classes, precision: own_model.build(
-        function, image_shape, num_classes, precision, model_config.seed)
-  return lambda image_shape, num_classes, precision: own_model.BuiltModel(
-      build_model(model_config.api, model_config.hidden_units, model_config.seed, precision,
-                  image_shape, num_classes, model_config.model),
-      api=model_config.api, from_logits=False)

@@ -8,8 +8,8 @@ from typing import Optional, Sequence
 import keras
 import tensorflow as tf
 
-# Imported to register SubclassClassifier for loading.
-from trainer.models import simple  # pylint: disable=unused-import
+# Imported to register the built-in models' own classes, which load_keras_model needs.
+from trainer.models import factory  # pylint: disable=unused-import
 from trainer.records import workdir as workdir_lib
 
 

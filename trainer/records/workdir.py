@@ -36,12 +36,12 @@ SAVED_MODEL_DIR = "saved_model"
 
 # Settings that change the math: a checkpoint resumes only under the same ones. Raising epochs
 # does not change them, so it continues a run.
-MATH_FIELDS = ("model", "api", "hidden_units", "dataset", "image_size", "validation_split",
-               "image_shape", "num_classes", "batch_size", "learning_rate", "lr_schedule", "seed",
-               "max_steps_per_epoch", "precision", "num_replicas")
+MATH_FIELDS = ("model", "api", "hidden_units", "sync_batchnorm", "dataset", "image_size",
+               "validation_split", "image_shape", "num_classes", "batch_size", "learning_rate",
+               "lr_schedule", "seed", "max_steps_per_epoch", "precision", "num_replicas")
 # What a config.json written before a setting existed means by its absence.
-_MATH_DEFAULTS = {"model": "mlp", "image_size": [], "image_shape": [], "num_classes": 0,
-                  "lr_schedule": "constant"}
+_MATH_DEFAULTS = {"model": "mlp", "sync_batchnorm": False, "image_size": [], "image_shape": [],
+                  "num_classes": 0, "lr_schedule": "constant"}
 
 
 def is_disk_full(error: BaseException) -> bool:

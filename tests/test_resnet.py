@@ -1,0 +1,170 @@
+"""The ResNets in the three APIs: structure, parameter counts, identical weights, BatchNorm under
+several replicas, and one training step of ResNet-50 on tiny inputs."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import config as config_lib
+from trainer.distribute import distribution
+from trainer.models import factory
+from trainer.models import resnet
+
+
+def trainable_count(model: keras.Model) -> int:
+  # torchvision's and Model Garden's counts are trainable parameters: BatchNorm's moving
+  # statistics are buffers there.
+  return sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
+
+
+def build_all(network, image_shape, num_classes, seed=0):
+  return {api: factory.build_model(network, api, image_shape, num_classes, seed)
+          for api in config_lib.APIS}
+
+
+@pytest.mark.parametrize("network, image_shape, num_classes, expected", [
+    ("resnet18", (32, 32, 3), 10, 11_173_962),  # The CIFAR stem.
+    ("resnet18", (224, 224, 3), 1000, 11_689_512),  # torchvision's resnet18.
+    ("resnet50", (224, 224, 3), 1000, 25_557_032),  # torchvision's and Model Garden's v1.5.
+])
+def test_parameter_counts_match_the_reference_implementations(network, image_shape, num_classes,
+                                                              expected):
+  model = factory.build_model(network, "functional", image_shape, num_classes)
+  assert trainable_count(model) == expected
+
+
+@pytest.mark.parametrize("network, image_shape", [("resnet18", (32, 32, 3)),
+                                                  ("resnet50", (72, 72, 3))])
+def test_three_apis_have_the_same_weights_in_the_same_order_and_outputs(network, image_shape):
+  models = build_all(network, image_shape, 10, seed=5)
+  reference = models["functional"]
+  for api, model in models.items():
+    assert trainable_count(model) == trainable_count(reference), api
+    assert model.count_params() == reference.count_params(), api
+    # The same layer and weight names, in the same order, with the same values.
+    assert ([weight.path.split("/")[-2:] for weight in model.weights]
+            == [weight.path.split("/")[-2:] for weight in reference.weights]), api
+    for ours, theirs in zip(model.get_weights(), reference.get_weights()):
+      np.testing.assert_array_equal(ours, theirs)
+  # A training-mode call (which also updates BatchNorm's moving statistics) gives the same.
+  images = np.random.default_rng(0).random((2, *image_shape), dtype=np.float32)
+  expected = reference(images, training=True)
+  for api, model in models.items():
+    if model is not reference:
+      np.testing.assert_array_equal(model(images, training=True), expected, err_msg=api)
+
+
+def test_sequential_stacks_one_residual_block_layer_per_block():
+  model = factory.build_model("resnet18", "sequential", (32, 32, 3), 10)
+  blocks = [layer for layer in model.layers if isinstance(layer, resnet.ResidualBlock)]
+  assert [block.name for block in blocks] == [
+      f"stage{stage}_block{block}" for stage in range(1, 5) for block in (1, 2)]
+
+
+def test_v1_5_bottleneck_strides_in_its_3x3_and_no_convolution_has_a_bias():
+  model = factory.build_model("resnet50", "functional", (96, 96, 3), 10)
+  assert model.get_layer("stage2_block1_conv1").strides == (1, 1)
+  assert model.get_layer("stage2_block1_conv2").strides == (2, 2)
+  assert model.get_layer("stage2_block1_conv2").kernel_size == (3, 3)
+  assert model.get_layer("stage2_block1_shortcut_conv").strides == (2, 2)
+  convolutions = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+  assert len(convolutions) == 53 and not any(layer.use_bias for layer in convolutions)
+
+
+def test_each_blocks_last_batchnorm_starts_at_zero_so_blocks_start_as_identity():
+  model = factory.build_model("resnet18", "functional", (32, 32, 3), 10)
+  assert not model.get_layer("stage1_block1_bn2").gamma.numpy().any()
+  assert model.get_layer("stage1_block1_bn1").gamma.numpy().all()
+
+
+@pytest.mark.parametrize("size, kernel, pooled", [(64, (3, 3), False), (65, (7, 7), True)])
+def test_the_stem_follows_the_image_size(size, kernel, pooled):
+  model = factory.build_model("resnet18", "functional", (size, size, 3), 10)
+  assert model.get_layer("stem_conv").kernel_size == kernel
+  assert ("stem_pool" in [layer.name for layer in model.layers]) == pooled
+
+
+def test_resnet50_takes_one_training_step_on_tiny_inputs():
+  model = factory.build_model("resnet50", "subclass", (32, 32, 3), 10)
+  optimizer = keras.optimizers.SGD(0.1)
+  images = np.random.default_rng(0).random((4, 32, 32, 3), dtype=np.float32)
+  labels = np.array([0, 1, 2, 3])
+  with tf.GradientTape() as tape:
+    loss = keras.losses.sparse_categorical_crossentropy(labels, model(images, training=True))
+  gradients = tape.gradient(loss, model.trainable_weights)
+  optimizer.apply_gradients(zip(gradients, model.trainable_weights))
+  assert np.isfinite(float(tf.reduce_mean(loss)))
+  assert all(np.isfinite(gradient.numpy()).all() for gradient in gradients)
+  # Every block's zero-initialised gamma got a gradient and left zero: the blocks now learn.
+  last_gammas = [weight for weight in model.trainable_weights
+                 if weight.path.endswith("_bn3/gamma")]
+  assert len(last_gammas) == 16 and all(gamma.numpy().any() for gamma in last_gammas)
+
+
+def _stem_statistics(strategy, sync_batchnorm, images):
+  with strategy.scope():
+    model = factory.build_model("resnet18", "functional", images.shape[1:], 10,
+                                sync_batchnorm=sync_batchnorm)
+
+  @tf.function
+  def forward(batch):
+    model(batch, training=True)
+
+  if strategy.num_replicas_in_sync == 1:
+    forward(images)
+  else:
+    for batch in strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors(images)):
+      strategy.run(forward, args=(batch,))
+  variance = model.get_layer("stem_bn").moving_variance.value
+  copies = [copy.numpy() for copy in getattr(variance, "values", [variance])]
+  return model.get_layer("stem_bn").moving_mean.numpy(), copies
+
+
+@pytest.fixture(scope="module")
+def two_halves():
+  # Two replicas' halves of one batch with different statistics.
+  images = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype(np.float32)
+  images[4:] = 3.0 * images[4:] + 2.0
+  return images
+
+
+def test_batchnorm_under_mirrored_uses_each_replicas_statistics_by_default(two_halves):
+  mean, (variance,) = _stem_statistics(tf.distribute.get_strategy(), False, two_halves)
+  mirrored_mean, copies = _stem_statistics(distribution.make_strategy("mirrored"), False,
+                                           two_halves)
+  assert len(copies) == 2
+  # Each replica normalised by its own half; the moving statistics are averaged over replicas,
+  # so both copies agree (and the mean of two equal halves' means is the global mean).
+  np.testing.assert_array_equal(copies[0], copies[1])
+  np.testing.assert_allclose(mirrored_mean, mean, atol=1e-6)
+  assert np.abs(copies[0] - variance).max() > 1e-2
+
+
+def test_sync_batchnorm_under_mirrored_uses_the_global_batch(two_halves):
+  _, (variance,) = _stem_statistics(tf.distribute.get_strategy(), False, two_halves)
+  _, copies = _stem_statistics(distribution.make_strategy("mirrored"), True, two_halves)
+  for copy in copies:
+    np.testing.assert_allclose(copy, variance, atol=1e-6)
+
+
+def test_sync_batchnorm_is_refused_for_models_without_our_batchnorm():
+  with pytest.raises(Exception, match="--sync_batchnorm applies to the built-in ResNets"):
+    config_lib.Config(model="cnn", sync_batchnorm=True)
+
+
+@pytest.mark.slow
+def test_three_apis_train_to_identical_weights_in_the_harness(tmp_path):
+  # 20 steps under --deterministic on CIFAR-stem images: the same digest of every weight.
+  from trainer import train  # pylint: disable=g-import-not-at-top
+  digests = {}
+  for api in config_lib.APIS:
+    config = config_lib.Config(
+        model="resnet18", api=api, dataset="synthetic", image_shape=(16, 16, 3), epochs=1,
+        batch_size=8, max_steps_per_epoch=20, eval_steps=1, strategy="default",
+        deterministic=True, log_every=10, progress="none", workdir=str(tmp_path / api))
+    results = train.train_and_evaluate(config)
+    assert results["params"] == 11_173_962 + 9_600  # Trainable, and BatchNorm's statistics.
+    digests[api] = results["weights_sha256"]
+  assert len(set(digests.values())) == 1, digests
