@@ -3,10 +3,13 @@ and one finished run per API for the tests that only read a run's outputs."""
 
 import os
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
 from trainer import config as config_lib
+from trainer.data import idx_files
+from tests import datasets
 
 FASHION_MNIST_DIR = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 
@@ -70,3 +73,28 @@ def own_model_runs(fashion_mnist_dir, tmp_path_factory) -> dict:
                                workdir=str(root / name), **strategy)
     runs[name] = (config, train.train_and_evaluate(config))
   return runs
+
+
+@pytest.fixture(scope="session")
+def fashion_subset(fashion_mnist_dir, tmp_path_factory):
+  """4,000 training and 1,000 test images of Fashion-MNIST written twice: as IDX files and as an
+  image folder (train/<label>/, test/<label>/). Both hold the images in the same order (class by
+  class), so the two must give the same batches."""
+  root = tmp_path_factory.mktemp("fashion_subset")
+  train_images, train_labels, test_images, test_labels = idx_files.read_mnist_format(
+      fashion_mnist_dir)
+  os.makedirs(root / "idx")
+  for split, images, labels, count, stem in (
+      ("train", train_images, train_labels, 4000, "train"),
+      ("test", test_images, test_labels, 1000, "t10k")):
+    order = np.argsort(labels[:count], kind="stable")  # Class by class, as a folder lists them.
+    images, labels = images[:count][order], labels[:count][order]
+    datasets.write_idx(root / "idx" / f"{stem}-images-idx3-ubyte.gz", images[..., 0],
+                       idx_files.IMAGE_MAGIC)
+    datasets.write_idx(root / "idx" / f"{stem}-labels-idx1-ubyte.gz", labels.astype(np.uint8),
+                       idx_files.LABEL_MAGIC)
+    for label in range(10):
+      datasets.write_images(root / "images" / split / str(label), images[labels == label])
+  return root
+
+

@@ -1,6 +1,5 @@
 """Your own data: a folder of images per class, any tfds dataset, synthetic shapes, bad data."""
 
-import gzip
 import os
 
 import numpy as np
@@ -9,19 +8,10 @@ import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer import errors
-from trainer.data import idx_files
 from trainer.data import image_folder
 from trainer.data import input_pipeline
 from trainer import train
-
-
-def write_images(folder, images, names=None, extension="png") -> None:
-  """Writes uint8 images [N, h, w, c] into `folder` as PNG (or JPEG) files."""
-  os.makedirs(folder, exist_ok=True)
-  encode = tf.io.encode_png if extension == "png" else tf.io.encode_jpeg
-  for index, image in enumerate(images):
-    name = names[index] if names is not None else f"{index:05d}"
-    tf.io.write_file(os.path.join(folder, f"{name}.{extension}"), encode(image))
+from tests.datasets import write_images
 
 
 def random_images(count, shape=(6, 5, 1), seed=0):
@@ -30,34 +20,6 @@ def random_images(count, shape=(6, 5, 1), seed=0):
 
 def pipeline(**settings) -> input_pipeline.InputPipeline:
   return input_pipeline.make_input_pipeline(config_lib.Config(**settings))
-
-
-def _write_idx(path, array, magic):
-  header = magic.to_bytes(4, "big") + b"".join(size.to_bytes(4, "big") for size in array.shape)
-  with gzip.open(path, "wb") as f:
-    f.write(header + array.tobytes())
-
-
-@pytest.fixture(scope="session")
-def fashion_subset(fashion_mnist_dir, tmp_path_factory):
-  """4,000 training and 1,000 test images of Fashion-MNIST written twice: as IDX files and as an
-  image folder (train/<label>/, test/<label>/). Both hold the images in the same order (class by
-  class), so the two must give the same batches."""
-  root = tmp_path_factory.mktemp("fashion_subset")
-  train_images, train_labels, test_images, test_labels = idx_files.read_mnist_format(
-      fashion_mnist_dir)
-  os.makedirs(root / "idx")
-  for split, images, labels, count, stem in (
-      ("train", train_images, train_labels, 4000, "train"),
-      ("test", test_images, test_labels, 1000, "t10k")):
-    order = np.argsort(labels[:count], kind="stable")  # Class by class, as a folder lists them.
-    images, labels = images[:count][order], labels[:count][order]
-    _write_idx(root / "idx" / f"{stem}-images-idx3-ubyte.gz", images[..., 0], idx_files.IMAGE_MAGIC)
-    _write_idx(root / "idx" / f"{stem}-labels-idx1-ubyte.gz", labels.astype(np.uint8),
-               idx_files.LABEL_MAGIC)
-    for label in range(10):
-      write_images(root / "images" / split / str(label), images[labels == label])
-  return root
 
 
 def test_an_image_folder_trains_exactly_as_its_idx_files_in_memory_and_streamed(

@@ -57,9 +57,10 @@ RESUMABLE_FLAGS = ("--dataset=fashion_mnist", "--epochs=3", "--batch_size=64",
 
 
 # Mirrored over 2 devices runs one step per call, so it gets shorter epochs; the default strategy
-# needs the longer ones to still be training when it is killed.
+# needs the longer ones to still be training when it is killed. The default run augments and
+# normalises too: its random crops and flips must follow the step, not the process.
 @pytest.mark.parametrize("strategy_flags, steps_per_epoch", [
-    (("--strategy=default",), 400),
+    (("--strategy=default", "--augment=crop_flip", "--normalize"), 400),
     (("--strategy=mirrored", "--cpu_devices=2"), 200)])
 def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_flags, steps_per_epoch,
                                                          fashion_mnist_dir, tmp_path):

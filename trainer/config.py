@@ -19,6 +19,7 @@ APPLICATIONS_PREFIX = "applications."  # --model=applications.NAME: a keras.appl
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker_mirrored")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 LR_SCHEDULES = ("constant", "cosine")
+AUGMENTATIONS = ("none", "flip", "crop_flip")  # trainer.data.augment's.
 PROGRESS = ("auto", "bar", "lines", "none")
 
 AUTO_STEPS_PER_LOOP = 100  # Measured no faster beyond 100 on a 2-core CPU.
@@ -56,8 +57,12 @@ class Config:
       "--data_dir: what the folder holds.")
   data_dir: Optional[str] = _setting(
       None, "Read the data from this folder instead of tensorflow-datasets, offline: the four "
-      "MNIST-format IDX files (train-images-idx3-ubyte.gz, ...), or one subfolder of images "
-      "(png, jpg) per class, optionally under train/ and test/.")
+      "MNIST-format IDX files (train-images-idx3-ubyte.gz, ...), TFRecord shards (train-* and "
+      "validation-* or test-* files of tf.train.Example), or one subfolder of images (png, jpg) "
+      "per class, optionally under train/ and test/.")
+  label_offset: int = _setting(
+      0, "TFRecord shards: subtracted from every label; 1 for shards whose labels start at 1 "
+      "(the ImageNet converters', 0 being background).")
   tfds_data_dir: Optional[str] = _setting(
       None, "tensorflow-datasets cache folder (default: tfds's).")
   image_size: Tuple[int, ...] = _setting(
@@ -69,6 +74,14 @@ class Config:
   image_shape: Tuple[int, ...] = _setting(
       (), "--dataset=synthetic: HEIGHT,WIDTH,CHANNELS of its images (default 28,28,1).")
   num_classes: int = _setting(0, "--dataset=synthetic: its number of classes (default 10).")
+  augment: str = _setting(
+      "none", "Training images only, in tf.data: none; flip (horizontal, p=1/2); crop_flip "
+      "(up to 64 px: 4-pixel zero pad and random crop; above: random-resized crop, area 8-100%, "
+      "aspect 3/4-4/3; then the flip). Random choices follow (seed, epoch, step), so resuming "
+      "stays exact.")
+  normalize: bool = _setting(
+      False, "Standardise every image by the training split's per-channel mean and std (test "
+      "images alike).")
   memory_limit_mb: float = _setting(
       0.0, "Data whose decoded images need more than this many MB stream from disk at every "
       "epoch instead of being held in memory; 0 is a quarter of this machine's RAM.")
@@ -234,6 +247,8 @@ class RunSettings:
   device: str  # e.g. "CPU: AMD EPYC x2 cores".
   is_chief: bool  # The one process that writes logs, checkpoints, exports and results.
   task: Optional[str] = None  # e.g. "worker 1 of 2 (127.0.0.1:2223)"; None on one host.
+  input_index: int = 0  # Which of the processes that read training data this one is.
+  num_inputs: int = 1  # How many processes read training data: the workers of a cluster.
 
   @property
   def steps_per_loop(self) -> int:

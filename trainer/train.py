@@ -54,7 +54,12 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     # ---------------------------------------------------------------- Input.
     build_model = factory.model_builder(config)  # Imports the user's model: fails before data.
     clock.mark("runtime")
-    pipeline = input_pipeline.make_input_pipeline(config)
+    pipeline = input_pipeline.make_input_pipeline(config, settings.input_index,
+                                                  settings.num_inputs)
+    if pipeline.sharding != "none":
+      logging.info("Training data sharded by %s over %d workers%s.", pipeline.sharding,
+                   settings.num_inputs, ": each reads only its own files"
+                   if pipeline.sharding == "file" else ": each keeps its slice of every batch")
     clock.mark("data")
     runtime.heartbeat()
     built = {}  # The task, once it exists, for the out-of-memory message.
@@ -86,7 +91,8 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
 
     # ---------------------------------------------------------------- Training loop.
     # One dataset for the whole run: the next epoch is prepared while this one trains.
-    task.start_training(pipeline.training_batches(step, config.epochs, plan.pack), plan.pack)
+    task.start_training(pipeline.training_batches(step, config.epochs, plan.pack), plan.pack,
+                        per_process=pipeline.sharding == "file")
     profiler = profiling.ProfileWindow(config.profile_steps, config.workdir, settings.is_chief)
     stack.callback(profiler.stop)
     with preemption.StopRequests() as stop_requests:
@@ -175,6 +181,7 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
                  outcome.train_loss, weights_digest)
   results = run_record.RunResults(
       **hparams, image_shape=list(pipeline.image_shape), num_classes=pipeline.num_classes,
+      data_sharding=pipeline.sharding,
       from_logits=task.from_logits, epochs=config.epochs, params=task.model.count_params(),
       steps=outcome.step, steps_per_epoch=plan.steps_per_epoch,
       steps_per_loop=settings.steps_per_loop, steps_per_xla_call=plan.pack,

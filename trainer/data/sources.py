@@ -20,6 +20,7 @@ import tensorflow as tf
 from trainer import errors
 from trainer.data import idx_files
 from trainer.data import image_folder
+from trainer.data import tfrecords
 
 _NETWORK_PROBE_SECONDS = 5.0
 _DECODE_BATCH = 1024
@@ -46,6 +47,13 @@ class Loaded:
   train: Optional[Split] = None
   test: Optional[Split] = None
   stream: Optional["Stream"] = None
+  # How the processes of a cluster share the training data: "none" (one process), "data"
+  # (every process reads it all and keeps its slice of each global batch) or "file" (each reads
+  # only its own files; `train` or `stream` is then this process's share alone).
+  sharding: str = "none"
+  # Per-channel (mean, std) of the training split on the [0, 1] scale, as trainer.tfrecords
+  # recorded them; None when no converter recorded them.
+  recorded_normalization: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
 
   @property
   def decoded_bytes(self) -> int:
@@ -71,13 +79,19 @@ def memory_limit_bytes(limit_mb: float) -> int:
 
 
 # ---------------------------------------------------------------- IDX files.
-def load_idx(data_dir: str, name: Optional[str]) -> Loaded:
+def load_idx(data_dir: str, name: Optional[str], resize: Sequence[int] = ()) -> Loaded:
   """An MNIST-format dataset from its four IDX files (55 MB for MNIST: always in memory).
 
   Without a `name` (--dataset) the files say which dataset they are: MNIST and Fashion-MNIST
-  are told apart by their labels; any other is recorded as idx:FOLDER, with a warning.
+  are told apart by their labels; any other is recorded as idx:FOLDER, with a warning. With
+  `resize` (height, width) every image is resized once, when read.
   """
   train_images, train_labels, test_images, test_labels = idx_files.read_mnist_format(data_dir)
+  if resize:
+    train_images, test_images = (
+        np.concatenate([resize_uint8(images[start:start + _DECODE_BATCH * 8], resize).numpy()
+                        for start in range(0, len(images), _DECODE_BATCH * 8)])
+        for images in (train_images, test_images))
   identified = idx_files.identify(train_labels)
   if name and identified and name != identified:
     logging.warning("--dataset=%s, but the files in %s hold %s; recorded as %s as given.",
@@ -170,6 +184,48 @@ def epoch_order(num_examples: int, seed: int, epoch) -> tf.Tensor:
   """The order of an epoch's examples: a permutation seeded by (seed, epoch)."""
   return tf.random.experimental.stateless_shuffle(
       tf.range(num_examples), seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]))
+
+
+# ---------------------------------------------------------------- TFRecord shards.
+class _ShardStream(Stream):
+  """TFRecord shards read at every epoch: the files in an order seeded by (seed, epoch), read in
+  a parallel interleave, then a shuffle of STREAM_SHUFFLE_BUFFER encoded records with the same
+  seed. Deterministic: the same epoch gives the same examples in the same order."""
+
+  def __init__(self, shards: tfrecords.Shards, resize: bool, seed: int):
+    self._shards, self._resize, self._seed = shards, resize, seed
+
+  def train_examples(self, epoch: int) -> tf.data.Dataset:
+    files = self._shards.train_files
+    order = epoch_order(len(files), self._seed, epoch).numpy()
+    return tfrecords.examples([files[index] for index in order], self._shards, self._resize,
+                              shuffle_buffer=STREAM_SHUFFLE_BUFFER,
+                              shuffle_seed=self._seed * 100_003 + epoch)
+
+  def test_examples(self) -> tf.data.Dataset:
+    return tfrecords.examples(self._shards.test_files, self._shards, self._resize,
+                              parallel_files=1)
+
+
+def load_tfrecords(data_dir: str, label_offset: int, resize: Sequence[int], seed: int,
+                   limit_bytes: int, input_index: int = 0, num_inputs: int = 1) -> Loaded:
+  """A folder of TFRecord shards (see trainer.data.tfrecords), in memory or streamed; under
+  several processes, sharded by file when there are enough files."""
+  shards = tfrecords.read_shards(data_dir, label_offset, resize, input_index, num_inputs)
+  # Sharded by file, num_train counts every process's share as the smallest one, so the steps
+  # per epoch (num_train // global batch) are the same on every process.
+  num_train = (shards.examples_per_input * num_inputs if shards.sharding == "file"
+               else sum(shards.train_counts))
+  loaded = Loaded("tfrecord:" + os.path.basename(os.path.normpath(data_dir)), shards.image_shape,
+                  shards.num_classes, num_train, sum(shards.test_counts),
+                  sharding=shards.sharding, recorded_normalization=shards.normalization)
+  if loaded.decoded_bytes > limit_bytes:
+    return dataclasses.replace(loaded, stream=_ShardStream(shards, bool(resize), seed))
+  return dataclasses.replace(
+      loaded, train=Split(*tfrecords.load_split(shards.train_files, shards.train_counts, shards,
+                                                bool(resize))),
+      test=Split(*tfrecords.load_split(shards.test_files, shards.test_counts, shards,
+                                       bool(resize))))
 
 
 # ---------------------------------------------------------------- tensorflow-datasets.

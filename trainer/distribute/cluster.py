@@ -12,7 +12,7 @@ import os
 import socket
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from absl import logging
 
@@ -113,6 +113,15 @@ def describe_task(tf_config: dict) -> str:
   hosts = cluster[task["type"]]
   return (f"{task['type']} {task['index']} of {sum(len(h) for h in cluster.values())} "
           f"({hosts[task['index']]})")
+
+
+def input_position(tf_config: dict) -> Tuple[int, int]:
+  """(this process's index, the number of processes) among those that read training data: the
+  chief first (if any), then the workers, as tf.distribute numbers its input pipelines."""
+  task, cluster = tf_config["task"], tf_config["cluster"]
+  readers = [(kind, index) for kind in ("chief", "worker")
+             for index in range(len(cluster.get(kind, ())))]
+  return readers.index((task["type"], task["index"])), len(readers)
 
 
 def tf_config_from_environment(worker_hosts: Sequence[str], task_index: int) -> dict:

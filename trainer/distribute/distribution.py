@@ -81,6 +81,19 @@ def distribute_dataset(strategy: tf.distribute.Strategy,
   return strategy.experimental_distribute_dataset(dataset)
 
 
+def distribute_per_process(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset,
+                           global_batch_size: int) -> tf.distribute.DistributedDataset:
+  """Returns `dataset`, whose elements are this process's own part of each global batch (it
+  read only its own files), as `strategy.run` takes it: each local replica an equal slice.
+
+  tf.distribute's auto-sharding would split every element again across the workers; handing
+  it the dataset from a function tells it the elements are this worker's already.
+  """
+  def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+    return dataset.rebatch(context.get_per_replica_batch_size(global_batch_size))
+  return strategy.distribute_datasets_from_function(dataset_fn)
+
+
 def check_batch_size(global_batch_size: int, strategy: tf.distribute.Strategy) -> None:
   """Refuses a global batch the replicas cannot split evenly (TF would fail mid-step)."""
   replicas = strategy.num_replicas_in_sync

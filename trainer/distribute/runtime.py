@@ -35,9 +35,11 @@ def open_runtime(config: config_lib.Config) -> Iterator[Runtime]:
     tf.config.experimental.enable_op_determinism()
   hardware.split_cpu(config.cpu_devices)
   tf_config = task = None
+  input_index, num_inputs = 0, 1
   if config.strategy == "multi_worker_mirrored":
     tf_config = cluster.tf_config_from_environment(config.worker_hosts, config.task_index)
     task = cluster.describe_task(tf_config)
+    input_index, num_inputs = cluster.input_position(tf_config)
   with contextlib.ExitStack() as stack:
     heartbeat = lambda: None
     if task:
@@ -55,5 +57,5 @@ def open_runtime(config: config_lib.Config) -> Iterator[Runtime]:
         config=config, strategy=distribution.strategy_name(strategy),
         num_replicas=strategy.num_replicas_in_sync, precision=policy, precision_reason=reason,
         device=hardware.describe_devices(), is_chief=distribution.is_chief(strategy),
-        task=task)
+        task=task, input_index=input_index, num_inputs=num_inputs)
     yield Runtime(strategy, settings, heartbeat)

@@ -81,9 +81,18 @@ class Task:
       return 1
     return schedule.MAX_PACK
 
-  def start_training(self, dataset: tf.data.Dataset, pack: int) -> None:
-    """Sets the batches that train_loop consumes: one element a step, or a pack of `pack`."""
-    self._iterator = iter(distribution.distribute_dataset(self._strategy, dataset))
+  def start_training(self, dataset: tf.data.Dataset, pack: int, per_process: bool = False) -> None:
+    """Sets the batches that train_loop consumes: one element a step, or a pack of `pack`.
+
+    With `per_process`, each element is this process's part of the global batch (TFRecord shards
+    split among workers by file), not the global batch.
+    """
+    if per_process:
+      distributed = distribution.distribute_per_process(self._strategy, dataset,
+                                                        self._settings.config.batch_size)
+    else:
+      distributed = distribution.distribute_dataset(self._strategy, dataset)
+    self._iterator = iter(distributed)
     self._pack = pack
     self._train_loop = self._compile_train_loop(pack)
 

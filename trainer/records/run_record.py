@@ -13,8 +13,9 @@ from trainer import config as config_lib
 from trainer import errors
 from trainer.records import workdir as workdir_lib
 
-# 2 added model, image_shape, num_classes, from_logits and processes; 3 added startup_s.
-SCHEMA_VERSION = 3
+# 2 added model, image_shape, num_classes, from_logits and processes; 3 added startup_s; 4 added
+# data_sharding.
+SCHEMA_VERSION = 4
 RESULTS_FILE = workdir_lib.RESULTS_FILE
 
 # What ran: results.json's first fields, and the keys compare groups runs by (with seed). The
@@ -42,6 +43,7 @@ class RunResults:
   image_shape: List[int]
   num_classes: int
   from_logits: bool
+  data_sharding: str  # How workers shared the training data: none, data or file.
   # How it ran.
   epochs: int
   params: int

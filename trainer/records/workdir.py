@@ -36,11 +36,13 @@ SAVED_MODEL_DIR = "saved_model"
 
 # Settings that change the math: a checkpoint resumes only under the same ones. Raising epochs
 # does not change them, so it continues a run.
-MATH_FIELDS = ("model", "api", "hidden_units", "sync_batchnorm", "dataset", "image_size",
-               "validation_split", "image_shape", "num_classes", "batch_size", "learning_rate",
-               "lr_schedule", "seed", "max_steps_per_epoch", "precision", "num_replicas")
+MATH_FIELDS = ("model", "api", "hidden_units", "sync_batchnorm", "dataset", "label_offset",
+               "image_size", "augment", "normalize", "validation_split", "image_shape",
+               "num_classes", "batch_size", "learning_rate", "lr_schedule", "seed",
+               "max_steps_per_epoch", "precision", "num_replicas")
 # What a config.json written before a setting existed means by its absence.
-_MATH_DEFAULTS = {"model": "mlp", "sync_batchnorm": False, "image_size": [], "image_shape": [],
+_MATH_DEFAULTS = {"model": "mlp", "sync_batchnorm": False, "label_offset": 0, "augment": "none",
+                  "normalize": False, "image_size": [], "image_shape": [],
                   "num_classes": 0, "lr_schedule": "constant"}
 
 

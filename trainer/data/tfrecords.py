@@ -1,0 +1,273 @@
+"""TFRecord shards of tf.train.Example, the format of ImageNet training in TensorFlow.
+
+A folder holding `train-*` and `validation-*` (or `test-*`) files is read as such shards, with
+the keys Model Garden's tf_example_decoder and the ImageNet converters use: `image/encoded`
+(JPEG or PNG bytes) and `image/class/label` (an int64). `--label_offset` is subtracted from
+every label (1 for the ImageNet converters, whose labels start at 1, 0 being background).
+
+Before training every file is checked: its record framing end to end (a truncated file, or one
+that is not TFRecord, is named), and its first record (the keys, a decodable image, a label in
+range). The class count comes from the folder's dataset.json (written by `trainer.tfrecords`),
+or else from a scan of every training label. Held in memory, every image and label is checked
+while decoding; streamed, a later record that is damaged stops the run where the reader meets it.
+"""
+
+import dataclasses
+import glob
+import json
+import os
+import struct
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import errors
+
+IMAGE_KEY = "image/encoded"
+LABEL_KEY = "image/class/label"
+TRAIN_PATTERN = "train-*"
+TEST_PATTERNS = ("validation-*", "test-*")
+METADATA_FILE = "dataset.json"  # Class names and counts, written by trainer.tfrecords.
+INTERLEAVE_FILES = 16  # Files read at once by the parallel interleave.
+_FEATURES = {IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+             LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
+
+
+def is_tfrecord_folder(data_dir: str) -> bool:
+  """True when `data_dir` holds train-* files and validation-* or test-* files."""
+  return bool(_files(data_dir, TRAIN_PATTERN)) and any(
+      _files(data_dir, pattern) for pattern in TEST_PATTERNS)
+
+
+def _files(data_dir: str, pattern: str) -> List[str]:
+  return sorted(path for path in glob.glob(os.path.join(data_dir, pattern))
+                if os.path.isfile(path))
+
+
+@dataclasses.dataclass(frozen=True)
+class Shards:
+  """The checked files of one folder: both splits, their record counts, shapes and classes."""
+
+  train_files: Tuple[str, ...]  # Those this process reads: its own, when sharded by file.
+  test_files: Tuple[str, ...]
+  train_counts: Tuple[int, ...]
+  test_counts: Tuple[int, ...]
+  image_shape: Tuple[int, int, int]
+  num_classes: int
+  label_offset: int
+  # "file": each process reads only its own training files; "data": every process reads all
+  # and keeps its slice of each batch; "none": one process.
+  sharding: str = "none"
+  # Training examples per process when sharded by file: the fewest any process holds, so every
+  # process runs the same number of steps per epoch.
+  examples_per_input: int = 0
+  # Per-channel (mean, std) of the training images on the [0, 1] scale, from dataset.json.
+  normalization: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
+
+
+def count_records(path: str) -> int:
+  """The number of records in the TFRecord file `path`, from its framing alone (each record is a
+  uint64 length, its CRC, the data and the data's CRC); a truncated file is named."""
+  size = os.path.getsize(path)
+  count, offset = 0, 0
+  with open(path, "rb") as file:
+    while offset < size:
+      header = file.read(12)
+      if len(header) < 12:
+        raise _truncated(path, count)
+      (length,) = struct.unpack("<Q", header[:8])
+      offset += 12 + length + 4
+      if offset > size:
+        raise _truncated(path, count)
+      file.seek(offset)
+      count += 1
+  return count
+
+
+def _truncated(path: str, count: int) -> errors.UserError:
+  return errors.UserError(
+      f"{path} is truncated or damaged after {count} complete records (its last record runs past "
+      "the end of the file). Copy it again, or convert its images again with trainer.tfrecords.")
+
+
+def _first_record(path: str) -> bytes:
+  try:
+    for record in tf.data.TFRecordDataset(path).take(1):
+      return record.numpy()
+  except tf.errors.DataLossError:
+    pass
+  raise errors.UserError(f"{path} is not a TFRecord file (its first record fails its checksum). "
+                         "Remove it from the folder, or write it with trainer.tfrecords.")
+
+
+def parse_example(record: tf.Tensor, label_offset: int) -> Tuple[tf.Tensor, tf.Tensor]:
+  """(encoded image bytes, int32 label less the offset) of one serialized tf.train.Example."""
+  features = tf.io.parse_single_example(record, _FEATURES)
+  return features[IMAGE_KEY], tf.cast(features[LABEL_KEY], tf.int32) - label_offset
+
+
+def _check_first_record(path: str, label_offset: int) -> Tuple[Tuple[int, int, int], int]:
+  """The first record's image shape and label; a missing key or a bad image is named."""
+  record = _first_record(path)
+  try:
+    image_bytes, label = parse_example(tf.constant(record), label_offset)
+  except tf.errors.InvalidArgumentError as e:
+    raise errors.UserError(
+        f"{path} holds tf.train.Examples without the features {IMAGE_KEY} (bytes) and "
+        f"{LABEL_KEY} (int64) ({e.message.splitlines()[0]}). Write the shards with those keys, as "
+        "trainer.tfrecords and the ImageNet converters do.") from None
+  try:
+    image = tf.io.decode_image(image_bytes, expand_animations=False)
+  except tf.errors.InvalidArgumentError:
+    raise errors.UserError(f"{path}: the {IMAGE_KEY} of its first record is not a JPEG or PNG "
+                           "image.") from None
+  return tuple(int(size) for size in image.shape), int(label)
+
+
+def read_shards(data_dir: str, label_offset: int, resize: Sequence[int], input_index: int = 0,
+                num_inputs: int = 1) -> Shards:
+  """Finds and checks the shards of `data_dir` (see the module docstring) for process
+  `input_index` of the `num_inputs` that read training data.
+
+  With at least as many training files as processes, each process reads only its own files
+  (every num_inputs-th, from its index): sharding by file, which Model Garden and tf.distribute
+  prefer because no process reads what another trains on. With fewer files, every process reads
+  them all and keeps its slice of each global batch (sharding by data).
+  """
+  all_train_files = _files(data_dir, TRAIN_PATTERN)
+  test_files = next(_files(data_dir, pattern) for pattern in TEST_PATTERNS
+                    if _files(data_dir, pattern))
+  sharding = "none" if num_inputs == 1 else (
+      "file" if len(all_train_files) >= num_inputs else "data")
+  train_files = (all_train_files[input_index::num_inputs] if sharding == "file"
+                 else all_train_files)
+  shapes, first_labels = {}, {}
+  for path in train_files + test_files:
+    shapes[path], first_labels[path] = _check_first_record(path, label_offset)
+  counts = {path: count_records(path) for path in train_files + test_files}
+  examples_per_input = 0
+  if sharding == "file":
+    # The other processes' files: their counts as the converter recorded them (or their
+    # framing), so each process knows the smallest share without reading others' records.
+    recorded = _metadata(data_dir).get("files", {})
+    others = {path: recorded.get(os.path.basename(path)) or count_records(path)
+              for path in all_train_files if path not in counts}
+    every = {**others, **counts}
+    examples_per_input = min(sum(every[path] for path in all_train_files[index::num_inputs])
+                             for index in range(num_inputs))
+  channels = {shape[2] for shape in shapes.values()}
+  sizes = {shape[:2] for shape in shapes.values()}
+  if len(channels) > 1:
+    raise errors.UserError(f"The shards in {data_dir} mix images with {sorted(channels)} "
+                           "channels; convert them to one.")
+  if len(sizes) > 1 and not resize:
+    raise errors.UserError(f"The shards in {data_dir} hold images of several sizes "
+                           f"({', '.join(f'{h}x{w}' for h, w in sorted(sizes))}, ...). Add "
+                           "--image_size=HEIGHT,WIDTH to resize them all.")
+  image_shape = (*(tuple(resize) or next(iter(sizes))), channels.pop())
+  num_classes = _num_classes(data_dir, all_train_files, label_offset)
+  for path, label in first_labels.items():
+    _check_label(label, num_classes, label_offset, path)
+  return Shards(tuple(train_files), tuple(test_files),
+                tuple(counts[path] for path in train_files),
+                tuple(counts[path] for path in test_files), image_shape, num_classes,
+                label_offset, sharding, examples_per_input, _recorded_normalization(data_dir))
+
+
+def _recorded_normalization(data_dir: str):
+  metadata = _metadata(data_dir)
+  if "mean" not in metadata or "std" not in metadata:
+    return None
+  return tuple(metadata["mean"]), tuple(metadata["std"])
+
+
+def _metadata(data_dir: str) -> dict:
+  path = os.path.join(data_dir, METADATA_FILE)
+  if not os.path.isfile(path):
+    return {}
+  try:
+    with open(path) as file:
+      return json.load(file)
+  except (OSError, ValueError) as e:
+    raise errors.UserError(f"{path} cannot be read as JSON ({e}). Remove it: the shards are "
+                           "then counted and their labels scanned instead.") from None
+
+
+def _num_classes(data_dir: str, train_files: Sequence[str], label_offset: int) -> int:
+  metadata = _metadata(data_dir)
+  if "num_classes" in metadata:
+    return int(metadata["num_classes"])
+  # Without the converter's record, the training labels say it: one pass over the labels only.
+  dataset = tf.data.TFRecordDataset(list(train_files), num_parallel_reads=INTERLEAVE_FILES).map(
+      lambda record: tf.io.parse_single_example(record, {LABEL_KEY: _FEATURES[LABEL_KEY]})[
+          LABEL_KEY], num_parallel_calls=tf.data.AUTOTUNE)
+  labels = np.concatenate([batch.numpy() for batch in dataset.batch(65_536)])
+  lowest = int(labels.min()) - label_offset
+  if lowest < 0:
+    raise errors.UserError(
+        f"The shards in {data_dir} hold label {lowest + label_offset}, below --label_offset="
+        f"{label_offset}. Labels must start at the offset (0, or 1 for the ImageNet converters).")
+  return int(labels.max()) - label_offset + 1
+
+
+def _check_label(label: int, num_classes: int, label_offset: int, path: str) -> None:
+  if not 0 <= label < num_classes:
+    raise errors.UserError(
+        f"{path} holds label {label + label_offset}, outside the {num_classes} classes "
+        f"({label_offset} to {num_classes - 1 + label_offset}"
+        + (" with --label_offset" if label_offset else "") + "). Fix the label, or set "
+        "--label_offset=1 for shards whose labels start at 1.")
+
+
+def decode(image_bytes: tf.Tensor, image_shape: Sequence[int], resize: bool) -> tf.Tensor:
+  """A uint8 image of `image_shape` from JPEG or PNG bytes, resized when `resize` is set."""
+  image = tf.io.decode_image(image_bytes, channels=image_shape[2], expand_animations=False)
+  if resize:
+    image = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(
+        image, image_shape[:2], antialias=True)), 0, 255), tf.uint8)
+  return tf.ensure_shape(image, image_shape)
+
+
+def examples(files: Sequence[str], shards: Shards, resize: bool,
+             parallel_files: int = INTERLEAVE_FILES, shuffle_buffer: int = 0,
+             shuffle_seed: int = 0) -> tf.data.Dataset:
+  """Decoded (uint8 image, label) of `files`: a parallel interleave over the files (one record
+  of each in turn; with `parallel_files` 1, file order then record order), an optional seeded
+  shuffle of the encoded records (smaller than decoded images), and a parallel decode. The
+  same arguments give the same order: tf.data keeps it with deterministic=True."""
+  files_dataset = tf.data.Dataset.from_tensor_slices(list(files))
+  if parallel_files > 1:
+    records = files_dataset.interleave(
+        tf.data.TFRecordDataset, cycle_length=min(parallel_files, len(files)), block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  else:
+    records = files_dataset.flat_map(tf.data.TFRecordDataset)
+  if shuffle_buffer:
+    records = records.shuffle(shuffle_buffer, seed=shuffle_seed)
+  offset = shards.label_offset
+
+  def decoded(record):
+    image_bytes, label = parse_example(record, offset)
+    return decode(image_bytes, shards.image_shape, resize), label
+
+  return records.map(decoded, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def load_split(files: Sequence[str], counts: Sequence[int], shards: Shards,
+               resize: bool) -> Tuple[np.ndarray, np.ndarray]:
+  """Every image and label of `files` in memory, in file order (as the converter wrote them);
+  a damaged record or an out-of-range label is named with its file."""
+  try:
+    batches = [batch for batch in examples(files, shards, resize, parallel_files=1).batch(4096)]
+  except tf.errors.OpError as e:
+    raise errors.UserError(f"A record of {', '.join(files[:2])}{', ...' if len(files) > 2 else ''}"
+                           f" cannot be read or decoded ({e.message.splitlines()[0]}). Find the "
+                           "file by converting or copying each again.") from None
+  images = np.concatenate([batch[0].numpy() for batch in batches])
+  labels = np.concatenate([batch[1].numpy() for batch in batches])
+  bad = np.flatnonzero((labels < 0) | (labels >= shards.num_classes))
+  if bad.size:
+    file_index = int(np.searchsorted(np.cumsum(counts), bad[0], side="right"))
+    _check_label(int(labels[bad[0]]), shards.num_classes, shards.label_offset, files[file_index])
+  return images, labels
