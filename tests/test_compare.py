@@ -221,3 +221,14 @@ def test_sweep_runs_each_built_in_model_in_every_api_and_your_own_once():
       "functional-s0", "subclass-s0", "cnn-functional-s0", "cnn-subclass-s0",
       "two_branch_functional.build-s0"]
   assert runs[-1] == {"model": "examples/two_branch_functional.py:build", "seed": "0"}
+
+
+def test_sweep_runs_a_resnet_in_every_api_and_a_keras_application_once():
+  runs = sweep.matrix(["sequential", "functional"], 1,
+                      models=["resnet18", "applications.MobileNetV2"])
+  assert [sweep.run_name(run) for run in runs] == [
+      "resnet18-sequential-s0", "resnet18-functional-s0", "applications.MobileNetV2-s0"]
+  # --models accepts them, and refuses a model the trainer does not know.
+  accepts = sweep.FLAGS["models"].validators[0].checker
+  assert accepts(["resnet50", "applications.ResNet50", "mlp", "nets.py:build"])
+  assert not accepts(["resnet101"])

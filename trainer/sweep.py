@@ -28,8 +28,9 @@ from trainer.records import run_record
 from trainer.records import workdir as workdir_lib
 
 flags.DEFINE_string("root", "runs/sweep", "Folder that holds one workdir per run.")
-flags.DEFINE_list("models", ["mlp"], "Models to compare: mlp, cnn, or your own as "
-                  "path/to/file.py:function or package.module:function.")
+flags.DEFINE_list("models", ["mlp"], "Models to compare: mlp, cnn, resnet18, resnet34, resnet50, "
+                  "applications.NAME, or your own as path/to/file.py:function or "
+                  "package.module:function.")
 flags.DEFINE_list("apis", ["sequential", "functional", "subclass"],
                   "Keras APIs that build each built-in model.")
 flags.DEFINE_integer("seeds", 3, "Seeds per configuration: 0, 1, ... seeds-1.", lower_bound=1)
@@ -44,15 +45,20 @@ for _name, _choices in (("apis", config_lib.APIS), ("strategies", config_lib.STR
       _name, lambda values, choices=_choices: set(values) <= set(choices),
       message=f"--{_name} takes a comma-separated list of: {', '.join(_choices)}")
 flags.register_validator(
-    "models", lambda values: all(value in config_lib.NETWORKS or ":" in value
+    "models", lambda values: all(value in config_lib.NETWORKS or _comes_built(value)
                                  for value in values),
-    message=f"--models takes a comma-separated list of {', '.join(config_lib.NETWORKS)} or "
-            "path/to/file.py:function")
+    message=f"--models takes a comma-separated list of {', '.join(config_lib.NETWORKS)}, "
+            f"{config_lib.APPLICATIONS_PREFIX}NAME or path/to/file.py:function")
 flags.register_validator("batch_sizes", lambda values: all(v.isdigit() and int(v) > 0
                                                            for v in values),
                          message="--batch_sizes takes a comma-separated list of positive integers")
 
 FLAGS = flags.FLAGS
+
+
+def _comes_built(model: str) -> bool:
+  """True for a model whose API is its own: the user's, or a Keras Application."""
+  return ":" in model or model.startswith(config_lib.APPLICATIONS_PREFIX)
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -75,8 +81,9 @@ def matrix(apis: Sequence[str], seeds: int, strategies: Sequence[str] = (),
   """
   varied = {"strategy": strategies, "precision": precisions, "batch_size": batch_sizes}
   names = [name for name, values in varied.items() if values]
+  # Your own model's API, and a Keras Application's, is its own.
   model_apis = [(model, api) for model in models
-                for api in ([None] if ":" in model else apis)]  # Your own model's API is its own.
+                for api in ([None] if _comes_built(model) else apis)]
   runs = []
   for combination in itertools.product(*(varied[name] for name in names), model_apis,
                                        range(seeds)):
