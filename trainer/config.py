@@ -18,7 +18,9 @@ NETWORKS = ("mlp", "cnn", "resnet18", "resnet34", "resnet50")  # Built in, in al
 APPLICATIONS_PREFIX = "applications."  # --model=applications.NAME: a keras.applications model.
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker_mirrored")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "linear", "step")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCALINGS = ("none", "linear")
 AUGMENTATIONS = ("none", "flip", "crop_flip")  # trainer.data.augment's.
 PROGRESS = ("auto", "bar", "lines", "none")
 
@@ -88,10 +90,31 @@ class Config:
   # Optimisation.
   epochs: int = _setting(10, "Passes over the training split.")
   batch_size: int = _setting(32, "GLOBAL batch size: split across all replicas of all workers.")
-  learning_rate: float = _setting(1e-3, "Adam learning rate (the peak, under a schedule).")
+  optimizer: str = _setting(
+      "adam", "adam, adamw (decoupled weight decay) or sgd (with --momentum, --nesterov).")
+  momentum: float = _setting(0.9, "--optimizer=sgd: momentum.")
+  nesterov: bool = _setting(False, "--optimizer=sgd: Nesterov momentum.")
+  weight_decay: float = _setting(
+      0.0, "Decoupled weight decay (each update also subtracts learning rate x decay x weight), "
+      "never on biases or BatchNorm parameters; 1e-4 is ResNet's.")
+  learning_rate: float = _setting(
+      1e-3, "The peak learning rate (after --warmup_*, before --lr_schedule decays it).")
+  lr_scaling: str = _setting(
+      "none", "none, or linear: --learning_rate is given for a batch of 256 and multiplied by "
+      "--batch_size / 256 (Goyal et al.).")
+  warmup_steps: int = _setting(
+      0, "Raise the learning rate linearly from 0 to the peak over this many steps.")
+  warmup_epochs: int = _setting(0, "The warm-up in epochs instead of steps.")
   lr_schedule: str = _setting(
-      "constant", "constant, or cosine: --learning_rate decays to 0 along a half cosine over "
-      "the run's --epochs (resuming with more epochs stretches the rest of the curve).")
+      "constant", "After the warm-up: constant; cosine (a half cosine to 0 by the run's end); "
+      "linear (to 0 by the run's end); step (x0.1 at each of --lr_drops). Resuming with more "
+      "--epochs stretches the rest of the curve.")
+  lr_drops: Tuple[int, ...] = _setting(
+      (), "--lr_schedule=step: the epochs at whose start the learning rate drops x0.1, e.g. "
+      "30,60,80.")
+  label_smoothing: float = _setting(
+      0.0, "Train on targets of 1 - s for the label and s / classes spread over all (0.1 is "
+      "ResNet's); the test loss stays unsmoothed.")
   seed: int = _setting(0, "Seed of the initial weights and the data order.")
   max_steps_per_epoch: int = _setting(
       0, "Cut each epoch to at most this many steps; 0 is the whole split.")
@@ -146,7 +169,7 @@ class Config:
 
   def __post_init__(self):
     # Lists (from absl's list flags, or config.json) become tuples: the Config stays immutable.
-    for name in ("worker_hosts", "image_size", "image_shape", "profile_steps"):
+    for name in ("worker_hosts", "image_size", "image_shape", "profile_steps", "lr_drops"):
       object.__setattr__(self, name, tuple(getattr(self, name)))
     if (self.own_model or self.application) and self.api is not None:
       raise errors.UserError(
@@ -176,11 +199,38 @@ class Config:
                                not 1 <= self.profile_steps[0] <= self.profile_steps[1]):
       raise errors.UserError(f"--profile_steps={_joined(self.profile_steps)} must be A,B, the "
                              "first and last training step to profile, 1 <= A <= B, e.g. 101,120.")
+    self._check_recipe()
     if self.validation_split is not None and not 0 < self.validation_split < 1:
       raise errors.UserError(f"--validation_split={self.validation_split} must lie between 0 "
                              "and 1, e.g. 0.2.")
     if self.workdir is None:
       object.__setattr__(self, "workdir", os.path.join("runs", self.run_name))
+
+  def _check_recipe(self) -> None:
+    """Refuses optimisation settings that cannot train, each with one line."""
+    if self.weight_decay < 0:
+      raise errors.UserError(f"--weight_decay={self.weight_decay} is negative; use 0 (off) or "
+                             "a small positive value such as 1e-4.")
+    if not 0 <= self.momentum < 1:
+      raise errors.UserError(f"--momentum={self.momentum} must lie in [0, 1), e.g. 0.9.")
+    if not 0 <= self.label_smoothing < 1:
+      raise errors.UserError(f"--label_smoothing={self.label_smoothing} must lie in [0, 1), "
+                             "e.g. 0.1.")
+    if self.nesterov and self.optimizer != "sgd":
+      raise errors.UserError(f"--nesterov is SGD's momentum; --optimizer={self.optimizer} has "
+                             "none. Add --optimizer=sgd or leave --nesterov out.")
+    if self.warmup_steps < 0 or self.warmup_epochs < 0:
+      raise errors.UserError("--warmup_steps and --warmup_epochs count steps and epochs: 0 or "
+                             "more.")
+    if self.warmup_steps and self.warmup_epochs:
+      raise errors.UserError("Give the warm-up once: --warmup_steps or --warmup_epochs.")
+    if (self.lr_schedule == "step") != bool(self.lr_drops):
+      raise errors.UserError("--lr_schedule=step and --lr_drops go together: the epochs at "
+                             "which to drop the learning rate, e.g. --lr_drops=30,60,80.")
+    if self.lr_drops and (min(self.lr_drops) < 1 or list(self.lr_drops) != sorted(
+        set(self.lr_drops))):
+      raise errors.UserError(f"--lr_drops={_joined(self.lr_drops)} must be increasing epochs "
+                             "from 1, e.g. 30,60,80.")
 
   @property
   def own_model(self) -> bool:

@@ -56,8 +56,17 @@ _define(flags.DEFINE_float, "memory_limit_mb", lower_bound=0.0)
 # Optimisation.
 _define(flags.DEFINE_integer, "epochs", lower_bound=1)
 _define(flags.DEFINE_integer, "batch_size", lower_bound=1)
+_define(flags.DEFINE_enum, "optimizer", enum_values=config_lib.OPTIMIZERS)
+_define(flags.DEFINE_float, "momentum")
+_define(flags.DEFINE_boolean, "nesterov")
+_define(flags.DEFINE_float, "weight_decay")
 _define(flags.DEFINE_float, "learning_rate", lower_bound=0.0)
+_define(flags.DEFINE_enum, "lr_scaling", enum_values=config_lib.LR_SCALINGS)
+_define(flags.DEFINE_integer, "warmup_steps")
+_define(flags.DEFINE_integer, "warmup_epochs")
 _define(flags.DEFINE_enum, "lr_schedule", enum_values=config_lib.LR_SCHEDULES)
+_define(flags.DEFINE_list, "lr_drops")
+_define(flags.DEFINE_float, "label_smoothing")
 _define(flags.DEFINE_integer, "seed", lower_bound=0)
 _define(flags.DEFINE_integer, "max_steps_per_epoch", lower_bound=0)
 _define(flags.DEFINE_integer, "eval_steps", lower_bound=0)
@@ -86,7 +95,7 @@ FLAGS = flags.FLAGS
 def config_from_flags() -> config_lib.Config:
   """Returns the immutable Config that the parsed flags describe."""
   values = {name: FLAGS[name].value for name in config_lib.SETTINGS}
-  for name in ("image_size", "image_shape", "profile_steps"):
+  for name in ("image_size", "image_shape", "profile_steps", "lr_drops"):
     try:
       values[name] = tuple(int(value) for value in values[name])
     except ValueError:

@@ -27,6 +27,7 @@ from trainer import errors
 from trainer.records import export
 from trainer.data import input_pipeline
 from trainer.models import factory
+from trainer.loop import optimization
 from trainer.loop import preemption
 from trainer.loop import profiling
 from trainer.loop import progress
@@ -117,11 +118,14 @@ def _open_runtime(stack: contextlib.ExitStack,
     # The one writer of the workdir from here to the end; other workers write only scratch.
     stack.enter_context(workdir_lock.locked(config.workdir))
     workdir_lib.check_can_start(config.workdir, settings.run_config(), config.overwrite)
+  peak = optimization.peak_learning_rate(config)
+  scaled = (f" = {config.learning_rate:g} x {config.batch_size}/"
+            f"{optimization.LINEAR_SCALING_BATCH}" if config.lr_scaling == "linear" else "")
   logging.info("Strategy %s with %d replica%s on %s; precision %s (%s); %d steps per loop, "
-               "XLA %s.", settings.strategy, settings.num_replicas,
+               "XLA %s; %s, peak learning rate %g%s.", settings.strategy, settings.num_replicas,
                "" if settings.num_replicas == 1 else "s", settings.device,
                settings.precision, settings.precision_reason, settings.steps_per_loop,
-               "on" if settings.jit_compile else "off")
+               "on" if settings.jit_compile else "off", config.optimizer, peak, scaled)
   return runtime
 
 

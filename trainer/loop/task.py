@@ -19,15 +19,8 @@ from trainer.distribute import distribution
 from trainer.data import input_pipeline
 from trainer.models import factory
 from trainer.distribute import precision as precision_lib
+from trainer.loop import optimization
 from trainer.loop import schedule
-
-
-def learning_rate(config: config_lib.Config, total_steps: int):
-  """--learning_rate, or its --lr_schedule over `total_steps` (driven by the optimizer's step
-  count, which the checkpoint restores, so a resumed run continues the same curve)."""
-  if config.lr_schedule == "cosine":
-    return keras.optimizers.schedules.CosineDecay(config.learning_rate, total_steps)
-  return config.learning_rate
 
 
 class Task:
@@ -42,8 +35,9 @@ class Task:
       self.model = built.model
       self.api = built.api  # As detected for the user's own model.
       self.from_logits = built.from_logits
-      self.optimizer = keras.optimizers.Adam(
-          learning_rate(config, config.epochs * pipeline.steps_per_epoch))
+      self.learning_rate = optimization.learning_rate_schedule(config, pipeline.steps_per_epoch)
+      self.optimizer = optimization.make_optimizer(config, self.learning_rate,
+                                                   self.model.trainable_variables)
       if precision_lib.uses_loss_scaling(settings.precision):
         self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)  # Dynamic scaling.
       self.optimizer.build(self.model.trainable_variables)
@@ -53,6 +47,13 @@ class Task:
       self._eval_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
     self._loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=self.from_logits,
                                                                reduction=None)
+    self._train_loss_fn = self._loss_fn
+    if config.label_smoothing:
+      smoothed = keras.losses.CategoricalCrossentropy(
+          from_logits=self.from_logits, label_smoothing=config.label_smoothing, reduction=None)
+      num_classes = pipeline.num_classes
+      self._train_loss_fn = lambda labels, outputs: smoothed(
+          tf.one_hot(labels, num_classes), outputs)
     self._forward_backward = self._forward_backward_eager
     if settings.jit_compile and settings.num_replicas > 1:
       # Several replicas: the cross-replica gradient sum cannot run inside XLA, the rest can.
@@ -104,9 +105,10 @@ class Task:
     return int(self._train_loop(self._iterator, tf.constant(num_steps // self._pack, tf.int64)))
 
   def train_metrics(self) -> Dict[str, float]:
-    """The training loss and accuracy since the last reset."""
+    """The training loss and accuracy since the last reset, and the learning rate now."""
     return {"loss": float(self._train_loss.result()),
-            "accuracy": float(self._train_accuracy.result())}
+            "accuracy": float(self._train_accuracy.result()),
+            "learning_rate": float(self.learning_rate(self.optimizer.iterations))}
 
   def reset_train_metrics(self) -> None:
     self._train_loss.reset_state()
@@ -146,7 +148,7 @@ class Task:
   def _forward_backward_eager(self, images, labels):
     with tf.GradientTape() as tape:
       outputs = self._outputs(images, training=True)
-      per_example_loss = self._loss_fn(labels, outputs)
+      per_example_loss = self._train_loss_fn(labels, outputs)
       # Divide by the GLOBAL batch: the optimizer sums gradients across replicas.
       loss = tf.reduce_sum(per_example_loss) / self._settings.config.batch_size
       scaled_loss = self.optimizer.scale_loss(loss)

@@ -38,12 +38,16 @@ SAVED_MODEL_DIR = "saved_model"
 # does not change them, so it continues a run.
 MATH_FIELDS = ("model", "api", "hidden_units", "sync_batchnorm", "dataset", "label_offset",
                "image_size", "augment", "normalize", "validation_split", "image_shape",
-               "num_classes", "batch_size", "learning_rate", "lr_schedule", "seed",
+               "num_classes", "batch_size", "optimizer", "momentum", "nesterov",
+               "weight_decay", "learning_rate", "lr_scaling", "warmup_steps", "warmup_epochs",
+               "lr_schedule", "lr_drops", "label_smoothing", "seed",
                "max_steps_per_epoch", "precision", "num_replicas")
 # What a config.json written before a setting existed means by its absence.
 _MATH_DEFAULTS = {"model": "mlp", "sync_batchnorm": False, "label_offset": 0, "augment": "none",
                   "normalize": False, "image_size": [], "image_shape": [],
-                  "num_classes": 0, "lr_schedule": "constant"}
+                  "num_classes": 0, "lr_schedule": "constant", "optimizer": "adam",
+                  "momentum": 0.9, "nesterov": False, "weight_decay": 0.0, "lr_scaling": "none",
+                  "warmup_steps": 0, "warmup_epochs": 0, "lr_drops": [], "label_smoothing": 0.0}
 
 
 def is_disk_full(error: BaseException) -> bool:

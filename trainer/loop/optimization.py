@@ -1,0 +1,118 @@
+"""The optimizer of a run and its learning rate: the recipe ResNets are trained with.
+
+  --optimizer      adam, adamw or sgd (--momentum, --nesterov)
+  --weight_decay   decoupled (var -= learning_rate * decay * var at every update, Keras's and
+                   AdamW's form), never on biases or normalisation parameters
+  --learning_rate  the peak; --lr_scaling=linear multiplies it by global batch / 256 (Goyal et
+                   al., "Accurate, Large Minibatch SGD", 2017)
+  --warmup_steps / --warmup_epochs   linear from 0 to the peak (Goyal et al.)
+  --lr_schedule    after the warm-up: constant, cosine (to 0), linear (to 0), step (x0.1 at each
+                   of --lr_drops epochs)
+
+The schedule is a function of the optimizer's step count, which the checkpoint restores, so a
+resumed run continues the same curve.
+"""
+
+import math
+from typing import List, Optional, Sequence
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from trainer import config as config_lib
+from trainer import errors
+
+STEP_DROP = 0.1  # --lr_schedule=step multiplies by this at each of --lr_drops.
+LINEAR_SCALING_BATCH = 256  # --lr_scaling=linear: the batch --learning_rate is given for.
+
+
+def peak_learning_rate(config: config_lib.Config) -> float:
+  """--learning_rate, times global batch / 256 under --lr_scaling=linear."""
+  if config.lr_scaling == "linear":
+    return config.learning_rate * config.batch_size / LINEAR_SCALING_BATCH
+  return config.learning_rate
+
+
+@keras.saving.register_keras_serializable(package="trainer")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+  """A linear warm-up from 0 over `warmup_steps`, then `kind` (constant, cosine, linear or step)
+  from `peak` over the rest of `total_steps`; `drop_steps` are the steps of step's drops."""
+
+  def __init__(self, peak: float, total_steps: int, warmup_steps: int = 0,
+               kind: str = "constant", drop_steps: Sequence[int] = ()):
+    super().__init__()
+    self.peak, self.total_steps, self.warmup_steps = float(peak), int(total_steps), int(warmup_steps)
+    self.kind, self.drop_steps = kind, tuple(int(step) for step in drop_steps)
+
+  def __call__(self, step):
+    # The optimizer passes its iteration count: the step about to be taken, from 0.
+    step = tf.cast(step, tf.float32)
+    warmup = float(self.warmup_steps)
+    decay_steps = float(max(self.total_steps - self.warmup_steps, 1))
+    progress = tf.clip_by_value((step - warmup) / decay_steps, 0.0, 1.0)
+    if self.kind == "cosine":
+      # In keras.optimizers.schedules.CosineDecay's order of operations, so that runs from
+      # before the warm-up existed keep their weights bit for bit.
+      after = self.peak * (0.5 * (1.0 + tf.cos(math.pi * progress)))
+    elif self.kind == "linear":
+      after = self.peak * (1.0 - progress)
+    elif self.kind == "step":
+      drops = tf.reduce_sum(tf.cast(step >= tf.constant(self.drop_steps or (2**31,),
+                                                        tf.float32), tf.float32))
+      after = self.peak * tf.pow(STEP_DROP, drops)
+    else:
+      after = tf.constant(self.peak, tf.float32)
+    if not self.warmup_steps:
+      return after
+    # From 0 at step 0, as Model Garden's LinearWarmup: the peak is reached at warmup_steps.
+    return tf.where(step < warmup, self.peak * step / warmup, after)
+
+  def get_config(self) -> dict:
+    return {"peak": self.peak, "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps, "kind": self.kind,
+            "drop_steps": list(self.drop_steps)}
+
+
+def learning_rate_schedule(config: config_lib.Config, steps_per_epoch: int) -> WarmupSchedule:
+  """The schedule of `config` for epochs of `steps_per_epoch`; refuses one that cannot run."""
+  total_steps = config.epochs * steps_per_epoch
+  warmup_steps = config.warmup_steps or config.warmup_epochs * steps_per_epoch
+  if warmup_steps >= total_steps:
+    raise errors.UserError(
+        f"The warm-up ({warmup_steps} steps) is as long as the run ({total_steps} steps: "
+        f"{config.epochs} epochs of {steps_per_epoch}). Shorten --warmup_steps or "
+        "--warmup_epochs, or train for more --epochs.")
+  if config.lr_drops and max(config.lr_drops) >= config.epochs:
+    raise errors.UserError(
+        f"--lr_drops={','.join(map(str, config.lr_drops))} drops the learning rate at or past "
+        f"the last epoch ({config.epochs}); give epochs between 1 and {config.epochs - 1}.")
+  return WarmupSchedule(peak_learning_rate(config), total_steps, warmup_steps,
+                        config.lr_schedule, [epoch * steps_per_epoch
+                                             for epoch in config.lr_drops])
+
+
+def no_decay_variables(variables: Sequence[tf.Variable]) -> List[tf.Variable]:
+  """The variables weight decay leaves alone: biases and normalisation scales and offsets, that
+  is every variable of one dimension (the rule of Goyal et al. and timm)."""
+  return [variable for variable in variables if len(variable.shape) <= 1]
+
+
+def make_optimizer(config: config_lib.Config, schedule: WarmupSchedule,
+                   variables: Sequence[tf.Variable]) -> keras.optimizers.Optimizer:
+  """The --optimizer of `config`, with decoupled weight decay kept off `no_decay_variables`."""
+  weight_decay: Optional[float] = config.weight_decay or None
+  if config.optimizer == "sgd":
+    optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum,
+                                     nesterov=config.nesterov, weight_decay=weight_decay)
+  elif config.optimizer == "adamw":
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+  else:
+    optimizer = keras.optimizers.Adam(schedule, weight_decay=weight_decay)
+  if optimizer.weight_decay:
+    excluded = no_decay_variables(variables)
+    optimizer.exclude_from_weight_decay(var_list=excluded)
+    logging.info("Weight decay %g on %d variables; not on %d biases and normalisation "
+                 "parameters: %s", optimizer.weight_decay, len(variables) - len(excluded),
+                 len(excluded), ", ".join(variable.path for variable in excluded))
+  return optimizer
