@@ -101,8 +101,8 @@ def test_sgd_with_nesterov_momentum_updates_as_the_formula_says():
     np.testing.assert_allclose(kernel.numpy(), expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_weight_decay_shrinks_kernels_and_leaves_biases_and_batchnorm_alone(optimizer):
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_decoupled_weight_decay_shrinks_kernels_and_leaves_biases_and_batchnorm_alone(optimizer):
   config = config_lib.Config(optimizer=optimizer, weight_decay=0.1, learning_rate=0.5)
   model = _tiny_model()
   variables = model.trainable_variables
@@ -118,3 +118,21 @@ def test_weight_decay_shrinks_kernels_and_leaves_biases_and_batchnorm_alone(opti
                                  rtol=1e-6)
   assert sorted(v.path.split("/", 1)[1] for v in optimization.no_decay_variables(variables)) == [
       "bn/beta", "bn/gamma", "dense/bias", "out/bias"]
+
+
+def test_sgd_weight_decay_is_an_l2_gradient_on_kernels_only_summed_once_over_replicas():
+  model = _tiny_model()
+  variables = model.trainable_variables
+  decayed = optimization.decayed_variables(variables)
+  assert sorted(v.path.split("/", 1)[1] for v in decayed) == ["dense/kernel", "out/kernel"]
+  with tf.GradientTape() as tape:
+    # One of two replicas' shares: summed over both, the gradient is decay * weight.
+    loss = optimization.l2_loss(decayed, 1e-4, num_replicas=2)
+  gradients = tape.gradient(loss, [variable.value for variable in variables],
+                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  for variable, gradient in zip(variables, gradients):
+    summed = 2 * gradient.numpy()
+    if len(variable.shape) > 1:
+      np.testing.assert_allclose(summed, 1e-4 * variable.numpy(), rtol=1e-5)
+    else:
+      assert not summed.any(), variable.path

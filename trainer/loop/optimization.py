@@ -1,8 +1,11 @@
 """The optimizer of a run and its learning rate: the recipe ResNets are trained with.
 
   --optimizer      adam, adamw or sgd (--momentum, --nesterov)
-  --weight_decay   decoupled (var -= learning_rate * decay * var at every update, Keras's and
-                   AdamW's form), never on biases or normalisation parameters
+  --weight_decay   never on biases or normalisation parameters. With sgd, an L2 term in the
+                   loss whose gradient is decay * var, so it goes through the momentum: the form
+                   Model Garden and torchvision train ResNets with, where 1e-4 is the standard
+                   value. With adam and adamw, decoupled (var -= learning_rate * decay * var at
+                   every update: AdamW's form, Loshchilov and Hutter 2019).
   --learning_rate  the peak; --lr_scaling=linear multiplies it by global batch / 256 (Goyal et
                    al., "Accurate, Large Minibatch SGD", 2017)
   --warmup_steps / --warmup_epochs   linear from 0 to the peak (Goyal et al.)
@@ -98,21 +101,41 @@ def no_decay_variables(variables: Sequence[tf.Variable]) -> List[tf.Variable]:
   return [variable for variable in variables if len(variable.shape) <= 1]
 
 
+def decayed_variables(variables: Sequence[tf.Variable]) -> List[tf.Variable]:
+  """The variables weight decay applies to: every one of more than one dimension."""
+  excluded = {id(variable) for variable in no_decay_variables(variables)}
+  return [variable for variable in variables if id(variable) not in excluded]
+
+
 def make_optimizer(config: config_lib.Config, schedule: WarmupSchedule,
                    variables: Sequence[tf.Variable]) -> keras.optimizers.Optimizer:
-  """The --optimizer of `config`, with decoupled weight decay kept off `no_decay_variables`."""
-  weight_decay: Optional[float] = config.weight_decay or None
+  """The --optimizer of `config`; adam's and adamw's decoupled weight decay kept off
+  `no_decay_variables` (sgd's is `l2_loss`, added to the loss)."""
+  decoupled: Optional[float] = (config.weight_decay or None) if config.optimizer != "sgd" else None
   if config.optimizer == "sgd":
     optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum,
-                                     nesterov=config.nesterov, weight_decay=weight_decay)
-  elif config.optimizer == "adamw":
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
-  else:
-    optimizer = keras.optimizers.Adam(schedule, weight_decay=weight_decay)
-  if optimizer.weight_decay:
+                                     nesterov=config.nesterov)
+  elif config.optimizer == "adamw" and decoupled:
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=decoupled)
+  else:  # AdamW without decay is Adam.
+    optimizer = keras.optimizers.Adam(schedule, weight_decay=decoupled)
+  if decoupled:
+    optimizer.exclude_from_weight_decay(var_list=no_decay_variables(variables))
+  if config.weight_decay:
     excluded = no_decay_variables(variables)
-    optimizer.exclude_from_weight_decay(var_list=excluded)
-    logging.info("Weight decay %g on %d variables; not on %d biases and normalisation "
-                 "parameters: %s", optimizer.weight_decay, len(variables) - len(excluded),
-                 len(excluded), ", ".join(variable.path for variable in excluded))
+    logging.info("Weight decay %g (%s) on %d variables; not on %d biases and normalisation "
+                 "parameters: %s", config.weight_decay,
+                 "L2 in the loss" if config.optimizer == "sgd" else "decoupled",
+                 len(variables) - len(excluded), len(excluded),
+                 ", ".join(variable.path for variable in excluded))
   return optimizer
+
+
+def l2_loss(variables: Sequence[tf.Variable], weight_decay: float,
+            num_replicas: int) -> tf.Tensor:
+  """SGD's weight decay as a loss term of one replica: 0.5 * decay * sum of squares, divided by
+  the replicas, so that the gradient summed over them is decay * var (as Model Garden scales
+  its regularisation losses)."""
+  squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(variable, tf.float32)))
+                      for variable in variables])
+  return 0.5 * weight_decay * squares / num_replicas

@@ -38,6 +38,8 @@ class Task:
       self.learning_rate = optimization.learning_rate_schedule(config, pipeline.steps_per_epoch)
       self.optimizer = optimization.make_optimizer(config, self.learning_rate,
                                                    self.model.trainable_variables)
+      self._l2_variables = (optimization.decayed_variables(self.model.trainable_variables)
+                            if config.optimizer == "sgd" and config.weight_decay else [])
       if precision_lib.uses_loss_scaling(settings.precision):
         self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)  # Dynamic scaling.
       self.optimizer.build(self.model.trainable_variables)
@@ -151,6 +153,9 @@ class Task:
       per_example_loss = self._train_loss_fn(labels, outputs)
       # Divide by the GLOBAL batch: the optimizer sums gradients across replicas.
       loss = tf.reduce_sum(per_example_loss) / self._settings.config.batch_size
+      if self._l2_variables:
+        loss += optimization.l2_loss(self._l2_variables, self._settings.config.weight_decay,
+                                     self._settings.num_replicas)
       scaled_loss = self.optimizer.scale_loss(loss)
     gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
     return gradients, per_example_loss, outputs
