@@ -10,9 +10,9 @@ import sys
 
 import tensorflow as tf
 
-from trainer.distribute import cluster
 from trainer import config as config_lib
 from trainer.data import input_pipeline
+from trainer.distribute import cluster
 
 
 def main(data_dir: str, global_batch_size: int, num_batches: int) -> None:

@@ -2,11 +2,11 @@
 
 import pytest
 
+from tests import processes
 from trainer import config as config_lib
 from trainer import errors
 from trainer.models import applications
 from trainer.models import factory
-from tests import processes
 
 
 def build(name, image_shape=(32, 32, 3), num_classes=10):

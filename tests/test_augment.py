@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 
 from trainer import config as config_lib
-from trainer import errors
 from trainer.data import augment
 from trainer.data import input_pipeline
+from trainer import errors
 
 IMAGES = tf.constant(np.random.default_rng(0).random((16, 12, 10, 3), dtype=np.float32))
 

@@ -10,8 +10,8 @@ import sys
 import yaml
 
 from tests.processes import ROOT
-from trainer.distribute import cluster
 from trainer import config as config_lib
+from trainer.distribute import cluster
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import slurm_tf_config  # pylint: disable=g-import-not-at-top,wrong-import-position

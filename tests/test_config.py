@@ -61,3 +61,30 @@ def test_run_settings_resolve_the_automatic_choices():
   saved = settings(2, precision="auto", strategy="auto").run_config()
   assert (saved["strategy"], saved["precision"], saved["num_replicas"]) == (
       "mirrored", "float32", 2)
+
+
+PRESETS_TO_CONFIGS = """
+import glob, json, os
+from trainer import main
+configs = {}
+for path in sorted(glob.glob("configs/*.cfg")):
+  main.FLAGS.unparse_flags()
+  main.FLAGS(["trainer.main", f"--flagfile={path}"])
+  configs[os.path.basename(path)] = main.config_from_flags().to_dict()
+print(json.dumps(configs))
+"""
+
+
+def test_every_preset_parses_into_a_config_and_resnet50_is_the_imagenet_recipe():
+  result = subprocess.run([sys.executable, "-c", PRESETS_TO_CONFIGS], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr[-2000:]
+  configs = json.loads(result.stdout.strip().splitlines()[-1])
+  assert {"resnet18_small.cfg", "resnet50_imagenet.cfg", "seed.cfg"} <= set(configs)
+  recipe = configs["resnet50_imagenet.cfg"]
+  assert {name: recipe[name] for name in (
+      "model", "batch_size", "optimizer", "momentum", "learning_rate", "lr_scaling",
+      "warmup_epochs", "lr_schedule", "label_smoothing", "weight_decay", "epochs")} == {
+          "model": "resnet50", "batch_size": 1024, "optimizer": "sgd", "momentum": 0.9,
+          "learning_rate": 0.1, "lr_scaling": "linear", "warmup_epochs": 5,
+          "lr_schedule": "cosine", "label_smoothing": 0.1, "weight_decay": 1e-4, "epochs": 90}

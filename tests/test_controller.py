@@ -5,8 +5,8 @@ import signal
 
 import pytest
 
-from trainer.loop import controller
 from trainer import errors
+from trainer.loop import controller
 from trainer.loop import schedule
 from trainer.loop import throughput
 

@@ -11,14 +11,14 @@ import pytest
 import tensorflow as tf
 
 from trainer import compare
+from trainer.data import input_pipeline
 from trainer import errors
 from trainer import evaluate
-from trainer.data import input_pipeline
-from trainer.records import run_record
 from trainer.loop import task as task_lib
-from trainer import train
+from trainer.records import run_record
 from trainer.records import workdir as workdir_lib
 from trainer.records import workdir_lock
+from trainer import train
 
 
 # ---------------------------------------------------------------- The lock and the workdir.

@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from trainer import errors
 from trainer.data import idx_files
+from trainer import errors
 
 
 @pytest.fixture

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.datasets import write_images
 from trainer import config as config_lib
-from trainer import errors
 from trainer.data import image_folder
 from trainer.data import input_pipeline
+from trainer import errors
 from trainer import train
-from tests.datasets import write_images
 
 
 def random_images(count, shape=(6, 5, 1), seed=0):

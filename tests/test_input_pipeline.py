@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 
 from trainer import config as config_lib
-from trainer import errors
 from trainer.data import idx_files
 from trainer.data import input_pipeline
+from trainer import errors
 
 
 def make_pipeline(**settings) -> input_pipeline.InputPipeline:

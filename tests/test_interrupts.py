@@ -12,10 +12,10 @@ import signal
 import keras
 import pytest
 
-from trainer.records import checkpointing
-from trainer import errors
 from trainer.data import input_pipeline
+from trainer import errors
 from trainer.loop import task as task_lib
+from trainer.records import checkpointing
 from trainer import train
 
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from tests.processes import ROOT
-from trainer.distribute import cluster
 from trainer import config as config_lib
-from trainer import errors
 from trainer.data import input_pipeline
+from trainer.distribute import cluster
+from trainer import errors
 from trainer import train
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))

@@ -11,12 +11,12 @@ import time
 import keras
 import pytest
 
+from tests import processes
 from trainer import errors
 from trainer import evaluate
-from trainer.records import export
 from trainer.models import own_model
+from trainer.records import export
 from trainer import train
-from tests import processes
 
 EXAMPLES = os.path.join(processes.ROOT, "examples")
 SHAPE = (28, 28, 1)

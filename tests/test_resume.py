@@ -16,14 +16,14 @@ from tensorboard.backend.event_processing import event_accumulator
 from tests import processes
 from tests.processes import ROOT
 from trainer import config as config_lib
+from trainer.data import input_pipeline
 from trainer import errors
 from trainer import evaluate
 from trainer.records import export
-from trainer.data import input_pipeline
 from trainer.records import run_record
 from trainer.records import summaries
-from trainer import train
 from trainer.records import workdir as workdir_lib
+from trainer import train
 
 
 def checkpoint_steps(workdir) -> list:

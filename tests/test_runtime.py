@@ -6,11 +6,11 @@ import tempfile
 import pytest
 import tensorflow as tf
 
-from trainer.records import checkpointing
 from trainer import config as config_lib
 from trainer.distribute import distribution
-from trainer import errors
 from trainer.distribute import runtime
+from trainer import errors
+from trainer.records import checkpointing
 from trainer import train
 
 CLUSTER_CONFIG = config_lib.Config(strategy="multi_worker_mirrored",

@@ -1,8 +1,8 @@
 """Start-up phases add up to the time to the first step; FLOPs come from the compiled step."""
 
 from trainer import flops
-from trainer.models import simple
 from trainer.loop import startup
+from trainer.models import simple
 
 
 def test_startup_phases_add_up_to_the_time_to_first_step():

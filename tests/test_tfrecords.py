@@ -15,11 +15,11 @@ import tensorflow as tf
 from tests import processes
 from tests.processes import ROOT
 from trainer import config as config_lib
+from trainer.data import input_pipeline
+from trainer.data import tfrecords
 from trainer import errors
 from trainer import tfrecords as converter
 from trainer import train
-from trainer.data import input_pipeline
-from trainer.data import tfrecords
 
 
 @pytest.fixture(scope="session")

@@ -397,8 +397,8 @@ def run_benchmark(data_dir: str, batch_sizes: Sequence[int], strategies: Sequenc
     hardware.split_cpu(2)  # Before TensorFlow starts; the default strategy uses the first.
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import flops  # pylint: disable=g-import-not-at-top
   from trainer.data import idx_files  # pylint: disable=g-import-not-at-top
+  from trainer import flops  # pylint: disable=g-import-not-at-top
   images, labels, _, _ = idx_files.read_mnist_format(data_dir)
   images = (images.astype("float32") / 255.0).reshape(-1, 28, 28, 1)
   if tiny:

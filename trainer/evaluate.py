@@ -22,9 +22,9 @@ def evaluate_export(workdir: str, export_format: str = "keras", data_dir=None) -
   """Returns {"test_accuracy", "test_loss", "num_examples"} of the exported model in `workdir`."""
   # Imported here so that --help answers without loading TensorFlow.
   import keras  # pylint: disable=g-import-not-at-top
+  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
   from trainer import errors  # pylint: disable=g-import-not-at-top
   from trainer.records import export  # pylint: disable=g-import-not-at-top
-  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
   from trainer.records import run_record  # pylint: disable=g-import-not-at-top
   from trainer.records import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
@@ -63,8 +63,8 @@ def _load_keras_model(workdir: str, config):
   """Loads model.keras; for the user's own model, with the layers and models its module defines,
   as Keras needs their classes to rebuild it."""
   from trainer import errors  # pylint: disable=g-import-not-at-top
-  from trainer.records import export  # pylint: disable=g-import-not-at-top
   from trainer.models import own_model  # pylint: disable=g-import-not-at-top
+  from trainer.records import export  # pylint: disable=g-import-not-at-top
   if not config.own_model:
     return export.load_keras_model(workdir)
   try:

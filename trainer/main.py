@@ -109,8 +109,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   console.quiet()  # Before TensorFlow loads: its start-up chatter is filtered from here on.
   # Imported after flag parsing so that --help answers without loading TensorFlow.
-  from trainer import train
   from trainer.distribute import cluster
+  from trainer import train
   with errors.shown_as_one_line():
     config = config_from_flags()
     train.train_and_evaluate(config, start_time=_PROCESS_START)

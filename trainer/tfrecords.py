@@ -57,11 +57,11 @@ def write_split(output: str, split: str, encoded_images, labels, num_shards: int
 def convert(data_dir: str, output: str, num_shards: int, validation_split=None) -> dict:
   """Writes the dataset in `data_dir` as shards in `output`; returns what dataset.json holds."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import errors  # pylint: disable=g-import-not-at-top
   from trainer.data import idx_files  # pylint: disable=g-import-not-at-top
-  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
   from trainer.data import image_folder  # pylint: disable=g-import-not-at-top
+  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
   from trainer.data import tfrecords  # pylint: disable=g-import-not-at-top
+  from trainer import errors  # pylint: disable=g-import-not-at-top
   from trainer.records import workdir  # pylint: disable=g-import-not-at-top
   data_dir = os.path.expanduser(data_dir)
   if not os.path.isdir(data_dir):

@@ -20,24 +20,24 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from trainer.records import checkpointing
 from trainer import config as config_lib
-from trainer.loop import controller as controller_lib
-from trainer import errors
-from trainer.records import export
 from trainer.data import input_pipeline
-from trainer.models import factory
+from trainer.distribute import runtime as runtime_lib
+from trainer import errors
+from trainer.loop import controller as controller_lib
 from trainer.loop import optimization
 from trainer.loop import preemption
 from trainer.loop import profiling
 from trainer.loop import progress
-from trainer.records import run_record
-from trainer.distribute import runtime as runtime_lib
 from trainer.loop import schedule
 from trainer.loop import startup
-from trainer.records import summaries
 from trainer.loop import task as task_lib
 from trainer.loop import throughput
+from trainer.models import factory
+from trainer.records import checkpointing
+from trainer.records import export
+from trainer.records import run_record
+from trainer.records import summaries
 from trainer.records import workdir as workdir_lib
 from trainer.records import workdir_lock
 

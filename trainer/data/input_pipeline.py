@@ -10,16 +10,17 @@ import functools
 import os
 from typing import Optional, Tuple
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
 from trainer import config as config_lib
-from trainer.data import sources
-from trainer import errors
 from trainer.data import augment
 from trainer.data import idx_files
 from trainer.data import image_folder
+from trainer.data import sources
 from trainer.data import tfrecords
+from trainer import errors
 
 IMAGE_SHAPE = (*idx_files.IMAGE_SHAPE, 1)  # One channel, as Keras image layers expect.
 NUM_CLASSES = idx_files.NUM_CLASSES
@@ -273,21 +274,26 @@ def _refuse_folder_flags(config: config_lib.Config, source: str) -> None:
 def _normalization(config: config_lib.Config, loaded: sources.Loaded):
   """Per-channel (mean, std) on the [0, 1] scale for --normalize, the same on every process:
   as the converter recorded them, else from the training split in memory, else from the first
-  NORMALIZATION_EXAMPLES of a stream in its epoch-0 order."""
+  NORMALIZATION_EXAMPLES of a stream in its epoch-0 order.
+
+  Workers that each read only their own training files and have no recorded statistics take
+  them from the first test examples instead, which every worker reads alike.
+  """
   if not config.normalize:
     return None
   if loaded.recorded_normalization is not None:
     return loaded.recorded_normalization
   if loaded.sharding == "file":
-    raise errors.UserError(
-        "--normalize needs the same per-channel statistics on every worker, but each reads only "
-        "its own shards, and their dataset.json records none. Write the shards with "
-        "python -m trainer.tfrecords (which records them), or leave --normalize out.")
-  if loaded.train is not None:
-    images = loaded.train.images
+    logging.info("--normalize: per-channel statistics from the first %d test examples, the same "
+                 "on every worker (dataset.json records none).", NORMALIZATION_EXAMPLES)
+    split, stream_examples = loaded.test, lambda: loaded.stream.test_examples()
   else:
-    images = np.concatenate([batch.numpy() for batch, _ in loaded.stream.train_examples(
-        0).take(NORMALIZATION_EXAMPLES).batch(1024)])
+    split, stream_examples = loaded.train, lambda: loaded.stream.train_examples(0)
+  if split is not None:
+    images = split.images[:None if split is loaded.train else NORMALIZATION_EXAMPLES]
+  else:
+    images = np.concatenate([batch.numpy() for batch, _ in stream_examples().take(
+        NORMALIZATION_EXAMPLES).batch(1024)])
   return channel_statistics(images)
 
 

@@ -17,10 +17,10 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from trainer import errors
 from trainer.data import idx_files
 from trainer.data import image_folder
 from trainer.data import tfrecords
+from trainer import errors
 
 _NETWORK_PROBE_SECONDS = 5.0
 _DECODE_BATCH = 1024

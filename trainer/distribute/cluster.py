@@ -23,8 +23,8 @@ from tensorflow.python.distribute import collective_all_reduce_strategy  # pylin
 from tensorflow.python.distribute import distribute_lib  # pylint: disable=g-direct-tensorflow-import
 
 from trainer import console
-from trainer import errors
 from trainer.distribute import hardware
+from trainer import errors
 
 TASK_TYPES = ("chief", "worker")
 

@@ -5,8 +5,8 @@ from typing import Optional, Union
 
 import tensorflow as tf
 
-from trainer.distribute import cluster
 from trainer import config
+from trainer.distribute import cluster
 from trainer import errors
 
 _mirrored_strategies_made = itertools.count(1)

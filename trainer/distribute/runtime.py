@@ -11,8 +11,8 @@ from typing import Callable, Iterator
 
 import tensorflow as tf
 
-from trainer.distribute import cluster
 from trainer import config as config_lib
+from trainer.distribute import cluster
 from trainer.distribute import distribution
 from trainer.distribute import hardware
 from trainer.distribute import precision as precision_lib

@@ -15,12 +15,12 @@ import keras
 import tensorflow as tf
 
 from trainer import config as config_lib
-from trainer.distribute import distribution
 from trainer.data import input_pipeline
-from trainer.models import factory
+from trainer.distribute import distribution
 from trainer.distribute import precision as precision_lib
 from trainer.loop import optimization
 from trainer.loop import schedule
+from trainer.models import factory
 
 
 class Task:

@@ -143,6 +143,19 @@ def _block_outputs(layers: Dict[str, keras.Layer], inputs):
   return layers["out"](layers["add"]([outputs, shortcut]))
 
 
+def _outputs(stem: Sequence[keras.Layer], blocks: Sequence[Dict[str, keras.Layer]],
+             head: Sequence[keras.Layer], images):
+  """Runs a whole ResNet on `images`: the stem, every block, the head."""
+  outputs = images
+  for layer in stem:
+    outputs = layer(outputs)
+  for block in blocks:
+    outputs = _block_outputs(block, outputs)
+  for layer in head:
+    outputs = layer(outputs)
+  return outputs
+
+
 @dataclasses.dataclass
 class _ResNetLayers:
   """Every layer of one ResNet, in order: stem, blocks (each a dict by role), head."""
@@ -235,14 +248,8 @@ def build_functional(network: str, image_shape: Sequence[int], num_classes: int,
   """Returns `network` built with the Functional API: skip connections as Add layers."""
   layers = _resnet_layers(network, image_shape, num_classes, seed, precision, sync_batchnorm)
   images = keras.Input(shape=tuple(image_shape), name="images")
-  outputs = images
-  for layer in layers.stem:
-    outputs = layer(outputs)
-  for block in layers.blocks:
-    outputs = _block_outputs(block, outputs)
-  for layer in layers.head:
-    outputs = layer(outputs)
-  return keras.Model(images, outputs, name=f"functional_{network}")
+  return keras.Model(images, _outputs(layers.stem, layers.blocks, layers.head, images),
+                     name=f"functional_{network}")
 
 
 # ---------------------------------------------------------------- Subclassed.
@@ -264,14 +271,7 @@ class SubclassResNet(keras.Model):
     self.call(keras.KerasTensor(tuple(input_shape), dtype="float32"))
 
   def call(self, images):
-    outputs = images
-    for layer in self.stem:
-      outputs = layer(outputs)
-    for block in self.blocks:
-      outputs = _block_outputs(block, outputs)
-    for layer in self.head:
-      outputs = layer(outputs)
-    return outputs
+    return _outputs(self.stem, self.blocks, self.head, images)
 
   def get_config(self) -> dict:
     return {**super().get_config(), "network": self.network, "image_shape": self.image_shape,
