@@ -15,18 +15,17 @@ import tensorflow as tf
 from tests import processes
 from tests.processes import ROOT
 from trainer import config as config_lib
+from trainer import errors
+from trainer import train
 from trainer.data import input_pipeline
 from trainer.data import tfrecords
-from trainer import errors
-from trainer import tfrecords as converter
-from trainer import train
 
 
 @pytest.fixture(scope="session")
 def fashion_shards(fashion_subset, tmp_path_factory) -> str:
   """fashion_subset's IDX files (4,000 training, 1,000 test images) as 4 + 1 shards."""
   output = tmp_path_factory.mktemp("shards") / "fashion"
-  converter.convert(str(fashion_subset / "idx"), str(output), num_shards=4)
+  tfrecords.convert(str(fashion_subset / "idx"), str(output), num_shards=4)
   return str(output)
 
 
@@ -48,7 +47,7 @@ def test_the_converter_writes_contiguous_shards_and_their_record(fashion_shards)
 
 def test_the_converter_refuses_a_folder_that_is_not_empty(fashion_subset, fashion_shards):
   with pytest.raises(errors.UserError, match="is not empty"):
-    converter.convert(str(fashion_subset / "idx"), fashion_shards, num_shards=2)
+    tfrecords.convert(str(fashion_subset / "idx"), fashion_shards, num_shards=2)
 
 
 def test_shards_train_to_the_same_weights_as_their_idx_files_in_memory(fashion_subset,

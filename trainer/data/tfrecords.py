@@ -1,4 +1,5 @@
-"""TFRecord shards of tf.train.Example, the format of ImageNet training in TensorFlow.
+"""TFRecord shards of tf.train.Example, the format of ImageNet training in TensorFlow: reading
+them, and writing them (`convert`, which `python -m trainer.tfrecords` runs).
 
 A folder holding `train-*` and `validation-*` (or `test-*`) files is read as such shards, with
 the keys Model Garden's tf_example_decoder and the ImageNet converters use: `image/encoded`
@@ -23,6 +24,9 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import errors
+from trainer.data import idx_files
+from trainer.data import image_folder
+from trainer.records import workdir as workdir_lib
 
 IMAGE_KEY = "image/encoded"
 LABEL_KEY = "image/class/label"
@@ -271,3 +275,74 @@ def load_split(files: Sequence[str], counts: Sequence[int], shards: Shards,
     file_index = int(np.searchsorted(np.cumsum(counts), bad[0], side="right"))
     _check_label(int(labels[bad[0]]), shards.num_classes, shards.label_offset, files[file_index])
   return images, labels
+
+
+# ---------------------------------------------------------------- Writing (trainer.tfrecords).
+def _example(image_bytes: bytes, label: int) -> bytes:
+  """One serialized tf.train.Example with the two keys this module reads."""
+  return tf.train.Example(features=tf.train.Features(feature={
+      IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes])),
+      LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+  })).SerializeToString()
+
+
+def write_split(output: str, split: str, encoded_images, labels, num_shards: int) -> dict:
+  """Writes one split as `num_shards` files of contiguous runs; returns {file name: records}."""
+  bounds = np.linspace(0, len(labels), num_shards + 1).astype(int)
+  counts = {}
+  for shard in range(num_shards):
+    name = f"{split}-{shard:05d}-of-{num_shards:05d}"
+    path = os.path.join(output, name)
+    with workdir_lib.writing(f"the shard {path}", path, partial=[path + ".tmp"]):
+      with tf.io.TFRecordWriter(path + ".tmp") as writer:
+        for index in range(bounds[shard], bounds[shard + 1]):
+          writer.write(_example(encoded_images(index), labels[index]))
+      os.replace(path + ".tmp", path)
+    counts[name] = int(bounds[shard + 1] - bounds[shard])
+  return counts
+
+
+def convert(data_dir: str, output: str, num_shards: int, validation_split=None) -> dict:
+  """Writes the dataset in `data_dir` as shards in `output`; returns what dataset.json holds."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer.data import idx_files  # pylint: disable=g-import-not-at-top
+  from trainer.data import image_folder  # pylint: disable=g-import-not-at-top
+  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainer.data import tfrecords  # pylint: disable=g-import-not-at-top
+  from trainer import errors  # pylint: disable=g-import-not-at-top
+  from trainer.records import workdir  # pylint: disable=g-import-not-at-top
+  data_dir = os.path.expanduser(data_dir)
+  if not os.path.isdir(data_dir):
+    raise errors.UserError(f"--data_dir={data_dir} is not a folder.")
+  if os.path.isdir(output) and (is_tfrecord_folder(output) or os.listdir(output)):
+    raise errors.UserError(f"--output={output} is not empty; give a new folder, so that no "
+                           "shards of another dataset mix with these.")
+  os.makedirs(output, exist_ok=True)
+  if image_folder.is_image_folder(data_dir):
+    folder = image_folder.read_image_folder(data_dir, (), validation_split)
+    class_names = list(folder.class_names)
+    mean = std = None  # The images are copied as they are, never decoded here.
+    splits = {"train": folder.train, "test": folder.test}
+    sources = {name: ((lambda index, paths=split.paths: open(paths[index], "rb").read()),
+                      split.labels) for name, split in splits.items()}
+  else:
+    train_images, train_labels, test_images, test_labels = idx_files.read_mnist_format(data_dir)
+    class_names = [str(label) for label in range(idx_files.NUM_CLASSES)]
+
+    mean, std = input_pipeline.channel_statistics(train_images)
+
+    def png(images):
+      return lambda index: tf.io.encode_png(images[index][..., None]
+                                            if images.ndim == 3 else images[index]).numpy()
+    sources = {"train": (png(train_images), train_labels), "test": (png(test_images), test_labels)}
+  num_train, num_test = len(sources["train"][1]), len(sources["test"][1])
+  test_shards = max(1, round(num_shards * num_test / num_train))
+  files = {**write_split(output, "train", *sources["train"], num_shards),
+           **write_split(output, "test", *sources["test"], test_shards)}
+  metadata = {"source": os.path.abspath(data_dir), "num_classes": len(class_names),
+              "class_names": class_names, "files": files}
+  if mean is not None:
+    # What --normalize standardises with, so that every worker of a cluster uses the same.
+    metadata.update(mean=list(mean), std=list(std))
+  workdir_lib.write_json(os.path.join(output, METADATA_FILE), metadata)
+  return metadata

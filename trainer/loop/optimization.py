@@ -45,7 +45,8 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
   def __init__(self, peak: float, total_steps: int, warmup_steps: int = 0,
                kind: str = "constant", drop_steps: Sequence[int] = ()):
     super().__init__()
-    self.peak, self.total_steps, self.warmup_steps = float(peak), int(total_steps), int(warmup_steps)
+    self.peak, self.total_steps = float(peak), int(total_steps)
+    self.warmup_steps = int(warmup_steps)
     self.kind, self.drop_steps = kind, tuple(int(step) for step in drop_steps)
 
   def __call__(self, step):
