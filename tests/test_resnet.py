@@ -1,11 +1,16 @@
 """The ResNets in the three APIs: structure, parameter counts, identical weights, BatchNorm under
 several replicas, and one training step of ResNet-50 on tiny inputs."""
 
+import json
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import processes
 from trainer import config as config_lib
 from trainer.distribute import distribution
 from trainer.models import factory
@@ -155,16 +160,20 @@ def test_sync_batchnorm_is_refused_for_models_without_our_batchnorm():
 
 
 @pytest.mark.slow
-def test_three_apis_train_to_identical_weights_in_the_harness(tmp_path):
-  # 20 steps under --deterministic on CIFAR-stem images: the same digest of every weight.
-  from trainer import train  # pylint: disable=g-import-not-at-top
-  digests = {}
-  for api in config_lib.APIS:
-    config = config_lib.Config(
-        model="resnet18", api=api, dataset="synthetic", image_shape=(16, 16, 3), epochs=1,
-        batch_size=8, max_steps_per_epoch=20, eval_steps=1, strategy="default",
-        deterministic=True, log_every=10, progress="none", workdir=str(tmp_path / api))
-    results = train.train_and_evaluate(config)
-    assert results["params"] == 11_173_962 + 9_600  # Trainable, and BatchNorm's statistics.
-    digests[api] = results["weights_sha256"]
-  assert len(set(digests.values())) == 1, digests
+def test_three_apis_train_to_identical_weights_under_deterministic(tmp_path):
+  # 20 steps of the real command with --deterministic on CIFAR-stem images, one process per API
+  # (op determinism, once on, stays on for the rest of a process): one digest of every weight.
+  runs = {api: subprocess.Popen(
+      [sys.executable, "-m", "trainer.main", "--model=resnet18", f"--api={api}",
+       "--dataset=synthetic", "--image_shape=16,16,3", "--epochs=1", "--batch_size=8",
+       "--max_steps_per_epoch=20", "--eval_steps=1", "--strategy=default", "--deterministic",
+       "--log_every=10", "--progress=none", f"--workdir={tmp_path / api}"],
+      cwd=processes.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+          for api in config_lib.APIS}
+  for api, process in runs.items():
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output[-2000:]
+  results = {api: json.loads((tmp_path / api / "results.json").read_text())
+             for api in config_lib.APIS}
+  assert {r["params"] for r in results.values()} == {11_173_962 + 9_600}  # With BN statistics.
+  assert len({r["weights_sha256"] for r in results.values()}) == 1, results

@@ -52,7 +52,7 @@ def test_the_converter_refuses_a_folder_that_is_not_empty(fashion_subset, fashio
 
 def test_shards_train_to_the_same_weights_as_their_idx_files_in_memory(fashion_subset,
                                                                       fashion_shards, tmp_path):
-  common = dict(epochs=1, batch_size=64, strategy="default", deterministic=True, log_every=20,
+  common = dict(epochs=1, batch_size=64, strategy="default", log_every=20,
                 progress="none")
   from_idx = train.train_and_evaluate(config_lib.Config(
       dataset="fashion_mnist", data_dir=str(fashion_subset / "idx"),
