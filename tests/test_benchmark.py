@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.processes import ROOT
 from trainer import benchmark
 
@@ -39,6 +41,7 @@ def test_targets_read_the_medians_of_the_right_rows():
       "fast.cfg >= 5x faster than the blog's script": True}
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_measures_every_peer_and_writes_the_record(fashion_mnist_dir, tmp_path):
   output, report = tmp_path / "benchmark.json", tmp_path / "benchmark.md"
   result = subprocess.run(

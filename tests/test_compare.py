@@ -125,6 +125,7 @@ def test_welch_test_separates_a_real_difference_from_noise():
   assert "beyond seed noise" in compare.compare_apis(apart, 0.05)[0]
 
 
+@pytest.mark.slow
 def test_a_stopped_sweep_continues_and_skips_finished_runs(tmp_path):
   command = [sys.executable, "-m", "trainer.sweep", f"--root={tmp_path}",
              "--apis=functional,sequential", "--seeds=1", "--batch_sizes=64", "--",

@@ -8,6 +8,7 @@ import pytest
 from tests.processes import run_trainer
 
 
+@pytest.mark.slow
 def test_a_preset_with_overrides_runs_mirrored_from_the_command_line(fashion_mnist_dir,
                                                                      tmp_path):
   result = run_trainer("--flagfile=configs/smoke.cfg", "--api=subclass",

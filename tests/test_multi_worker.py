@@ -57,6 +57,7 @@ def local_hosts(count):
   return [f"127.0.0.1:{port}" for port in launch_local.free_ports(count)]
 
 
+@pytest.mark.slow
 def test_two_workers_train_a_users_model_in_sync_and_only_the_chief_writes(fashion_mnist_dir,
                                                                          tmp_path):
   hosts = local_hosts(2)
@@ -86,6 +87,7 @@ def test_two_workers_train_a_users_model_in_sync_and_only_the_chief_writes(fashi
   assert [os.listdir(temp_dir) for temp_dir in temp_dirs] == [[], []]
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_worker_stops_all_at_one_step_and_the_rerun_is_bit_identical(tmp_path):
   hosts = local_hosts(2)
   # One shared workdir, as on a cluster's shared disk (and as the launcher runs them).
@@ -121,6 +123,7 @@ def test_sigterm_to_one_worker_stops_all_at_one_step_and_the_rerun_is_bit_identi
   assert resumed["weights_sha256"] == straight["weights_sha256"]
 
 
+@pytest.mark.slow
 def test_each_worker_receives_a_distinct_shard_of_every_global_batch(fashion_mnist_dir):
   hosts = local_hosts(2)
   probes = [start_worker(hosts, i, fashion_mnist_dir, "64", "3", module="tests.shard_probe")
@@ -139,6 +142,7 @@ def test_each_worker_receives_a_distinct_shard_of_every_global_batch(fashion_mni
     np.testing.assert_allclose(sorted(first + second), sorted(expected[batch]), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_launcher_runs_two_workers_of_two_cpu_devices_as_four_replicas_and_reruns_cleanly(
     tmp_path):
   command = [sys.executable, "scripts/launch_local.py", "--workers=2", "--",
@@ -170,6 +174,7 @@ def test_launcher_fails_when_a_worker_fails(tmp_path):
   assert "is not a folder" in result.stdout and "[launcher] worker" in result.stdout
 
 
+@pytest.mark.slow
 def test_killing_a_worker_stops_the_other_within_the_bound(tmp_path):
   hosts = local_hosts(2)
   flags = ["--strategy=multi_worker_mirrored", "--dataset=synthetic", "--epochs=100",
@@ -187,6 +192,7 @@ def test_killing_a_worker_stops_the_other_within_the_bound(tmp_path):
   assert "error: worker 0 of 2" in output
 
 
+@pytest.mark.slow
 def test_a_peer_that_never_starts_ends_the_wait_within_the_bound(tmp_path):
   hosts = local_hosts(2)
   started = time.monotonic()
@@ -261,6 +267,7 @@ def test_slurm_helper_turns_slurms_variables_into_tf_config():
                        "task": {"type": "worker", "index": 1}}
 
 
+@pytest.mark.slow
 def test_a_one_worker_cluster_trains(tmp_path):
   # One replica, XLA on by default: it must still run one step per call, as the mirrored
   # strategies sync the optimizer in a way an in-graph loop of steps cannot hold.

@@ -157,6 +157,7 @@ def test_users_model_exports_reload_to_the_same_accuracy(own_model_runs):
     assert figures["test_accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_evaluate_reloads_a_subclassed_users_model_in_a_new_process(own_model_runs):
   config, results = own_model_runs["residual"]
   process = subprocess.run(

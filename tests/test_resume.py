@@ -59,6 +59,7 @@ RESUMABLE_FLAGS = ("--dataset=fashion_mnist", "--epochs=3", "--batch_size=64",
 # Mirrored over 2 devices runs one step per call, so it gets shorter epochs; the default strategy
 # needs the longer ones to still be training when it is killed. The default run augments and
 # normalises too: its random crops and flips must follow the step, not the process.
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy_flags, steps_per_epoch", [
     (("--strategy=default", "--augment=crop_flip", "--normalize"), 400),
     (("--strategy=mirrored", "--cpu_devices=2"), 200)])
@@ -93,6 +94,7 @@ def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_flags, steps_p
       steps_per_epoch, 2 * steps_per_epoch, total_steps]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_at_the_next_step_and_says_how_to_resume(tmp_path):
   workdir = tmp_path / "run"
   # Epochs of 7,500 steps with checkpoints only at their ends: any other saved step was saved
