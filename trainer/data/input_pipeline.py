@@ -239,23 +239,15 @@ def _load(config: config_lib.Config, input_index: int, num_inputs: int) -> sourc
     if not os.path.isdir(data_dir):
       raise errors.UserError(f"--data_dir={config.data_dir} is not a folder.")
     if tfrecords.is_tfrecord_folder(data_dir):
-      if config.dataset:
-        raise errors.UserError(
-            f"--data_dir={config.data_dir} holds TFRecord shards, named by the folder; "
-            f"--dataset={config.dataset} names a tensorflow-datasets dataset. Leave --dataset out.")
-      if config.validation_split is not None:
-        raise errors.UserError("--validation_split applies to a folder of images; TFRecord "
-                               "shards bring their own validation-* or test-* files.")
+      _refuse_dataset_name(config, "holds TFRecord shards")
+      _refuse_folder_flags(config, "TFRecord shards")
       return sources.load_tfrecords(data_dir, config.label_offset, config.image_size,
                                     config.seed, limit, input_index, num_inputs)
     if config.label_offset:
       raise errors.UserError("--label_offset applies to TFRecord shards (train-* and "
                              "validation-* files); this --data_dir holds none. Leave it out.")
     if image_folder.is_image_folder(data_dir):
-      if config.dataset:
-        raise errors.UserError(
-            f"--data_dir={config.data_dir} is a folder of images, named by the folder; "
-            f"--dataset={config.dataset} names a tensorflow-datasets dataset. Leave --dataset out.")
+      _refuse_dataset_name(config, "is a folder of images")
       return sources.load_image_folder(data_dir, config.image_size, config.validation_split,
                                        config.seed, limit)
     _refuse_folder_flags(config, "--data_dir with IDX files")
@@ -263,6 +255,13 @@ def _load(config: config_lib.Config, input_index: int, num_inputs: int) -> sourc
   _refuse_folder_flags(config, f"--dataset={config.dataset or 'mnist'}")
   return sources.load_tfds(config.dataset or "mnist", config.tfds_data_dir,
                            config.image_size, config.seed, limit)
+
+
+def _refuse_dataset_name(config: config_lib.Config, what: str) -> None:
+  if config.dataset:
+    raise errors.UserError(
+        f"--data_dir={config.data_dir} {what}, named by the folder; --dataset={config.dataset} "
+        "names a tensorflow-datasets dataset. Leave --dataset out.")
 
 
 def _refuse_folder_flags(config: config_lib.Config, source: str) -> None:
@@ -319,6 +318,10 @@ def make_input_pipeline(config: config_lib.Config, input_index: int = 0,
                             SYNTHETIC_TEST_SIZE)
   else:
     loaded = _load(config, input_index, num_inputs)
+  if loaded.sharding != "none":
+    logging.info("Training data sharded by %s over %d workers: %s.", loaded.sharding, num_inputs,
+                 "each reads only its own files" if loaded.sharding == "file"
+                 else "each keeps its slice of every batch")
   batch = config.batch_size
   steps_per_epoch = loaded.num_train // batch
   if steps_per_epoch == 0:

@@ -17,6 +17,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from trainer.data import decoding
 from trainer.data import idx_files
 from trainer.data import image_folder
 from trainer.data import tfrecords
@@ -88,9 +89,10 @@ def load_idx(data_dir: str, name: Optional[str], resize: Sequence[int] = ()) -> 
   """
   train_images, train_labels, test_images, test_labels = idx_files.read_mnist_format(data_dir)
   if resize:
+    chunk = _DECODE_BATCH * 8
     train_images, test_images = (
-        np.concatenate([resize_uint8(images[start:start + _DECODE_BATCH * 8], resize).numpy()
-                        for start in range(0, len(images), _DECODE_BATCH * 8)])
+        np.concatenate([decoding.resize_uint8(images[start:start + chunk], resize).numpy()
+                        for start in range(0, len(images), chunk)])
         for images in (train_images, test_images))
   identified = idx_files.identify(train_labels)
   if name and identified and name != identified:
@@ -115,11 +117,7 @@ class _ImageFiles:
   resize: bool
 
   def load(self, path: tf.Tensor) -> tf.Tensor:
-    image = tf.io.decode_image(tf.io.read_file(path), channels=self.image_shape[2],
-                               expand_animations=False)
-    if self.resize:
-      image = resize_uint8(image, self.image_shape[:2])
-    return tf.ensure_shape(image, self.image_shape)
+    return decoding.decode(tf.io.read_file(path), self.image_shape, self.resize)
 
   def load_all(self, paths: np.ndarray) -> np.ndarray:
     """Decodes every file in `paths` into one uint8 array, in order."""
@@ -186,6 +184,11 @@ def epoch_order(num_examples: int, seed: int, epoch) -> tf.Tensor:
       tf.range(num_examples), seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]))
 
 
+def _epoch_seed(seed: int, epoch: int) -> int:
+  """One integer seed per (seed, epoch) for a stream's file order and shuffle buffer."""
+  return seed * 100_003 + epoch
+
+
 # ---------------------------------------------------------------- TFRecord shards.
 class _ShardStream(Stream):
   """TFRecord shards read at every epoch: the files in an order seeded by (seed, epoch), read in
@@ -200,7 +203,7 @@ class _ShardStream(Stream):
     order = epoch_order(len(files), self._seed, epoch).numpy()
     return tfrecords.examples([files[index] for index in order], self._shards, self._resize,
                               shuffle_buffer=STREAM_SHUFFLE_BUFFER,
-                              shuffle_seed=self._seed * 100_003 + epoch)
+                              shuffle_seed=_epoch_seed(self._seed, epoch))
 
   def test_examples(self) -> tf.data.Dataset:
     return tfrecords.examples(self._shards.test_files, self._shards, self._resize,
@@ -240,7 +243,7 @@ class _TfdsStream(Stream):
 
   def train_examples(self, epoch: int) -> tf.data.Dataset:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    epoch_seed = self._seed * 100_003 + epoch
+    epoch_seed = _epoch_seed(self._seed, epoch)
     dataset = self._builder.as_dataset(
         split="train", shuffle_files=True,
         read_config=tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16))
@@ -258,13 +261,7 @@ class _TfdsStream(Stream):
 def _example(example: dict, keys: Tuple[str, str], resize: Sequence[int]):
   """(uint8 image, int32 label) of one tfds example, resized when `resize` is given."""
   image, label = example[keys[0]], tf.cast(example[keys[1]], tf.int32)
-  return (resize_uint8(image, resize) if resize else image), label
-
-
-def resize_uint8(image: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
-  """`image` resized to `size` (height, width), antialiased, back in uint8."""
-  image = tf.image.resize(image, size, antialias=True)
-  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+  return (decoding.resize_uint8(image, resize) if resize else image), label
 
 
 def _ensure_reachable(url: str, dataset: str) -> None:

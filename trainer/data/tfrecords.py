@@ -23,9 +23,10 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from trainer import errors
+from trainer.data import decoding
 from trainer.data import idx_files
 from trainer.data import image_folder
+from trainer import errors
 from trainer.records import workdir as workdir_lib
 
 IMAGE_KEY = "image/encoded"
@@ -140,8 +141,9 @@ def read_shards(data_dir: str, label_offset: int, resize: Sequence[int], input_i
   them all and keeps its slice of each global batch (sharding by data).
   """
   all_train_files = _files(data_dir, TRAIN_PATTERN)
-  test_files = next(_files(data_dir, pattern) for pattern in TEST_PATTERNS
-                    if _files(data_dir, pattern))
+  test_files = next(files for files in (_files(data_dir, pattern) for pattern in TEST_PATTERNS)
+                    if files)
+  metadata = _metadata(data_dir)
   sharding = "none" if num_inputs == 1 else (
       "file" if len(all_train_files) >= num_inputs else "data")
   train_files = (all_train_files[input_index::num_inputs] if sharding == "file"
@@ -154,7 +156,7 @@ def read_shards(data_dir: str, label_offset: int, resize: Sequence[int], input_i
   if sharding == "file":
     # The other processes' files: their counts as the converter recorded them (or their
     # framing), so each process knows the smallest share without reading others' records.
-    recorded = _metadata(data_dir).get("files", {})
+    recorded = metadata.get("files", {})
     others = {path: recorded.get(os.path.basename(path)) or count_records(path)
               for path in all_train_files if path not in counts}
     every = {**others, **counts}
@@ -170,20 +172,15 @@ def read_shards(data_dir: str, label_offset: int, resize: Sequence[int], input_i
                            f"({', '.join(f'{h}x{w}' for h, w in sorted(sizes))}, ...). Add "
                            "--image_size=HEIGHT,WIDTH to resize them all.")
   image_shape = (*(tuple(resize) or next(iter(sizes))), channels.pop())
-  num_classes = _num_classes(data_dir, all_train_files, label_offset)
+  num_classes = _num_classes(data_dir, metadata, all_train_files, label_offset)
   for path, label in first_labels.items():
     _check_label(label, num_classes, label_offset, path)
   return Shards(tuple(train_files), tuple(test_files),
                 tuple(counts[path] for path in train_files),
                 tuple(counts[path] for path in test_files), image_shape, num_classes,
-                label_offset, sharding, examples_per_input, _recorded_normalization(data_dir))
-
-
-def _recorded_normalization(data_dir: str):
-  metadata = _metadata(data_dir)
-  if "mean" not in metadata or "std" not in metadata:
-    return None
-  return tuple(metadata["mean"]), tuple(metadata["std"])
+                label_offset, sharding, examples_per_input,
+                (tuple(metadata["mean"]), tuple(metadata["std"]))
+                if "mean" in metadata and "std" in metadata else None)
 
 
 def _metadata(data_dir: str) -> dict:
@@ -198,8 +195,8 @@ def _metadata(data_dir: str) -> dict:
                            "then counted and their labels scanned instead.") from None
 
 
-def _num_classes(data_dir: str, train_files: Sequence[str], label_offset: int) -> int:
-  metadata = _metadata(data_dir)
+def _num_classes(data_dir: str, metadata: dict, train_files: Sequence[str],
+                 label_offset: int) -> int:
   if "num_classes" in metadata:
     return int(metadata["num_classes"])
   # Without the converter's record, the training labels say it: one pass over the labels only.
@@ -224,15 +221,6 @@ def _check_label(label: int, num_classes: int, label_offset: int, path: str) -> 
         "--label_offset=1 for shards whose labels start at 1.")
 
 
-def decode(image_bytes: tf.Tensor, image_shape: Sequence[int], resize: bool) -> tf.Tensor:
-  """A uint8 image of `image_shape` from JPEG or PNG bytes, resized when `resize` is set."""
-  image = tf.io.decode_image(image_bytes, channels=image_shape[2], expand_animations=False)
-  if resize:
-    image = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(
-        image, image_shape[:2], antialias=True)), 0, 255), tf.uint8)
-  return tf.ensure_shape(image, image_shape)
-
-
 def examples(files: Sequence[str], shards: Shards, resize: bool,
              parallel_files: int = INTERLEAVE_FILES, shuffle_buffer: int = 0,
              shuffle_seed: int = 0) -> tf.data.Dataset:
@@ -253,7 +241,7 @@ def examples(files: Sequence[str], shards: Shards, resize: bool,
 
   def decoded(record):
     image_bytes, label = parse_example(record, offset)
-    return decode(image_bytes, shards.image_shape, resize), label
+    return decoding.decode(image_bytes, shards.image_shape, resize), label
 
   return records.map(decoded, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
