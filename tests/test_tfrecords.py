@@ -15,10 +15,10 @@ import tensorflow as tf
 from tests import processes
 from tests.processes import ROOT
 from trainer import config as config_lib
-from trainer import errors
-from trainer import train
 from trainer.data import input_pipeline
 from trainer.data import tfrecords
+from trainer import errors
+from trainer import train
 
 
 @pytest.fixture(scope="session")

@@ -171,11 +171,11 @@ class Config:
     # Lists (from absl's list flags, or config.json) become tuples: the Config stays immutable.
     for name in ("worker_hosts", "image_size", "image_shape", "profile_steps", "lr_drops"):
       object.__setattr__(self, name, tuple(getattr(self, name)))
-    if (self.own_model or self.application) and self.api is not None:
+    if brings_its_own_api(self.model) and self.api is not None:
       raise errors.UserError(
           f"--api={self.api} chooses how a built-in model is built; --model={self.model} comes "
           "built, and its API is detected. Leave --api out.")
-    if not self.own_model and not self.application and self.model not in NETWORKS:
+    if not brings_its_own_api(self.model) and self.model not in NETWORKS:
       raise errors.UserError(
           f"--model={self.model} is neither a built-in model ({', '.join(NETWORKS)}), "
           f"{APPLICATIONS_PREFIX}NAME, nor your own as path/to/file.py:function or "
@@ -183,7 +183,7 @@ class Config:
     if self.sync_batchnorm and not self.model.startswith("resnet"):
       raise errors.UserError(f"--sync_batchnorm applies to the built-in ResNets; --model="
                              f"{self.model} has its own layers. Leave it out.")
-    if not self.own_model and not self.application and self.api is None:
+    if not brings_its_own_api(self.model) and self.api is None:
       object.__setattr__(self, "api", "functional")
     if self.dataset != "synthetic" and (self.image_shape or self.num_classes):
       raise errors.UserError(
@@ -258,6 +258,12 @@ class Config:
   def to_dict(self) -> dict:
     """Returns the config as a plain, JSON-ready dict."""
     return dataclasses.asdict(self)
+
+
+def brings_its_own_api(model: str) -> bool:
+  """True for a --model that comes built, whose API is detected: your own function
+  (path/file.py:function, module:function) or a Keras Application (applications.NAME)."""
+  return ":" in model or model.startswith(APPLICATIONS_PREFIX)
 
 
 def short_model_name(model: str) -> str:

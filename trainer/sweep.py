@@ -45,7 +45,8 @@ for _name, _choices in (("apis", config_lib.APIS), ("strategies", config_lib.STR
       _name, lambda values, choices=_choices: set(values) <= set(choices),
       message=f"--{_name} takes a comma-separated list of: {', '.join(_choices)}")
 flags.register_validator(
-    "models", lambda values: all(value in config_lib.NETWORKS or _comes_built(value)
+    "models", lambda values: all(value in config_lib.NETWORKS
+                                 or config_lib.brings_its_own_api(value)
                                  for value in values),
     message=f"--models takes a comma-separated list of {', '.join(config_lib.NETWORKS)}, "
             f"{config_lib.APPLICATIONS_PREFIX}NAME or path/to/file.py:function")
@@ -55,10 +56,6 @@ flags.register_validator("batch_sizes", lambda values: all(v.isdigit() and int(v
 
 FLAGS = flags.FLAGS
 
-
-def _comes_built(model: str) -> bool:
-  """True for a model whose API is its own: the user's, or a Keras Application."""
-  return ":" in model or model.startswith(config_lib.APPLICATIONS_PREFIX)
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -83,7 +80,7 @@ def matrix(apis: Sequence[str], seeds: int, strategies: Sequence[str] = (),
   names = [name for name, values in varied.items() if values]
   # Your own model's API, and a Keras Application's, is its own.
   model_apis = [(model, api) for model in models
-                for api in ([None] if _comes_built(model) else apis)]
+                for api in ([None] if config_lib.brings_its_own_api(model) else apis)]
   runs = []
   for combination in itertools.product(*(varied[name] for name in names), model_apis,
                                        range(seeds)):

@@ -57,10 +57,6 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     clock.mark("runtime")
     pipeline = input_pipeline.make_input_pipeline(config, settings.input_index,
                                                   settings.num_inputs)
-    if pipeline.sharding != "none":
-      logging.info("Training data sharded by %s over %d workers%s.", pipeline.sharding,
-                   settings.num_inputs, ": each reads only its own files"
-                   if pipeline.sharding == "file" else ": each keeps its slice of every batch")
     clock.mark("data")
     runtime.heartbeat()
     built = {}  # The task, once it exists, for the out-of-memory message.

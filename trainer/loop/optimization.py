@@ -120,10 +120,10 @@ def make_optimizer(config: config_lib.Config, schedule: WarmupSchedule,
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=decoupled)
   else:  # AdamW without decay is Adam.
     optimizer = keras.optimizers.Adam(schedule, weight_decay=decoupled)
+  excluded = no_decay_variables(variables)
   if decoupled:
-    optimizer.exclude_from_weight_decay(var_list=no_decay_variables(variables))
+    optimizer.exclude_from_weight_decay(var_list=excluded)
   if config.weight_decay:
-    excluded = no_decay_variables(variables)
     logging.info("Weight decay %g (%s) on %d variables; not on %d biases and normalisation "
                  "parameters: %s", config.weight_decay,
                  "L2 in the loss" if config.optimizer == "sgd" else "decoupled",

@@ -19,11 +19,6 @@ from trainer.models import own_model
 PREFIX = config.APPLICATIONS_PREFIX
 
 
-def is_application(model: str) -> bool:
-  """True when --model names a keras.applications constructor."""
-  return model.startswith(PREFIX)
-
-
 def constructor_names() -> List[str]:
   """Every model constructor keras.applications offers (ResNet50, MobileNetV2, ...)."""
   return sorted(name for name in dir(keras.applications)

@@ -38,9 +38,8 @@ def model_builder(config: config_lib.Config) -> ModelBuilder:
   The user's own module is imported here, and an application's name checked, so a --model that
   names nothing fails before any data loads.
   """
-  if config.own_model or applications.is_application(config.model):
-    function = (applications.load_function(config.model)
-                if applications.is_application(config.model)
+  if config_lib.brings_its_own_api(config.model):
+    function = (applications.load_function(config.model) if config.application
                 else own_model.load_function(config.model))
     return lambda image_shape, num_classes, precision: own_model.build(
         function, image_shape, num_classes, precision, config.seed)
