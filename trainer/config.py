@@ -95,8 +95,9 @@ class Config:
   momentum: float = _setting(0.9, "--optimizer=sgd: momentum.")
   nesterov: bool = _setting(False, "--optimizer=sgd: Nesterov momentum.")
   weight_decay: float = _setting(
-      0.0, "Decoupled weight decay (each update also subtracts learning rate x decay x weight), "
-      "never on biases or BatchNorm parameters; 1e-4 is ResNet's.")
+      0.0, "Weight decay, never on biases or BatchNorm parameters: with sgd an L2 term of the "
+      "loss (its gradient decay x weight goes through the momentum; 1e-4 is ResNet's), with "
+      "adam and adamw decoupled (each update also subtracts learning rate x decay x weight).")
   learning_rate: float = _setting(
       1e-3, "The peak learning rate (after --warmup_*, before --lr_schedule decays it).")
   lr_scaling: str = _setting(
