@@ -84,7 +84,9 @@ def test_every_preset_parses_into_a_config_and_resnet50_is_the_imagenet_recipe()
   recipe = configs["resnet50_imagenet.cfg"]
   assert {name: recipe[name] for name in (
       "model", "batch_size", "optimizer", "momentum", "learning_rate", "lr_scaling",
-      "warmup_epochs", "lr_schedule", "label_smoothing", "weight_decay", "epochs")} == {
+      "warmup_epochs", "lr_schedule", "label_smoothing", "weight_decay", "epochs",
+      "keep_best")} == {
           "model": "resnet50", "batch_size": 1024, "optimizer": "sgd", "momentum": 0.9,
           "learning_rate": 0.1, "lr_scaling": "linear", "warmup_epochs": 5,
-          "lr_schedule": "cosine", "label_smoothing": 0.1, "weight_decay": 1e-4, "epochs": 90}
+          "lr_schedule": "cosine", "label_smoothing": 0.1, "weight_decay": 1e-4, "epochs": 90,
+          "keep_best": "accuracy"}

@@ -22,6 +22,7 @@ LR_SCHEDULES = ("constant", "cosine", "linear", "step")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCALINGS = ("none", "linear")
 AUGMENTATIONS = ("none", "flip", "crop_flip")  # trainer.data.augment's.
+KEEP_BEST = ("none", "accuracy", "loss")
 PROGRESS = ("auto", "bar", "lines", "none")
 
 AUTO_STEPS_PER_LOOP = 100  # Measured no faster beyond 100 on a 2-core CPU.
@@ -116,12 +117,34 @@ class Config:
   label_smoothing: float = _setting(
       0.0, "Train on targets of 1 - s for the label and s / classes spread over all (0.1 is "
       "ResNet's); the test loss stays unsmoothed.")
+  clip_norm: float = _setting(
+      0.0, "Clip the gradient to this global norm (after the sum over replicas and "
+      "accumulation steps, so every replica clips the same gradient); 0 is off. The norm "
+      "before clipping is logged as train/gradient_norm.")
+  grad_accum_steps: int = _setting(
+      1, "Split each step's batch into this many micro-batches run one after another, their "
+      "gradients summed into one update: --batch_size stays the examples per update, memory "
+      "holds a micro-batch's activations. Must divide the batch of each replica. BatchNorm "
+      "sees micro-batches.")
+  ema_decay: float = _setting(
+      0.0, "Keep an exponential moving average of the trainable weights, updated after every "
+      "step with this decay (0.999, 0.9999); evaluated beside the weights at every "
+      "evaluation (eval/accuracy_ema). 0 is off.")
+  export_ema: bool = _setting(
+      False, "Export the moving average's weights instead of the trained ones (needs "
+      "--ema_decay).")
+  keep_best: str = _setting(
+      "none", "accuracy or loss: keep the model of the best evaluation so far (the exported "
+      "weights' evaluation) under WORKDIR/best/; none keeps only the last.")
   seed: int = _setting(0, "Seed of the initial weights and the data order.")
   max_steps_per_epoch: int = _setting(
       0, "Cut each epoch to at most this many steps; 0 is the whole split.")
   eval_steps: int = _setting(
       0, "Evaluate on the first this many global batches of the test split only, the same "
       "examples every time; 0 is the whole test split.")
+  eval_every: int = _setting(
+      0, "Also evaluate every this many steps inside epochs (long epochs); 0 evaluates at "
+      "epoch ends only.")
   # Hardware.
   strategy: str = _setting(
       "auto", "tf.distribute strategy; auto is mirrored over several devices, one_device on "
@@ -228,6 +251,21 @@ class Config:
     if (self.lr_schedule == "step") != bool(self.lr_drops):
       raise errors.UserError("--lr_schedule=step and --lr_drops go together: the epochs at "
                              "which to drop the learning rate, e.g. --lr_drops=30,60,80.")
+    if self.clip_norm < 0:
+      raise errors.UserError(f"--clip_norm={self.clip_norm} is negative; use 0 (off) or a "
+                             "positive norm such as 1.0.")
+    if self.grad_accum_steps < 1 or self.batch_size % self.grad_accum_steps:
+      raise errors.UserError(
+          f"--grad_accum_steps={self.grad_accum_steps} must be 1 or more and divide "
+          f"--batch_size={self.batch_size} (the examples per update), e.g. 2 or 4.")
+    if not 0 <= self.ema_decay < 1:
+      raise errors.UserError(f"--ema_decay={self.ema_decay} must lie in [0, 1), e.g. 0.999.")
+    if self.export_ema and not self.ema_decay:
+      raise errors.UserError("--export_ema exports the moving average of the weights; add "
+                             "--ema_decay (e.g. 0.999) or leave --export_ema out.")
+    if self.eval_every < 0:
+      raise errors.UserError(f"--eval_every={self.eval_every} counts steps: 0 (epoch ends "
+                             "only) or more.")
     if self.lr_drops and (min(self.lr_drops) < 1 or list(self.lr_drops) != sorted(
         set(self.lr_drops))):
       raise errors.UserError(f"--lr_drops={_joined(self.lr_drops)} must be increasing epochs "

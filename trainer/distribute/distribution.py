@@ -94,11 +94,20 @@ def distribute_per_process(strategy: tf.distribute.Strategy, dataset: tf.data.Da
   return strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def check_batch_size(global_batch_size: int, strategy: tf.distribute.Strategy) -> None:
-  """Refuses a global batch the replicas cannot split evenly (TF would fail mid-step)."""
+def check_batch_size(global_batch_size: int, strategy: tf.distribute.Strategy,
+                     grad_accum_steps: int = 1) -> None:
+  """Refuses a global batch the replicas (and each replica's accumulation steps) cannot split
+  evenly (TF would fail mid-step)."""
   replicas = strategy.num_replicas_in_sync
   if global_batch_size % replicas:
     lower = global_batch_size // replicas * replicas
     raise errors.UserError(
         f"--batch_size={global_batch_size} cannot be split evenly across {replicas} replicas. "
         f"Use a multiple of {replicas}, such as {lower or replicas} or {lower + replicas}.")
+  per_replica = global_batch_size // replicas
+  if per_replica % grad_accum_steps:
+    raise errors.UserError(
+        f"--grad_accum_steps={grad_accum_steps} does not divide the batch of each of the "
+        f"{replicas} replicas ({per_replica} = --batch_size={global_batch_size} / {replicas}). "
+        f"Use a --batch_size that is a multiple of {replicas * grad_accum_steps}, or fewer "
+        "--grad_accum_steps.")

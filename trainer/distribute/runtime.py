@@ -51,7 +51,7 @@ def open_runtime(config: config_lib.Config) -> Iterator[Runtime]:
     stack.enter_context(cluster.peer_failures_reported(task))
     strategy = distribution.make_strategy(config.strategy, tf_config)
     heartbeat()
-    distribution.check_batch_size(config.batch_size, strategy)
+    distribution.check_batch_size(config.batch_size, strategy, config.grad_accum_steps)
     policy, reason = precision_lib.resolve_precision(config.precision)
     settings = config_lib.RunSettings(
         config=config, strategy=distribution.strategy_name(strategy),

@@ -8,6 +8,8 @@
     trainer.log             every attempt's output, when trainer.sweep ran it
     results.json            the record of a finished run (trainer.records.run_record)
     model.keras  saved_model/   the exports (trainer.records.export)
+    best/                   --keep_best: the best evaluation's exports and best.json
+                            (trainer.records.best_model)
 
 A workdir is never overwritten silently: one that holds something else, or a run with other
 settings, is refused unless --overwrite.
@@ -33,6 +35,7 @@ KERAS_FILE = "model.keras"
 LOCK_FILE = ".lock"  # trainer.records.workdir_lock's; never part of the run's content.
 LOG_FILE = "trainer.log"  # trainer.sweep's record of each attempt; kept across them.
 SAVED_MODEL_DIR = "saved_model"
+BEST_DIR = "best"
 
 # Settings that change the math: a checkpoint resumes only under the same ones. Raising epochs
 # does not change them, so it continues a run.
@@ -40,14 +43,17 @@ MATH_FIELDS = ("model", "api", "hidden_units", "sync_batchnorm", "dataset", "lab
                "image_size", "augment", "normalize", "validation_split", "image_shape",
                "num_classes", "batch_size", "optimizer", "momentum", "nesterov",
                "weight_decay", "learning_rate", "lr_scaling", "warmup_steps", "warmup_epochs",
-               "lr_schedule", "lr_drops", "label_smoothing", "seed",
+               "lr_schedule", "lr_drops", "label_smoothing", "clip_norm", "grad_accum_steps",
+               "ema_decay", "keep_best", "seed",
                "max_steps_per_epoch", "precision", "num_replicas")
 # What a config.json written before a setting existed means by its absence.
 _MATH_DEFAULTS = {"model": "mlp", "sync_batchnorm": False, "label_offset": 0, "augment": "none",
                   "normalize": False, "image_size": [], "image_shape": [],
                   "num_classes": 0, "lr_schedule": "constant", "optimizer": "adam",
                   "momentum": 0.9, "nesterov": False, "weight_decay": 0.0, "lr_scaling": "none",
-                  "warmup_steps": 0, "warmup_epochs": 0, "lr_drops": [], "label_smoothing": 0.0}
+                  "warmup_steps": 0, "warmup_epochs": 0, "lr_drops": [], "label_smoothing": 0.0,
+                  "clip_norm": 0.0, "grad_accum_steps": 1, "ema_decay": 0.0,
+                  "keep_best": "none"}
 
 
 def is_disk_full(error: BaseException) -> bool:
