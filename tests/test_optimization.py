@@ -70,6 +70,12 @@ def test_a_schedule_that_cannot_run_is_refused(settings, message):
     (dict(lr_schedule="step"), "go together"),
     (dict(lr_drops=(30,)), "go together"),
     (dict(lr_schedule="step", lr_drops=(60, 30)), "must be increasing"),
+    (dict(clip_norm=-1.0), "--clip_norm=-1.0 is negative"),
+    (dict(batch_size=64, grad_accum_steps=3), "must be 1 or more and divide --batch_size=64"),
+    (dict(grad_accum_steps=0), "must be 1 or more"),
+    (dict(ema_decay=1.0), "--ema_decay=1.0 must lie in"),
+    (dict(export_ema=True), "add --ema_decay"),
+    (dict(eval_every=-5), "--eval_every=-5 counts steps"),
 ])
 def test_bad_recipe_values_are_refused_with_one_line(settings, message):
   with pytest.raises(errors.UserError, match=message):
@@ -127,7 +133,7 @@ def test_sgd_weight_decay_is_an_l2_gradient_on_kernels_only_summed_once_over_rep
   assert sorted(v.path.split("/", 1)[1] for v in decayed) == ["dense/kernel", "out/kernel"]
   with tf.GradientTape() as tape:
     # One of two replicas' shares: summed over both, the gradient is decay * weight.
-    loss = optimization.l2_loss(decayed, 1e-4, num_replicas=2)
+    loss = optimization.l2_loss(decayed, 1e-4, num_shares=2)
   gradients = tape.gradient(loss, [variable.value for variable in variables],
                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
   for variable, gradient in zip(variables, gradients):

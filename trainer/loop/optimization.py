@@ -11,6 +11,7 @@
   --warmup_steps / --warmup_epochs   linear from 0 to the peak (Goyal et al.)
   --lr_schedule    after the warm-up: constant, cosine (to 0), linear (to 0), step (x0.1 at each
                    of --lr_drops epochs)
+  --clip_norm      the gradient's global norm, clipped after the sum over replicas
 
 The schedule is a function of the optimizer's step count, which the checkpoint restores, so a
 resumed run continues the same curve.
@@ -108,18 +109,48 @@ def decayed_variables(variables: Sequence[tf.Variable]) -> List[tf.Variable]:
   return [variable for variable in variables if id(variable) not in excluded]
 
 
+def _clipping_the_sum(optimizer_class: type, clip_norm: float,
+                      gradient_norm: Optional[keras.metrics.Mean]) -> type:
+  """`optimizer_class`, clipping the gradient's global norm to `clip_norm` after the all-reduce
+  over replicas, and recording the norm before clipping in `gradient_norm`.
+
+  Keras's own `global_clipnorm` clips each replica's gradient before the sum
+  (BaseOptimizer._backend_apply_gradients runs before TFOptimizer's all-reduce), so under
+  mirrored each replica would clip its own share and the sum could reach replicas x clip_norm.
+  Clipping in the all-reduce's place makes every replica clip the same summed gradient: the
+  update a single replica makes with the whole batch.
+  """
+  class ClipsTheSum(optimizer_class):
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+      summed = super()._all_reduce_sum_gradients(grads_and_vars)
+      clipped, norm = tf.clip_by_global_norm([gradient for gradient, _ in summed], clip_norm)
+      if gradient_norm is not None:
+        gradient_norm.update_state(norm)
+      return list(zip(clipped, [variable for _, variable in summed]))
+
+  ClipsTheSum.__name__ = f"{optimizer_class.__name__}ClippingTheSum"
+  return ClipsTheSum
+
+
 def make_optimizer(config: config_lib.Config, schedule: WarmupSchedule,
-                   variables: Sequence[tf.Variable]) -> keras.optimizers.Optimizer:
+                   variables: Sequence[tf.Variable],
+                   gradient_norm: Optional[keras.metrics.Mean] = None
+                   ) -> keras.optimizers.Optimizer:
   """The --optimizer of `config`; adam's and adamw's decoupled weight decay kept off
-  `no_decay_variables` (sgd's is `l2_loss`, added to the loss)."""
+  `no_decay_variables` (sgd's is `l2_loss`, added to the loss); under --clip_norm the summed
+  gradient clipped, its norm before clipping recorded in `gradient_norm`."""
   decoupled: Optional[float] = (config.weight_decay or None) if config.optimizer != "sgd" else None
   if config.optimizer == "sgd":
-    optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum,
-                                     nesterov=config.nesterov)
+    optimizer_class, settings = keras.optimizers.SGD, dict(momentum=config.momentum,
+                                                           nesterov=config.nesterov)
   elif config.optimizer == "adamw" and decoupled:
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=decoupled)
+    optimizer_class, settings = keras.optimizers.AdamW, dict(weight_decay=decoupled)
   else:  # AdamW without decay is Adam.
-    optimizer = keras.optimizers.Adam(schedule, weight_decay=decoupled)
+    optimizer_class, settings = keras.optimizers.Adam, dict(weight_decay=decoupled)
+  if config.clip_norm:
+    optimizer_class = _clipping_the_sum(optimizer_class, config.clip_norm, gradient_norm)
+  optimizer = optimizer_class(schedule, **settings)
   excluded = no_decay_variables(variables)
   if decoupled:
     optimizer.exclude_from_weight_decay(var_list=excluded)
@@ -133,10 +164,10 @@ def make_optimizer(config: config_lib.Config, schedule: WarmupSchedule,
 
 
 def l2_loss(variables: Sequence[tf.Variable], weight_decay: float,
-            num_replicas: int) -> tf.Tensor:
-  """SGD's weight decay as a loss term of one replica: 0.5 * decay * sum of squares, divided by
-  the replicas, so that the gradient summed over them is decay * var (as Model Garden scales
-  its regularisation losses)."""
+            num_shares: int) -> tf.Tensor:
+  """SGD's weight decay as the loss term of one share of an update: 0.5 * decay * sum of
+  squares, divided by the shares (replicas x accumulation steps), so that the gradient summed
+  over them is decay * var (as Model Garden scales its regularisation losses)."""
   squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(variable, tf.float32)))
                       for variable in variables])
-  return 0.5 * weight_decay * squares / num_replicas
+  return 0.5 * weight_decay * squares / num_shares
