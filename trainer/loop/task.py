@@ -4,12 +4,15 @@ Nothing here knows about time, files or boundaries: the controller calls `train_
 and `evaluate()`. Each step runs inside `strategy.run` under every strategy, with Keras's model,
 optimizer, loss and metrics (Keras 3's model.fit fails under MultiWorkerMirroredStrategy,
 keras-team/keras#20585). The loss is summed per replica and divided by the GLOBAL batch, because
-Keras's optimizer all-reduces gradients with SUM.
+Keras's optimizer all-reduces gradients with SUM. Under --grad_accum_steps=K each replica's
+batch runs as K micro-batches in an in-graph loop whose gradients are summed before that one
+update, so a step is still one update of the whole --batch_size and every boundary (log,
+checkpoint, stop) falls between updates.
 """
 
 import hashlib
 import signal
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -18,6 +21,7 @@ from trainer import config as config_lib
 from trainer.data import input_pipeline
 from trainer.distribute import distribution
 from trainer.distribute import precision as precision_lib
+from trainer.loop import averaging
 from trainer.loop import optimization
 from trainer.loop import schedule
 from trainer.models import factory
@@ -36,13 +40,18 @@ class Task:
       self.api = built.api  # As detected for the user's own model.
       self.from_logits = built.from_logits
       self.learning_rate = optimization.learning_rate_schedule(config, pipeline.steps_per_epoch)
+      self._gradient_norm = keras.metrics.Mean("gradient_norm") if config.clip_norm else None
       self.optimizer = optimization.make_optimizer(config, self.learning_rate,
-                                                   self.model.trainable_variables)
+                                                   self.model.trainable_variables,
+                                                   self._gradient_norm)
       self._l2_variables = (optimization.decayed_variables(self.model.trainable_variables)
                             if config.optimizer == "sgd" and config.weight_decay else [])
       if precision_lib.uses_loss_scaling(settings.precision):
         self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)  # Dynamic scaling.
       self.optimizer.build(self.model.trainable_variables)
+      # The weights' moving average (--ema_decay), or None; the checkpoint holds it.
+      self.ema = (averaging.WeightAverage(strategy, self.model.trainable_variables,
+                                          config.ema_decay) if config.ema_decay else None)
       self._train_loss = keras.metrics.Mean("loss")
       self._train_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
       self._eval_loss = keras.metrics.Mean("loss")
@@ -107,17 +116,31 @@ class Task:
     return int(self._train_loop(self._iterator, tf.constant(num_steps // self._pack, tf.int64)))
 
   def train_metrics(self) -> Dict[str, float]:
-    """The training loss and accuracy since the last reset, and the learning rate now."""
-    return {"loss": float(self._train_loss.result()),
-            "accuracy": float(self._train_accuracy.result()),
-            "learning_rate": float(self.learning_rate(self.optimizer.iterations))}
+    """The training loss and accuracy since the last reset, the learning rate now, and under
+    --clip_norm the mean gradient norm before clipping."""
+    metrics = {"loss": float(self._train_loss.result()),
+               "accuracy": float(self._train_accuracy.result()),
+               "learning_rate": float(self.learning_rate(self.optimizer.iterations))}
+    if self._gradient_norm is not None:
+      metrics["gradient_norm"] = float(self._gradient_norm.result())
+    return metrics
 
   def reset_train_metrics(self) -> None:
-    self._train_loss.reset_state()
-    self._train_accuracy.reset_state()
+    for metric in (self._train_loss, self._train_accuracy, self._gradient_norm):
+      if metric is not None:
+        metric.reset_state()
 
-  def evaluate(self) -> Tuple[float, float]:
-    """Returns (loss, accuracy) on the whole test split."""
+  def evaluate(self) -> Dict[str, float]:
+    """The loss and accuracy on the test split (or its --eval_steps subset), and with
+    --ema_decay the same of the moving average's weights (loss_ema, accuracy_ema)."""
+    loss, accuracy = self._evaluate_weights()
+    figures = {"loss": loss, "accuracy": accuracy}
+    if self.ema is not None:
+      with self.ema.swapped():
+        figures["loss_ema"], figures["accuracy_ema"] = self._evaluate_weights()
+    return figures
+
+  def _evaluate_weights(self) -> Tuple[float, float]:
     self._eval_loss.reset_state()
     self._eval_accuracy.reset_state()
     self._evaluate_batches(self._eval_dataset)
@@ -143,8 +166,11 @@ class Task:
 
   def weights_sha256(self) -> str:
     """A digest of every weight: replicas in sync end with the same one."""
-    return hashlib.sha256(
-        b"".join(variable.numpy().tobytes() for variable in self.model.weights)).hexdigest()
+    return _sha256(self.model.weights)
+
+  def ema_weights_sha256(self) -> Optional[str]:
+    """A digest of the moving average's weights, or None without --ema_decay."""
+    return _sha256(self.ema.averages) if self.ema is not None else None
 
   # ---------------------------------------------------------------- Compiled steps.
   def _forward_backward_eager(self, images, labels):
@@ -154,15 +180,39 @@ class Task:
       # Divide by the GLOBAL batch: the optimizer sums gradients across replicas.
       loss = tf.reduce_sum(per_example_loss) / self._settings.config.batch_size
       if self._l2_variables:
-        loss += optimization.l2_loss(self._l2_variables, self._settings.config.weight_decay,
-                                     self._settings.num_replicas)
+        loss += optimization.l2_loss(
+            self._l2_variables, self._settings.config.weight_decay,
+            self._settings.num_replicas * self._settings.config.grad_accum_steps)
       scaled_loss = self.optimizer.scale_loss(loss)
     gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
     return gradients, per_example_loss, outputs
 
+  def _accumulated_gradients(self, images, labels):
+    # The replica's batch as --grad_accum_steps micro-batches, one after another in an in-graph
+    # loop: only one micro-batch's activations are alive at a time. Each micro-batch's loss is
+    # divided by the global batch already, so the sum of their gradients is the batch's.
+    steps = self._settings.config.grad_accum_steps
+    if steps == 1:
+      return self._forward_backward(images, labels)
+    micro_images = tf.reshape(images, tf.concat([[steps, -1], tf.shape(images)[1:]], 0))
+    micro_labels = tf.reshape(labels, [steps, -1])
+    gradients = [tf.zeros(variable.shape, variable.dtype)
+                 for variable in self.model.trainable_variables]
+    # Micro-batches of one size, so each array's concat() is the replica's whole batch again.
+    losses = tf.TensorArray(tf.float32, size=steps, element_shape=[None])
+    outputs = tf.TensorArray(tf.float32, size=steps, element_shape=[None, None])
+    for index in tf.range(steps):
+      micro_gradients, micro_losses, micro_outputs = self._forward_backward(
+          micro_images[index], micro_labels[index])
+      gradients = [total if gradient is None else total + gradient
+                   for total, gradient in zip(gradients, micro_gradients)]
+      losses = losses.write(index, micro_losses)
+      outputs = outputs.write(index, micro_outputs)
+    return gradients, losses.concat(), outputs.concat()
+
   def _replica_train_step(self, images, labels):
     # Returns 1.0 if this replica's loss was not finite.
-    gradients, per_example_loss, outputs = self._forward_backward(images, labels)
+    gradients, per_example_loss, outputs = self._accumulated_gradients(images, labels)
     self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
     self._train_loss.update_state(per_example_loss)
     self._train_accuracy.update_state(labels, outputs)
@@ -175,9 +225,12 @@ class Task:
       if index is None:
         return self._replica_train_step(images, labels)
       return self._replica_train_step(images[index], labels[index])
-    return self._strategy.reduce(tf.distribute.ReduceOp.SUM,
-                                 self._strategy.run(replica_step, args=(images, labels)),
-                                 axis=None)
+    not_finite = self._strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                       self._strategy.run(replica_step, args=(images, labels)),
+                                       axis=None)
+    if self.ema is not None:  # After the update, with the same weights on every replica.
+      self.ema.update()
+    return not_finite
 
   def _compile_train_loop(self, pack: int) -> Callable:
     def train_pack(images, labels):
@@ -225,3 +278,7 @@ class Task:
   def _evaluate_batches_eager(self, dataset):
     for batch in dataset:
       self._strategy.run(self._replica_eval_step, args=batch)
+
+
+def _sha256(variables: Sequence) -> str:
+  return hashlib.sha256(b"".join(variable.numpy().tobytes() for variable in variables)).hexdigest()
