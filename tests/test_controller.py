@@ -42,7 +42,7 @@ class FakeTask:
 
   def evaluate(self):
     self._recorder.events.append(("evaluate",))
-    return 0.25, 0.9
+    return {"loss": 0.25, "accuracy": 0.9}
 
 
 class FakeWriter:
@@ -95,13 +95,23 @@ class FakeProfiler:
     self._recorder.events.append(("after call", end_step))
 
 
-def run(plan, start_step=0, losses=None, on_call=None, stop=None, profile=False):
+class FakeBest:
+
+  def __init__(self, recorder):
+    self._recorder = recorder
+
+  def consider(self, step, evaluation):
+    self._recorder.events.append(("best?", step))
+
+
+def run(plan, start_step=0, losses=None, on_call=None, stop=None, profile=False, best=False):
   recorder = Recorder()
   task = FakeTask(recorder, losses, on_call)
   loop = controller.Controller(
       task, plan, throughput.ThroughputMeter(8, 0.0), FakeWriter(recorder),
       FakeCheckpointer(recorder), FakeProgress(recorder), stop or FakeStopRequests(),
-      profiler=FakeProfiler(recorder) if profile else None)
+      profiler=FakeProfiler(recorder) if profile else None,
+      best=FakeBest(recorder) if best else None)
   return recorder, loop, lambda: loop.run(start_step)
 
 
@@ -118,8 +128,23 @@ def test_each_boundary_does_its_work_in_order():
       ("train", 1), ("train scalars", 4), ("evaluate",), ("eval scalars", 4), ("save", 4),
       ("epoch", 1), ("train", 2), ("train scalars", 6), ("save", 6),
       ("train", 2), ("train scalars", 8), ("evaluate",), ("eval scalars", 8), ("save", 8)]
-  assert outcome == controller.Outcome(step=8, train_loss=0.5, test_loss=0.25,
-                                       test_accuracy=0.9)
+  assert outcome == controller.Outcome(step=8, train_loss=0.5,
+                                       evaluation={"loss": 0.25, "accuracy": 0.9})
+  assert (outcome.test_loss, outcome.test_accuracy) == (0.25, 0.9)
+
+
+def test_eval_every_evaluates_inside_epochs_and_the_best_is_kept_before_the_checkpoint():
+  plan = schedule.LoopPlan(steps_per_epoch=6, epochs=1, log_every=6, checkpoint_every=4,
+                           steps_per_loop=10, eval_every=2)
+  recorder, _, go = run(plan, best=True)
+  go()
+  # Steps 2 and 4 evaluate inside the epoch; step 6 ends it. Each checkpoint comes after its
+  # step's evaluation and best model: a resume from it must not skip that evaluation.
+  assert recorder.events == [
+      ("epoch", 0), ("train", 1), ("train", 1), ("evaluate",), ("eval scalars", 2),
+      ("best?", 2), ("train", 2), ("evaluate",), ("eval scalars", 4), ("best?", 4),
+      ("save", 4), ("train", 2), ("train scalars", 6), ("evaluate",), ("eval scalars", 6),
+      ("best?", 6), ("save", 6)]
 
 
 def test_a_resumed_run_starts_inside_its_epoch():

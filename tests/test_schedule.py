@@ -66,6 +66,15 @@ def test_a_short_epoch_from_max_steps_per_epoch_still_logs_and_evaluates_at_its_
   assert ends(calls, "log") == ends(calls, "epoch_end") == [7, 14, 21]
 
 
+def test_eval_every_evaluates_inside_epochs_and_at_every_epoch_end():
+  plan = schedule.LoopPlan(steps_per_epoch=10, epochs=2, log_every=100, checkpoint_every=0,
+                           steps_per_loop=100, eval_every=4)
+  calls = walk(plan)
+  assert ends(calls, "evaluate") == [4, 8, 10, 12, 16, 20]
+  assert ends(calls, "epoch_end") == [10, 20]
+  assert schedule.pack_size(25, 0, 1000, 100, 1000, eval_every=30) == 10
+
+
 def test_resume_mid_epoch_meets_the_same_boundaries_as_an_uninterrupted_run():
   plan = schedule.LoopPlan(steps_per_epoch=300, epochs=3, log_every=50, checkpoint_every=70,
                            steps_per_loop=100, pack=10)

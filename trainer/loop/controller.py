@@ -4,14 +4,16 @@ The controller sees the task only through `train_loop(num_steps)`, `train_metric
 `reset_train_metrics()` and `evaluate()`, and the plan tells it where calls end, so the whole
 loop is tested with a fake task in milliseconds (tests/test_controller.py). The order at a
 call's end: divergence check, throughput, progress, training scalars (log points and epoch
-ends), a checkpoint inside the epoch; at an epoch's end evaluation, its scalars and a checkpoint.
+ends); at an evaluation (every epoch's end, every --eval_every steps) its scalars and the best
+model kept (--keep_best); then the checkpoint (inside the epoch, or at its end), which so always
+follows the evaluation of its step.
 A stop request (SIGTERM, Ctrl-C) is honoured before the next call: save, then raise; under
 multi-worker, a request to any worker stops all of them at the same step.
 """
 
 import dataclasses
 import math
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict
 
 from trainer import errors
 from trainer.loop import schedule
@@ -23,8 +25,15 @@ class Outcome:
 
   step: int
   train_loss: float
-  test_loss: float
-  test_accuracy: float
+  evaluation: Dict[str, float]  # The task's last evaluate(): loss, accuracy[, *_ema].
+
+  @property
+  def test_loss(self) -> float:
+    return self.evaluation["loss"]
+
+  @property
+  def test_accuracy(self) -> float:
+    return self.evaluation["accuracy"]
 
 
 class _NoProfile:
@@ -37,15 +46,24 @@ class _NoProfile:
     pass
 
 
+class _NoBest:
+  """The best-model keeper of a run without --keep_best."""
+
+  def consider(self, step: int, evaluation: Dict[str, float]) -> None:
+    pass
+
+
 class Controller:
   """Runs a LoopPlan's calls from a start step to the end of the run."""
 
   def __init__(self, task, plan: schedule.LoopPlan, meter, writer, checkpointer, progress,
-               stop_requests, heartbeat: Callable[[], None] = lambda: None, profiler=None):
+               stop_requests, heartbeat: Callable[[], None] = lambda: None, profiler=None,
+               best=None):
     self._task, self._plan, self._meter, self._writer = task, plan, meter, writer
     self._checkpointer, self._progress, self._stop = checkpointer, progress, stop_requests
     self._heartbeat = heartbeat
     self._profiler = profiler or _NoProfile()
+    self._best = best or _NoBest()
 
   def run(self, start_step: int) -> Outcome:
     """Trains from `start_step` to the plan's last step; returns the final figures."""
@@ -65,13 +83,15 @@ class Controller:
       train_loss, step, first = metrics["loss"], call.end_step, False
       self._meter.record(call.num_steps)
       self._after_call(call, metrics)
-      if call.epoch_end:
+      if call.evaluate:
         with self._meter.paused():
-          evaluation = self._end_epoch(step)
+          evaluation = self._evaluate_at(step, call.epoch_end)
+      if call.checkpoint:  # After the evaluation of this step, which a resume would not redo.
+        self._save(call.end_step)
     if evaluation is None:  # Every step was already trained: a run stopped before its end.
       evaluation = self._evaluate()
     self._stop_if_requested(step)  # A signal during the last evaluation or save.
-    return Outcome(step, train_loss, *evaluation)
+    return Outcome(step, train_loss, evaluation)
 
   def _stop_if_requested(self, step: int) -> None:
     # Every worker asks at the same boundary, so all of them save the same step.
@@ -98,17 +118,20 @@ class Controller:
     if call.log:
       self._writer.scalars("train", call.end_step, {**metrics, **self._meter.end_window()})
       self._task.reset_train_metrics()
-    if call.checkpoint:
-      self._save(call.end_step)
 
-  def _end_epoch(self, step: int) -> Tuple[float, float]:
-    test_loss, test_accuracy = self._evaluate()
-    self._writer.scalars("eval", step, {"loss": test_loss, "accuracy": test_accuracy})
-    self._save(step)
-    self._progress.end_epoch(test_loss, test_accuracy)
-    return test_loss, test_accuracy
+  def _evaluate_at(self, step: int, epoch_end: bool) -> Dict[str, float]:
+    # The best model is kept before the checkpoint, which records it: a kill between the two
+    # resumes before this evaluation, which then runs again on the same weights.
+    evaluation = self._evaluate()
+    self._writer.scalars("eval", step, evaluation)
+    self._best.consider(step, evaluation)
+    self._heartbeat()
+    if epoch_end:
+      self._save(step)
+      self._progress.end_epoch(evaluation["loss"], evaluation["accuracy"])
+    return evaluation
 
-  def _evaluate(self) -> Tuple[float, float]:
+  def _evaluate(self) -> Dict[str, float]:
     figures = self._task.evaluate()
     self._heartbeat()
     return figures

@@ -2,7 +2,8 @@
 
 Pure Python, no TensorFlow, so every boundary rule is tested in milliseconds. Steps are global
 (counted from the run's start), so a resumed run gets the same boundaries as an uninterrupted one.
-A call ends at the first of: steps_per_loop steps, a log point, a checkpoint, the epoch's end.
+A call ends at the first of: steps_per_loop steps, a log point, a checkpoint, an evaluation
+(--eval_every), the epoch's end.
 """
 
 import dataclasses
@@ -24,15 +25,17 @@ def steps_until_due(step: int, every: int) -> int:
 
 
 def pack_size(max_pack: int, start_step: int, steps_per_epoch: int, log_every: int,
-              checkpoint_every: int, profile_steps: Sequence[int] = ()) -> int:
+              checkpoint_every: int, profile_steps: Sequence[int] = (),
+              eval_every: int = 0) -> int:
   """The largest K <= max_pack that divides every boundary and the start step.
 
   One compiled call can run K steps in an in-graph loop (a "pack") only if no boundary falls
-  inside a pack; K dividing the epoch length, the log and checkpoint intervals and the start step
+  inside a pack; K dividing the epoch length, the log, checkpoint and evaluation intervals and the
+  start step
   puts every boundary, and so every resume point, between packs. An epoch of prime length gets 1.
   """
   common = math.gcd(steps_per_epoch, log_every, checkpoint_every or steps_per_epoch,
-                    start_step or steps_per_epoch,
+                    eval_every or steps_per_epoch, start_step or steps_per_epoch,
                     *(profile_boundaries(profile_steps) or [steps_per_epoch]))
   return max(k for k in range(1, max_pack + 1) if common % k == 0)
 
@@ -55,6 +58,7 @@ class Call:
   checkpoint: bool  # A checkpoint inside the epoch; the epoch's end saves one anyway.
   epoch_end: bool  # Evaluate, and save.
   run_end: bool
+  evaluate: bool = False  # Evaluate: at every epoch's end, and every eval_every steps.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,16 +72,17 @@ class LoopPlan:
   steps_per_loop: int
   pack: int = 1  # Steps per XLA call; divides every boundary (see pack_size).
   profile_steps: Tuple[int, ...] = ()  # (A, B): calls end after steps A-1 and B.
+  eval_every: int = 0  # 0: evaluations at epoch ends only.
 
   def __post_init__(self):
     for name in ("steps_per_epoch", "epochs", "log_every", "steps_per_loop", "pack"):
       if getattr(self, name) < 1:
         raise ValueError(f"LoopPlan.{name} must be at least 1, got {getattr(self, name)}.")
     if self.steps_per_epoch % self.pack or self.log_every % self.pack or (
-        self.checkpoint_every % self.pack) or any(
+        self.checkpoint_every % self.pack) or self.eval_every % self.pack or any(
             step % self.pack for step in profile_boundaries(self.profile_steps)):
-      raise ValueError(f"pack {self.pack} must divide the epoch, log and checkpoint intervals "
-                       "and the profile's boundaries.")
+      raise ValueError(f"pack {self.pack} must divide the epoch, log, checkpoint and "
+                       "evaluation intervals and the profile's boundaries.")
 
   @property
   def total_steps(self) -> int:
@@ -104,6 +109,7 @@ class LoopPlan:
                       steps_until_due(step, self.steps_per_epoch),
                       steps_until_due(step, self.log_every),
                       steps_until_due(step, self.checkpoint_every),
+                      steps_until_due(step, self.eval_every),
                       *(boundary - step for boundary in profile_boundaries(self.profile_steps)
                         if boundary > step))
     end = step + num_steps
@@ -111,4 +117,5 @@ class LoopPlan:
     return Call(num_steps=num_steps, end_step=end,
                 log=epoch_end or is_due(end, self.log_every),
                 checkpoint=not epoch_end and is_due(end, self.checkpoint_every),
-                epoch_end=epoch_end, run_end=end >= self.total_steps)
+                epoch_end=epoch_end, run_end=end >= self.total_steps,
+                evaluate=epoch_end or is_due(end, self.eval_every))
