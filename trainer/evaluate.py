@@ -2,10 +2,13 @@
 
   python -m trainer.evaluate --workdir=runs/seed
   python -m trainer.evaluate --workdir=runs/seed --format=saved_model
+  python -m trainer.evaluate --workdir=runs/seed --best      # WORKDIR/best/ (--keep_best)
 
 Reads the run's config.json for the dataset, so the figure is comparable with the test_accuracy
 in its results.json, which it prints beside it.
 """
+
+import os
 
 from absl import app
 from absl import flags
@@ -14,12 +17,16 @@ flags.DEFINE_string("workdir", None, "Workdir of a finished run.", required=True
 flags.DEFINE_enum("format", "keras", ["keras", "saved_model"],
                   "Which export to load: model.keras or the inference SavedModel.")
 flags.DEFINE_string("data_dir", None, "Read the data from here instead of the saved --data_dir.")
+flags.DEFINE_boolean("best", False, "Evaluate the best evaluation's exports, kept under "
+                     "WORKDIR/best/ by --keep_best, instead of the final ones.")
 
 FLAGS = flags.FLAGS
 
 
-def evaluate_export(workdir: str, export_format: str = "keras", data_dir=None) -> dict:
-  """Returns {"test_accuracy", "test_loss", "num_examples"} of the exported model in `workdir`."""
+def evaluate_export(workdir: str, export_format: str = "keras", data_dir=None,
+                    best: bool = False) -> dict:
+  """Returns {"test_accuracy", "test_loss", "num_examples"} of the exported model in `workdir`
+  (with `best`, of the one in workdir/best/)."""
   # Imported here so that --help answers without loading TensorFlow.
   import keras  # pylint: disable=g-import-not-at-top
   from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -31,14 +38,18 @@ def evaluate_export(workdir: str, export_format: str = "keras", data_dir=None) -
   run_config = workdir_lib.read_run_config(workdir)
   if run_config is None or not export.has_export(workdir):
     raise errors.UserError(f"{workdir} holds no finished run with an exported model.")
+  exports = os.path.join(workdir, workdir_lib.BEST_DIR) if best else workdir
+  if not export.has_export(exports):
+    raise errors.UserError(f"{workdir} holds no best model: only a run with --keep_best keeps "
+                           f"one, in {exports}.")
   config = _saved_config(run_config, data_dir)
   pipeline = input_pipeline.make_input_pipeline(config)
   if export_format == "keras":
-    model = _load_keras_model(workdir, config)
+    model = _load_keras_model(exports, config)
     predict = model
   else:
     # The loaded object owns the variables: keep it referenced while `serve` runs.
-    model = export.load_saved_model(workdir)
+    model = export.load_saved_model(exports)
     predict = model.serve
   loss = keras.metrics.Mean()
   accuracy = keras.metrics.SparseCategoricalAccuracy()
@@ -90,11 +101,12 @@ def main(argv):
   from trainer import errors  # pylint: disable=g-import-not-at-top
   from trainer.records import run_record  # pylint: disable=g-import-not-at-top
   with errors.shown_as_one_line():
-    figures = evaluate_export(FLAGS.workdir, FLAGS.format, FLAGS.data_dir)
-    recorded = run_record.read_results(FLAGS.workdir)["test_accuracy"]
-  print(f"{FLAGS.format}: test accuracy {figures['test_accuracy']:.4f} "
-        f"(results.json: {recorded:.4f}), loss {figures['test_loss']:.4f}, "
-        f"{figures['num_examples']} examples")
+    figures = evaluate_export(FLAGS.workdir, FLAGS.format, FLAGS.data_dir, FLAGS.best)
+    results = run_record.read_results(FLAGS.workdir)
+    recorded = results["best_test_accuracy" if FLAGS.best else "test_accuracy"]
+  print(f"{'best ' if FLAGS.best else ''}{FLAGS.format}: test accuracy "
+        f"{figures['test_accuracy']:.4f} (results.json: {recorded:.4f}), loss "
+        f"{figures['test_loss']:.4f}, {figures['num_examples']} examples")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from trainer.loop import startup
 from trainer.loop import task as task_lib
 from trainer.loop import throughput
 from trainer.models import factory
+from trainer.records import best_model
 from trainer.records import checkpointing
 from trainer.records import export
 from trainer.records import run_record
@@ -67,10 +68,11 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     hparams = run_record.hparams(settings, task.api, pipeline)
     meter = throughput.ThroughputMeter(config.batch_size, start_time)
     with runtime.strategy.scope():
+      best = _best_model(settings, task, pipeline)
       checkpointer = checkpointing.Checkpointer(
           config.workdir, settings.is_chief, config.keep_checkpoints,
           this_process=lambda: {**meter.totals(), "wall_time_s": time.time() - start_time},
-          model=task.model, optimizer=task.optimizer)
+          **_trackables(task, best))
     stack.callback(checkpointer.close)
     step = 0 if config.overwrite else checkpointer.restore_latest()
     plan = _loop_plan(settings, pipeline.steps_per_epoch, task.max_pack, step)
@@ -97,11 +99,11 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
           task, plan, meter, writer, checkpointer,
           progress.EpochProgress(plan.steps_per_epoch, config.epochs, config.progress,
                                  settings.is_chief),
-          stop_requests, runtime.heartbeat, profiler).run(step)
+          stop_requests, runtime.heartbeat, profiler, best).run(step)
 
     # ---------------------------------------------------------------- Export and results.
     return _finish(settings, plan, task, pipeline, hparams, outcome, meter, writer, checkpointer,
-                   start_time, clock)
+                   start_time, clock, best)
 
 
 def _open_runtime(stack: contextlib.ExitStack,
@@ -144,6 +146,35 @@ def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
   return writer
 
 
+def _trackables(task: task_lib.Task, best: Optional[best_model.BestModel]) -> dict:
+  """What the checkpoint holds besides the step: the model, the optimizer, and the weights'
+  moving average and the best so far where the run keeps them."""
+  trackables = {"model": task.model, "optimizer": task.optimizer, "ema": task.ema, "best": best}
+  return {name: value for name, value in trackables.items() if value is not None}
+
+
+def _best_model(settings: config_lib.RunSettings, task: task_lib.Task,
+                pipeline: input_pipeline.InputPipeline) -> Optional[best_model.BestModel]:
+  """The keeper of WORKDIR/best/ under --keep_best, else None."""
+  config = settings.config
+  if config.keep_best == "none":
+    return None
+
+  def write_exports(folder: str) -> None:
+    with _exported_weights(task, config):
+      export.export_model(task.model, folder, pipeline.image_shape)
+
+  return best_model.BestModel(config.workdir, config.keep_best, config.export_ema,
+                              settings.is_chief, write_exports)
+
+
+def _exported_weights(task: task_lib.Task, config: config_lib.Config):
+  """The weights the exports hold: the moving average's under --export_ema, else the model's."""
+  if task.ema is not None and config.export_ema:
+    return task.ema.swapped()
+  return contextlib.nullcontext()
+
+
 def _loop_plan(settings: config_lib.RunSettings, steps_per_epoch: int, max_pack: int,
                start_step: int) -> schedule.LoopPlan:
   """The run's boundaries, with the largest pack that fits them from `start_step` on."""
@@ -152,8 +183,9 @@ def _loop_plan(settings: config_lib.RunSettings, steps_per_epoch: int, max_pack:
       steps_per_epoch=steps_per_epoch, epochs=config.epochs, log_every=config.log_every,
       checkpoint_every=config.checkpoint_every, steps_per_loop=settings.steps_per_loop,
       pack=schedule.pack_size(max_pack, start_step, steps_per_epoch, config.log_every,
-                              config.checkpoint_every, config.profile_steps),
-      profile_steps=config.profile_steps)
+                              config.checkpoint_every, config.profile_steps,
+                              config.eval_every),
+      profile_steps=config.profile_steps, eval_every=config.eval_every)
 
 
 def _environment(settings: config_lib.RunSettings, plan: schedule.LoopPlan) -> dict:
@@ -170,7 +202,8 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
             pipeline: input_pipeline.InputPipeline, hparams: dict,
             outcome: controller_lib.Outcome, meter: throughput.ThroughputMeter,
             writer: summaries.RunWriter, checkpointer: checkpointing.Checkpointer,
-            start_time: float, clock: startup.StartupClock) -> dict:
+            start_time: float, clock: startup.StartupClock,
+            best: Optional[best_model.BestModel]) -> dict:
   """Records the run: final scalars, and on the chief the exports and results.json."""
   config = settings.config
   weights_digest = task.weights_sha256()
@@ -194,12 +227,18 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
       examples_per_sec_windows=meter.window_rates,
       time_to_first_step_s=totals["time_to_first_step_s"],
       startup_s=clock.phases(meter.time_to_first_step_s),
-      wall_time_s=totals["wall_time_s"], processes=totals["processes"])
+      wall_time_s=totals["wall_time_s"], processes=totals["processes"],
+      recipe=run_record.recipe(config, plan.steps_per_epoch),
+      test_accuracy_ema=outcome.evaluation.get("accuracy_ema"),
+      test_loss_ema=outcome.evaluation.get("loss_ema"),
+      ema_weights_sha256=task.ema_weights_sha256(),
+      **(best.results() if best else {}))
   writer.scalars("run", outcome.step, {"test_accuracy": outcome.test_accuracy,
                                        "examples_per_sec": results.examples_per_sec})
   if settings.is_chief:
-    results = dataclasses.replace(results, exports=export.export_model(
-        task.model, config.workdir, pipeline.image_shape))
+    with _exported_weights(task, config):
+      exports = export.export_model(task.model, config.workdir, pipeline.image_shape)
+    results = dataclasses.replace(results, exports=exports)
     run_record.write_results(config.workdir, results)
     print(_summary(settings, task.api, results), flush=True)
   return results.to_dict()

@@ -14,8 +14,8 @@ from trainer import errors
 from trainer.records import workdir as workdir_lib
 
 # 2 added model, image_shape, num_classes, from_logits and processes; 3 added startup_s; 4 added
-# data_sharding.
-SCHEMA_VERSION = 4
+# data_sharding; 5 added recipe, the moving average's and the best model's fields.
+SCHEMA_VERSION = 5
 RESULTS_FILE = workdir_lib.RESULTS_FILE
 
 # What ran: results.json's first fields, and the keys compare groups runs by (with seed). The
@@ -65,6 +65,15 @@ class RunResults:
   startup_s: Dict[str, Optional[float]]  # startup.PHASES: where time_to_first_step_s went.
   wall_time_s: float
   processes: int
+  # How it learnt: the optimisation settings, the warm-up in steps (see `recipe`).
+  recipe: Dict[str, object] = dataclasses.field(default_factory=dict)
+  # --ema_decay: the moving average's figures at the end; --keep_best: the best evaluation's.
+  test_accuracy_ema: Optional[float] = None
+  test_loss_ema: Optional[float] = None
+  ema_weights_sha256: Optional[str] = None
+  best_step: Optional[int] = None
+  best_test_accuracy: Optional[float] = None
+  best_test_loss: Optional[float] = None
   exports: Dict[str, str] = dataclasses.field(default_factory=dict)
   schema_version: int = SCHEMA_VERSION
 
@@ -83,6 +92,23 @@ def hparams(settings: config_lib.RunSettings, api: str, pipeline) -> dict:
           "num_replicas": settings.num_replicas, "precision": settings.precision,
           "device": settings.device, "global_batch_size": config.batch_size,
           "dataset": pipeline.name, "hidden_units": config.hidden_units, "seed": config.seed}
+
+
+RECIPE = ("optimizer", "momentum", "nesterov", "weight_decay", "learning_rate", "lr_scaling",
+          "warmup_steps", "lr_schedule", "lr_drops", "label_smoothing", "clip_norm",
+          "grad_accum_steps", "ema_decay", "export_ema", "keep_best", "augment", "normalize",
+          "eval_every", "eval_steps")
+
+
+def recipe(config: config_lib.Config, steps_per_epoch: int) -> Dict[str, object]:
+  """results.json's `recipe`: the RECIPE settings of `config`, with the peak learning rate
+  (after --lr_scaling) and the warm-up in steps (after --warmup_epochs)."""
+  from trainer.loop import optimization  # pylint: disable=g-import-not-at-top
+  values = {name: getattr(config, name) for name in RECIPE}
+  values["lr_drops"] = list(config.lr_drops)
+  values["learning_rate"] = optimization.peak_learning_rate(config)
+  values["warmup_steps"] = config.warmup_steps or config.warmup_epochs * steps_per_epoch
+  return values
 
 
 # Settings that say where or how a run writes, not what it computes: left out of the HParams
