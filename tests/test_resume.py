@@ -1,6 +1,7 @@
 """Never lose training: kill -9 and SIGTERM then resume, damaged checkpoints, NaN, exports."""
 
 import glob
+import hashlib
 import json
 import os
 import signal
@@ -56,6 +57,14 @@ RESUMABLE_FLAGS = ("--dataset=fashion_mnist", "--epochs=3", "--batch_size=64",
                    "--checkpoint_every=100", "--log_every=50", "--deterministic")
 
 
+# Every setting of the training recipe at once: each keeps state across the kill (momentum, the
+# schedule's step, the moving average, the best so far) or changes where boundaries fall.
+RECIPE_FLAGS = ("--optimizer=sgd", "--nesterov", "--learning_rate=0.05", "--weight_decay=1e-4",
+                "--warmup_steps=50", "--lr_schedule=cosine", "--label_smoothing=0.1",
+                "--clip_norm=2.0", "--grad_accum_steps=2", "--ema_decay=0.99",
+                "--keep_best=accuracy")
+
+
 # Mirrored over 2 devices runs one step per call, so it gets shorter epochs; the default strategy
 # needs the longer ones to still be training when it is killed. The default run augments and
 # normalises too: its random crops and flips must follow the step, not the process.
@@ -65,8 +74,10 @@ RESUMABLE_FLAGS = ("--dataset=fashion_mnist", "--epochs=3", "--batch_size=64",
     (("--strategy=mirrored", "--cpu_devices=2"), 200)])
 def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_flags, steps_per_epoch,
                                                          fashion_mnist_dir, tmp_path):
-  flags = (*RESUMABLE_FLAGS, f"--data_dir={fashion_mnist_dir}",
-           f"--max_steps_per_epoch={steps_per_epoch}", *strategy_flags)
+  eval_every = steps_per_epoch // 2
+  flags = (*RESUMABLE_FLAGS, *RECIPE_FLAGS, f"--data_dir={fashion_mnist_dir}",
+           f"--max_steps_per_epoch={steps_per_epoch}", f"--eval_every={eval_every}",
+           *strategy_flags)
   straight = start_trainer(*flags, f"--workdir={tmp_path / 'straight'}")
   killed_dir = tmp_path / "killed"
   killed = start_trainer(*flags, f"--workdir={killed_dir}")
@@ -86,12 +97,21 @@ def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_flags, steps_p
   got = run_record.read_results(killed_dir)
   assert got["steps"] == expected["steps"] == total_steps
   assert (got["processes"], expected["processes"]) == (2, 1)
-  assert got["weights_sha256"] == expected["weights_sha256"]  # Bit-identical weights.
-  assert got["test_accuracy"] == expected["test_accuracy"]
+  # Bit-identical weights and moving average; the same best model, known across the kill.
+  for field in ("weights_sha256", "ema_weights_sha256", "test_accuracy", "test_accuracy_ema",
+                "best_step", "best_test_accuracy"):
+    assert got[field] == expected[field], field
+  assert expected["ema_weights_sha256"] and expected["best_step"]
+  assert _digest(export.load_keras_model(str(killed_dir / "best"))) == _digest(
+      export.load_keras_model(str(tmp_path / "straight" / "best")))
   # TensorBoard: every logged step once, in order, across the kill.
   assert logged_steps(killed_dir / "train") == list(range(50, total_steps + 1, 50))
-  assert logged_steps(killed_dir / "eval", "accuracy") == [
-      steps_per_epoch, 2 * steps_per_epoch, total_steps]
+  assert logged_steps(killed_dir / "eval", "accuracy_ema") == list(
+      range(eval_every, total_steps + 1, eval_every))
+
+
+def _digest(model) -> str:
+  return hashlib.sha256(b"".join(w.numpy().tobytes() for w in model.weights)).hexdigest()
 
 
 @pytest.mark.slow
