@@ -18,6 +18,7 @@ import pytest
 from tests.processes import ROOT
 from trainer import config as config_lib
 from trainer import train
+from trainer.records import run_record
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import launch_local  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -71,7 +72,7 @@ def test_runs_that_differ_only_in_epochs_are_two_rows_with_epochs_shown_first(se
   assert differing == ["epochs"]
   names = {info["name"] for info in experiment["hparamInfos"]}
   assert {"learning_rate", "lr_schedule", "max_steps_per_epoch", "seed", "strategy",
-          "precision", "num_replicas", "global_batch_size", "model", "api"} <= names
+          "precision", "global_batch_size", "model", "api"} <= names
 
   groups = _request(f"{base}/data/plugin/hparams/session_groups", {
       "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN"], "colParams": [],
@@ -83,6 +84,29 @@ def test_runs_that_differ_only_in_epochs_are_two_rows_with_epochs_shown_first(se
   assert set(by_epochs) == {"1", "2"}  # Shown as integers, not 1.0000.
   assert by_epochs["1"]["global_batch_size"] == "64"
   assert by_epochs["1"]["learning_rate"] == "0.001"
+
+
+def test_runs_that_differ_in_strategy_and_seed_differ_in_hparams_only_in_what_the_user_chose():
+  # The HPARAMS table ticks the first five differing columns by name: derived ones such as
+  # num_replicas or jit_compile (resolved) would come before seed and strategy.
+  def entry(strategy, num_replicas, **changes):
+    settings = config_lib.RunSettings(
+        config=config_lib.Config(dataset="synthetic", strategy=strategy, **changes),
+        strategy=strategy,
+        num_replicas=num_replicas, precision="float32", precision_reason="auto", device="CPU",
+        is_chief=True)
+    assert settings.jit_compile == (num_replicas == 1)  # Derived, and different.
+    hparams = {"model": "mlp", "api": "functional", "strategy": strategy,
+               "num_replicas": num_replicas, "precision": "float32", "device": "CPU",
+               "global_batch_size": 64, "dataset": "synthetic", "hidden_units": 256,
+               "seed": changes.get("seed", 0)}
+    return run_record.hparams_entry(settings, hparams)
+
+  default = entry("default", 1)
+  mirrored = entry("mirrored", 2, cpu_devices=2, seed=1)
+  assert {name for name in default if default[name] != mirrored.get(name)} == {
+      "cpu_devices", "seed", "strategy"}
+  assert default["jit_compile"] == "auto" and default["steps_per_loop"] == "auto"
 
 
 def test_a_profile_of_steps_a_to_b_is_listed_in_the_profile_tab(server):

@@ -116,20 +116,27 @@ def recipe(config: config_lib.Config, steps_per_epoch: int) -> Dict[str, object]
 _NOT_HPARAMS = ("workdir", "overwrite", "progress", "log_every", "checkpoint_every",
                 "keep_checkpoints", "profile_steps", "worker_hosts", "task_index",
                 "worker_timeout", "tfds_data_dir", "data_dir", "memory_limit_mb")
+# HPARAMS that follow from others (the strategy and the devices): results.json's, not HParams'.
+_DERIVED = ("num_replicas",)
 
 
 def hparams_entry(settings: config_lib.RunSettings, hparams: dict) -> dict:
-  """TensorBoard's HParams entry of a run: `hparams` and every other setting that can differ
-  between runs, resolved (XLA, steps per loop).
+  """TensorBoard's HParams entry of a run: what the user chose, every setting that can differ
+  between runs, with `hparams` (the strategy and precision resolved, the device).
+
+  Settings the harness derives from those choices (num_replicas, jit_compile and steps_per_loop
+  resolved) stay out: the HPARAMS table ticks the first five differing columns by name, and
+  num_replicas or jit_compile would push strategy and seed off the screen. They are in the TEXT
+  tab's environment and in results.json.
 
   Numbers are written as text: the HPARAMS table prints a number with 5 significant digits, so
   a batch of 64 would read 64.000 and a learning rate of 0.001 0.0010000. Lists become text.
   """
   config = settings.config
   entry = {name: value for name, value in config.to_dict().items()
-           if name not in _NOT_HPARAMS and name not in ("batch_size", "jit_compile",
-                                                         "steps_per_loop")}
-  entry.update(hparams, jit_compile=settings.jit_compile, steps_per_loop=settings.steps_per_loop)
+           if name not in _NOT_HPARAMS and name != "batch_size"}
+  entry.update({name: value for name, value in hparams.items() if name not in _DERIVED})
+  entry["steps_per_loop"] = config.steps_per_loop or None  # 0 is auto.
   shown = {}
   for name, value in sorted(entry.items()):
     if isinstance(value, bool):
