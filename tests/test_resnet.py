@@ -177,3 +177,29 @@ def test_three_apis_train_to_identical_weights_under_deterministic(tmp_path):
              for api in config_lib.APIS}
   assert {r["params"] for r in results.values()} == {11_173_962 + 9_600}  # With BN statistics.
   assert len({r["weights_sha256"] for r in results.values()}) == 1, results
+
+
+@pytest.mark.parametrize("precision, tolerance", [("float32", 1e-4), ("mixed_bfloat16", 2e-2)])
+def test_fused_batchnorm_computes_what_keras_batchnorm_does(precision, tolerance):
+  # The ResNets' BatchNorm runs TensorFlow's fused kernel (half of resnet18's bfloat16 step
+  # went to Keras 3's separate ops): same outputs, gradients and moving statistics as Keras's.
+  images = tf.constant(np.random.RandomState(0).randn(8, 6, 6, 5).astype("float32") * 3 + 1)
+  ours = resnet.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=precision)
+  keras_own = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=precision)
+  figures = []
+  for layer in (ours, keras_own):
+    layer.build(images.shape)
+    layer.gamma.assign(np.linspace(0.5, 2.0, 5))
+    with tf.GradientTape() as tape:
+      tape.watch(images)
+      outputs = tf.cast(layer(images, training=True), tf.float32)
+      loss = tf.reduce_sum(outputs * tf.range(5, dtype=tf.float32))
+    gradients = tape.gradient(loss, [images, layer.gamma.value, layer.beta.value])
+    inference = tf.cast(layer(images, training=False), tf.float32)
+    figures.append([outputs, *gradients, layer.moving_mean, layer.moving_variance, inference])
+  for name, mine, theirs in zip(["outputs", "input gradient", "gamma gradient", "beta gradient",
+                                 "moving mean", "moving variance", "inference"], *figures):
+    np.testing.assert_allclose(np.asarray(mine), np.asarray(theirs), rtol=tolerance,
+                               atol=tolerance, err_msg=name)
+  graph = tf.function(lambda x: ours(x, training=True)).get_concrete_function(images).graph
+  assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
