@@ -35,7 +35,9 @@ def _assert_close(got: list, expected: list, rtol: float, atol: float) -> None:
 
 @pytest.mark.parametrize("settings", [
     dict(strategy="default"),  # The mlp's default: XLA, 10 steps per compiled pack.
-    pytest.param(dict(strategy="default", jit_compile=False), marks=pytest.mark.slow),
+    # float32 asked for: auto trains the mlp without XLA in bfloat16 on CPUs that have it.
+    pytest.param(dict(strategy="default", jit_compile=False, precision="float32"),
+                 marks=pytest.mark.slow),
     pytest.param(dict(strategy="mirrored", cpu_devices=2), marks=pytest.mark.slow)])
 def test_four_accumulation_steps_train_the_weights_of_one(settings, small_config, tmp_path):
   config = small_config.replace(**SGD_RECIPE, **settings)
@@ -62,7 +64,8 @@ def test_clipping_under_mirrored_equals_clipping_in_one_replica(small_config, tm
   # A norm far below the gradient's, so every step clips: clipping each replica's share before
   # the sum (Keras's global_clipnorm) would make steps of up to twice the norm.
   config = small_config.replace(optimizer="sgd", momentum=0.0, learning_rate=0.5,
-                                clip_norm=0.01, max_steps_per_epoch=10, jit_compile=False)
+                                clip_norm=0.01, max_steps_per_epoch=10, jit_compile=False,
+                                precision="float32")
   single = train.train_and_evaluate(config.replace(workdir=str(tmp_path / "1")))
   mirrored = train.train_and_evaluate(config.replace(strategy="mirrored", cpu_devices=2,
                                                      workdir=str(tmp_path / "2")))

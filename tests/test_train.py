@@ -46,7 +46,8 @@ def test_each_api_learns_synthetic_data(api, finished_runs):
 
 def test_mirrored_over_two_cpu_devices_matches_the_default_strategy(fashion_mnist_dir, tmp_path):
   base = config_lib.Config(dataset="fashion_mnist", data_dir=fashion_mnist_dir, epochs=1,
-                           batch_size=64, max_steps_per_epoch=100, log_every=20, jit_compile=False)
+                           batch_size=64, max_steps_per_epoch=100, log_every=20, jit_compile=False,
+                           precision="float32")
   single = train.train_and_evaluate(base.replace(strategy="default", workdir=str(tmp_path / "1")))
   mirrored = train.train_and_evaluate(
       base.replace(strategy="mirrored", cpu_devices=2, workdir=str(tmp_path / "2")))

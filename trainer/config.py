@@ -330,6 +330,21 @@ def help_text(name: str) -> str:
   return SETTINGS[name].metadata["help"]
 
 
+def compiles_with_xla(config: Config, num_replicas: int) -> bool:
+  """Whether the train step of `config` on `num_replicas` replicas runs under XLA (--jit_compile,
+  or auto's choice)."""
+  # Several replicas compile only forward and backward (see trainer.loop.task); one compiles all.
+  if config.jit_compile is not None:
+    return config.jit_compile
+  # Only the mlp by default: XLA's CPU convolutions ran the cnn 18x slower than TensorFlow's
+  # oneDNN kernels (380 against 6,929 examples/s on a 2-core AVX-512 VM), and no better in
+  # bfloat16 (2-core Intel Xeon with AMX, 2026-12-03: cnn batch 256 65 against 6,775; resnet18
+  # 32x32x3 batch 128 in float32 did not finish 10 steps in 7 minutes against 68/s). Only below
+  # XLA_MAX_BATCH: small steps gain most from fusing whole steps into one call, large ones
+  # are matmuls, which oneDNN runs faster than XLA's CPU dots.
+  return num_replicas == 1 and config.model == "mlp" and config.batch_size < XLA_MAX_BATCH
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
   """A Config resolved against this machine and cluster: what the run really does."""
@@ -351,15 +366,7 @@ class RunSettings:
 
   @property
   def jit_compile(self) -> bool:
-    # Several replicas compile only forward and backward (see trainer.loop.task); one compiles all.
-    if self.config.jit_compile is not None:
-      return self.config.jit_compile
-    # Only the mlp by default: XLA's CPU convolutions ran the cnn 18x slower than TensorFlow's
-    # oneDNN kernels (380 against 6,929 examples/s on a 2-core AVX-512 VM). And only below
-    # XLA_MAX_BATCH: small steps gain most from fusing whole steps into one call, large ones
-    # are matmuls, which oneDNN runs faster than XLA's CPU dots.
-    return (self.num_replicas == 1 and self.config.model == "mlp"
-            and self.config.batch_size < XLA_MAX_BATCH)
+    return compiles_with_xla(self.config, self.num_replicas)
 
   def run_config(self) -> dict:
     """config.json: the user's settings with the strategy, precision and replicas resolved."""

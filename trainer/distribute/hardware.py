@@ -2,7 +2,8 @@
 
 import os
 import platform
-from typing import List
+import subprocess
+from typing import List, Optional, Set
 
 import tensorflow as tf
 
@@ -51,15 +52,58 @@ def gpu_compute_capabilities() -> List[tuple]:
           for gpu in gpus()]
 
 
-def _cpu_model() -> str:
+def _cpuinfo_field(name: str) -> str:
+  """The first value of `name` in /proc/cpuinfo ("" where there is none, as off Linux)."""
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
-        if line.startswith("model name"):
+        if line.split(":", 1)[0].strip() == name:
           return line.split(":", 1)[1].strip()
   except OSError:
     pass
-  return platform.processor() or platform.machine()
+  return ""
+
+
+def cpu_model() -> str:
+  """The CPU's model name, e.g. "Intel(R) Xeon(R) Platinum 8488C"."""
+  return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> Set[str]:
+  """The CPU's feature flags as Linux names them (avx512f, avx512_bf16, amx_bf16, ...)."""
+  return set(_cpuinfo_field("flags").split())
+
+
+def cpu_bfloat16() -> Optional[str]:
+  """The CPU's bfloat16 matrix instructions, "AMX-BF16" or "AVX512_BF16", or None; oneDNN runs
+  bfloat16 convolutions and matmuls on them."""
+  flags = cpu_flags()
+  if "amx_bf16" in flags:
+    return "AMX-BF16"
+  if "avx512_bf16" in flags:
+    return "AVX512_BF16"
+  return None
+
+
+def describe_gpus() -> List[dict]:
+  """Every GPU: name, compute capability and memory (MiB, from nvidia-smi where it runs)."""
+  found = gpus()
+  memory = {}
+  try:
+    listing = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.total",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+    memory = {int(index): int(total) for index, total in
+              (line.split(",") for line in listing.strip().splitlines())}
+  except (OSError, subprocess.SubprocessError, ValueError):
+    pass
+  described = []
+  for index, gpu in enumerate(found):
+    details = tf.config.experimental.get_device_details(gpu)
+    described.append({"name": details.get("device_name", "unknown"),
+                      "compute_capability": list(details.get("compute_capability", ())),
+                      "memory_mib": memory.get(index)})
+  return described
 
 
 def describe_devices() -> str:
@@ -68,4 +112,4 @@ def describe_devices() -> str:
   if found:
     name = tf.config.experimental.get_device_details(found[0]).get("device_name", "unknown")
     return f"GPU: {name} x{len(found)}"
-  return f"CPU: {_cpu_model()} x{os.cpu_count()} cores"
+  return f"CPU: {cpu_model()} x{os.cpu_count()} cores"

@@ -52,7 +52,9 @@ def open_runtime(config: config_lib.Config) -> Iterator[Runtime]:
     strategy = distribution.make_strategy(config.strategy, tf_config)
     heartbeat()
     distribution.check_batch_size(config.batch_size, strategy, config.grad_accum_steps)
-    policy, reason = precision_lib.resolve_precision(config.precision)
+    # XLA as on one replica, so every strategy of the same settings gets the same precision.
+    policy, reason = precision_lib.resolve_precision(
+        config.precision, config.model, xla=config_lib.compiles_with_xla(config, 1))
     settings = config_lib.RunSettings(
         config=config, strategy=distribution.strategy_name(strategy),
         num_replicas=strategy.num_replicas_in_sync, precision=policy, precision_reason=reason,
