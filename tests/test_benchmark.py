@@ -61,4 +61,11 @@ def test_tiny_benchmark_measures_every_peer_and_writes_the_record(fashion_mnist_
   assert "harness >= 1.5x tuned_fit at batch 32" in record["targets_met"]
   assert "| default | 32 | harness |" in result.stdout  # The printed table,
   assert "| default | 32 | harness |" in report.read_text()  # and the same as Markdown.
+  # Every model kind's peers and own ceiling, at the harness's precision.
+  assert list(record["models"]) == ["mlp/32", "cnn/32"]
+  for row in record["models"].values():
+    assert {"harness", "tuned_fit", "plain_fit"} == set(row["peers"])
+    assert row["ceiling"]["examples_per_sec"] > 0 and row["precision"] in (
+        "float32", "mixed_bfloat16")
+  assert "| cnn | 32 |" in result.stdout
   assert "failed call to cuInit" not in result.stderr  # TensorFlow's chatter is filtered.

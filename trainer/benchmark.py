@@ -26,7 +26,6 @@ The targets are checked here, not in tests.
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -50,36 +49,31 @@ STEPS_PER_CALL = 100  # tuned_fit's steps_per_execution, minimal_loop's steps pe
 # ---------------------------------------------------------------- The machine.
 def machine() -> dict:
   """The CPU, its vector extensions, and whether TensorFlow's oneDNN kernels are on."""
-  model, extensions = platform.processor() or platform.machine(), []
-  try:
-    with open("/proc/cpuinfo") as f:
-      info = f.read()
-    model = next(line.split(":", 1)[1].strip() for line in info.splitlines()
-                 if line.startswith("model name"))
-    cpu_flags = set(next(line for line in info.splitlines() if line.startswith("flags"))
-                    .split(":", 1)[1].split())
-    extensions = sorted(cpu_flags & {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16",
-                                     "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8"})
-  except (OSError, StopIteration):
-    pass
+  from trainer.distribute import hardware  # pylint: disable=g-import-not-at-top
+  extensions = sorted(hardware.cpu_flags() & {
+      "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+      "amx_bf16", "amx_int8"})
   # TensorFlow turns oneDNN on by default on x86 Linux; TF_ENABLE_ONEDNN_OPTS=0 turns it off.
   onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1 (default)")
-  return {"cpu": model, "cores": os.cpu_count(), "extensions": extensions,
+  return {"cpu": hardware.cpu_model(), "cores": os.cpu_count(), "extensions": extensions,
           "tf_enable_onednn_opts": onednn}
 
 
-def matmul_ceiling(tiny: bool) -> dict:
-  """The best fp32 matmul rate (FLOP/s) of this machine over a few shapes, with and without XLA.
+def matmul_ceiling(tiny: bool, dtype: str = "float32", quick: bool = False) -> dict:
+  """The best matmul rate (FLOP/s) in `dtype` of this machine over a few shapes, with and
+  without XLA.
 
   Shapes: two large squares (what vendors' peaks assume) and the blog model's first layer at
-  batch 4096, so the ceiling is a rate this machine reaches, not a spec sheet's.
+  batch 4096, so the ceiling is a rate this machine reaches, not a spec sheet's; `quick` times
+  the 2048 square alone.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  shapes = [(256, 256, 256)] if tiny else [(1024, 1024, 1024), (2048, 2048, 2048),
-                                           (4096, 784, 256)]
+  shapes = ([(256, 256, 256)] if tiny else [(2048, 2048, 2048)] if quick else
+            [(1024, 1024, 1024), (2048, 2048, 2048), (4096, 784, 256)])
   rates = {}
   for m, k, n in shapes:
-    a, b = tf.random.uniform([m, k]), tf.random.uniform([k, n])
+    a = tf.cast(tf.random.uniform([m, k]), dtype)
+    b = tf.cast(tf.random.uniform([k, n]), dtype)
     for jit in (False, True):
       matmul = tf.function(tf.linalg.matmul, jit_compile=jit)
 
@@ -87,7 +81,8 @@ def matmul_ceiling(tiny: bool) -> dict:
       def repeat(count, matmul=matmul, a=a, b=b):
         total = tf.constant(0.0)
         for _ in tf.range(count):
-          total += matmul(a, b)[0, 0]  # Reads the product, so nothing is skipped.
+          # Reads the product, so nothing is skipped.
+          total += tf.cast(matmul(a, b)[0, 0], tf.float32)
         return total
 
       iterations = 3 if tiny else max(3, int(2e10 // (2 * m * k * n)))  # ~20 GFLOP a call.
@@ -377,6 +372,11 @@ def format_report(record: dict) -> str:
                    f"{a['median']:.4f} ({a['min']:.4f} - {a['max']:.4f}) |")
     lines.append("\nfast.cfg start-up (median s): " + ", ".join(
         f"{k} {v:.2f}" for k, v in record["time_to_accuracy"]["fast_startup_s"].items()))
+  if record.get("models"):
+    lines += ["", "Each model kind at the precision and XLA setting the harness picks; the tuned "
+              "fit is the better of XLA on and off (off under mirrored, where Keras's fit "
+              "cannot compile). Own ceiling: its matmuls and convolutions alone.", ""]
+    lines += format_models(record)
   lines.append("")
   for name, value in record["ratios"].items():
     if isinstance(value, dict):
@@ -394,7 +394,9 @@ def run_benchmark(data_dir: str, batch_sizes: Sequence[int], strategies: Sequenc
   """Runs every part and returns the benchmark record."""
   from trainer.distribute import hardware  # pylint: disable=g-import-not-at-top
   if "mirrored" in strategies:
-    hardware.split_cpu(2)  # Before TensorFlow starts; the default strategy uses the first.
+    # Before TensorFlow starts; the default strategy uses the first device, with every core's
+    # thread (so mirrored rows here run without the thread share a mirrored run gets).
+    hardware.split_cpu(2, share_threads=False)
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer.data import idx_files  # pylint: disable=g-import-not-at-top
@@ -411,11 +413,96 @@ def run_benchmark(data_dir: str, batch_sizes: Sequence[int], strategies: Sequenc
   accuracy = time_to_accuracy(data_dir, accuracy_repeats, tiny, root) if accuracy_repeats else {}
   ratios, targets = ratios_and_targets(rows, ceiling["flops_per_sec"], flops_per_example,
                                        accuracy)
+  from trainer import model_benchmark  # pylint: disable=g-import-not-at-top
+  models = model_benchmark.run_workloads(
+      model_benchmark.TINY_WORKLOADS if tiny else model_benchmark.QUICK_WORKLOADS, root,
+      jit_both=True, strategies=strategies)
+  for row in models.values():
+    row["shares"] = model_benchmark.shares(row, ceiling["flops_per_sec"])
   return {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "tiny": tiny,
           "device": hardware.describe_devices(), "tf_version": tf.__version__,
           "keras_version": keras.__version__, "flops_per_example": flops_per_example,
           "ceiling": ceiling, "throughput": rows, "time_to_accuracy": accuracy,
-          "ratios": ratios, "targets_met": targets}
+          "models": models, "ratios": ratios, "targets_met": targets}
+
+
+# ---------------------------------------------------------------- Any machine in 5 minutes.
+def ceilings(tiny: bool, quick: bool) -> dict:
+  """The big-square matmul ceilings: float32, and the low precision the hardware has."""
+  from trainer.distribute import hardware  # pylint: disable=g-import-not-at-top
+  found = {"float32": matmul_ceiling(tiny, "float32", quick)}
+  low = ("float16" if hardware.gpus() else "bfloat16" if hardware.cpu_bfloat16() else None)
+  if low:
+    found[low] = matmul_ceiling(tiny, low, quick)
+  return found
+
+
+def run_quick(root: str) -> dict:
+  """The machine, its ceilings, and every model_benchmark workload under the default strategy."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer import model_benchmark  # pylint: disable=g-import-not-at-top
+  from trainer.distribute import hardware  # pylint: disable=g-import-not-at-top
+  found = ceilings(tiny=False, quick=True)
+  print("ceilings: " + ", ".join(f"{dtype} {c['flops_per_sec'] / 1e9:,.0f} GFLOP/s"
+                                 for dtype, c in found.items()), flush=True)
+  rows = model_benchmark.run_workloads(model_benchmark.QUICK_WORKLOADS, root)
+  for row in rows.values():
+    square = found.get(row["precision"].replace("mixed_", ""), found["float32"])
+    row["shares"] = model_benchmark.shares(row, square["flops_per_sec"])
+  return {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
+          "gpus": hardware.describe_gpus(), "device": hardware.describe_devices(),
+          "tf_version": tf.__version__, "keras_version": keras.__version__,
+          "ceilings": found, "models": rows}
+
+
+def format_models(record: dict) -> List[str]:
+  """The per-model table: each peer's examples/s and seconds before the first step."""
+  lines = ["| model | batch | precision | harness | tuned fit | fit defaults | own ceiling | "
+           "harness / tuned | / defaults | of own ceiling | of big square | first step s "
+           "(harness / tuned / defaults) |", "|" + "---|" * 12]
+  for row in record["models"].values():
+    peers, share = row["peers"], row["shares"]
+    lines.append(
+        f"| {row['model']} | {row['batch_size']} | {row['precision']}"
+        f"{' XLA' if peers['harness']['jit_compile'] else ''} | "
+        + " | ".join(f"{peers[p]['examples_per_sec']:,.1f}"
+                     for p in ("harness", "tuned_fit", "plain_fit"))
+        + f" | {row['ceiling']['examples_per_sec']:,.1f} | {share['over_tuned_fit']:.2f}x | "
+        f"{share['over_plain_fit']:.2f}x | {share['of_own_ceiling']:.0%} | "
+        f"{share.get('of_big_square_ceiling', 0):.0%} | "
+        + " / ".join(f"{peers[p]['first_step_s']:.1f}" for p in ("harness", "tuned_fit",
+                                                                  "plain_fit")) + " |")
+  for row in record["models"].values():
+    if "peers_mirrored" in row:
+      mirrored = row["peers_mirrored"]
+      lines.append(f"- {row['model']} under mirrored x2: harness "
+                   f"{mirrored['harness']['examples_per_sec']:,.1f}, tuned fit "
+                   f"{mirrored['tuned_fit']['examples_per_sec']:,.1f}, fit defaults "
+                   f"{mirrored['plain_fit']['examples_per_sec']:,.1f} examples/s; the harness "
+                   f"keeps {row['shares']['mirrored_share']:.0%} of its default strategy's")
+  return lines
+
+
+def format_quick_report(record: dict) -> str:
+  """The quick record as Markdown: machine, ceilings, one row per model."""
+  m = record["machine"]
+  gpus = "; ".join(f"{g['name']} (compute capability "
+                   f"{'.'.join(map(str, g['compute_capability'])) or '?'}, "
+                   f"{g['memory_mib'] or '?'} MiB)" for g in record["gpus"])
+  lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {' '.join(m['extensions']) or '-'}"
+           + (f"; {len(record['gpus'])} GPU: {gpus}" if record["gpus"] else "; no GPU")
+           + f"; TF {record['tf_version']}, Keras {record['keras_version']}; {record['date']}.",
+           "Big-square matmul ceilings: " + ", ".join(
+               f"{dtype} {c['flops_per_sec'] / 1e9:,.0f} GFLOP/s ({c['best']})"
+               for dtype, c in record["ceilings"].items()) + ".",
+           "Own ceiling: the model's matmuls and convolutions alone, forward and backward, at "
+           "their shapes and precision. Examples/s; first step: seconds from building the model "
+           "to the end of the first call.", ""]
+  lines += format_models(record)
+  reasons = {row["precision_reason"] for row in record["models"].values()}
+  lines += [""] + [f"- precision {reason}" for reason in sorted(reasons)]
+  return "\n".join(lines)
 
 
 def define_flags() -> None:
@@ -431,6 +518,10 @@ def define_flags() -> None:
                        lower_bound=0)
   flags.DEFINE_boolean("tiny", False, "Seconds-long: a slice of the data, short measurements "
                        "and time-to-accuracy runs; checks that it works, figures meaningless.")
+  flags.DEFINE_boolean("quick", False, "About 5 minutes on 2 CPU cores, any machine (CPU or GPUs): "
+                       "the machine, its ceilings, and one row per model (mlp, cnn, resnet18, "
+                       "resnet50 on synthetic data) for the harness, a tuned fit and fit's "
+                       "defaults. Run it first on a new machine.")
   flags.DEFINE_string("output", "benchmark.json", "Where to write the JSON results.")
   flags.DEFINE_string("report", "", "Where to write the printed report as Markdown too "
                       "(docs/benchmark.md comes from it); empty: not written.")
@@ -441,10 +532,14 @@ def main(argv):
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   console.quiet()  # Before TensorFlow loads: its start-up chatter stays off the report.
   with tempfile.TemporaryDirectory(prefix="benchmark-") as root:
-    record = run_benchmark(FLAGS.data_dir, [int(b) for b in FLAGS.batch_sizes], FLAGS.strategies,
-                           FLAGS.repeats, FLAGS.accuracy_repeats, FLAGS.tiny, root)
+    if FLAGS.quick:
+      record = run_quick(root)
+    else:
+      record = run_benchmark(FLAGS.data_dir, [int(b) for b in FLAGS.batch_sizes],
+                             FLAGS.strategies, FLAGS.repeats, FLAGS.accuracy_repeats, FLAGS.tiny,
+                             root)
   workdir_lib.write_json(FLAGS.output, record, sort_keys=False)  # Rows stay in table order.
-  report = format_report(record)
+  report = format_quick_report(record) if FLAGS.quick else format_report(record)
   print("\n" + report)
   if FLAGS.report:
     with open(FLAGS.report, "w") as f:

@@ -10,8 +10,9 @@ import tensorflow as tf
 from trainer import errors
 
 
-def split_cpu(num_devices: int) -> None:
-  """Splits the host CPU into `num_devices` logical devices, so mirrored runs that many replicas.
+def split_cpu(num_devices: int, share_threads: bool = True) -> None:
+  """Splits the host CPU into `num_devices` logical devices, so mirrored runs that many replicas,
+  each with its share of the cores as intra-op threads (unless not `share_threads`).
 
   Must run before TensorFlow initialises its devices, i.e. before any op executes.
   """
@@ -23,6 +24,12 @@ def split_cpu(num_devices: int) -> None:
   try:
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
+    # The devices' ops run at once, each on the one intra-op pool: with a thread per core for
+    # each, they oversubscribe the cores. A share each ran resnet18 (32x32x3, batch 128,
+    # bfloat16) under mirrored x2 at 157-165 examples/s against 150 (2-core AMX Xeon).
+    if share_threads:
+      tf.config.threading.set_intra_op_parallelism_threads(
+          max(1, (os.cpu_count() or 1) // num_devices))
   except RuntimeError:
     # Already initialised, as in a test process that split the CPU up front: fine if it matches.
     if len(tf.config.list_logical_devices("CPU")) != num_devices:

@@ -1,0 +1,69 @@
+"""The per-model benchmark: each model's own ceiling (trainer.op_ceiling) found from its graph,
+and the quick report read from given figures. Timing is not asserted."""
+
+import pytest
+
+from trainer import benchmark
+from trainer import flops
+from trainer import model_benchmark
+from trainer import op_ceiling
+from trainer.models import factory
+
+
+@pytest.mark.parametrize("precision, dtype", [("float32", "float32"),
+                                              ("mixed_bfloat16", "bfloat16")])
+def test_resnet18s_heavy_ops_are_its_convolutions_and_dense_in_the_compute_dtype(precision,
+                                                                                 dtype):
+  model = factory.build_model("resnet18", "subclass", (16, 16, 3), 10, precision=precision)
+  ops = op_ceiling.heavy_ops(model, 4, (16, 16, 3))
+  # The stem, 16 block convolutions, 3 projection shortcuts, and the classifier.
+  assert [op.kind for op in ops].count("Conv2D") == 20 and ops[-1].kind == "MatMul"
+  assert {op.dtype for op in ops} == {dtype}
+  # Only the stem reads the images, whose gradient nothing needs.
+  assert [op.input_needs_gradient for op in ops] == [False] + [True] * 20
+  assert ops[0].input_shape == (4, 16, 16, 3) and ops[0].kernel_shape == (3, 3, 3, 64)
+
+
+def test_the_cnns_ceiling_times_the_flops_xla_counts_in_its_train_step():
+  model = factory.build_model("cnn", "functional", (28, 28, 1), 10)
+  timed = op_ceiling.time_ops(op_ceiling.heavy_ops(model, 4, (28, 28, 1)), calls=1)
+  assert timed["flops"] == flops.train_step_flops(model, False, (28, 28, 1), 4)
+  assert timed["seconds"] > 0
+
+
+def _row(model, harness, tuned, plain, ceiling, flops_per_example, precision="float32"):
+  def peer(rate, first_step_s=2.0, jit=False):
+    return {"examples_per_sec": rate, "first_step_s": first_step_s, "jit_compile": jit}
+  return {"model": model, "batch_size": 128, "precision": precision,
+          "precision_reason": "auto: the CPU has AMX-BF16, and resnet18 trains faster in bfloat16",
+          "ceiling": {"examples_per_sec": ceiling, "flops_per_example": flops_per_example},
+          "peers": {"harness": peer(harness), "tuned_fit": peer(tuned, 3.0),
+                    "plain_fit": peer(plain, 4.0)}}
+
+
+def test_shares_put_the_harness_against_fit_and_both_ceilings():
+  row = _row("resnet18", harness=120.0, tuned=100.0, plain=60.0, ceiling=300.0,
+             flops_per_example=1.5e9)
+  shares = model_benchmark.shares(row, big_square_flops=9e11)
+  assert shares == pytest.approx({"over_tuned_fit": 1.2, "over_plain_fit": 2.0,
+                                  "of_own_ceiling": 0.4, "of_big_square_ceiling": 0.2})
+  row["peers_mirrored"] = {"harness": {"examples_per_sec": 102.0}}
+  assert model_benchmark.shares(row, None)["mirrored_share"] == pytest.approx(0.85)
+
+
+def test_the_quick_report_names_the_machine_and_has_one_row_per_model():
+  rows = {"resnet18/128": _row("resnet18", 120.0, 100.0, 60.0, 300.0, 1.5e9, "mixed_bfloat16")}
+  for row in rows.values():
+    row["shares"] = model_benchmark.shares(row, 9e11)
+  record = {"date": "2026-12-03", "tf_version": "2.21.0", "keras_version": "3.15.0",
+            "machine": {"cpu": "Intel Xeon", "cores": 2, "extensions": ["amx_bf16"]},
+            "gpus": [{"name": "NVIDIA A100", "compute_capability": [8, 0],
+                      "memory_mib": 40960}],
+            "ceilings": {"float32": {"flops_per_sec": 2.4e11, "best": "2048x2048x2048"}},
+            "models": rows}
+  report = benchmark.format_quick_report(record)
+  assert "1 GPU: NVIDIA A100 (compute capability 8.0, 40960 MiB)" in report
+  assert "float32 240 GFLOP/s" in report
+  assert ("| resnet18 | 128 | mixed_bfloat16 | 120.0 | 100.0 | 60.0 | 300.0 | 1.20x | 2.00x "
+          "| 40% | 20% | 2.0 / 3.0 / 4.0 |") in report
+  assert "- precision auto: the CPU has AMX-BF16" in report

@@ -1,0 +1,197 @@
+"""The harness against Keras's fit on each model kind, and against each model's own ceiling.
+
+For every workload (the mlp, the cnn, resnet18 on 32x32x3 and resnet50 on 224x224x3, all on
+synthetic data so no dataset is needed) at the precision and XLA setting the harness picks here:
+  harness     trainer.train.train_and_evaluate with default flags
+  tuned_fit   an expert's fit of the same model and precision: a cached tf.data pipeline,
+              steps_per_execution as the harness's steps per call, XLA as the harness chose it
+              (or the better of on and off, with `jit_both`)
+  plain_fit   fit's defaults: float32, compile() as it comes, one step per execution
+  ceiling     the model's own matmuls and convolutions alone (trainer.op_ceiling)
+and how long each peer takes before its first step (building, tracing, compiling, running it).
+trainer.benchmark --quick prints these; the full benchmark adds mirrored over 2 logical CPUs.
+"""
+
+import dataclasses
+import os
+import time
+from typing import Dict, List, Optional, Sequence
+
+from trainer import config as config_lib
+from trainer import op_ceiling
+
+NUM_CLASSES = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+  """A model kind at one batch size, with the steps to warm up and to time."""
+
+  model: str
+  image_shape: tuple
+  batch_size: int
+  warmup_steps: int  # Also the steps per call of every peer: the first call is the warm-up.
+  timed_steps: int
+
+  @property
+  def name(self) -> str:
+    return f"{self.model}/{self.batch_size}"
+
+
+# Timed steps sized to a few seconds each on a 2-core CPU; a GPU just finishes sooner.
+QUICK_WORKLOADS = (Workload("mlp", (28, 28, 1), 1024, 100, 200),
+                   Workload("cnn", (28, 28, 1), 256, 10, 60),
+                   Workload("resnet18", (32, 32, 3), 128, 2, 8),
+                   Workload("resnet50", (224, 224, 3), 16, 2, 4))
+# The benchmark's --tiny: checks every path in seconds, figures meaningless.
+TINY_WORKLOADS = (Workload("mlp", (28, 28, 1), 32, 2, 4), Workload("cnn", (28, 28, 1), 32, 2, 4))
+
+
+def settings_for(workload: Workload, strategy: str = "default") -> config_lib.Config:
+  """The harness's Config for `workload`: its defaults but for the model, data and length."""
+  return config_lib.Config(
+      model=workload.model, dataset="synthetic", image_shape=workload.image_shape,
+      num_classes=NUM_CLASSES, batch_size=workload.batch_size, strategy=strategy,
+      cpu_devices=2 if strategy == "mirrored" else 1, epochs=1,
+      max_steps_per_epoch=workload.warmup_steps + workload.timed_steps, eval_steps=1,
+      steps_per_loop=workload.warmup_steps, log_every=workload.warmup_steps,
+      checkpoint_every=0, progress="none")
+
+
+def resolved(workload: Workload, num_replicas: int = 1) -> config_lib.RunSettings:
+  """What the harness picks for `workload` on this machine: precision, XLA."""
+  from trainer.distribute import precision  # pylint: disable=g-import-not-at-top
+  config = settings_for(workload)
+  policy, reason = precision.resolve_precision(
+      "auto", workload.model, config_lib.compiles_with_xla(config, 1))
+  return config_lib.RunSettings(config=config, strategy="default", num_replicas=num_replicas,
+                                precision=policy, precision_reason=reason, device="",
+                                is_chief=True)
+
+
+def measure_harness(workload: Workload, workdir: str, strategy: str = "default") -> dict:
+  """examples/s of the harness (first call left out) and its seconds before the first step,
+  counted from building the model, as the fit peers count theirs."""
+  from trainer import train  # pylint: disable=g-import-not-at-top
+  results = train.train_and_evaluate(settings_for(workload, strategy).replace(workdir=workdir))
+  startup = results["startup_s"]
+  return {"examples_per_sec": results["examples_per_sec"],
+          "first_step_s": startup["model"] + startup["first_step"],
+          "precision": results["precision"], "jit_compile": results["jit_compile"]}
+
+
+def _synthetic_dataset(workload: Workload):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  images = tf.random.stateless_uniform([workload.batch_size * 4, *workload.image_shape], [0, 0])
+  labels = tf.random.stateless_uniform([workload.batch_size * 4], [0, 1], maxval=NUM_CLASSES,
+                                       dtype=tf.int64)
+  return (tf.data.Dataset.from_tensor_slices((images, labels)).cache().repeat()
+          .batch(workload.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+
+
+def measure_fit(workload: Workload, precision: str, jit_compile, steps_per_execution: int,
+                strategy=None) -> dict:
+  """examples/s of Keras's fit on `workload` and its seconds from building the model to the
+  end of the first execution."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer.models import factory  # pylint: disable=g-import-not-at-top
+  strategy = strategy or tf.distribute.get_strategy()
+  marks: List[float] = []
+
+  class Marks(keras.callbacks.Callback):
+
+    def on_train_batch_end(self, batch, logs=None):
+      marks.append(time.perf_counter())
+
+  start = time.perf_counter()
+  with strategy.scope():
+    model = factory.build_model(workload.model, "functional", workload.image_shape, NUM_CLASSES,
+                                precision=precision)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], jit_compile=jit_compile,
+                  steps_per_execution=steps_per_execution)
+  calls = 1 + -(-workload.timed_steps // steps_per_execution)
+  model.fit(_synthetic_dataset(workload), steps_per_epoch=calls * steps_per_execution, epochs=1,
+            verbose=0, callbacks=[Marks()])
+  # A callback fires once per execution of steps_per_execution steps.
+  timed = (len(marks) - 1) * steps_per_execution
+  return {"examples_per_sec": timed * workload.batch_size / (marks[-1] - marks[0]),
+          "first_step_s": marks[0] - start}
+
+
+def measure_tuned_fit(workload: Workload, harness: config_lib.RunSettings,
+                      jit_both: bool = False, strategy=None) -> dict:
+  """The tuned fit at the harness's precision; XLA as the harness chose, or the better of both.
+
+  Under MirroredStrategy Keras 3's fit fails with XLA or steps_per_execution > 1 ("You must feed
+  a value for placeholder tensor", keras-team/keras#19246): there it keeps its pipeline only.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  one_device = strategy is None or isinstance(strategy, type(tf.distribute.get_strategy()))
+  choices = ((False, True) if jit_both else (harness.jit_compile,)) if one_device else (False,)
+  best = None
+  for jit in choices:
+    measured = measure_fit(workload, harness.precision, jit,
+                           workload.warmup_steps if one_device else 1, strategy)
+    measured["jit_compile"] = jit
+    if best is None or measured["examples_per_sec"] > best["examples_per_sec"]:
+      best = measured
+  return best
+
+
+def measure_plain_fit(workload: Workload, strategy=None) -> dict:
+  """fit's defaults: float32, jit_compile="auto" (off on CPU), one step per execution."""
+  return measure_fit(workload, "float32", "auto", 1, strategy)
+
+
+def measure_ceiling(workload: Workload, precision: str) -> dict:
+  """The model's own matmuls and convolutions alone (op_ceiling), at the harness's precision."""
+  from trainer.models import factory  # pylint: disable=g-import-not-at-top
+  model = factory.build_model(workload.model, "functional", workload.image_shape, NUM_CLASSES,
+                              precision=precision)
+  return op_ceiling.model_ceiling(model, workload.batch_size, workload.image_shape)
+
+
+def run_workloads(workloads: Sequence[Workload], root: str, jit_both: bool = False,
+                  strategies: Sequence[str] = ("default",)) -> Dict[str, dict]:
+  """Every peer of every workload; rows keyed "model/batch" (and "/mirrored" under mirrored)."""
+  from trainer.distribute import distribution  # pylint: disable=g-import-not-at-top
+  rows = {}
+  for workload in workloads:
+    chosen = resolved(workload)
+    row = {"model": workload.model, "image_shape": list(workload.image_shape),
+           "batch_size": workload.batch_size, "precision": chosen.precision,
+           "precision_reason": chosen.precision_reason}
+    row["ceiling"] = measure_ceiling(workload, chosen.precision)
+    for strategy_name in strategies:
+      suffix = "" if strategy_name == "default" else f"/{strategy_name}"
+      strategy = distribution.make_strategy(strategy_name)
+      peers = {"harness": measure_harness(workload, os.path.join(root, workload.model
+                                                                 + strategy_name),
+                                          strategy_name)}
+      print(f"  {workload.name}{suffix} harness: {peers['harness']['examples_per_sec']:,.1f} "
+            "examples/s", flush=True)
+      peers["tuned_fit"] = measure_tuned_fit(workload, chosen, jit_both, strategy)
+      peers["plain_fit"] = measure_plain_fit(workload, strategy)
+      for name in ("tuned_fit", "plain_fit"):
+        print(f"  {workload.name}{suffix} {name}: {peers[name]['examples_per_sec']:,.1f} "
+              "examples/s", flush=True)
+      row["peers" + suffix.replace("/", "_")] = peers
+    rows[workload.name] = row
+  return rows
+
+
+def shares(row: dict, big_square_flops: Optional[float]) -> dict:
+  """The harness's throughput against the tuned fit, fit's defaults, and the ceilings."""
+  harness = row["peers"]["harness"]["examples_per_sec"]
+  ceiling = row["ceiling"]
+  figures = {"over_tuned_fit": harness / row["peers"]["tuned_fit"]["examples_per_sec"],
+             "over_plain_fit": harness / row["peers"]["plain_fit"]["examples_per_sec"],
+             "of_own_ceiling": harness / ceiling["examples_per_sec"]}
+  if big_square_flops:
+    figures["of_big_square_ceiling"] = harness * ceiling["flops_per_example"] / big_square_flops
+  if "peers_mirrored" in row:
+    figures["mirrored_share"] = (row["peers_mirrored"]["harness"]["examples_per_sec"]
+                                 / harness)
+  return figures
