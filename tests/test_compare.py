@@ -41,6 +41,7 @@ def _get_json(url: str, data: bytes = None):
     return json.loads(response.read())
 
 
+@pytest.mark.slow
 def test_tensorboard_server_serves_the_runs_scalars_and_hparams(tiny_runs, tmp_path):
   port = launch_local.free_ports(1)[0]
   server = subprocess.Popen(

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.processes import ROOT
 from trainer import console
 
@@ -34,6 +36,7 @@ def test_the_filter_keeps_errors_and_drops_chatter():
   assert all(console.keep_line(line, min_level=0, has_gpu=False) for line in NOISE)
 
 
+@pytest.mark.slow
 def test_a_process_shows_cpp_errors_and_python_errors_but_not_chatter():
   script = (
       "import os, sys\n"

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests import processes
@@ -32,6 +33,7 @@ def test_mirrored_strategies_in_one_process_keep_their_collectives_apart():
     np.testing.assert_array_equal(_all_reduce_ones(strategy, size), np.full(size, 2.0))
 
 
+@pytest.mark.slow
 def test_a_split_cpu_gives_each_device_its_share_of_the_cores_as_threads():
   # Without it, two logical devices each ran a thread per core: resnet18 under mirrored x2 lost
   # 10% to the oversubscription. A fresh process: threads are fixed when TensorFlow starts.

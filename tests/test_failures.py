@@ -75,6 +75,7 @@ def test_a_read_only_filesystem_is_refused_before_any_data_loads(small_config, t
       train.train_and_evaluate(small_config.replace(workdir=str(tmpfs / workdir)))
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_with_its_code_and_the_rerun_resumes_bit_identical(small_config,
                                                                              tmpfs, tmp_path):
   # mlp checkpoints are 2.4 MB (weights and Adam's two moments): the third does not fit in 6 MB.
@@ -119,6 +120,7 @@ def test_each_write_names_what_filled_the_disk(small_config, monkeypatch, patche
   assert not leftovers
 
 
+@pytest.mark.slow
 def test_results_json_on_a_full_disk_is_named_and_the_rerun_writes_it(small_config,
                                                                       monkeypatch):
   monkeypatch.setattr(workdir_lib.json, "dump", _failing_for_results(workdir_lib.json.dump))
@@ -141,6 +143,7 @@ def _failing_for_results(dump):
   return maybe_fail
 
 
+@pytest.mark.slow
 def test_evaluate_and_compare_read_a_run_whose_workdir_is_held(finished_runs):
   config, results = finished_runs["functional"]
   with workdir_lock.locked(config.workdir):  # As a live rerun of it would hold it.

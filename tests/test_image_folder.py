@@ -22,6 +22,7 @@ def pipeline(**settings) -> input_pipeline.InputPipeline:
   return input_pipeline.make_input_pipeline(config_lib.Config(**settings))
 
 
+@pytest.mark.slow
 def test_an_image_folder_trains_exactly_as_its_idx_files_in_memory_and_streamed(
     fashion_subset, tmp_path):
   common = dict(epochs=1, batch_size=100, max_steps_per_epoch=20, strategy="default",
@@ -140,6 +141,7 @@ def tiny_tfds(tmp_path_factory) -> str:
 
 
 @pytest.mark.parametrize("memory_limit_mb, image_size", [(0, ()), (0.01, (16, 16))])
+@pytest.mark.slow
 def test_any_tfds_image_dataset_trains_in_memory_or_streamed(tiny_tfds, tmp_path,
                                                              memory_limit_mb, image_size):
   # 350 images of 12x10x3 bytes are 126 KB: a 0.01 MB limit streams them through tfds.

@@ -39,6 +39,7 @@ PHASES = {
 
 
 @pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.slow
 def test_ctrl_c_in_any_phase_exits_130_and_the_rerun_completes(phase, small_config,
                                                                monkeypatch, capsys):
   config = small_config.replace(epochs=2, max_steps_per_epoch=10, log_every=5)

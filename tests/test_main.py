@@ -37,6 +37,7 @@ def test_bad_flag_values_give_absls_usage_error(flag, message, tmp_path):
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_missing_data_file_is_a_one_line_error_not_a_traceback(tmp_path):
   result = run_trainer("--dataset=fashion_mnist", f"--data_dir={tmp_path}",
                        f"--workdir={tmp_path / 'run'}", timeout=60)
@@ -46,6 +47,7 @@ def test_missing_data_file_is_a_one_line_error_not_a_traceback(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_uneven_batch_is_refused_with_the_fix(tmp_path):
   result = run_trainer("--dataset=synthetic", "--strategy=mirrored", "--cpu_devices=2",
                        "--batch_size=33", f"--workdir={tmp_path / 'run'}", timeout=60)

@@ -165,6 +165,7 @@ def test_launcher_runs_two_workers_of_two_cpu_devices_as_four_replicas_and_rerun
   assert "[worker 0] " + str(tmp_path) + " already finished all 40 steps" in again.stdout
 
 
+@pytest.mark.slow
 def test_launcher_fails_when_a_worker_fails(tmp_path):
   result = subprocess.run(
       [sys.executable, "scripts/launch_local.py", "--workers=2", "--", "--dataset=fashion_mnist",
@@ -230,6 +231,7 @@ def test_malformed_tf_config_is_refused_clearly(tf_config, message):
     cluster.parse_tf_config(tf_config)
 
 
+@pytest.mark.slow
 def test_malformed_tf_config_stops_the_trainer_before_training(tmp_path):
   env = {**os.environ, "TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:1"]}'}
   result = subprocess.run(
@@ -256,6 +258,7 @@ def test_worker_hosts_flag_builds_the_same_cluster_as_tf_config():
   assert cluster.describe_task(tf_config) == "worker 1 of 2 (127.0.0.1:2)"
 
 
+@pytest.mark.slow
 def test_slurm_helper_turns_slurms_variables_into_tf_config():
   env = {**os.environ, "SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2",
          "SLURM_STEP_NODELIST": "node[07-08]", "SLURM_STEP_TASKS_PER_NODE": "1(x2)"}

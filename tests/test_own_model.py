@@ -115,6 +115,7 @@ def test_a_module_that_is_not_there_is_named():
     own_model.load_function("no_such.models:build")
 
 
+@pytest.mark.slow
 def test_the_trainer_exits_2_with_one_line_for_a_bad_plug_in(tmp_path):
   bad = _write(tmp_path, """
       def build(input_shape, num_classes):
@@ -139,6 +140,7 @@ def test_api_is_refused_beside_your_own_model():
 # ---------------------------------------------------------------- Trained end to end.
 @pytest.mark.parametrize("name, api, num_replicas", [("two_branch", "functional", 1),
                                                      ("residual", "subclass", 2)])
+@pytest.mark.slow
 def test_users_models_learn_fashion_mnist_under_default_and_mirrored(own_model_runs, name, api,
                                                                      num_replicas):
   config, results = own_model_runs[name]
@@ -149,6 +151,7 @@ def test_users_models_learn_fashion_mnist_under_default_and_mirrored(own_model_r
   assert results["params"] == export.load_keras_model(config.workdir, classes).count_params()
 
 
+@pytest.mark.slow
 def test_users_model_exports_reload_to_the_same_accuracy(own_model_runs):
   # The subclassed model reloads in a new process below, as a user reloads it.
   config, results = own_model_runs["two_branch"]
@@ -168,6 +171,7 @@ def test_evaluate_reloads_a_subclassed_users_model_in_a_new_process(own_model_ru
   assert f"test accuracy {recorded:.4f} (results.json: {recorded:.4f})" in process.stdout
 
 
+@pytest.mark.slow
 def test_a_users_model_resumes_for_more_epochs(own_model_runs, tmp_path):
   config, results = own_model_runs["two_branch"]
   workdir = shutil.copytree(config.workdir, tmp_path / "run")

@@ -39,6 +39,7 @@ def _assert_close(got: list, expected: list, rtol: float, atol: float) -> None:
     pytest.param(dict(strategy="default", jit_compile=False, precision="float32"),
                  marks=pytest.mark.slow),
     pytest.param(dict(strategy="mirrored", cpu_devices=2), marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_four_accumulation_steps_train_the_weights_of_one(settings, small_config, tmp_path):
   config = small_config.replace(**SGD_RECIPE, **settings)
   one = train.train_and_evaluate(config.replace(workdir=str(tmp_path / "k1")))
@@ -60,6 +61,7 @@ def test_accumulation_that_does_not_divide_the_replica_batch_is_refused():
     distribution.check_batch_size(60, strategy, grad_accum_steps=4)
 
 
+@pytest.mark.slow
 def test_clipping_under_mirrored_equals_clipping_in_one_replica(small_config, tmp_path):
   # A norm far below the gradient's, so every step clips: clipping each replica's share before
   # the sum (Keras's global_clipnorm) would make steps of up to twice the norm.
@@ -121,6 +123,7 @@ def test_the_moving_average_equals_numpy_over_the_weight_history(strategy_name):
     np.testing.assert_array_equal(variable.numpy(), before)
 
 
+@pytest.mark.slow
 def test_a_run_evaluates_and_exports_the_moving_average(small_config, tmp_path):
   config = small_config.replace(ema_decay=0.9, export_ema=True, eval_every=10)
   results = train.train_and_evaluate(config)
@@ -140,6 +143,7 @@ def test_a_run_evaluates_and_exports_the_moving_average(small_config, tmp_path):
     np.testing.assert_array_equal(reader.get_tensor(name), weight.numpy())
 
 
+@pytest.mark.slow
 def test_best_holds_the_best_epochs_model_after_a_later_epoch_got_worse(small_config, tmp_path,
                                                                          monkeypatch):
   real_evaluate = task_lib.Task.evaluate

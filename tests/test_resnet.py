@@ -41,6 +41,7 @@ def test_parameter_counts_match_the_reference_implementations(network, image_sha
 
 @pytest.mark.parametrize("network, image_shape", [("resnet18", (32, 32, 3)),
                                                   ("resnet50", (72, 72, 3))])
+@pytest.mark.slow
 def test_three_apis_have_the_same_weights_in_the_same_order_and_outputs(network, image_shape):
   models = build_all(network, image_shape, 10, seed=5)
   reference = models["functional"]
@@ -135,6 +136,7 @@ def two_halves():
   return images
 
 
+@pytest.mark.slow
 def test_batchnorm_under_mirrored_uses_each_replicas_statistics_by_default(two_halves):
   mean, (variance,) = _stem_statistics(tf.distribute.get_strategy(), False, two_halves)
   mirrored_mean, copies = _stem_statistics(distribution.make_strategy("mirrored"), False,
@@ -147,6 +149,7 @@ def test_batchnorm_under_mirrored_uses_each_replicas_statistics_by_default(two_h
   assert np.abs(copies[0] - variance).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_sync_batchnorm_under_mirrored_uses_the_global_batch(two_halves):
   _, (variance,) = _stem_statistics(tf.distribute.get_strategy(), False, two_halves)
   _, copies = _stem_statistics(distribution.make_strategy("mirrored"), True, two_halves)

@@ -147,6 +147,7 @@ def test_sigterm_saves_at_the_next_step_and_says_how_to_resume(tmp_path):
   assert logged_steps(workdir / "train")[-1] <= saved_step
 
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(small_config, caplog):
   config = small_config.replace(checkpoint_every=5)
   train.train_and_evaluate(config)
@@ -170,6 +171,7 @@ def test_unreadable_checkpoints_stop_the_run_instead_of_starting_afresh(small_co
     train.train_and_evaluate(config.replace(epochs=2))
 
 
+@pytest.mark.slow
 def test_changed_math_is_refused_and_more_epochs_continue(small_config):
   train.train_and_evaluate(small_config)
   with pytest.raises(errors.UserError) as refused:
@@ -212,6 +214,7 @@ def test_injected_nan_stops_with_the_step_and_keeps_the_checkpoint(small_config,
 
 
 @pytest.mark.parametrize("api", config_lib.APIS)
+@pytest.mark.slow
 def test_exports_reload_and_reproduce_the_test_accuracy(api, finished_runs):
   config, results = finished_runs[api]
   for export_format in ("keras", "saved_model"):

@@ -64,6 +64,7 @@ def server(tmp_path_factory):
   process.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_runs_that_differ_only_in_epochs_are_two_rows_with_epochs_shown_first(server):
   base, logdir = server
   experiment = _request(f"{base}/data/plugin/hparams/experiment", {"experimentName": ""})
@@ -109,6 +110,7 @@ def test_runs_that_differ_in_strategy_and_seed_differ_in_hparams_only_in_what_th
   assert default["jit_compile"] == "auto" and default["steps_per_loop"] == "auto"
 
 
+@pytest.mark.slow
 def test_a_profile_of_steps_a_to_b_is_listed_in_the_profile_tab(server):
   base, logdir = server
   traces = glob.glob(os.path.join(str(logdir), "short", "plugins", "profile", "*",

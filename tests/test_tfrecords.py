@@ -50,6 +50,7 @@ def test_the_converter_refuses_a_folder_that_is_not_empty(fashion_subset, fashio
     tfrecords.convert(str(fashion_subset / "idx"), fashion_shards, num_shards=2)
 
 
+@pytest.mark.slow
 def test_shards_train_to_the_same_weights_as_their_idx_files_in_memory(fashion_subset,
                                                                       fashion_shards, tmp_path):
   common = dict(epochs=1, batch_size=64, strategy="default", log_every=20,
@@ -147,6 +148,7 @@ def test_a_bad_shard_is_named_before_training(fashion_shards, tmp_path, how, mes
     input_pipeline.make_input_pipeline(config_lib.Config(data_dir=shards))
 
 
+@pytest.mark.slow
 def test_a_bad_shard_exits_2_with_one_line_and_writes_nothing(fashion_shards, tmp_path):
   shards = copy_shards(fashion_shards, tmp_path / "shards")
   path = _damage(shards, "truncated")

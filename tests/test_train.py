@@ -29,6 +29,7 @@ def _scalar_steps(folder: str, tag: str):
 
 
 @pytest.mark.parametrize("api", config_lib.APIS)
+@pytest.mark.slow
 def test_each_api_learns_fashion_mnist_in_one_epoch(api, fashion_mnist_dir, tmp_path):
   config = config_lib.Config(api=api, dataset="fashion_mnist", data_dir=fashion_mnist_dir,
                              epochs=1, strategy="default", workdir=str(tmp_path))
@@ -44,6 +45,7 @@ def test_each_api_learns_synthetic_data(api, finished_runs):
   assert results["test_accuracy"] > 0.9 and math.isfinite(results["test_loss"])
 
 
+@pytest.mark.slow
 def test_mirrored_over_two_cpu_devices_matches_the_default_strategy(fashion_mnist_dir, tmp_path):
   base = config_lib.Config(dataset="fashion_mnist", data_dir=fashion_mnist_dir, epochs=1,
                            batch_size=64, max_steps_per_epoch=100, log_every=20, jit_compile=False,
@@ -60,6 +62,7 @@ def test_mirrored_over_two_cpu_devices_matches_the_default_strategy(fashion_mnis
   assert mirrored["test_accuracy"] == pytest.approx(single["test_accuracy"], abs=2e-3)
 
 
+@pytest.mark.slow
 def test_every_single_replica_strategy_trains_the_same_weights_in_packs(small_config, tmp_path):
   config = small_config.replace(max_steps_per_epoch=50, log_every=25)
   runs = {strategy: train.train_and_evaluate(
@@ -78,12 +81,14 @@ def test_every_single_replica_strategy_trains_the_same_weights_in_packs(small_co
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.slow
 def test_mixed_precision_trains_with_finite_loss(policy, small_config):
   results = train.train_and_evaluate(small_config.replace(precision=policy))
   assert results["precision"] == policy
   assert math.isfinite(results["test_loss"]) and results["test_accuracy"] > 0.1
 
 
+@pytest.mark.slow
 def test_mixed_float16_under_mirrored_uses_loss_scaling(small_config):
   results = train.train_and_evaluate(
       small_config.replace(precision="mixed_float16", strategy="mirrored", cpu_devices=2))
