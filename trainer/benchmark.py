@@ -374,8 +374,8 @@ def format_report(record: dict) -> str:
         f"{k} {v:.2f}" for k, v in record["time_to_accuracy"]["fast_startup_s"].items()))
   if record.get("models"):
     lines += ["", "Each model kind at the precision and XLA setting the harness picks; the tuned "
-              "fit is the better of XLA on and off (off under mirrored, where Keras's fit "
-              "cannot compile). Own ceiling: its matmuls and convolutions alone.", ""]
+              "fit is the better of XLA on and off (off for convnets on CPUs, and under "
+              "mirrored, where Keras's fit cannot compile). Own ceiling: its matmuls and convolutions alone.", ""]
     lines += format_models(record)
   lines.append("")
   for name, value in record["ratios"].items():

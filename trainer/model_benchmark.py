@@ -5,7 +5,7 @@ synthetic data so no dataset is needed) at the precision and XLA setting the har
   harness     trainer.train.train_and_evaluate with default flags
   tuned_fit   an expert's fit of the same model and precision: a cached tf.data pipeline,
               steps_per_execution as the harness's steps per call, XLA as the harness chose it
-              (or the better of on and off, with `jit_both`)
+              (or the better of on and off, with `jit_both`: the mlp, and every model on GPUs)
   plain_fit   fit's defaults: float32, compile() as it comes, one step per execution
   ceiling     the model's own matmuls and convolutions alone (trainer.op_ceiling)
 and how long each peer takes before its first step (building, tracing, compiling, running it).
@@ -128,7 +128,11 @@ def measure_tuned_fit(workload: Workload, harness: config_lib.RunSettings,
   a value for placeholder tensor", keras-team/keras#19246): there it keeps its pipeline only.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer.distribute import hardware  # pylint: disable=g-import-not-at-top
   one_device = strategy is None or isinstance(strategy, type(tf.distribute.get_strategy()))
+  # XLA's CPU convolutions are 100x slower (trainer.config.compiles_with_xla): on CPUs the
+  # convnets' better of the two is known without minutes of waiting for it.
+  jit_both = jit_both and (workload.model == "mlp" or bool(hardware.gpus()))
   choices = ((False, True) if jit_both else (harness.jit_compile,)) if one_device else (False,)
   best = None
   for jit in choices:
