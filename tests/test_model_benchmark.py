@@ -67,3 +67,9 @@ def test_the_quick_report_names_the_machine_and_has_one_row_per_model():
   assert ("| resnet18 | 128 | mixed_bfloat16 | 120.0 | 100.0 | 60.0 | 300.0 | 1.20x | 2.00x "
           "| 40% | 20% | 2.0 / 3.0 / 4.0 |") in report
   assert "- precision auto: the CPU has AMX-BF16" in report
+
+
+def test_a_row_without_its_precisions_big_square_ceiling_shows_a_dash():
+  row = _row("cnn", 120.0, 100.0, 60.0, 300.0, 1.5e9, "mixed_bfloat16")
+  row["shares"] = model_benchmark.shares(row, None)  # Only float32's was measured.
+  assert "| 40% | - | 2.0 / 3.0 / 4.0 |" in benchmark.format_models({"models": {"cnn": row}})[2]

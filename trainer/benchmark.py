@@ -418,7 +418,9 @@ def run_benchmark(data_dir: str, batch_sizes: Sequence[int], strategies: Sequenc
       model_benchmark.TINY_WORKLOADS if tiny else model_benchmark.QUICK_WORKLOADS, root,
       jit_both=True, strategies=strategies)
   for row in models.values():
-    row["shares"] = model_benchmark.shares(row, ceiling["flops_per_sec"])
+    # The float32 big square is the ceiling measured here: it bounds float32 rows only.
+    row["shares"] = model_benchmark.shares(
+        row, ceiling["flops_per_sec"] if row["precision"] == "float32" else None)
   return {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "tiny": tiny,
           "device": hardware.describe_devices(), "tf_version": tf.__version__,
           "keras_version": keras.__version__, "flops_per_example": flops_per_example,
@@ -470,7 +472,8 @@ def format_models(record: dict) -> List[str]:
                      for p in ("harness", "tuned_fit", "plain_fit"))
         + f" | {row['ceiling']['examples_per_sec']:,.1f} | {share['over_tuned_fit']:.2f}x | "
         f"{share['over_plain_fit']:.2f}x | {share['of_own_ceiling']:.0%} | "
-        f"{share.get('of_big_square_ceiling', 0):.0%} | "
+        + (f"{share['of_big_square_ceiling']:.0%}" if "of_big_square_ceiling" in share else "-")
+        + " | "
         + " / ".join(f"{peers[p]['first_step_s']:.1f}" for p in ("harness", "tuned_fit",
                                                                   "plain_fit")) + " |")
   for row in record["models"].values():
