@@ -136,11 +136,10 @@ class _StepTimer:
 
 def _fit(data, strategy, batch_size: int, warmup: int, timed: int, tuned: bool) -> float:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer import model_benchmark  # pylint: disable=g-import-not-at-top
   images, labels = data
-  # Under MirroredStrategy, Keras 3's fit fails with XLA or with steps_per_execution > 1 ("You
-  # must feed a value for placeholder tensor", keras-team/keras#19246): the tuned fit keeps only
-  # its tf.data pipeline there.
-  compiled = tuned and isinstance(strategy, type(tf.distribute.get_strategy()))
+  # Where fit cannot compile (mirrored), the tuned fit keeps only its tf.data pipeline.
+  compiled = tuned and model_benchmark.fit_can_compile(strategy)
   with strategy.scope():
     model = blog_model()
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
@@ -375,7 +374,8 @@ def format_report(record: dict) -> str:
   if record.get("models"):
     lines += ["", "Each model kind at the precision and XLA setting the harness picks; the tuned "
               "fit is the better of XLA on and off (off for convnets on CPUs, and under "
-              "mirrored, where Keras's fit cannot compile). Own ceiling: its matmuls and convolutions alone.", ""]
+              "mirrored, where Keras's fit cannot compile). Own ceiling: its matmuls and "
+              "convolutions alone.", ""]
     lines += format_models(record)
   lines.append("")
   for name, value in record["ratios"].items():
@@ -450,8 +450,9 @@ def run_quick(root: str) -> dict:
                                  for dtype, c in found.items()), flush=True)
   rows = model_benchmark.run_workloads(model_benchmark.QUICK_WORKLOADS, root)
   for row in rows.values():
-    square = found.get(row["precision"].replace("mixed_", ""), found["float32"])
-    row["shares"] = model_benchmark.shares(row, square["flops_per_sec"])
+    # The big square of the row's own precision; none where that was not measured.
+    square = found.get(row["precision"].replace("mixed_", ""))
+    row["shares"] = model_benchmark.shares(row, square and square["flops_per_sec"])
   return {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
           "gpus": hardware.describe_gpus(), "device": hardware.describe_devices(),
           "tf_version": tf.__version__, "keras_version": keras.__version__,

@@ -58,13 +58,13 @@ def settings_for(workload: Workload, strategy: str = "default") -> config_lib.Co
       checkpoint_every=0, progress="none")
 
 
-def resolved(workload: Workload, num_replicas: int = 1) -> config_lib.RunSettings:
-  """What the harness picks for `workload` on this machine: precision, XLA."""
+def resolved(workload: Workload) -> config_lib.RunSettings:
+  """What the harness picks for `workload` on one replica of this machine: precision, XLA."""
   from trainer.distribute import precision  # pylint: disable=g-import-not-at-top
   config = settings_for(workload)
   policy, reason = precision.resolve_precision(
       "auto", workload.model, config_lib.compiles_with_xla(config, 1))
-  return config_lib.RunSettings(config=config, strategy="default", num_replicas=num_replicas,
+  return config_lib.RunSettings(config=config, strategy="default", num_replicas=1,
                                 precision=policy, precision_reason=reason, device="",
                                 is_chief=True)
 
@@ -120,16 +120,22 @@ def measure_fit(workload: Workload, precision: str, jit_compile, steps_per_execu
           "first_step_s": marks[0] - start}
 
 
+def fit_can_compile(strategy) -> bool:
+  """Whether Keras 3's fit runs with XLA and steps_per_execution > 1 under `strategy` (None:
+  the default): under MirroredStrategy it fails with both ("You must feed a value for
+  placeholder tensor", keras-team/keras#19246)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return strategy is None or isinstance(strategy, type(tf.distribute.get_strategy()))
+
+
 def measure_tuned_fit(workload: Workload, harness: config_lib.RunSettings,
                       jit_both: bool = False, strategy=None) -> dict:
   """The tuned fit at the harness's precision; XLA as the harness chose, or the better of both.
 
-  Under MirroredStrategy Keras 3's fit fails with XLA or steps_per_execution > 1 ("You must feed
-  a value for placeholder tensor", keras-team/keras#19246): there it keeps its pipeline only.
+  Under MirroredStrategy it keeps its pipeline only (see `fit_can_compile`).
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer.distribute import hardware  # pylint: disable=g-import-not-at-top
-  one_device = strategy is None or isinstance(strategy, type(tf.distribute.get_strategy()))
+  one_device = fit_can_compile(strategy)
   # XLA's CPU convolutions are 100x slower (trainer.config.compiles_with_xla): on CPUs the
   # convnets' better of the two is known without minutes of waiting for it.
   jit_both = jit_both and (workload.model == "mlp" or bool(hardware.gpus()))

@@ -31,8 +31,8 @@ def pack_size(max_pack: int, start_step: int, steps_per_epoch: int, log_every: i
 
   One compiled call can run K steps in an in-graph loop (a "pack") only if no boundary falls
   inside a pack; K dividing the epoch length, the log, checkpoint and evaluation intervals and the
-  start step
-  puts every boundary, and so every resume point, between packs. An epoch of prime length gets 1.
+  start step puts every boundary, and so every resume point, between packs. An epoch of prime
+  length gets 1.
   """
   common = math.gcd(steps_per_epoch, log_every, checkpoint_every or steps_per_epoch,
                     eval_every or steps_per_epoch, start_step or steps_per_epoch,
@@ -56,7 +56,7 @@ class Call:
   end_step: int
   log: bool  # Write the training scalars (every log_every steps, and at each epoch's end).
   checkpoint: bool  # A checkpoint inside the epoch; the epoch's end saves one anyway.
-  epoch_end: bool  # Evaluate, and save.
+  epoch_end: bool  # The epoch's last step: evaluated (see `evaluate`) and saved.
   run_end: bool
   evaluate: bool = False  # Evaluate: at every epoch's end, and every eval_every steps.
 
