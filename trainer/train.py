@@ -14,7 +14,7 @@ import dataclasses
 import re
 import sys
 import time
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 from absl import logging
 import keras
@@ -67,13 +67,8 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     task = built["task"] = task_lib.Task(settings, runtime.strategy, pipeline, build_model)
     hparams = run_record.hparams(settings, task.api, pipeline)
     meter = throughput.ThroughputMeter(config.batch_size, start_time)
-    with runtime.strategy.scope():
-      best = _best_model(settings, task, pipeline)
-      checkpointer = checkpointing.Checkpointer(
-          config.workdir, settings.is_chief, config.keep_checkpoints,
-          this_process=lambda: {**meter.totals(), "wall_time_s": time.time() - start_time},
-          **_trackables(task, best))
-    stack.callback(checkpointer.close)
+    checkpointer, best = _open_checkpointer(stack, settings, runtime.strategy, task, pipeline,
+                                            meter, start_time)
     step = 0 if config.overwrite else checkpointer.restore_latest()
     plan = _loop_plan(settings, pipeline.steps_per_epoch, task.max_pack, step)
     # Every worker restored the chief's step, so all leave here together; a worker that went on
@@ -144,6 +139,24 @@ def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
   else:
     logging.info("Resuming from step %d of %d.", step, plan.total_steps)
   return writer
+
+
+def _open_checkpointer(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
+                       strategy: tf.distribute.Strategy, task: task_lib.Task,
+                       pipeline: input_pipeline.InputPipeline,
+                       meter: throughput.ThroughputMeter, start_time: float
+                       ) -> Tuple[checkpointing.Checkpointer, Optional[best_model.BestModel]]:
+  """The run's checkpointer (closed by `stack`) over the task's state, and under --keep_best
+  the keeper of the best model, whose record it holds too; both made in the strategy's scope."""
+  config = settings.config
+  with strategy.scope():
+    best = _best_model(settings, task, pipeline)
+    checkpointer = checkpointing.Checkpointer(
+        config.workdir, settings.is_chief, config.keep_checkpoints,
+        this_process=lambda: {**meter.totals(), "wall_time_s": time.time() - start_time},
+        **_trackables(task, best))
+  stack.callback(checkpointer.close)
+  return checkpointer, best
 
 
 def _trackables(task: task_lib.Task, best: Optional[best_model.BestModel]) -> dict:
