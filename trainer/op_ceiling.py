@@ -9,6 +9,7 @@ matmul ceiling is the wrong limit for small layers, which no kernel runs at that
 """
 
 import dataclasses
+import math
 import time
 from typing import List, Sequence, Tuple
 
@@ -33,9 +34,7 @@ class HeavyOp:
 
   def flops(self, output_shape: Sequence[int]) -> int:
     """Forward FLOPs: 2 per multiply-add."""
-    output = 1
-    for size in output_shape:
-      output *= size
+    output = math.prod(output_shape)
     if self.kind in _MATMULS:
       attrs = dict(self.attrs)
       transposed = attrs.get("transpose_a") or attrs.get("adj_x")
