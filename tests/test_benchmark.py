@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.processes import ROOT
-from trainer import benchmark
+from trainer.bench import benchmark
 
 
 def row(median):

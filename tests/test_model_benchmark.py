@@ -1,12 +1,12 @@
-"""The per-model benchmark: each model's own ceiling (trainer.op_ceiling) found from its graph,
+"""The per-model benchmark: each model's own ceiling (trainer.bench.op_ceiling) found from its graph,
 and the quick report read from given figures. Timing is not asserted."""
 
 import pytest
 
-from trainer import benchmark
-from trainer import flops
-from trainer import model_benchmark
-from trainer import op_ceiling
+from trainer.bench import benchmark
+from trainer.bench import flops
+from trainer.bench import model_benchmark
+from trainer.bench import op_ceiling
 from trainer.models import factory
 
 

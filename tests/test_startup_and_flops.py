@@ -1,6 +1,6 @@
 """Start-up phases add up to the time to the first step; FLOPs come from the compiled step."""
 
-from trainer import flops
+from trainer.bench import flops
 from trainer.loop import startup
 from trainer.models import simple
 

@@ -7,7 +7,7 @@ synthetic data so no dataset is needed) at the precision and XLA setting the har
               steps_per_execution as the harness's steps per call, XLA as the harness chose it
               (or the better of on and off, with `jit_both`: the mlp, and every model on GPUs)
   plain_fit   fit's defaults: float32, compile() as it comes, one step per execution
-  ceiling     the model's own matmuls and convolutions alone (trainer.op_ceiling)
+  ceiling     the model's own matmuls and convolutions alone (trainer.bench.op_ceiling)
 and how long each peer takes before its first step (building, tracing, compiling, running it).
 trainer.benchmark --quick prints these; the full benchmark adds mirrored over 2 logical CPUs.
 """
@@ -18,7 +18,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 from trainer import config as config_lib
-from trainer import op_ceiling
+from trainer.bench import op_ceiling
 
 NUM_CLASSES = 10
 
