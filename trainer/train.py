@@ -14,7 +14,7 @@ import dataclasses
 import re
 import sys
 import time
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from absl import logging
 import keras
@@ -245,6 +245,7 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
       test_accuracy_ema=outcome.evaluation.get("accuracy_ema"),
       test_loss_ema=outcome.evaluation.get("loss_ema"),
       ema_weights_sha256=task.ema_weights_sha256(),
+      skipped_steps=task.skipped_steps, loss_scale=task.loss_scale,
       **(best.results() if best else {}))
   writer.scalars("run", outcome.step, {"test_accuracy": outcome.test_accuracy,
                                        "examples_per_sec": results.examples_per_sec})
@@ -269,8 +270,18 @@ def _summary(settings: config_lib.RunSettings, api: str, results: run_record.Run
       f"  test accuracy {results.test_accuracy:.4f}, loss {results.test_loss:.4f}",
       f"  {results.examples_per_sec:,.0f} examples/s, {results.wall_time_s:.1f} s{resumed}"
       f"{first_step}",
+      *_loss_scaling_line(results),
       f"  {config.workdir}: results.json, model.keras, saved_model/; "
       f"tensorboard --logdir {config.workdir}"])
+
+
+def _loss_scaling_line(results: run_record.RunResults) -> List[str]:
+  """The summary's line on float16 loss scaling, where the run used it."""
+  if results.loss_scale is None:
+    return []
+  skipped = results.skipped_steps
+  return [f"  {skipped} of {results.steps} updates skipped for a float16 gradient overflow "
+          f"(normal while the loss scale settles; it is {results.loss_scale:g} now)"]
 
 
 @contextlib.contextmanager

@@ -109,37 +109,62 @@ def decayed_variables(variables: Sequence[tf.Variable]) -> List[tf.Variable]:
   return [variable for variable in variables if id(variable) not in excluded]
 
 
-def _clipping_the_sum(optimizer_class: type, clip_norm: float,
-                      gradient_norm: Optional[keras.metrics.Mean]) -> type:
-  """`optimizer_class`, clipping the gradient's global norm to `clip_norm` after the all-reduce
-  over replicas, and recording the norm before clipping in `gradient_norm`.
+def _taking_summed_gradients(optimizer_class: type, clip_norm: float,
+                             gradient_norm: Optional[keras.metrics.Mean]) -> type:
+  """`optimizer_class`, given gradients the task has already summed over replicas (so it does
+  not all-reduce them again), clipping their global norm to `clip_norm` where set and recording
+  the norm before clipping in `gradient_norm`.
 
-  Keras's own `global_clipnorm` clips each replica's gradient before the sum
-  (BaseOptimizer._backend_apply_gradients runs before TFOptimizer's all-reduce), so under
-  mirrored each replica would clip its own share and the sum could reach replicas x clip_norm.
-  Clipping in the all-reduce's place makes every replica clip the same summed gradient: the
-  update a single replica makes with the whole batch.
+  The task sums first so that everything decided from the gradients is decided once, from the
+  same values on every replica and worker: loss scaling's "finite" (Keras's LossScaleOptimizer
+  reads it from the first replica before its inner optimizer's all-reduce, so an overflow on
+  another replica was applied, and workers took different branches and hung) and clipping
+  (Keras's own `global_clipnorm` clips each replica's share before the sum, so the sum could
+  reach replicas x clip_norm). Clipping here makes every replica clip the same summed gradient:
+  the update a single replica makes with the whole batch.
   """
-  class ClipsTheSum(optimizer_class):
+  class TakesSummedGradients(optimizer_class):
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
-      summed = super()._all_reduce_sum_gradients(grads_and_vars)
+      summed = list(grads_and_vars)  # The task's all-reduce already ran.
+      if not clip_norm:
+        return summed
       clipped, norm = tf.clip_by_global_norm([gradient for gradient, _ in summed], clip_norm)
       if gradient_norm is not None:
         gradient_norm.update_state(norm)
       return list(zip(clipped, [variable for _, variable in summed]))
 
-  ClipsTheSum.__name__ = f"{optimizer_class.__name__}ClippingTheSum"
-  return ClipsTheSum
+  TakesSummedGradients.__name__ = f"{optimizer_class.__name__}TakingSummedGradients"
+  return TakesSummedGradients
+
+
+class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+  """Keras's dynamic loss scaling (halve the scale and skip the update on a non-finite
+  gradient, double it after 2,000 finite steps), counting the updates it skipped.
+
+  It must be given gradients already summed over replicas (see `_taking_summed_gradients`):
+  then every replica and every worker sees the same "finite" and takes the same branch. The
+  scale, its growth counter and the count are optimizer variables, so the checkpoint keeps them.
+  """
+
+  def build(self, var_list):
+    super().build(var_list)
+    self.skipped_steps = self.add_variable(shape=(), dtype="int", initializer="zeros",
+                                           aggregation="none", name="skipped_steps")
+
+  def _stateful_handle_non_finite_grads(self):
+    super()._stateful_handle_non_finite_grads()
+    self.skipped_steps.assign_add(1)
 
 
 def make_optimizer(config: config_lib.Config, schedule: WarmupSchedule,
                    variables: Sequence[tf.Variable],
-                   gradient_norm: Optional[keras.metrics.Mean] = None
-                   ) -> keras.optimizers.Optimizer:
-  """The --optimizer of `config`; adam's and adamw's decoupled weight decay kept off
-  `no_decay_variables` (sgd's is `l2_loss`, added to the loss); under --clip_norm the summed
-  gradient clipped, its norm before clipping recorded in `gradient_norm`."""
+                   gradient_norm: Optional[keras.metrics.Mean] = None,
+                   loss_scaling: bool = False) -> keras.optimizers.Optimizer:
+  """The --optimizer of `config`, for gradients summed over replicas by the caller; adam's and
+  adamw's decoupled weight decay kept off `no_decay_variables` (sgd's is `l2_loss`, added to
+  the loss); under --clip_norm the summed gradient clipped, its norm before clipping recorded
+  in `gradient_norm`; with `loss_scaling`, wrapped in dynamic loss scaling and built."""
   decoupled: Optional[float] = (config.weight_decay or None) if config.optimizer != "sgd" else None
   if config.optimizer == "sgd":
     optimizer_class, settings = keras.optimizers.SGD, dict(momentum=config.momentum,
@@ -148,8 +173,7 @@ def make_optimizer(config: config_lib.Config, schedule: WarmupSchedule,
     optimizer_class, settings = keras.optimizers.AdamW, dict(weight_decay=decoupled)
   else:  # AdamW without decay is Adam.
     optimizer_class, settings = keras.optimizers.Adam, dict(weight_decay=decoupled)
-  if config.clip_norm:
-    optimizer_class = _clipping_the_sum(optimizer_class, config.clip_norm, gradient_norm)
+  optimizer_class = _taking_summed_gradients(optimizer_class, config.clip_norm, gradient_norm)
   optimizer = optimizer_class(schedule, **settings)
   excluded = no_decay_variables(variables)
   if decoupled:
@@ -160,7 +184,22 @@ def make_optimizer(config: config_lib.Config, schedule: WarmupSchedule,
                  "L2 in the loss" if config.optimizer == "sgd" else "decoupled",
                  len(variables) - len(excluded), len(excluded),
                  ", ".join(variable.path for variable in excluded))
+  if loss_scaling:
+    optimizer = LossScaleOptimizer(optimizer)
+  optimizer.build(variables)
   return optimizer
+
+
+def sum_over_replicas(gradients: Sequence[Optional[tf.Tensor]]) -> List[Optional[tf.Tensor]]:
+  """The gradients summed over every replica of every worker (None stays None); call it in a
+  replica context. Every replica gets the same sums, so what is decided from them (skip the
+  update, clip) is decided alike everywhere."""
+  context = tf.distribute.get_replica_context()
+  present = [gradient for gradient in gradients if gradient is not None]
+  if context is None or not present:
+    return list(gradients)
+  summed = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present))
+  return [None if gradient is None else next(summed) for gradient in gradients]
 
 
 def l2_loss(variables: Sequence[tf.Variable], weight_decay: float,

@@ -41,14 +41,12 @@ class Task:
       self.from_logits = built.from_logits
       self.learning_rate = optimization.learning_rate_schedule(config, pipeline.steps_per_epoch)
       self._gradient_norm = keras.metrics.Mean("gradient_norm") if config.clip_norm else None
-      self.optimizer = optimization.make_optimizer(config, self.learning_rate,
-                                                   self.model.trainable_variables,
-                                                   self._gradient_norm)
+      self.loss_scaling = precision_lib.uses_loss_scaling(settings.precision)
+      self.optimizer = optimization.make_optimizer(
+          config, self.learning_rate, self.model.trainable_variables, self._gradient_norm,
+          loss_scaling=self.loss_scaling)
       self._l2_variables = (optimization.decayed_variables(self.model.trainable_variables)
                             if config.optimizer == "sgd" and config.weight_decay else [])
-      if precision_lib.uses_loss_scaling(settings.precision):
-        self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)  # Dynamic scaling.
-      self.optimizer.build(self.model.trainable_variables)
       # The weights' moving average (--ema_decay), or None; the checkpoint holds it.
       self.ema = (averaging.WeightAverage(strategy, self.model.trainable_variables,
                                           config.ema_decay) if config.ema_decay else None)
@@ -116,14 +114,29 @@ class Task:
     return int(self._train_loop(self._iterator, tf.constant(num_steps // self._pack, tf.int64)))
 
   def train_metrics(self) -> Dict[str, float]:
-    """The training loss and accuracy since the last reset, the learning rate now, and under
-    --clip_norm the mean gradient norm before clipping."""
+    """The training loss and accuracy since the last reset, the learning rate now, under
+    --clip_norm the mean gradient norm before clipping, and under loss scaling the scale now
+    and the updates skipped so far for a non-finite gradient."""
     metrics = {"loss": float(self._train_loss.result()),
                "accuracy": float(self._train_accuracy.result()),
                "learning_rate": float(self.learning_rate(self.optimizer.iterations))}
     if self._gradient_norm is not None:
       metrics["gradient_norm"] = float(self._gradient_norm.result())
+    if self.loss_scaling:
+      metrics["loss_scale"] = self.loss_scale
+      metrics["skipped_steps"] = self.skipped_steps
     return metrics
+
+  @property
+  def loss_scale(self) -> Optional[float]:
+    """The dynamic loss scale now under float16 loss scaling, else None."""
+    return float(self.optimizer.dynamic_scale.numpy()) if self.loss_scaling else None
+
+  @property
+  def skipped_steps(self) -> int:
+    """Updates skipped so far (the checkpoint keeps the count): under float16 loss scaling, the
+    steps whose gradient summed over replicas was not finite; otherwise 0."""
+    return int(self.optimizer.skipped_steps.numpy()) if self.loss_scaling else 0
 
   def reset_train_metrics(self) -> None:
     for metric in (self._train_loss, self._train_accuracy, self._gradient_norm):
@@ -211,8 +224,11 @@ class Task:
     return gradients, losses.concat(), outputs.concat()
 
   def _replica_train_step(self, images, labels):
-    # Returns 1.0 if this replica's loss was not finite.
+    # Returns 1.0 if this replica's loss was not finite. The gradients are summed over replicas
+    # before the optimizer sees them, so the loss scale's skip and the clipping are decided from
+    # the same values on every replica and worker (see optimization._taking_summed_gradients).
     gradients, per_example_loss, outputs = self._accumulated_gradients(images, labels)
+    gradients = optimization.sum_over_replicas(gradients)
     self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
     self._train_loss.update_state(per_example_loss)
     self._train_accuracy.update_state(labels, outputs)
@@ -225,12 +241,23 @@ class Task:
       if index is None:
         return self._replica_train_step(images, labels)
       return self._replica_train_step(images[index], labels[index])
+    skipped_before = self._skipped_so_far()
     not_finite = self._strategy.reduce(tf.distribute.ReduceOp.SUM,
                                        self._strategy.run(replica_step, args=(images, labels)),
                                        axis=None)
     if self.ema is not None:  # After the update, with the same weights on every replica.
-      self.ema.update()
+      if skipped_before is None:
+        self.ema.update()
+      else:  # A skipped update leaves the average too, as Model Garden's EMA inside its scaling.
+        tf.cond(self._skipped_so_far() > skipped_before, tf.no_op, self._update_ema)
     return not_finite
+
+  def _skipped_so_far(self) -> Optional[tf.Tensor]:
+    return tf.identity(self.optimizer.skipped_steps.value) if self.loss_scaling else None
+
+  def _update_ema(self) -> tf.Operation:
+    self.ema.update()
+    return tf.no_op()
 
   def _compile_train_loop(self, pack: int) -> Callable:
     def train_pack(images, labels):

@@ -14,8 +14,9 @@ from trainer import errors
 from trainer.records import workdir as workdir_lib
 
 # 2 added model, image_shape, num_classes, from_logits and processes; 3 added startup_s; 4 added
-# data_sharding; 5 added recipe, the moving average's and the best model's fields.
-SCHEMA_VERSION = 5
+# data_sharding; 5 added recipe, the moving average's and the best model's fields; 6 added
+# skipped_steps and loss_scale.
+SCHEMA_VERSION = 6
 RESULTS_FILE = workdir_lib.RESULTS_FILE
 
 # What ran: results.json's first fields, and the keys compare groups runs by (with seed). The
@@ -74,6 +75,9 @@ class RunResults:
   best_step: Optional[int] = None
   best_test_accuracy: Optional[float] = None
   best_test_loss: Optional[float] = None
+  # Updates skipped for a non-finite gradient (float16 loss scaling), and the scale at the end.
+  skipped_steps: int = 0
+  loss_scale: Optional[float] = None
   exports: Dict[str, str] = dataclasses.field(default_factory=dict)
   schema_version: int = SCHEMA_VERSION
 
