@@ -48,11 +48,21 @@ def test_auto_keeps_float32_on_cpus_without_bfloat16_instructions(machine):
       "float32", "auto: no GPU, and no AMX-BF16 or AVX512_BF16 on the CPU")
 
 
-def test_auto_on_gpus_follows_tensor_cores_whatever_the_cpu(machine):
-  machine(gpus=[(8, 0), (8, 0)], cpu_flags={"amx_bf16"})
-  assert precision.resolve_precision("auto", "mlp")[0] == "mixed_float16"
-  machine(gpus=[(8, 0), (6, 1)], cpu_flags={"amx_bf16"})
-  assert precision.resolve_precision("auto", "cnn")[0] == "float32"
+@pytest.mark.parametrize("gpus, policy, why", [
+    ([(9, 0)] * 8, "mixed_bfloat16", "9.0 >= 8.0"),  # H100.
+    ([(8, 0), (8, 6)], "mixed_bfloat16", "8.0 >= 8.0"),  # A100 beside an RTX 3090.
+    ([(7, 0)] * 4, "mixed_float16", "7.0: Tensor Cores without bfloat16"),  # V100.
+    ([(7, 5)], "mixed_float16", "7.5"),  # T4.
+    ([(8, 0), (7, 0)], "mixed_float16", "7.0"),  # The oldest decides for every replica.
+    ([(8, 0), (6, 1)], "float32", "6.1 < 7.0"),
+])
+@pytest.mark.parametrize("model", ["mlp", "cnn", "nets.py:build"])
+def test_auto_on_gpus_follows_the_oldest_gpus_tensor_cores_whatever_the_cpu(
+    machine, gpus, policy, why, model):
+  machine(gpus=gpus, cpu_flags={"amx_bf16"})
+  chosen, reason = precision.resolve_precision("auto", model)
+  assert chosen == policy and why in reason  # The start line says why.
+  assert precision.uses_loss_scaling(chosen) == (policy == "mixed_float16")
 
 
 def test_a_precision_asked_for_is_kept(machine):

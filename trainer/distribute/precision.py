@@ -25,8 +25,7 @@ def resolve_precision(requested: str, model: str = "mlp",
   --model value `model` and whether its train step runs under XLA on one replica (asked for on
   one replica, so runs that differ only in strategy get the same precision).
 
-  auto picks mixed_float16 when every GPU has Tensor Cores (compute capability 7.0 or more),
-  where it is about twice as fast, and float32 on older GPUs. On CPUs with AMX-BF16 or
+  On GPUs auto follows the slowest GPU's compute capability (`gpu_precision`). On CPUs with AMX-BF16 or
   AVX512_BF16 it picks mixed_bfloat16 for the convnets of BFLOAT16_FASTER_ON_CPU, and for the
   mlp where its step runs without XLA (from batch XLA_MAX_BATCH, or --nojit_compile); float32
   elsewhere: the mlp under XLA is
@@ -37,9 +36,7 @@ def resolve_precision(requested: str, model: str = "mlp",
     return requested, "asked for with --precision"
   capabilities = hardware.gpu_compute_capabilities()
   if capabilities:
-    if min(capabilities) >= (7, 0):
-      return "mixed_float16", f"auto: GPU compute capability {min(capabilities)} >= 7.0"
-    return "float32", f"auto: GPU compute capability {min(capabilities)} < 7.0"
+    return gpu_precision(capabilities)
   bfloat16 = hardware.cpu_bfloat16()
   if not bfloat16:
     return "float32", "auto: no GPU, and no AMX-BF16 or AVX512_BF16 on the CPU"
@@ -53,6 +50,26 @@ def resolve_precision(requested: str, model: str = "mlp",
                               "trains faster in bfloat16")
   return "float32", (f"auto: the CPU has {bfloat16}, but {model} is not known to train faster "
                      "in bfloat16")
+
+
+def gpu_precision(capabilities) -> Tuple[str, str]:
+  """auto's (policy, reason) on GPUs of these (major, minor) compute capabilities: the oldest
+  decides, as every replica runs the same policy.
+
+  8.0 and newer (Ampere, Hopper, ...): mixed_bfloat16. Their Tensor Cores run bfloat16 at
+  float16's rate, and bfloat16 has float32's range, so no loss scaling: no skipped steps and no
+  cross-replica decision in every step. 7.x (Volta, Turing): mixed_float16 with dynamic loss
+  scaling, their Tensor Cores having no bfloat16. Older: float32, without Tensor Cores.
+  """
+  oldest = min(tuple(capability) for capability in capabilities)
+  label = f"{oldest[0]}.{oldest[1]}"
+  if oldest >= (8, 0):
+    return "mixed_bfloat16", (f"auto: GPU compute capability {label} >= 8.0, whose Tensor Cores "
+                              "run bfloat16 as fast as float16 without loss scaling")
+  if oldest >= (7, 0):
+    return "mixed_float16", (f"auto: GPU compute capability {label}: Tensor Cores without "
+                             "bfloat16, so float16 with dynamic loss scaling")
+  return "float32", f"auto: GPU compute capability {label} < 7.0, without Tensor Cores"
 
 
 def uses_loss_scaling(policy: str) -> bool:
