@@ -31,6 +31,39 @@ dim_labels=b01f_01io->b01f
   assert flops.count_hlo_flops(hlo) == 2 * 32 * 256 * 784 + 2 * (8 * 28 * 28 * 32) * 9
 
 
+def test_a_step_compiled_for_a_gpu_counts_as_on_a_cpu():
+  # XLA's GPU backend turns the dot and the convolution above into cuBLAS and cuDNN calls, each
+  # returning a tuple with its workspace, the convolution in NCHW; the count must not change.
+  gemm_config = ('{"operation_queue_id":"0","wait_on_operation_queues":[],"gemm_backend_config":'
+                 '{"alpha_real":1,"beta":0,"dot_dimension_numbers":{"lhs_contracting_dimensions":'
+                 '["1"],"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],'
+                 '"rhs_batch_dimensions":[]},"alpha_imag":0,"epilogue":"DEFAULT"}}')
+  conv_config = ('{"operation_queue_id":"0","cudnn_conv_backend_config":{"conv_result_scale":1,'
+                 '"activation_mode":"kNone","side_input_scale":0}}')
+  hlo = f"""
+  %p0 = f32[32,784]{{1,0}} parameter(0)
+  %p1 = f32[784,256]{{1,0}} parameter(1)
+  %custom-call.1 = (f32[32,256]{{1,0}}, s8[4194304]{{0}}) custom-call(%p0, %p1), \
+custom_call_target="__cublas$gemm", metadata={{op_type="MatMul"}}, backend_config={gemm_config}
+  %get-tuple-element.1 = f32[32,256]{{1,0}} get-tuple-element(%custom-call.1), index=0
+  %img = f32[8,1,28,28]{{3,2,1,0}} parameter(2)
+  %k = f32[32,1,3,3]{{3,2,1,0}} parameter(3)
+  %custom-call.2 = (f32[8,32,28,28]{{3,2,1,0}}, u8[0]{{0}}) custom-call(%img, %k), \
+window={{size=3x3 pad=1_1x1_1}}, dim_labels=bf01_oi01->bf01, \
+custom_call_target="__cudnn$convForward", backend_config={conv_config}
+  %grad_out = f32[8,32,28,28]{{3,2,1,0}} parameter(4)
+  %custom-call.3 = (f32[32,1,3,3]{{3,2,1,0}}, u8[0]{{0}}) custom-call(%img, %grad_out), \
+window={{size=3x3 pad=1_1x1_1}}, dim_labels=bf01_oi01->bf01, \
+custom_call_target="__cudnn$convBackwardFilter", backend_config={conv_config}
+  %custom-call.4 = (f32[8,1,28,28]{{3,2,1,0}}, u8[0]{{0}}) custom-call(%grad_out, %k), \
+window={{size=3x3 pad=1_1x1_1}}, dim_labels=bf01_oi01->bf01, \
+custom_call_target="__cudnn$convBackwardInput", backend_config={conv_config}
+  %sort = (f32[32]{{0}}, s32[32]{{0}}) custom-call(%p0), custom_call_target="__cub$DeviceRadixSort"
+  """
+  convolution = 2 * (8 * 28 * 28 * 32) * 9
+  assert flops.count_hlo_flops(hlo) == 2 * 32 * 256 * 784 + 3 * convolution
+
+
 def test_the_mlp_step_costs_what_its_layers_do_without_the_first_input_gradient():
   # Forward and two gradients of each layer, except the input gradient of the first, which XLA
   # removes: 2 x (784 x 256 x 2 + 256 x 10 x 3) FLOPs per example.
