@@ -9,6 +9,7 @@ import pytest
 
 from tests.processes import ROOT
 from trainer.bench import benchmark
+from trainer.bench import timing
 
 
 def row(median):
@@ -69,3 +70,36 @@ def test_tiny_benchmark_measures_every_peer_and_writes_the_record(fashion_mnist_
         "float32", "mixed_bfloat16")
   assert "| cnn | 32 |" in result.stdout
   assert "failed call to cuInit" not in result.stderr  # TensorFlow's chatter is filtered.
+
+
+class _FakeDevice:
+  """A device with `overhead` seconds of fixed cost a call and `work` seconds an iteration,
+  on a clock of its own."""
+
+  def __init__(self, overhead: float, work: float):
+    self.overhead, self.work, self.now, self.calls = overhead, work, 0.0, []
+
+  def clock(self) -> float:
+    return self.now
+
+  def run(self, count: int) -> None:
+    self.calls.append(self.overhead + count * self.work)
+    self.now += self.calls[-1]
+
+
+@pytest.mark.parametrize("overhead, work", [(1e-3, 52e-6),  # A 2048 cube in float16 on an H100.
+                                            (1e-3, 0.5),  # The same on a 2-core CPU.
+                                            (1e-3, 1e-7)])
+def test_timed_calls_hold_enough_work_that_the_fixed_cost_does_not_count(overhead, work):
+  device = _FakeDevice(overhead, work)
+  seconds = timing.seconds_per_iteration(device.run, clock=device.clock)
+  assert work <= seconds <= work * 1.011  # A fixed count of 3 read 52 us as 385 us.
+  timed = device.calls[-3:]  # Best of three, each at least 100 ms.
+  assert len(timed) == 3 and min(timed) >= timing.MIN_CALL_SECONDS
+
+
+@pytest.mark.parametrize("capabilities, tf32_enabled, math", [
+    ([(8, 0)] * 8, True, "tf32"), ([(9, 0)], True, "tf32"), ([(8, 0)], False, "fp32"),
+    ([(7, 0)], True, "fp32"), ([], True, "fp32")])
+def test_a_float32_ceiling_says_when_it_ran_as_tf32(capabilities, tf32_enabled, math):
+  assert benchmark.float32_math(capabilities, tf32_enabled) == math

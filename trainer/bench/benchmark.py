@@ -37,6 +37,7 @@ from absl import app
 from absl import flags
 
 from trainer import console
+from trainer.bench import timing
 from trainer.loop import startup
 from trainer.records import workdir as workdir_lib
 
@@ -85,14 +86,10 @@ def matmul_ceiling(tiny: bool, dtype: str = "float32", quick: bool = False) -> d
           total += tf.cast(matmul(a, b)[0, 0], tf.float32)
         return total
 
-      iterations = 3 if tiny else max(3, int(2e10 // (2 * m * k * n)))  # ~20 GFLOP a call.
-      repeat(tf.constant(1)).numpy()
-      best = 0.0
-      for _ in range(3):
-        start = time.perf_counter()
-        repeat(tf.constant(iterations)).numpy()
-        best = max(best, 2 * m * k * n * iterations / (time.perf_counter() - start))
-      rates[f"{m}x{k}x{n}" + (" XLA" if jit else "")] = best
+      seconds = timing.seconds_per_iteration(
+          lambda count, repeat=repeat: repeat(tf.constant(count)).numpy(),
+          min_call_seconds=0.001 if tiny else timing.MIN_CALL_SECONDS)
+      rates[f"{m}x{k}x{n}" + (" XLA" if jit else "")] = 2 * m * k * n / seconds
   best_shape = max(rates, key=rates.get)
   return {"flops_per_sec": rates[best_shape], "best": best_shape, "by_shape": rates}
 
@@ -429,12 +426,31 @@ def run_benchmark(data_dir: str, batch_sizes: Sequence[int], strategies: Sequenc
 
 
 # ---------------------------------------------------------------- Any machine in 5 minutes.
+def float32_math(capabilities: Sequence[tuple], tf32_enabled: bool) -> str:
+  """What a float32 matmul runs in: "tf32" on GPUs of compute capability 8.0 and newer while
+  TensorFlow allows TensorFloat-32 (its default), whose matmuls then round inputs to 10 bits of
+  mantissa; "fp32" elsewhere."""
+  if capabilities and min(tuple(c) for c in capabilities) >= (8, 0) and tf32_enabled:
+    return "tf32"
+  return "fp32"
+
+
 def ceilings(tiny: bool, quick: bool) -> dict:
-  """The big-square matmul ceilings: float32, and the low precision the hardware has."""
+  """The big-square matmul ceilings: float32 (saying whether it ran as TF32), and the low
+  precision the hardware has: bfloat16 where auto picks it (CPUs with bfloat16 instructions,
+  GPUs from compute capability 8.0), float16 on older GPUs."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer.distribute import hardware  # pylint: disable=g-import-not-at-top
+  from trainer.distribute import precision  # pylint: disable=g-import-not-at-top
+  capabilities = hardware.gpu_compute_capabilities()
   found = {"float32": matmul_ceiling(tiny, "float32", quick)}
-  low = ("float16" if hardware.gpus() else "bfloat16" if hardware.cpu_bfloat16() else None)
-  if low:
+  found["float32"]["math"] = float32_math(
+      capabilities, tf.config.experimental.is_tensor_float_32_execution_enabled())
+  if capabilities:
+    low = precision.gpu_precision(capabilities)[0].replace("mixed_", "")
+  else:
+    low = "bfloat16" if hardware.cpu_bfloat16() else "float32"
+  if low != "float32":
     found[low] = matmul_ceiling(tiny, low, quick)
   return found
 
@@ -498,7 +514,8 @@ def format_quick_report(record: dict) -> str:
            + (f"; {len(record['gpus'])} GPU: {gpus}" if record["gpus"] else "; no GPU")
            + f"; TF {record['tf_version']}, Keras {record['keras_version']}; {record['date']}.",
            "Big-square matmul ceilings: " + ", ".join(
-               f"{dtype} {c['flops_per_sec'] / 1e9:,.0f} GFLOP/s ({c['best']})"
+               f"{dtype}{' (as TF32)' if c.get('math') == 'tf32' else ''} "
+               f"{c['flops_per_sec'] / 1e9:,.0f} GFLOP/s ({c['best']})"
                for dtype, c in record["ceilings"].items()) + ".",
            "Own ceiling: the model's matmuls and convolutions alone, forward and backward, at "
            "their shapes and precision. Examples/s; first step: seconds from building the model "

@@ -10,11 +10,12 @@ matmul ceiling is the wrong limit for small layers, which no kernel runs at that
 
 import dataclasses
 import math
-import time
 from typing import List, Sequence, Tuple
 
 import keras
 import tensorflow as tf
+
+from trainer.bench import timing
 
 # The ops that carry a network's arithmetic, as TensorFlow's graph names them.
 _CONVOLUTIONS = ("Conv2D", "DepthwiseConv2dNative")
@@ -89,9 +90,11 @@ def _run(op: HeavyOp, x, w):
   return tf.raw_ops.BatchMatMulV2(x=x, y=w, **attrs)
 
 
-def time_ops(ops: Sequence[HeavyOp], jit_compile: bool = False, calls: int = 5) -> dict:
+def time_ops(ops: Sequence[HeavyOp], jit_compile: bool = False, calls: int = 5,
+             min_call_seconds: float = timing.MIN_CALL_SECONDS) -> dict:
   """Seconds of one pass of `ops` forward and backward (the best of `calls` timed calls after a
-  warm-up), and its FLOPs: {"seconds", "flops"}."""
+  warm-up, each holding passes for at least `min_call_seconds`), and its FLOPs:
+  {"seconds", "flops"}."""
   def variable(shape, dtype):
     return tf.Variable(tf.cast(tf.random.uniform(shape, -1.0, 1.0), dtype), trainable=False)
 
@@ -103,8 +106,7 @@ def time_ops(ops: Sequence[HeavyOp], jit_compile: bool = False, calls: int = 5) 
   output_gradients = [variable(shape, op.dtype) for op, shape in zip(ops, output_shapes)]
 
   @tf.function(jit_compile=jit_compile)
-  def step():
-    total = tf.constant(0.0)
+  def step(total):
     for op, x_var, w_var, dy in zip(ops, inputs, kernels, output_gradients):
       x, w = x_var.read_value(), w_var.read_value()
       with tf.GradientTape() as tape:
@@ -117,12 +119,15 @@ def time_ops(ops: Sequence[HeavyOp], jit_compile: bool = False, calls: int = 5) 
         total += tf.cast(tf.reshape(result, [-1])[0], tf.float32)
     return total
 
-  step().numpy()
-  best = float("inf")
-  for _ in range(calls):
-    start = time.perf_counter()
-    step().numpy()
-    best = min(best, time.perf_counter() - start)
+  @tf.function
+  def passes(count):
+    total = tf.constant(0.0)
+    for _ in tf.range(count):
+      total = step(total)
+    return total
+
+  best = timing.seconds_per_iteration(lambda count: passes(tf.constant(count)).numpy(),
+                                      min_call_seconds, calls)
   # Forward, the kernel's gradient, and the input's where it is needed: each as costly.
   flops = sum(op.flops(shape) * (3 if op.input_needs_gradient else 2)
               for op, shape in zip(ops, output_shapes))
