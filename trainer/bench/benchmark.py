@@ -509,7 +509,8 @@ def format_quick_report(record: dict) -> str:
   m = record["machine"]
   gpus = "; ".join(f"{g['name']} (compute capability "
                    f"{'.'.join(map(str, g['compute_capability'])) or '?'}, "
-                   f"{g['memory_mib'] or '?'} MiB)" for g in record["gpus"])
+                   + ("MIG slice)" if g.get("mig") else f"{g['memory_mib'] or '?'} MiB)")
+                   for g in record["gpus"])
   lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {' '.join(m['extensions']) or '-'}"
            + (f"; {len(record['gpus'])} GPU: {gpus}" if record["gpus"] else "; no GPU")
            + f"; TF {record['tf_version']}, Keras {record['keras_version']}; {record['date']}.",

@@ -2,8 +2,9 @@
 
 import os
 import platform
+import re
 import subprocess
-from typing import List, Optional, Set
+from typing import Dict, List, Optional, Sequence, Set
 
 import tensorflow as tf
 
@@ -92,25 +93,79 @@ def cpu_bfloat16() -> Optional[str]:
   return None
 
 
-def describe_gpus() -> List[dict]:
-  """Every GPU: name, compute capability and memory (MiB, from nvidia-smi where it runs)."""
-  found = gpus()
-  memory = {}
-  try:
-    listing = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.total",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
-                             timeout=30, check=True).stdout
-    memory = {int(index): int(total) for index, total in
-              (line.split(",") for line in listing.strip().splitlines())}
-  except (OSError, subprocess.SubprocessError, ValueError):
-    pass
+# nvidia-smi's query of every GPU; pairs with TensorFlow's GPUs by PCI bus id.
+NVIDIA_SMI_QUERY = ("--query-gpu=pci.bus_id,uuid,name,memory.total,mig.mode.current",
+                    "--format=csv,noheader,nounits")
+_BUS_ID = re.compile(r"(?:pci bus id: )?([0-9a-fA-F]+):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")
+
+
+def normalize_bus_id(text: str) -> Optional[str]:
+  """A PCI bus id as "0000:07:00.0" whether written with nvidia-smi's 8-digit domain
+  ("00000000:07:00.0") or TensorFlow's 4-digit one; None if `text` holds none."""
+  match = _BUS_ID.search(text)
+  if not match:
+    return None
+  domain, bus, device, function = match.groups()
+  return f"{int(domain, 16):04x}:{bus.lower()}:{device.lower()}.{function}"
+
+
+def parse_nvidia_smi(listing: str) -> Dict[str, dict]:
+  """nvidia-smi's NVIDIA_SMI_QUERY output as bus id -> {uuid, name, memory_mib, mig}. Lines that
+  are not a GPU's (a warning printed first) are skipped; a field nvidia-smi cannot read
+  ("[N/A]", "[Not Supported]") is None for that GPU only."""
+  found = {}
+  for line in listing.splitlines():
+    fields = [field.strip() for field in line.split(",")]
+    bus_id = normalize_bus_id(fields[0]) if len(fields) == 5 else None
+    if bus_id is None:
+      continue
+    _, uuid, name, memory, mig = fields
+    found[bus_id] = {"uuid": uuid, "name": name,
+                     "memory_mib": int(memory) if memory.isdigit() else None,
+                     "mig": mig == "Enabled"}
+  return found
+
+
+def describe_gpus_from(tensorflow_descriptions: Sequence[str],
+                       nvidia_smi: Dict[str, dict]) -> List[dict]:
+  """Every GPU TensorFlow sees, in its order: name, compute capability, memory (MiB), PCI bus id
+  and whether it is a MIG slice. `tensorflow_descriptions` are TensorFlow's physical device
+  descriptions ("device: 0, name: NVIDIA A100-SXM4-40GB, pci bus id: 0000:07:00.0, compute
+  capability: 8.0"); `nvidia_smi` is `parse_nvidia_smi`'s.
+
+  Paired by bus id, not by index: TensorFlow numbers only the GPUs CUDA_VISIBLE_DEVICES lets it
+  see, in CUDA's order (fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID), while nvidia-smi
+  numbers every GPU of the machine by bus. A MIG slice is shown as such: it shares its GPU's
+  bus id, and the GPU's memory is not the slice's, so its memory is left unknown.
+  """
   described = []
-  for index, gpu in enumerate(found):
-    details = tf.config.experimental.get_device_details(gpu)
-    described.append({"name": details.get("device_name", "unknown"),
-                      "compute_capability": list(details.get("compute_capability", ())),
-                      "memory_mib": memory.get(index)})
+  for description in tensorflow_descriptions:
+    facts = dict(field.split(": ", 1) for field in description.split(", ") if ": " in field)
+    bus_id = normalize_bus_id(facts.get("pci bus id", ""))
+    smi = nvidia_smi.get(bus_id, {})
+    name = facts.get("name", smi.get("name", "unknown"))
+    mig = smi.get("mig", False) or " MIG " in f" {name} "
+    capability = facts.get("compute capability", "")
+    described.append({
+        "name": name, "bus_id": bus_id, "uuid": smi.get("uuid"), "mig": mig,
+        "compute_capability": [int(part) for part in capability.split(".") if part.isdigit()],
+        "memory_mib": None if mig else smi.get("memory_mib")})
   return described
+
+
+def describe_gpus() -> List[dict]:
+  """Every GPU TensorFlow sees (describe_gpus_from), with nvidia-smi's facts where it runs."""
+  if not gpus():
+    return []
+  from tensorflow.python.client import device_lib  # pylint: disable=g-import-not-at-top
+  descriptions = [device.physical_device_desc for device in device_lib.list_local_devices()
+                  if device.device_type == "GPU"]
+  try:
+    listing = subprocess.run(["nvidia-smi", *NVIDIA_SMI_QUERY], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+  except (OSError, subprocess.SubprocessError):
+    listing = ""
+  return describe_gpus_from(descriptions, parse_nvidia_smi(listing))
 
 
 def describe_devices() -> str:
