@@ -7,6 +7,12 @@ Everything after `--` goes to every worker's `python -m trainer.main`, with
 --strategy=multi_worker_mirrored added. Each worker gets a free port on 127.0.0.1 and its own
 TF_CONFIG; each line of its output is prefixed with [worker I]. If a worker fails, the others are
 stopped and the launcher exits with that worker's exit code.
+
+On a GPU host, --gpus_per_worker=K gives worker I the GPUs I*K to I*K+K-1 (of those
+CUDA_VISIBLE_DEVICES already allows, if set) through its own CUDA_VISIBLE_DEVICES, so no two
+workers share a GPU:
+
+  python scripts/launch_local.py --workers=4 --gpus_per_worker=2 -- --model=resnet50 ...
 """
 
 import argparse
@@ -18,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import List
+from typing import List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A worker blocked in TensorFlow's collectives ignores SIGTERM; SIGKILL follows after this long.
@@ -36,8 +42,35 @@ def free_ports(count: int) -> List[int]:
   return ports
 
 
-def worker_environment(hosts: List[str], index: int) -> dict:
+def visible_devices(index: int, gpus_per_worker: int, visible: Optional[str],
+                    num_gpus: int) -> str:
+  """Worker `index`'s CUDA_VISIBLE_DEVICES: its `gpus_per_worker` GPUs of those the launcher
+  may use (`visible`, the launcher's own CUDA_VISIBLE_DEVICES, or None for all `num_gpus`)."""
+  allowed = ([device.strip() for device in visible.split(",") if device.strip()]
+             if visible is not None else [str(gpu) for gpu in range(num_gpus)])
+  mine = allowed[index * gpus_per_worker:(index + 1) * gpus_per_worker]
+  if len(mine) < gpus_per_worker:
+    raise ValueError(f"worker {index} needs GPUs {index * gpus_per_worker} to "
+                     f"{(index + 1) * gpus_per_worker - 1}, but only {len(allowed)} are "
+                     "available: lower --workers or --gpus_per_worker")
+  return ",".join(mine)
+
+
+def count_gpus() -> int:
+  """The host's GPUs as nvidia-smi lists them (0 without it), without starting TensorFlow."""
+  try:
+    listing = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+  except (OSError, subprocess.SubprocessError):
+    return 0
+  return sum(1 for line in listing.splitlines() if line.startswith("GPU "))
+
+
+def worker_environment(hosts: List[str], index: int, gpus: Optional[str] = None) -> dict:
+  """Worker `index`'s environment: its TF_CONFIG, and its CUDA_VISIBLE_DEVICES if `gpus`."""
   env = dict(os.environ)
+  if gpus is not None:
+    env["CUDA_VISIBLE_DEVICES"] = gpus
   env["TF_CONFIG"] = json.dumps({"cluster": {"worker": hosts},
                                  "task": {"type": "worker", "index": index}})
   env["PYTHONUNBUFFERED"] = "1"
@@ -64,14 +97,20 @@ def stop_all(processes: List[subprocess.Popen]) -> None:
       process.wait()
 
 
-def launch(num_workers: int, trainer_flags: List[str]) -> int:
-  """Runs the cluster to the end; returns 0, or the exit code of the first worker that failed."""
+def launch(num_workers: int, trainer_flags: List[str], gpus_per_worker: int = 0) -> int:
+  """Runs the cluster to the end; returns 0, or the exit code of the first worker that failed.
+  With `gpus_per_worker`, each worker sees only its own GPUs."""
   hosts = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
+  gpus = [None] * num_workers
+  if gpus_per_worker:
+    visible, count = os.environ.get("CUDA_VISIBLE_DEVICES"), count_gpus()
+    gpus = [visible_devices(index, gpus_per_worker, visible, count)
+            for index in range(num_workers)]
   processes, relays = [], []
   for index in range(num_workers):
     process = subprocess.Popen(
         [sys.executable, "-m", "trainer.main", "--strategy=multi_worker_mirrored",
-         *trainer_flags], cwd=ROOT, env=worker_environment(hosts, index),
+         *trainer_flags], cwd=ROOT, env=worker_environment(hosts, index, gpus[index]),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     relay = threading.Thread(target=_relay, args=(process.stdout, f"[worker {index}]"))
     relay.start()
@@ -102,17 +141,25 @@ def launch(num_workers: int, trainer_flags: List[str]) -> int:
 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   usage="%(prog)s --workers=N -- <trainer flags>")
+                                   usage="%(prog)s --workers=N [--gpus_per_worker=K] -- <trainer flags>")
   parser.add_argument("--workers", type=int, default=2, help="number of workers to start")
+  parser.add_argument("--gpus_per_worker", type=int, default=0,
+                      help="give each worker this many GPUs of its own (CUDA_VISIBLE_DEVICES); "
+                      "0: every worker sees every GPU")
   parser.add_argument("trainer_flags", nargs=argparse.REMAINDER,
                       help="flags for trainer.main, after --")
   args = parser.parse_args()
   if args.workers < 1:
     parser.error("--workers must be at least 1")
+  if args.gpus_per_worker < 0:
+    parser.error("--gpus_per_worker must be 0 (every worker sees every GPU) or more")
   trainer_flags = args.trainer_flags[1:] if args.trainer_flags[:1] == ["--"] else args.trainer_flags
   if any(flag.startswith("--strategy") for flag in trainer_flags):
     parser.error("the launcher sets --strategy=multi_worker_mirrored itself; leave it out")
-  return launch(args.workers, trainer_flags)
+  try:
+    return launch(args.workers, trainer_flags, args.gpus_per_worker)
+  except ValueError as e:
+    parser.error(str(e))
 
 
 if __name__ == "__main__":

@@ -152,6 +152,10 @@ class Config:
   cpu_devices: int = _setting(
       1, "Split the host CPU into this many logical devices, so mirrored runs that many "
       "replicas without a GPU.")
+  gpu_memory_growth: bool = _setting(
+      True, "Let each process take GPU memory as it needs it, rather than all of every GPU it "
+      "sees at start: workers and benchmark runs on one host can then share GPUs. "
+      "--nogpu_memory_growth takes it all up front (less fragmentation on one big model).")
   precision: str = _setting(
       "auto", "Keras dtype policy. auto: on GPUs mixed_bfloat16 from compute capability 8.0, "
       "mixed_float16 (with loss scaling) on 7.x, float32 below; on CPUs with AMX-BF16 or "

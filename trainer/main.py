@@ -78,6 +78,7 @@ _define(flags.DEFINE_integer, "eval_steps", lower_bound=0)
 _define(flags.DEFINE_integer, "eval_every")
 # Hardware.
 _define(flags.DEFINE_enum, "strategy", enum_values=config_lib.STRATEGIES)
+_define(flags.DEFINE_boolean, "gpu_memory_growth")
 _define(flags.DEFINE_integer, "cpu_devices", lower_bound=1)
 _define(flags.DEFINE_enum, "precision", enum_values=config_lib.PRECISIONS)
 _define(flags.DEFINE_list, "worker_hosts")

@@ -553,6 +553,10 @@ def main(argv):
   del argv  # Unused.
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   console.quiet()  # Before TensorFlow loads: its start-up chatter stays off the report.
+  from trainer.distribute import hardware  # pylint: disable=g-import-not-at-top
+  # Before anything touches a GPU: this process then holds only what it uses, and the runs it
+  # starts as child processes (the blog script, fast.cfg) find the rest free.
+  hardware.configure_gpu_memory(True)
   with tempfile.TemporaryDirectory(prefix="benchmark-") as root:
     if FLAGS.quick:
       record = run_quick(root)

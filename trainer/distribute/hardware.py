@@ -39,6 +39,21 @@ def split_cpu(num_devices: int, share_threads: bool = True) -> None:
           f"{len(tf.config.list_logical_devices('CPU'))} CPU devices in this process.") from None
 
 
+def configure_gpu_memory(growth: bool, devices: Optional[Sequence] = None) -> None:
+  """Memory growth on every GPU (`devices`, default every GPU TensorFlow sees) when `growth`:
+  each process then takes memory as it needs it, instead of all of every GPU it sees. Must run
+  before anything touches a GPU; a process whose GPUs are already in use keeps what it has."""
+  for gpu in gpus() if devices is None else devices:
+    try:
+      tf.config.experimental.set_memory_growth(gpu, growth)
+    except RuntimeError:  # Already initialised (a test process, a second run in one process).
+      if tf.config.experimental.get_memory_growth(gpu) != growth:
+        raise errors.UserError(
+            f"--{'' if growth else 'no'}gpu_memory_growth cannot be applied: TensorFlow already "
+            f"uses {gpu.name} in this process with memory growth "
+            f"{'off' if growth else 'on'}.") from None
+
+
 def num_cpu_devices() -> int:
   """Returns how many logical devices the CPU is split into, without starting TensorFlow.
 

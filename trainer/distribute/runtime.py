@@ -31,6 +31,7 @@ class Runtime:
 @contextlib.contextmanager
 def open_runtime(config: config_lib.Config) -> Iterator[Runtime]:
   """Sets up devices and the strategy for `config`; yields the Runtime."""
+  hardware.configure_gpu_memory(config.gpu_memory_growth)  # Before anything touches a GPU.
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
   hardware.split_cpu(config.cpu_devices)
