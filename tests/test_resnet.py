@@ -109,13 +109,16 @@ def test_resnet50_takes_one_training_step_on_tiny_inputs():
 
 
 def _stem_statistics(strategy, sync_batchnorm, images):
+  # As the task runs a step: the forward pass, then the replicas' copies averaged.
   with strategy.scope():
     model = factory.build_model("resnet18", "functional", images.shape[1:], 10,
                                 sync_batchnorm=sync_batchnorm)
+  averaged = [v.value for v in model.non_trainable_variables if v.aggregation == "mean"]
 
   @tf.function
   def forward(batch):
     model(batch, training=True)
+    distribution.average_replica_copies(averaged)
 
   if strategy.num_replicas_in_sync == 1:
     forward(images)
@@ -206,3 +209,27 @@ def test_fused_batchnorm_computes_what_keras_batchnorm_does(precision, tolerance
                                atol=tolerance, err_msg=name)
   graph = tf.function(lambda x: ours(x, training=True)).get_concrete_function(images).graph
   assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
+
+
+@pytest.mark.slow
+def test_jit_compile_trains_a_resnet_over_two_replicas_with_averaged_statistics(tmp_path):
+  # Several replicas compile forward and backward under XLA, where a cross-replica update of
+  # BatchNorm's statistics cannot run (it crashed there); each replica updates its own copy and
+  # the step averages them. The mean of the two halves' means is the whole batch's: the moving
+  # mean after one step is one replica's over the whole batch (replica 0's own half alone
+  # would differ).
+  from trainer import train  # pylint: disable=g-import-not-at-top
+  moving_means = {}
+  for strategy, jit_compile in (("default", False), ("mirrored", True)):
+    config = config_lib.Config(
+        model="resnet18", dataset="synthetic", image_shape=(16, 16, 3), batch_size=8, epochs=1,
+        max_steps_per_epoch=1, eval_steps=1, strategy=strategy, cpu_devices=2,
+        precision="float32", jit_compile=jit_compile, progress="none",
+        workdir=str(tmp_path / strategy))
+    results = train.train_and_evaluate(config)
+    assert results["jit_compile"] == jit_compile
+    model = keras.saving.load_model(tmp_path / strategy / "model.keras")
+    moving_means[strategy] = model.get_layer("stem_bn").moving_mean.numpy()
+  assert np.abs(moving_means["mirrored"]).max() > 1e-3  # Updated inside the compiled step.
+  np.testing.assert_allclose(moving_means["mirrored"], moving_means["default"], rtol=1e-3,
+                             atol=1e-4)

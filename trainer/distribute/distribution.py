@@ -1,7 +1,7 @@
 """Strategies: --strategy name to tf.distribute.Strategy, the chief, the batch split, datasets."""
 
 import itertools
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import tensorflow as tf
 
@@ -92,6 +92,20 @@ def distribute_per_process(strategy: tf.distribute.Strategy, dataset: tf.data.Da
   def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
     return dataset.rebatch(context.get_per_replica_batch_size(global_batch_size))
   return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def average_replica_copies(variables: Sequence[tf.Variable]) -> None:
+  """Sets each replica's copy of `variables` (distributed variables, e.g. BatchNorm's moving
+  statistics) to their mean over every replica of every worker, in one all-reduce. Call it in a
+  replica context, after a step in which each replica updated its own copy."""
+  context = tf.distribute.get_replica_context()
+  if not variables or context is None or context.num_replicas_in_sync == 1:
+    return
+  copies = [variable._get_on_device_or_primary()  # pylint: disable=protected-access
+            for variable in variables]
+  means = context.all_reduce(tf.distribute.ReduceOp.MEAN, [copy.read_value() for copy in copies])
+  for copy, mean in zip(copies, means):
+    copy.assign(mean)
 
 
 def check_batch_size(global_batch_size: int, strategy: tf.distribute.Strategy,

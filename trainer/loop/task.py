@@ -63,6 +63,10 @@ class Task:
       num_classes = pipeline.num_classes
       self._train_loss_fn = lambda labels, outputs: smoothed(
           tf.one_hot(labels, num_classes), outputs)
+    # Variables each replica updates in its own copy during a step, averaged after it
+    # (BatchNorm's moving statistics of the ResNets: see resnet._assign_this_replicas_copy).
+    self._replica_averaged = [variable.value for variable in self.model.non_trainable_variables
+                              if variable.aggregation == "mean"]
     self._forward_backward = self._forward_backward_eager
     if settings.jit_compile and settings.num_replicas > 1:
       # Several replicas: the cross-replica gradient sum cannot run inside XLA, the rest can.
@@ -228,6 +232,7 @@ class Task:
     # before the optimizer sees them, so the loss scale's skip and the clipping are decided from
     # the same values on every replica and worker (see optimization._taking_summed_gradients).
     gradients, per_example_loss, outputs = self._accumulated_gradients(images, labels)
+    distribution.average_replica_copies(self._replica_averaged)
     gradients = optimization.sum_over_replicas(gradients)
     self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
     self._train_loss.update_state(per_example_loss)

@@ -49,8 +49,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
   Keras 3 creates them with aggregation "none", so under a mirrored strategy each replica
   updates its own copy: the copies drift apart, evaluation on each replica uses its own, and a
-  checkpoint keeps only the first. With "mean" every update is averaged over the replicas (as
-  Keras 2 did), so all hold the same statistics. Normalisation itself uses each replica's batch,
+  checkpoint keeps only the first. Here they are "mean": each replica updates its own copy in
+  the step and the task averages the copies over replicas after it (see
+  `_assign_this_replicas_copy`), so all hold the same statistics, as Keras 2's did. Normalisation itself uses each replica's batch,
   or the global batch with synchronized=True (--sync_batchnorm).
 
   Without synchronisation, a 4-D input is normalised by TensorFlow's fused kernel
@@ -80,14 +81,33 @@ class BatchNormalization(keras.layers.BatchNormalization):
       count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), tf.float32)
       variance *= (count - 1.0) / count
       momentum = self.momentum
-      self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
-      self.moving_variance.assign(self.moving_variance * momentum
-                                  + variance * (1.0 - momentum))
+      _assign_this_replicas_copy(self.moving_mean,
+                                 self.moving_mean * momentum + mean * (1.0 - momentum))
+      _assign_this_replicas_copy(self.moving_variance,
+                                 self.moving_variance * momentum + variance * (1.0 - momentum))
       return outputs
     outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
         inputs, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
         epsilon=self.epsilon, data_format="NHWC", is_training=False)
     return outputs
+
+
+def _assign_this_replicas_copy(variable: keras.Variable, value) -> None:
+  """Assigns `value` to this replica's copy of `variable` only.
+
+  A step compiled by XLA over several replicas (--jit_compile under mirrored) cannot update a
+  variable averaged over replicas: the update is a cross-replica merge_call, which XLA cannot
+  compile. So each replica updates its own copy, and the task averages the copies once after
+  every step (distribution.average_replica_copies), with or without XLA, on every strategy: the
+  moving average is linear, so the average of the replicas' updates is the update by the
+  replicas' average statistics, as an update averaged at once gives.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  target = variable.value
+  if (isinstance(target, tf.distribute.DistributedValues)
+      and not tf.distribute.in_cross_replica_context()):
+    target = target._get_on_device_or_primary()  # pylint: disable=protected-access
+  target.assign(tf.cast(value, target.dtype))
 
 
 @dataclasses.dataclass
