@@ -19,6 +19,17 @@ tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
+def pytest_collection_modifyitems(config, items):
+  """Tests marked `gpu` check what only a real GPU can show: skipped on machines without one."""
+  del config  # Unused.
+  if tf.config.list_physical_devices("GPU"):
+    return
+  skip = pytest.mark.skip(reason="needs a GPU: run `python -m pytest -m gpu` on a GPU machine")
+  for item in items:
+    if "gpu" in item.keywords:
+      item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist_dir() -> str:
   """The folder of Debian's Fashion-MNIST IDX files; CI must have it, elsewhere a skip."""
