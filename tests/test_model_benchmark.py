@@ -73,3 +73,23 @@ def test_a_row_without_its_precisions_big_square_ceiling_shows_a_dash():
   row = _row("cnn", 120.0, 100.0, 60.0, 300.0, 1.5e9, "mixed_bfloat16")
   row["shares"] = model_benchmark.shares(row, None)  # Only float32's was measured.
   assert "| 40% | - | 2.0 / 3.0 / 4.0 |" in benchmark.format_models({"models": {"cnn": row}})[2]
+
+
+@pytest.mark.parametrize("ceiling, expected", [
+    (150_000.0, 300),  # 2 s at the ceiling, in whole calls of 100: a GPU's window.
+    (5_000.0, 200),  # A slow machine keeps the workload's own count.
+])
+def test_timed_windows_last_seconds_at_the_models_own_ceiling(ceiling, expected):
+  workload = model_benchmark.Workload("mlp", (28, 28, 1), 1024, 100, 200)
+  assert model_benchmark.timed_steps_for(workload, ceiling) == expected
+
+
+def test_a_row_over_several_gpus_reads_per_gpu_against_one_gpus_ceilings():
+  row = _row("resnet50", harness=8000.0, tuned=6000.0, plain=4000.0, ceiling=2500.0,
+             flops_per_example=1.2e10)
+  row["peers"]["harness"].update(strategy="mirrored", replicas=8)
+  shares = model_benchmark.shares(row, big_square_flops=6e14)
+  assert shares["of_own_ceiling"] == pytest.approx(0.4)  # 1,000 per GPU of 2,500.
+  assert shares["of_big_square_ceiling"] == pytest.approx(0.02)
+  line = benchmark.format_models({"models": {"resnet50": {**row, "shares": shares}}})[2]
+  assert line.startswith("| resnet50 | 128 | float32, mirrored x8 | 8,000.0 (1,000.0 each) |")

@@ -464,7 +464,10 @@ def run_quick(root: str) -> dict:
   found = ceilings(tiny=False, quick=True)
   print("ceilings: " + ", ".join(f"{dtype} {c['flops_per_sec'] / 1e9:,.0f} GFLOP/s"
                                  for dtype, c in found.items()), flush=True)
-  rows = model_benchmark.run_workloads(model_benchmark.QUICK_WORKLOADS, root)
+  # The strategy a user gets (mirrored over every GPU), each window lasting seconds.
+  rows = model_benchmark.run_workloads(model_benchmark.QUICK_WORKLOADS, root,
+                                       strategies=("auto",),
+                                       window_seconds=model_benchmark.WINDOW_SECONDS)
   for row in rows.values():
     # The big square of the row's own precision; none where that was not measured.
     square = found.get(row["precision"].replace("mixed_", ""))
@@ -482,10 +485,14 @@ def format_models(record: dict) -> List[str]:
            "(harness / tuned / defaults) |", "|" + "---|" * 12]
   for row in record["models"].values():
     peers, share = row["peers"], row["shares"]
+    replicas = peers["harness"].get("replicas", 1)
     lines.append(
         f"| {row['model']} | {row['batch_size']} | {row['precision']}"
-        f"{' XLA' if peers['harness']['jit_compile'] else ''} | "
+        f"{' XLA' if peers['harness']['jit_compile'] else ''}"
+        + (f", {peers['harness']['strategy']} x{replicas}" if replicas > 1 else "") + " | "
         + " | ".join(f"{peers[p]['examples_per_sec']:,.1f}"
+                     + (f" ({peers[p]['examples_per_sec'] / replicas:,.1f} each)"
+                        if replicas > 1 else "")
                      for p in ("harness", "tuned_fit", "plain_fit"))
         + f" | {row['ceiling']['examples_per_sec']:,.1f} | {share['over_tuned_fit']:.2f}x | "
         f"{share['over_plain_fit']:.2f}x | {share['of_own_ceiling']:.0%} | "

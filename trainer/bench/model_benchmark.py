@@ -13,6 +13,7 @@ trainer.benchmark --quick prints these; the full benchmark adds mirrored over 2 
 """
 
 import dataclasses
+import math
 import os
 import time
 from typing import Dict, List, Optional, Sequence
@@ -38,7 +39,8 @@ class Workload:
     return f"{self.model}/{self.batch_size}"
 
 
-# Timed steps sized to a few seconds each on a 2-core CPU; a GPU just finishes sooner.
+# Timed steps sized to a few seconds each on a 2-core CPU: the fewest each peer times. A faster
+# machine times more (timed_steps_for), so that a GPU's window is not tens of milliseconds.
 QUICK_WORKLOADS = (Workload("mlp", (28, 28, 1), 1024, 100, 200),
                    Workload("cnn", (28, 28, 1), 256, 10, 60),
                    Workload("resnet18", (32, 32, 3), 128, 2, 8),
@@ -47,11 +49,26 @@ QUICK_WORKLOADS = (Workload("mlp", (28, 28, 1), 1024, 100, 200),
 TINY_WORKLOADS = (Workload("mlp", (28, 28, 1), 32, 2, 4), Workload("cnn", (28, 28, 1), 32, 2, 4))
 
 
+WINDOW_SECONDS = 2.0  # The least time each peer's timed window should last.
+
+
+def timed_steps_for(workload: Workload, ceiling_examples_per_sec: float,
+                    window_seconds: float = WINDOW_SECONDS) -> int:
+  """The steps to time for `workload` on a machine whose own ceiling for it (op_ceiling) is
+  `ceiling_examples_per_sec`: enough that the window lasts `window_seconds` even at the ceiling
+  (a real step is slower, so it lasts longer), never fewer than the workload's own count, and
+  whole calls of `warmup_steps`."""
+  steps = math.ceil(window_seconds * ceiling_examples_per_sec / workload.batch_size)
+  calls = -(-max(steps, workload.timed_steps) // workload.warmup_steps)
+  return calls * workload.warmup_steps
+
+
 def settings_for(workload: Workload, strategy: str = "default") -> config_lib.Config:
   """The harness's Config for `workload`: its defaults but for the model, data and length."""
   return config_lib.Config(
       model=workload.model, dataset="synthetic", image_shape=workload.image_shape,
       num_classes=NUM_CLASSES, batch_size=workload.batch_size, strategy=strategy,
+      # auto is what a user gets: mirrored over every GPU, default on a CPU.
       cpu_devices=2 if strategy == "mirrored" else 1, epochs=1,
       max_steps_per_epoch=workload.warmup_steps + workload.timed_steps, eval_steps=1,
       steps_per_loop=workload.warmup_steps, log_every=workload.warmup_steps,
@@ -77,7 +94,8 @@ def measure_harness(workload: Workload, workdir: str, strategy: str = "default")
   startup = results["startup_s"]
   return {"examples_per_sec": results["examples_per_sec"],
           "first_step_s": startup["model"] + startup["first_step"],
-          "precision": results["precision"], "jit_compile": results["jit_compile"]}
+          "precision": results["precision"], "jit_compile": results["jit_compile"],
+          "strategy": results["strategy"], "replicas": results["num_replicas"]}
 
 
 def _synthetic_dataset(workload: Workload):
@@ -164,8 +182,11 @@ def measure_ceiling(workload: Workload, precision: str) -> dict:
 
 
 def run_workloads(workloads: Sequence[Workload], root: str, jit_both: bool = False,
-                  strategies: Sequence[str] = ("default",)) -> Dict[str, dict]:
-  """Every peer of every workload; rows keyed "model/batch" (and "/mirrored" under mirrored)."""
+                  strategies: Sequence[str] = ("default",),
+                  window_seconds: Optional[float] = None) -> Dict[str, dict]:
+  """Every peer of every workload under each of `strategies`; rows keyed "model/batch", the
+  first strategy's peers under "peers", the others' under "peers_<strategy>". With
+  `window_seconds`, each timed window is sized to last that long (timed_steps_for)."""
   from trainer.distribute import distribution  # pylint: disable=g-import-not-at-top
   rows = {}
   for workload in workloads:
@@ -174,8 +195,14 @@ def run_workloads(workloads: Sequence[Workload], root: str, jit_both: bool = Fal
            "batch_size": workload.batch_size, "precision": chosen.precision,
            "precision_reason": chosen.precision_reason}
     row["ceiling"] = measure_ceiling(workload, chosen.precision)
+    if window_seconds:
+      # The ceiling is one device's; the first strategy may train on several.
+      devices = distribution.make_strategy(strategies[0]).num_replicas_in_sync
+      workload = dataclasses.replace(workload, timed_steps=timed_steps_for(
+          workload, devices * row["ceiling"]["examples_per_sec"], window_seconds))
+    row["timed_steps"] = workload.timed_steps
     for strategy_name in strategies:
-      suffix = "" if strategy_name == "default" else f"/{strategy_name}"
+      suffix = "" if strategy_name == strategies[0] else f"/{strategy_name}"
       strategy = distribution.make_strategy(strategy_name)
       peers = {"harness": measure_harness(workload, os.path.join(root, workload.model
                                                                  + strategy_name),
@@ -193,14 +220,17 @@ def run_workloads(workloads: Sequence[Workload], root: str, jit_both: bool = Fal
 
 
 def shares(row: dict, big_square_flops: Optional[float]) -> dict:
-  """The harness's throughput against the tuned fit, fit's defaults, and the ceilings."""
+  """The harness's throughput against the tuned fit, fit's defaults, and the ceilings (which are
+  one device's, so against the harness's throughput per replica)."""
   harness = row["peers"]["harness"]["examples_per_sec"]
+  per_device = harness / row["peers"]["harness"].get("replicas", 1)
   ceiling = row["ceiling"]
   figures = {"over_tuned_fit": harness / row["peers"]["tuned_fit"]["examples_per_sec"],
              "over_plain_fit": harness / row["peers"]["plain_fit"]["examples_per_sec"],
-             "of_own_ceiling": harness / ceiling["examples_per_sec"]}
+             "of_own_ceiling": per_device / ceiling["examples_per_sec"]}
   if big_square_flops:
-    figures["of_big_square_ceiling"] = harness * ceiling["flops_per_example"] / big_square_flops
+    figures["of_big_square_ceiling"] = (per_device * ceiling["flops_per_example"]
+                                        / big_square_flops)
   if "peers_mirrored" in row:
     figures["mirrored_share"] = (row["peers_mirrored"]["harness"]["examples_per_sec"]
                                  / harness)
