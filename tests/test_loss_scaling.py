@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests import test_multi_worker
+from tests import test_resume
 from tests.processes import ROOT
 from trainer import config as config_lib
 from trainer import train
@@ -46,6 +47,8 @@ def test_an_overflow_on_replica_one_only_is_skipped_and_the_run_learns_as_in_flo
   assert scaled["test_accuracy"] > 0.6
   assert abs(scaled["test_accuracy"] - plain["test_accuracy"]) < 0.05
   assert plain["skipped_steps"] == 0 and plain["loss_scale"] is None
+  for tag in ("loss_scale", "skipped_steps"):  # TensorBoard shows both at every log point.
+    assert test_resume.logged_steps(tmp_path / "float16" / "train", tag) == [10, 20, 30, 40]
 
 
 @pytest.mark.slow
