@@ -103,3 +103,11 @@ def test_timed_calls_hold_enough_work_that_the_fixed_cost_does_not_count(overhea
     ([(7, 0)], True, "fp32"), ([], True, "fp32")])
 def test_a_float32_ceiling_says_when_it_ran_as_tf32(capabilities, tf32_enabled, math):
   assert benchmark.float32_math(capabilities, tf32_enabled) == math
+
+
+def test_the_ceilings_of_this_machine_name_their_math():
+  # A seconds-long pass over the real code path (tiny shapes, short calls); figures not asserted.
+  from trainer.distribute import hardware  # pylint: disable=g-import-not-at-top
+  found = benchmark.ceilings(tiny=True, quick=True)
+  assert found["float32"]["math"] == "fp32" and found["float32"]["flops_per_sec"] > 0
+  assert ("bfloat16" in found) == bool(hardware.cpu_bfloat16())

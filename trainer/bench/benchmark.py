@@ -445,7 +445,7 @@ def ceilings(tiny: bool, quick: bool) -> dict:
   capabilities = hardware.gpu_compute_capabilities()
   found = {"float32": matmul_ceiling(tiny, "float32", quick)}
   found["float32"]["math"] = float32_math(
-      capabilities, tf.config.experimental.is_tensor_float_32_execution_enabled())
+      capabilities, tf.config.experimental.tensor_float_32_execution_enabled())
   if capabilities:
     low = precision.gpu_precision(capabilities)[0].replace("mixed_", "")
   else:
