@@ -25,7 +25,8 @@ AUGMENTATIONS = ("none", "flip", "crop_flip")  # trainer.data.augment's.
 KEEP_BEST = ("none", "accuracy", "loss")
 PROGRESS = ("auto", "bar", "lines", "none")
 
-AUTO_STEPS_PER_LOOP = 100  # Measured no faster beyond 100 on a 2-core CPU.
+# The most steps of an automatically sized call: measured no faster beyond 100 on a 2-core CPU.
+AUTO_STEPS_PER_LOOP = 100
 # The mlp's examples/s with XLA on / off (Fashion-MNIST, one replica, 2-core AVX-512/AMX VM):
 # batch 128 157k / 81k, 512 226k / 211k, 1024 233-241k / 245k, 4096 252-254k / 317-319k.
 XLA_MAX_BATCH = 1024
@@ -164,7 +165,9 @@ class Config:
       120.0, "Multi-worker: seconds without progress (a peer that never starts or dies) before "
       "this worker stops (exit 3, or 137 from its watchdog).")
   steps_per_loop: int = _setting(
-      0, "Training steps per tf.function call; 0 chooses automatically.")
+      0, "Training steps per compiled call; 0 (or auto) sizes each call from the measured "
+      "step time to last about 1.5 s, up to 100 steps (under multi_worker_mirrored: 100 "
+      "steps), so Ctrl-C and SIGTERM are acted on within seconds on any model.")
   jit_compile: Optional[bool] = _setting(
       None, "Compile the training step with XLA; unset is on for the mlp on one replica, off "
       "for convolutions and your own model.")
@@ -363,6 +366,12 @@ class RunSettings:
   @property
   def steps_per_loop(self) -> int:
     return self.config.steps_per_loop or AUTO_STEPS_PER_LOOP
+
+  @property
+  def calls_sized_by_time(self) -> bool:
+    """--steps_per_loop=auto: each call's steps come from the measured step time, up to
+    steps_per_loop. Not across workers, whose calls must end at the same steps."""
+    return not self.config.steps_per_loop and self.strategy != "multi_worker_mirrored"
 
   @property
   def jit_compile(self) -> bool:

@@ -35,6 +35,20 @@ def _define(define, name: str, **kwargs) -> None:
   define(name, config_lib.default(name), help=config_lib.help_text(name), **kwargs)
 
 
+class _CountOrAuto(flags.IntegerParser):
+  """A count that also reads "auto" as 0, the value that lets the harness choose."""
+
+  def parse(self, argument):
+    if isinstance(argument, str) and argument.strip().lower() == "auto":
+      return 0
+    return super().parse(argument)
+
+
+def _define_count_or_auto(name: str, default: int, help: str) -> None:  # pylint: disable=redefined-builtin
+  flags.DEFINE(_CountOrAuto(lower_bound=0), name, default, help,
+               serializer=flags.ArgumentSerializer())
+
+
 # One flag per Config field (tests/test_config.py checks both ways).
 # Model.
 _define(flags.DEFINE_string, "model")
@@ -83,7 +97,7 @@ _define(flags.DEFINE_enum, "precision", enum_values=config_lib.PRECISIONS)
 _define(flags.DEFINE_list, "worker_hosts")
 _define(flags.DEFINE_integer, "task_index", lower_bound=0)
 _define(flags.DEFINE_float, "worker_timeout", lower_bound=1.0)
-_define(flags.DEFINE_integer, "steps_per_loop", lower_bound=0)
+_define(_define_count_or_auto, "steps_per_loop")
 _define(flags.DEFINE_boolean, "jit_compile")
 # Output.
 _define(flags.DEFINE_string, "workdir")

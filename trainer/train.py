@@ -114,10 +114,12 @@ def _open_runtime(stack: contextlib.ExitStack,
   peak = optimization.peak_learning_rate(config)
   scaled = (f" = {config.learning_rate:g} x {config.batch_size}/"
             f"{optimization.LINEAR_SCALING_BATCH}" if config.lr_scaling == "linear" else "")
-  logging.info("Strategy %s with %d replica%s on %s; precision %s (%s); %d steps per loop, "
+  logging.info("Strategy %s with %d replica%s on %s; precision %s (%s); %s steps per loop, "
                "XLA %s; %s, peak learning rate %g%s.", settings.strategy, settings.num_replicas,
                "" if settings.num_replicas == 1 else "s", settings.device,
-               settings.precision, settings.precision_reason, settings.steps_per_loop,
+               settings.precision, settings.precision_reason,
+               (f"up to {settings.steps_per_loop}, about {schedule.AUTO_CALL_SECONDS:g} s of"
+                if settings.calls_sized_by_time else settings.steps_per_loop),
                "on" if settings.jit_compile else "off", config.optimizer, peak, scaled)
   return runtime
 
@@ -198,7 +200,8 @@ def _loop_plan(settings: config_lib.RunSettings, steps_per_epoch: int, max_pack:
       pack=schedule.pack_size(max_pack, start_step, steps_per_epoch, config.log_every,
                               config.checkpoint_every, config.profile_steps,
                               config.eval_every),
-      profile_steps=config.profile_steps, eval_every=config.eval_every)
+      profile_steps=config.profile_steps, eval_every=config.eval_every,
+      timed=settings.calls_sized_by_time)
 
 
 def _environment(settings: config_lib.RunSettings, plan: schedule.LoopPlan) -> dict:

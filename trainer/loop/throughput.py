@@ -26,6 +26,9 @@ class ThroughputMeter:
     self._seconds = self._window_seconds = 0.0
     self.time_to_first_step_s: Optional[float] = None
     self.window_rates: List[float] = []  # examples/sec of each log window, as in TensorBoard.
+    # Seconds per step of the last timed call (None before one): what auto-sized calls and the
+    # progress line's rate are made from.
+    self.seconds_per_step: Optional[float] = None
 
   def record(self, num_steps: int) -> None:
     """Counts a compiled call of `num_steps` steps that has just finished."""
@@ -37,6 +40,7 @@ class ThroughputMeter:
       self._seconds += now - self._last
       self._window_steps += num_steps
       self._window_seconds += now - self._last
+      self.seconds_per_step = (now - self._last) / num_steps
     self._last = now
 
   @contextlib.contextmanager
