@@ -124,3 +124,25 @@ def test_a_slow_model_shows_progress_soon_and_stops_within_seconds(tmp_path):
   _watch(process, log, rf"Resuming from step {saved.group(1)} of 1875\.", time.monotonic() + 120)
   _ctrl_c_and_wait(process, 60)
   assert process.returncode == 130
+
+
+@pytest.mark.parametrize("seconds", [3, 6, 9])
+@pytest.mark.slow
+def test_ctrl_c_at_any_moment_from_the_start_is_one_line_and_exit_130(seconds, tmp_path):
+  # 3 s is inside TensorFlow's import on a 2-core VM, 6 s around the data and the model, 9 s in
+  # compiling or training (a run of 50 epochs does not finish before it).
+  workdir = tmp_path / "run"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "trainer.main", "--dataset=synthetic", "--epochs=50",
+       f"--workdir={workdir}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+  time.sleep(seconds)
+  process.send_signal(signal.SIGINT)
+  out, err = process.communicate(timeout=60)
+  assert process.returncode == 130, err
+  assert "Traceback" not in out + err
+  messages = [line for line in err.splitlines() if line.startswith("error:")]
+  assert len(messages) == 1 and messages[0].startswith("error: Stopped by"), err
+  assert err.strip().splitlines()[-1] == messages[0]  # The last word, and nothing after it.
+  assert not glob.glob(str(workdir / "**" / "*.tmp*"), recursive=True)
+  assert not glob.glob(str(workdir / "checkpoints" / "*_temp*"))

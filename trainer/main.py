@@ -17,9 +17,23 @@ it); rerunning the same command on a workdir resumes its run.
 """
 # This file only parses flags into a Config and calls trainer.train.train_and_evaluate.
 
+import os
+import signal
+import sys
 import time
 
 _PROCESS_START = time.time()  # Before the heavy imports, so start-up time is measured whole.
+
+
+def _stopped_before_main(signal_number, frame) -> None:
+  """Ctrl-C while Python loads this module and parses the flags: nothing is written yet."""
+  del signal_number, frame  # Unused.
+  sys.stderr.write("error: Stopped by Ctrl-C during start-up; nothing was written.\n")
+  sys.stderr.flush()
+  os._exit(128 + signal.SIGINT)  # pylint: disable=protected-access
+
+
+signal.signal(signal.SIGINT, _stopped_before_main)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
@@ -128,10 +142,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   console.quiet()  # Before TensorFlow loads: its start-up chatter is filtered from here on.
-  # Imported after flag parsing so that --help answers without loading TensorFlow.
-  from trainer.distribute import cluster
-  from trainer import train
+  # From here Ctrl-C raises KeyboardInterrupt, which shown_as_one_line shows as one line once
+  # whatever was being written has removed its half.
+  signal.signal(signal.SIGINT, signal.default_int_handler)
   with errors.shown_as_one_line():
+    # Imported after flag parsing so that --help answers without loading TensorFlow, and inside
+    # shown_as_one_line: TensorFlow takes seconds to import, a likely moment for Ctrl-C.
+    from trainer.distribute import cluster
+    from trainer import train
     config = config_from_flags()
     train.train_and_evaluate(config, start_time=_PROCESS_START)
     cluster.leave_cluster(config)
