@@ -25,6 +25,7 @@ class FakeTask:
   def __init__(self, recorder, losses=None, on_call=None):
     self._recorder, self._losses, self._on_call = recorder, losses or {}, on_call
     self.calls = 0
+    self.whole_split = []  # Of each evaluation: whether it covered the whole test split.
 
   def train_loop(self, num_steps):
     self.calls += 1
@@ -42,9 +43,10 @@ class FakeTask:
   def agreed_stop(self, local_signal):
     return local_signal, bool(local_signal)
 
-  def evaluate(self, next_chunk=None):
+  def evaluate(self, next_chunk=None, whole_split=False):
     # Three chunks of test batches, asked for as the real task asks.
     self._recorder.events.append(("evaluate",))
+    self.whole_split.append(whole_split)
     done = 0
     while next_chunk is not None and done < 3:
       size = next_chunk(done)
@@ -129,6 +131,7 @@ def run(plan, start_step=0, losses=None, on_call=None, stop=None, profile=False,
       FakeCheckpointer(recorder), FakeProgress(recorder), stop or FakeStopRequests(),
       profiler=FakeProfiler(recorder) if profile else None,
       best=FakeBest(recorder) if best else None)
+  recorder.task = task
   return recorder, loop, lambda: loop.run(start_step)
 
 
@@ -148,6 +151,15 @@ def test_each_boundary_does_its_work_in_order():
   assert outcome == controller.Outcome(step=8, train_loss=0.5,
                                        evaluation={"loss": 0.25, "accuracy": 0.9})
   assert (outcome.test_loss, outcome.test_accuracy) == (0.25, 0.9)
+
+
+def test_only_the_runs_last_evaluation_covers_the_whole_test_split():
+  recorder, _, go = run(PLAN)
+  go()
+  assert recorder.task.whole_split == [False, True]  # Epoch 1's end (--eval_steps), the run's.
+  recorder, _, go = run(PLAN, start_step=8)  # A finished run's evaluation: the last one.
+  go()
+  assert recorder.task.whole_split == [True]
 
 
 def test_eval_every_evaluates_inside_epochs_and_the_best_is_kept_before_the_checkpoint():

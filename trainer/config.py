@@ -78,6 +78,9 @@ class Config:
   image_shape: Tuple[int, ...] = _setting(
       (), "--dataset=synthetic: HEIGHT,WIDTH,CHANNELS of its images (default 28,28,1).")
   num_classes: int = _setting(0, "--dataset=synthetic: its number of classes (default 10).")
+  num_test_examples: int = _setting(
+      0, "--dataset=synthetic: the size of its test split, which the run's last evaluation "
+      "covers whole (default 10000).")
   augment: str = _setting(
       "none", "Training images only, in tf.data: none; flip (horizontal, p=1/2); crop_flip "
       "(up to 64 px: 4-pixel zero pad and random crop; above: random-resized crop, area 8-100%, "
@@ -141,8 +144,9 @@ class Config:
   max_steps_per_epoch: int = _setting(
       0, "Cut each epoch to at most this many steps; 0 is the whole split.")
   eval_steps: int = _setting(
-      0, "Evaluate on the first this many global batches of the test split only, the same "
-      "examples every time; 0 is the whole test split.")
+      0, "Evaluations during training use the first this many global batches of the test "
+      "split only, the same examples every time; 0 is the whole test split. The run's last "
+      "evaluation (results.json, the summary) always covers the whole split.")
   eval_every: int = _setting(
       0, "Also evaluate every this many steps inside epochs (long epochs); 0 evaluates at "
       "epoch ends only.")
@@ -212,10 +216,11 @@ class Config:
                              f"{self.model} has its own layers. Leave it out.")
     if not brings_its_own_api(self.model) and self.api is None:
       object.__setattr__(self, "api", "functional")
-    if self.dataset != "synthetic" and (self.image_shape or self.num_classes):
+    if self.dataset != "synthetic" and (self.image_shape or self.num_classes or
+                                        self.num_test_examples):
       raise errors.UserError(
-          "--image_shape and --num_classes describe --dataset=synthetic; real data brings its "
-          "own. Leave them out.")
+          "--image_shape, --num_classes and --num_test_examples describe --dataset=synthetic; "
+          "real data brings its own. Leave them out.")
     if self.image_shape and (len(self.image_shape) != 3 or min(self.image_shape) < 1):
       raise errors.UserError(f"--image_shape={_joined(self.image_shape)} must be "
                              "HEIGHT,WIDTH,CHANNELS, three positive integers, e.g. 32,32,3.")

@@ -139,7 +139,11 @@ def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
     writer.run_info(run_record.hparams_entry(settings, hparams), run_record.trial_id(workdir),
                     settings.run_config(), _environment(settings, plan))
   else:
-    logging.info("Resuming from step %d of %d.", step, plan.total_steps)
+    changes = (workdir_lib.record_changes(workdir, settings.run_config(), step)
+               if settings.is_chief else [])
+    logging.info("Resuming from step %d of %d%s.", step, plan.total_steps,
+                 f" with changed settings, recorded in config.json: {', '.join(changes)}"
+                 if changes else "")
   return writer
 
 
@@ -236,7 +240,8 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
       steps_per_loop=settings.steps_per_loop, steps_per_xla_call=plan.pack,
       jit_compile=settings.jit_compile, tf_version=tf.__version__,
       keras_version=keras.__version__, test_accuracy=outcome.test_accuracy,
-      test_loss=outcome.test_loss, train_loss=outcome.train_loss,
+      test_loss=outcome.test_loss, test_examples=task.test_examples,
+      train_loss=outcome.train_loss,
       weights_sha256=weights_digest,
       examples_per_sec=(totals["timed_examples"] / totals["timed_seconds"]
                         if totals["timed_seconds"] else 0.0),
@@ -269,7 +274,8 @@ def _summary(settings: config_lib.RunSettings, api: str, results: run_record.Run
   return "\n".join([
       f"Done: {run_record.model_label(config.model, api)} on {settings.strategy} "
       f"x{settings.num_replicas} ({settings.precision}, {settings.device})",
-      f"  test accuracy {results.test_accuracy:.4f}, loss {results.test_loss:.4f}",
+      f"  test accuracy {results.test_accuracy:.4f}, loss {results.test_loss:.4f} (all "
+      f"{results.test_examples:,} test examples)",
       f"  {results.examples_per_sec:,.0f} examples/s, {results.wall_time_s:.1f} s{resumed}"
       f"{first_step}",
       f"  {config.workdir}: results.json, model.keras, saved_model/; "

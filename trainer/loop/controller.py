@@ -167,7 +167,7 @@ class Controller:
     # The best model is kept before the checkpoint, which records it: a kill between the two
     # resumes before this evaluation, which then runs again on the same weights.
     evaluation = self._evaluate(step)
-    self._writer.scalars("eval", step, evaluation)
+    self._writer.scalars("eval", step, evaluation)  # The last one over the whole test split.
     self._best.consider(step, evaluation)
     self._heartbeat()
     if save:
@@ -177,8 +177,10 @@ class Controller:
     return evaluation
 
   def _evaluate(self, step: int) -> Dict[str, float]:
-    """The task's evaluation in chunks, stopped (saved, then raised) between two of them."""
-    figures = self._task.evaluate(self._next_eval_chunk)
+    """The task's evaluation in chunks, stopped (saved, then raised) between two of them; the
+    run's last covers the whole test split (--eval_steps limits only those before)."""
+    figures = self._task.evaluate(self._next_eval_chunk,
+                                  whole_split=step >= self._plan.total_steps)
     if figures is None:  # A stop request cut it short; a resume here evaluates again.
       signal_number, here = self._agreed_stop()
       self._save(step)

@@ -79,6 +79,11 @@ class Task:
       # the same either way, so they keep the plain graph.
       self._predict = tf.function(self._predict_eager, jit_compile=True)
     self._eval_dataset = distribution.distribute_dataset(strategy, pipeline.eval_dataset())
+    whole = pipeline.whole_test_split()
+    # The run's last evaluation covers every test example, whatever --eval_steps limits.
+    self._whole_split = (None if whole.num_test_examples == pipeline.num_test_examples else
+                         distribution.distribute_dataset(strategy, whole.eval_dataset()))
+    self.test_examples = whole.num_test_examples
     self._evaluate_chunk = tf.function(self._evaluate_chunk_eager)
     self._iterator, self._pack, self._train_loop = None, 1, None
     self._count_stop_requests = None
@@ -133,10 +138,10 @@ class Task:
       if metric is not None:
         metric.reset_state()
 
-  def evaluate(self, next_chunk: Optional[Callable[[int], int]] = None
-               ) -> Optional[Dict[str, float]]:
-    """The loss and accuracy on the test split (or its --eval_steps subset), and with
-    --ema_decay the same of the moving average's weights (loss_ema, accuracy_ema).
+  def evaluate(self, next_chunk: Optional[Callable[[int], int]] = None,
+               whole_split: bool = False) -> Optional[Dict[str, float]]:
+    """The loss and accuracy on the test split (its --eval_steps part, unless `whole_split`),
+    and with --ema_decay the same of the moving average's weights (loss_ema, accuracy_ema).
 
     The test batches run in compiled chunks: `next_chunk(batches_done)` says how many batches
     the next one runs, or 0 to abandon the evaluation (a stop request), which then returns
@@ -145,21 +150,25 @@ class Task:
     """
     if next_chunk is None or self._settings.strategy == "multi_worker_mirrored":
       next_chunk = lambda batches_done: _ALL_BATCHES
-    figures = self._evaluate_weights(next_chunk)
+    dataset = self._eval_dataset
+    if whole_split and self._whole_split is not None:
+      dataset = self._whole_split
+    figures = self._evaluate_weights(dataset, next_chunk)
     if figures is None:
       return None
     if self.ema is not None:
       with self.ema.swapped():
-        averaged = self._evaluate_weights(next_chunk)
+        averaged = self._evaluate_weights(dataset, next_chunk)
       if averaged is None:
         return None
       figures.update({f"{name}_ema": value for name, value in averaged.items()})
     return figures
 
-  def _evaluate_weights(self, next_chunk: Callable[[int], int]) -> Optional[Dict[str, float]]:
+  def _evaluate_weights(self, dataset, next_chunk: Callable[[int], int]
+                        ) -> Optional[Dict[str, float]]:
     self._eval_loss.reset_state()
     self._eval_accuracy.reset_state()
-    iterator = iter(self._eval_dataset)
+    iterator = iter(dataset)
     batches_done = 0
     while True:
       num_batches = next_chunk(batches_done)

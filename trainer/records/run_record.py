@@ -14,8 +14,9 @@ from trainer import errors
 from trainer.records import workdir as workdir_lib
 
 # 2 added model, image_shape, num_classes, from_logits and processes; 3 added startup_s; 4 added
-# data_sharding; 5 added recipe, the moving average's and the best model's fields.
-SCHEMA_VERSION = 5
+# data_sharding; 5 added recipe, the moving average's and the best model's fields; 6 added
+# test_examples.
+SCHEMA_VERSION = 6
 RESULTS_FILE = workdir_lib.RESULTS_FILE
 
 # What ran: results.json's first fields, and the keys compare groups runs by (with seed). The
@@ -67,6 +68,7 @@ class RunResults:
   processes: int
   # How it learnt: the optimisation settings, the warm-up in steps (see `recipe`).
   recipe: Dict[str, object] = dataclasses.field(default_factory=dict)
+  test_examples: Optional[int] = None  # What test_accuracy and test_loss cover: the whole split.
   # --ema_decay: the moving average's figures at the end; --keep_best: the best evaluation's.
   test_accuracy_ema: Optional[float] = None
   test_loss_ema: Optional[float] = None
