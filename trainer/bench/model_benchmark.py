@@ -54,6 +54,7 @@ def settings_for(workload: Workload, strategy: str = "default") -> config_lib.Co
       num_classes=NUM_CLASSES, batch_size=workload.batch_size, strategy=strategy,
       cpu_devices=2 if strategy == "mirrored" else 1, epochs=1,
       max_steps_per_epoch=workload.warmup_steps + workload.timed_steps, eval_steps=1,
+      num_test_examples=workload.batch_size,  # The run's last evaluation covers it whole.
       steps_per_loop=workload.warmup_steps, log_every=workload.warmup_steps,
       checkpoint_every=0, progress="none")
 
