@@ -53,8 +53,8 @@ def test_mobilenet_v2_trains_and_reloads_with_trainer_evaluate(tmp_path):
   workdir = tmp_path / "mobilenet"
   config = config_lib.Config(
       model="applications.MobileNetV2", dataset="synthetic", image_shape=(32, 32, 3),
-      epochs=1, batch_size=16, max_steps_per_epoch=6, eval_steps=2, strategy="default",
-      log_every=3, progress="none", workdir=str(workdir))
+      epochs=1, batch_size=16, max_steps_per_epoch=6, eval_steps=2, num_test_examples=64,
+      strategy="default", log_every=3, progress="none", workdir=str(workdir))
   results = train.train_and_evaluate(config)
   assert results["model"] == "applications.MobileNetV2" and results["api"] == "functional"
   # Reloaded from model.keras (Keras's own classes: no code of ours needed) and measured again.

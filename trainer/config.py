@@ -32,8 +32,10 @@ AUTO_STEPS_PER_LOOP = 100
 XLA_MAX_BATCH = 1024
 
 
-def _setting(default, help_text: str):
-  return dataclasses.field(default=default, metadata={"help": help_text})
+def _setting(default, help_text: str, shown: Optional[str] = None):
+  """A Config field; `shown` is what an unset default (None, 0, ()) means, for --help, when the
+  harness fills it in (tests/test_config.py checks each against the code that does)."""
+  return dataclasses.field(default=default, metadata={"help": help_text, "shown": shown})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,17 +50,17 @@ class Config:
       "package.module:function, called as function(input_shape=(height, width, channels), "
       "num_classes=N) to return a keras.Model.")
   api: Optional[str] = _setting(
-      None, "Keras API that builds the built-in model (default functional); your own model's "
-      "API is detected.")
+      None, "Keras API that builds the built-in model; your own model's and an application's "
+      "API is detected.", shown="functional")
   hidden_units: int = _setting(256, "Width of the mlp's and the cnn's hidden Dense layer.")
   sync_batchnorm: bool = _setting(
       False, "BatchNorm statistics over the global batch (all replicas) instead of each "
       "replica's own share; the ResNets only.")
   # Data.
   dataset: Optional[str] = _setting(
-      None, "mnist (default), fashion_mnist or any tensorflow-datasets image classification name "
+      None, "mnist, fashion_mnist or any tensorflow-datasets image classification name "
       "(cifar10, emnist, ...); synthetic is random images made inside tf.data. Unset with "
-      "--data_dir: what the folder holds.")
+      "--data_dir: what the folder holds.", shown="mnist")
   data_dir: Optional[str] = _setting(
       None, "Read the data from this folder instead of tensorflow-datasets, offline: the four "
       "MNIST-format IDX files (train-images-idx3-ubyte.gz, ...), TFRecord shards (train-* and "
@@ -68,7 +70,7 @@ class Config:
       0, "TFRecord shards: subtracted from every label; 1 for shards whose labels start at 1 "
       "(the ImageNet converters', 0 being background).")
   tfds_data_dir: Optional[str] = _setting(
-      None, "tensorflow-datasets cache folder (default: tfds's).")
+      None, "tensorflow-datasets cache folder.", shown="tfds's own: $TFDS_DATA_DIR or ~/tensorflow_datasets")
   image_size: Tuple[int, ...] = _setting(
       (), "HEIGHT,WIDTH to resize the images of an image folder or tfds dataset to; needed "
       "when they differ in size.")
@@ -76,11 +78,11 @@ class Config:
       None, "Share of an image folder's images held out as its test split when it has no test/ "
       "subfolder; unset holds out 0.2.")
   image_shape: Tuple[int, ...] = _setting(
-      (), "--dataset=synthetic: HEIGHT,WIDTH,CHANNELS of its images (default 28,28,1).")
-  num_classes: int = _setting(0, "--dataset=synthetic: its number of classes (default 10).")
+      (), "--dataset=synthetic: HEIGHT,WIDTH,CHANNELS of its images.", shown="28,28,1")
+  num_classes: int = _setting(0, "--dataset=synthetic: its number of classes.", shown="10")
   num_test_examples: int = _setting(
       0, "--dataset=synthetic: the size of its test split, which the run's last evaluation "
-      "covers whole (default 10000).")
+      "covers whole.", shown="10000")
   augment: str = _setting(
       "none", "Training images only, in tf.data: none; flip (horizontal, p=1/2); crop_flip "
       "(up to 64 px: 4-pixel zero pad and random crop; above: random-resized crop, area 8-100%, "
@@ -158,8 +160,10 @@ class Config:
       1, "Split the host CPU into this many logical devices, so mirrored runs that many "
       "replicas without a GPU.")
   precision: str = _setting(
-      "auto", "Keras dtype policy; auto is mixed_float16 on GPUs of compute capability >= 7.0, "
-      "float32 otherwise.")
+      "auto", "Keras dtype policy; auto is mixed_float16 on GPUs of compute capability >= 7.0; "
+      "mixed_bfloat16 on CPUs with AMX-BF16 or AVX512_BF16 for the built-in convnets (cnn, "
+      "ResNets) and for the mlp where its step runs without XLA; float32 otherwise. The log "
+      "and results.json say which, and why.")
   # Multi-worker: the cluster comes from TF_CONFIG unless worker_hosts is given.
   worker_hosts: Tuple[str, ...] = _setting(
       (), "With --strategy=multi_worker_mirrored: host:port of every worker, the same list on "
@@ -171,14 +175,15 @@ class Config:
   steps_per_loop: int = _setting(
       0, "Training steps per compiled call; 0 (or auto) sizes each call from the measured "
       "step time to last about 1.5 s, up to 100 steps (under multi_worker_mirrored: 100 "
-      "steps), so Ctrl-C and SIGTERM are acted on within seconds on any model.")
+      "steps), so Ctrl-C and SIGTERM are acted on within seconds on any model.", shown="auto")
   jit_compile: Optional[bool] = _setting(
       None, "Compile the training step with XLA; unset is on for the mlp on one replica, off "
       "for convolutions and your own model.")
   # Output.
   workdir: Optional[str] = _setting(
-      None, "Folder for TensorBoard events and results.json; default "
-      "runs/<dataset>-<model>-<strategy>, e.g. runs/mnist-functional-auto.")
+      None, "Folder for TensorBoard events, checkpoints and results.json; unset names it after "
+      "the run, e.g. runs/mnist-functional-auto or runs/cifar10-cnn-subclass-mirrored.",
+      shown="runs/<dataset>[-<model>]-<api>-<strategy>")
   log_every: int = _setting(100, "Write training scalars every this many steps.")
   progress: str = _setting(
       "auto", "Console progress: bar (a live bar), lines (a plain line every --log_every "
@@ -336,6 +341,21 @@ def default(name: str):
 def help_text(name: str) -> str:
   """Returns the help text of the setting `name`."""
   return SETTINGS[name].metadata["help"]
+
+
+def shown_default(name: str) -> str:
+  """The default of the setting `name` as --help states it: the value, or what unset means."""
+  field = SETTINGS[name]
+  if field.metadata["shown"] is not None:
+    return field.metadata["shown"]
+  value = field.default
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if isinstance(value, tuple):
+    return ",".join(map(str, value)) if value else "unset"
+  if value is None:
+    return "unset"
+  return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def compiles_with_xla(config: Config, num_replicas: int) -> bool:

@@ -20,6 +20,7 @@ it); rerunning the same command on a workdir resumes its run.
 import os
 import signal
 import sys
+import textwrap
 import time
 
 _PROCESS_START = time.time()  # Before the heavy imports, so start-up time is measured whole.
@@ -44,9 +45,19 @@ from trainer import console
 from trainer import errors
 
 
+# --help's groups: (title, [flag names]) in the order they are defined below.
+_GROUPS = []
+
+
+def _group(title: str) -> None:
+  """Starts the --help group that the flags defined next belong to."""
+  _GROUPS.append((title, []))
+
+
 def _define(define, name: str, **kwargs) -> None:
   """Defines --name with the default and help text that config.Config declares for it."""
   define(name, config_lib.default(name), help=config_lib.help_text(name), **kwargs)
+  _GROUPS[-1][1].append(name)
 
 
 class _CountOrAuto(flags.IntegerParser):
@@ -63,13 +74,14 @@ def _define_count_or_auto(name: str, default: int, help: str) -> None:  # pylint
                serializer=flags.ArgumentSerializer())
 
 
-# One flag per Config field (tests/test_config.py checks both ways).
-# Model.
+# One flag per Config field (tests/test_config.py checks both ways), grouped by job as --help
+# shows them.
+_group("Model")
 _define(flags.DEFINE_string, "model")
 _define(flags.DEFINE_enum, "api", enum_values=config_lib.APIS)
 _define(flags.DEFINE_integer, "hidden_units", lower_bound=1)
 _define(flags.DEFINE_boolean, "sync_batchnorm")
-# Data.
+_group("Data")
 _define(flags.DEFINE_string, "dataset")
 _define(flags.DEFINE_string, "data_dir")
 _define(flags.DEFINE_integer, "label_offset", lower_bound=0)
@@ -82,7 +94,7 @@ _define(flags.DEFINE_integer, "num_test_examples", lower_bound=0)
 _define(flags.DEFINE_enum, "augment", enum_values=config_lib.AUGMENTATIONS)
 _define(flags.DEFINE_boolean, "normalize")
 _define(flags.DEFINE_float, "memory_limit_mb", lower_bound=0.0)
-# Optimisation.
+_group("Recipe: optimisation and evaluation")
 _define(flags.DEFINE_integer, "epochs", lower_bound=1)
 _define(flags.DEFINE_integer, "batch_size", lower_bound=1)
 _define(flags.DEFINE_enum, "optimizer", enum_values=config_lib.OPTIMIZERS)
@@ -105,7 +117,7 @@ _define(flags.DEFINE_integer, "seed", lower_bound=0)
 _define(flags.DEFINE_integer, "max_steps_per_epoch", lower_bound=0)
 _define(flags.DEFINE_integer, "eval_steps", lower_bound=0)
 _define(flags.DEFINE_integer, "eval_every")
-# Hardware.
+_group("Distribution and precision")
 _define(flags.DEFINE_enum, "strategy", enum_values=config_lib.STRATEGIES)
 _define(flags.DEFINE_integer, "cpu_devices", lower_bound=1)
 _define(flags.DEFINE_enum, "precision", enum_values=config_lib.PRECISIONS)
@@ -114,7 +126,7 @@ _define(flags.DEFINE_integer, "task_index", lower_bound=0)
 _define(flags.DEFINE_float, "worker_timeout", lower_bound=1.0)
 _define(_define_count_or_auto, "steps_per_loop")
 _define(flags.DEFINE_boolean, "jit_compile")
-# Output.
+_group("Output")
 _define(flags.DEFINE_string, "workdir")
 _define(flags.DEFINE_integer, "log_every", lower_bound=1)
 _define(flags.DEFINE_enum, "progress", enum_values=config_lib.PROGRESS)
@@ -139,6 +151,28 @@ def config_from_flags() -> config_lib.Config:
   return config_lib.Config(**values)
 
 
+HELP_ARGUMENTS = ("-h", "-help", "--help", "-helpshort", "--helpshort", "-?")
+
+
+def grouped_help(width: int = 80) -> str:
+  """--help: the usage above, then every flag of this trainer by job, each default stated once
+  (config.shown_default); --helpfull adds absl's and TensorFlow's own flags."""
+  lines = [__doc__.strip(), ""]
+  for title, names in _GROUPS:
+    lines.append(f"{title}:")
+    for name in names:
+      flag = FLAGS[name]
+      choices = getattr(flag.parser, "enum_values", None)
+      kind = f"<{'|'.join(choices)}>" if choices else ""
+      lines.append(f"  --{name}{'=' + kind if kind else ''} (default: "
+                   f"{config_lib.shown_default(name)})")
+      lines.extend(textwrap.wrap(config_lib.help_text(name), width, initial_indent=" " * 6,
+                                 subsequent_indent=" " * 6))
+    lines.append("")
+  lines.append("--helpfull lists absl's and TensorFlow's flags too.")
+  return "\n".join(lines)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -157,4 +191,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  if any(argument in HELP_ARGUMENTS for argument in sys.argv[1:]):
+    print(grouped_help())
+    sys.exit(0)
   app.run(main)
