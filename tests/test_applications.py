@@ -59,5 +59,5 @@ def test_mobilenet_v2_trains_and_reloads_with_trainer_evaluate(tmp_path):
   assert results["model"] == "applications.MobileNetV2" and results["api"] == "functional"
   # Reloaded from model.keras (Keras's own classes: no code of ours needed) and measured again.
   figures = evaluate.evaluate_export(str(workdir))
-  assert figures["num_examples"] == 32
+  assert figures["num_examples"] == results["test_examples"] == 64  # Not --eval_steps' 32.
   assert figures["test_accuracy"] == pytest.approx(results["test_accuracy"])

@@ -293,11 +293,16 @@ def build_report(logdir: str, output_dir: str, target_accuracy: float = 0.85,
 
 def main(argv):
   del argv  # Unused.
+  # Before TensorFlow loads (tensorboard's reader imports it): its cuInit "error" on machines
+  # without a GPU and its other start-up chatter are filtered, as under trainer.main.
+  from trainer import console  # pylint: disable=g-import-not-at-top
+  console.quiet()
   logging.set_verbosity(logging.WARNING)  # tensorboard's reader logs every file it opens.
   output_dir = FLAGS.output_dir or os.path.join(FLAGS.logdir, "report")
   with errors.shown_as_one_line():
     report = build_report(FLAGS.logdir, output_dir, FLAGS.target_accuracy, FLAGS.alpha)
-  print(f"{report['num_runs']} runs in {len(report['rows'])} configurations\n")
+  print(f"{errors.plural(report['num_runs'], 'run')} in "
+        f"{errors.plural(len(report['rows']), 'configuration')}\n")
   print(report["text"])
   print("Written:", ", ".join(report["paths"].values()))
 

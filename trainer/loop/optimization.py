@@ -159,7 +159,7 @@ def make_optimizer(config: config_lib.Config, schedule: WarmupSchedule,
                  "parameters: %s", config.weight_decay,
                  "L2 in the loss" if config.optimizer == "sgd" else "decoupled",
                  len(variables) - len(excluded), len(excluded),
-                 ", ".join(variable.path for variable in excluded))
+                 errors.summarized([variable.path for variable in excluded]))
   return optimizer
 
 
