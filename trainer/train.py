@@ -243,8 +243,9 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
       test_loss=outcome.test_loss, test_examples=task.test_examples,
       train_loss=outcome.train_loss,
       weights_sha256=weights_digest,
+      # A run of one call has nothing timed apart from compiling: its rate over that call.
       examples_per_sec=(totals["timed_examples"] / totals["timed_seconds"]
-                        if totals["timed_seconds"] else 0.0),
+                        if totals["timed_seconds"] else meter.untimed_examples_per_sec()),
       examples_per_sec_windows=meter.window_rates,
       time_to_first_step_s=totals["time_to_first_step_s"],
       startup_s=clock.phases(meter.time_to_first_step_s),
@@ -261,15 +262,19 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
       exports = export.export_model(task.model, config.workdir, pipeline.image_shape)
     results = dataclasses.replace(results, exports=exports)
     run_record.write_results(config.workdir, results)
-    print(_summary(settings, task.api, results), flush=True)
+    print(_summary(settings, task.api, results, untimed=not totals["timed_seconds"]), flush=True)
   return results.to_dict()
 
 
-def _summary(settings: config_lib.RunSettings, api: str, results: run_record.RunResults) -> str:
+def _summary(settings: config_lib.RunSettings, api: str, results: run_record.RunResults,
+             untimed: bool = False) -> str:
   """The block printed when a run ends: what ran, what it reached, where it all is."""
   config = settings.config
   first_step = ("" if results.time_to_first_step_s is None
                 else f", {results.time_to_first_step_s:.1f} s of it before the first step")
+  if untimed and results.examples_per_sec:
+    first_step += (" (examples/s over its one, compiling call: too short to time a call "
+                   "apart)")
   resumed = (f" over {results.processes} processes" if results.processes > 1 else "")
   return "\n".join([
       f"Done: {run_record.model_label(config.model, api)} on {settings.strategy} "
