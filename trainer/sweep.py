@@ -1,6 +1,6 @@
 """Runs a matrix of trainer runs one after another, each in its own workdir under one root.
 
-  python -m trainer.sweep --root=runs/sweep --seeds=3 -- --flagfile=configs/smoke.cfg \
+  python -m trainer.sweep --root=runs/sweep --seeds=3 -- --flagfile=configs/smoke.cfg \\
       --dataset=fashion_mnist --data_dir=/usr/share/datasets/fashion-mnist
 
 The matrix is models x APIs x seeds x strategies x precisions x batch sizes (your own model's API

@@ -1,6 +1,6 @@
 """Writes an image folder or MNIST-format IDX files as TFRecord shards that --data_dir reads.
 
-  python -m trainer.tfrecords --data_dir=/usr/share/datasets/fashion-mnist --output=shards \
+  python -m trainer.tfrecords --data_dir=/usr/share/datasets/fashion-mnist --output=shards \\
       --shards=8
   python -m trainer.main --model=resnet18 --data_dir=shards
 
