@@ -31,6 +31,7 @@ def tiny_runs(tmp_path_factory):
       train.train_and_evaluate(config_lib.Config(
           api=api, seed=seed, dataset="synthetic", epochs=2, batch_size=64,
           max_steps_per_epoch=15, strategy="default", precision="float32", log_every=5,
+          num_test_examples=640,
           workdir=str(root / sweep.run_name(settings))))
   return root
 
