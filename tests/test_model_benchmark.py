@@ -1,6 +1,8 @@
 """The per-model benchmark: each model's own ceiling (trainer.bench.op_ceiling) found from its graph,
 and the quick report read from given figures. Timing is not asserted."""
 
+import os
+
 import pytest
 
 from trainer.bench import benchmark
@@ -73,3 +75,19 @@ def test_a_row_without_its_precisions_big_square_ceiling_shows_a_dash():
   row = _row("cnn", 120.0, 100.0, 60.0, 300.0, 1.5e9, "mixed_bfloat16")
   row["shares"] = model_benchmark.shares(row, None)  # Only float32's was measured.
   assert "| 40% | - | 2.0 / 3.0 / 4.0 |" in benchmark.format_models({"models": {"cnn": row}})[2]
+
+
+@pytest.mark.slow
+def test_each_peers_output_goes_to_its_own_log_and_the_console_keeps_the_figures(tmp_path,
+                                                                                   capfd):
+  rows = model_benchmark.run_workloads(model_benchmark.TINY_WORKLOADS[:1], str(tmp_path / "runs"),
+                                       log_dir=str(tmp_path / "logs"))
+  console = capfd.readouterr()
+  lines = console.out.splitlines()
+  assert [line.split(":")[0] for line in lines] == [
+      "  mlp/32 harness", "  mlp/32 tuned_fit", "  mlp/32 plain_fit"], console.out
+  assert "Epoch" not in console.err and "shuffle" not in console.err, console.err
+  logs = sorted(os.listdir(tmp_path / "logs"))
+  assert logs == ["mlp-32-harness.log", "mlp-32-plain_fit.log", "mlp-32-tuned_fit.log"]
+  assert "Done: " in (tmp_path / "logs" / "mlp-32-harness.log").read_text()
+  assert rows["mlp/32"]["peers"]["harness"]["examples_per_sec"] > 0

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -439,7 +439,7 @@ def ceilings(tiny: bool, quick: bool) -> dict:
   return found
 
 
-def run_quick(root: str) -> dict:
+def run_quick(root: str, log_dir: Optional[str] = None) -> dict:
   """The machine, its ceilings, and every model_benchmark workload under the default strategy."""
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -448,7 +448,7 @@ def run_quick(root: str) -> dict:
   found = ceilings(tiny=False, quick=True)
   print("ceilings: " + ", ".join(f"{dtype} {c['flops_per_sec'] / 1e9:,.0f} GFLOP/s"
                                  for dtype, c in found.items()), flush=True)
-  rows = model_benchmark.run_workloads(model_benchmark.QUICK_WORKLOADS, root)
+  rows = model_benchmark.run_workloads(model_benchmark.QUICK_WORKLOADS, root, log_dir=log_dir)
   for row in rows.values():
     # The big square of the row's own precision; none where that was not measured.
     square = found.get(row["precision"].replace("mixed_", ""))
@@ -537,7 +537,10 @@ def main(argv):
   console.quiet()  # Before TensorFlow loads: its start-up chatter stays off the report.
   with tempfile.TemporaryDirectory(prefix="benchmark-") as root:
     if FLAGS.quick:
-      record = run_quick(root)
+      # Each sub-run's own output in a file beside --output, which outlives the runs' folders.
+      log_dir = os.path.splitext(FLAGS.output)[0] + "-logs"
+      print(f"Each run's output: {log_dir}/", flush=True)
+      record = run_quick(root, log_dir)
     else:
       record = run_benchmark(FLAGS.data_dir, [int(b) for b in FLAGS.batch_sizes],
                              FLAGS.strategies, FLAGS.repeats, FLAGS.accuracy_repeats, FLAGS.tiny,
