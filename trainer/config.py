@@ -187,7 +187,8 @@ class Config:
   log_every: int = _setting(100, "Write training scalars every this many steps.")
   progress: str = _setting(
       "auto", "Console progress: bar (a live bar), lines (a plain line every --log_every "
-      "steps, for files and CI), none (test figures and the summary only); auto is bar on a "
+      "steps, after the first call and at least every 30 s, with steps/s and the training time "
+      "left; for files and CI), none (test figures and the summary only); auto is bar on a "
       "terminal, lines otherwise.")
   checkpoint_every: int = _setting(
       1000, "Save a checkpoint every this many steps (and at every epoch's end); 0 saves only "
