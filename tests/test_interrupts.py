@@ -123,7 +123,8 @@ def test_a_slow_model_shows_progress_soon_and_stops_within_seconds(tmp_path):
     process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
   _watch(process, log, rf"Resuming from step {saved.group(1)} of 1875\.", time.monotonic() + 120)
   _ctrl_c_and_wait(process, 60)
-  assert process.returncode == 130
+  with open(log) as f:
+    assert process.returncode == 130, f.read()
 
 
 @pytest.mark.parametrize("seconds", [3, 6, 9])

@@ -180,6 +180,17 @@ def main(argv):
   # From here Ctrl-C raises KeyboardInterrupt, which shown_as_one_line shows as one line once
   # whatever was being written has removed its half.
   signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    _run()
+  except SystemExit:
+    # The run is ending with its one line said: a Ctrl-C still pending must not raise a second
+    # KeyboardInterrupt during shutdown (seen once: exit by SIGINT after the line).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise
+
+
+def _run() -> None:
+  """Loads TensorFlow and trains, every failure and Ctrl-C shown as one line."""
   with errors.shown_as_one_line():
     # Imported after flag parsing so that --help answers without loading TensorFlow, and inside
     # shown_as_one_line: TensorFlow takes seconds to import, a likely moment for Ctrl-C.
