@@ -51,7 +51,8 @@ def small_config(tmp_path) -> config_lib.Config:
 
 @pytest.fixture(scope="session")
 def finished_runs(tmp_path_factory) -> dict:
-  """api -> (config, results) of one finished run each: 2 epochs of 100 synthetic steps.
+  """api -> (config, results) of one finished run each: 2 epochs of 100 synthetic steps,
+  evaluated on 2 test batches during training and on all 1,000 test examples at the end.
 
   Shared by every test that only reads what a run wrote; such tests must not change the
   workdir.
@@ -62,7 +63,7 @@ def finished_runs(tmp_path_factory) -> dict:
   for api in config_lib.APIS:
     config = config_lib.Config(api=api, dataset="synthetic", epochs=2, batch_size=64,
                                max_steps_per_epoch=100, strategy="default", log_every=10,
-                               workdir=str(root / api))
+                               eval_steps=2, num_test_examples=1000, workdir=str(root / api))
     runs[api] = (config, train.train_and_evaluate(config))
   return runs
 

@@ -53,11 +53,11 @@ def test_mobilenet_v2_trains_and_reloads_with_trainer_evaluate(tmp_path):
   workdir = tmp_path / "mobilenet"
   config = config_lib.Config(
       model="applications.MobileNetV2", dataset="synthetic", image_shape=(32, 32, 3),
-      epochs=1, batch_size=16, max_steps_per_epoch=6, eval_steps=2, strategy="default",
-      log_every=3, progress="none", workdir=str(workdir))
+      epochs=1, batch_size=16, max_steps_per_epoch=6, eval_steps=2, num_test_examples=64,
+      strategy="default", log_every=3, progress="none", workdir=str(workdir))
   results = train.train_and_evaluate(config)
   assert results["model"] == "applications.MobileNetV2" and results["api"] == "functional"
   # Reloaded from model.keras (Keras's own classes: no code of ours needed) and measured again.
   figures = evaluate.evaluate_export(str(workdir))
-  assert figures["num_examples"] == 32
+  assert figures["num_examples"] == results["test_examples"] == 64  # Not --eval_steps' 32.
   assert figures["test_accuracy"] == pytest.approx(results["test_accuracy"])

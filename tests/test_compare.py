@@ -31,6 +31,7 @@ def tiny_runs(tmp_path_factory):
       train.train_and_evaluate(config_lib.Config(
           api=api, seed=seed, dataset="synthetic", epochs=2, batch_size=64,
           max_steps_per_epoch=15, strategy="default", precision="float32", log_every=5,
+          num_test_examples=640,
           workdir=str(root / sweep.run_name(settings))))
   return root
 
@@ -198,6 +199,7 @@ def test_a_sweep_over_strategies_is_tested_and_plotted_per_strategy(tmp_path):
       "subclass, default (3 seeds); same curve as functional, default",
       "subclass, mirrored (3 seeds); same curve as functional, default"]
   assert drawn["epoch_ticks"] and all(tick == int(tick) for tick in drawn["epoch_ticks"])
+  assert drawn["cut"] == [] and png_size(tmp_path / "accuracy.png") == (1200, 800)
 
 
 def test_the_throughput_plot_shows_the_spread_over_seeds_and_the_machine(tmp_path):
@@ -206,6 +208,15 @@ def test_the_throughput_plot_shows_the_spread_over_seeds_and_the_machine(tmp_pat
   drawn = compare.plot_throughput(compare.summarize(runs, 0.85), str(tmp_path / "t.png"))
   assert drawn["whiskers"] == [[100.0], [300.0]]  # Median 1000, min 900, max 1300.
   assert drawn["title"] == "Throughput on CPU"
+  # Readable: 1200x800 pixels, and no label cut at the figure's edge.
+  assert drawn["cut"] == [] and png_size(tmp_path / "t.png") == (1200, 800)
+
+
+def png_size(path) -> tuple:
+  """(width, height) from a PNG's IHDR chunk."""
+  with open(path, "rb") as f:
+    header = f.read(24)
+  return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
 
 
 def test_compare_tests_apis_within_each_model_not_across_models():

@@ -1,6 +1,7 @@
 """Settings: one flag per Config field and back, and what RunSettings resolves them to."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -90,3 +91,42 @@ def test_every_preset_parses_into_a_config_and_resnet50_is_the_imagenet_recipe()
           "learning_rate": 0.1, "lr_scaling": "linear", "warmup_epochs": 5,
           "lr_schedule": "cosine", "label_smoothing": 0.1, "weight_decay": 1e-4, "epochs": 90,
           "keep_best": "accuracy"}
+
+
+@pytest.fixture(scope="module")
+def help_output():
+  result = subprocess.run([sys.executable, "-m", "trainer.main", "--helpshort"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  return result.stdout
+
+
+def test_help_groups_the_trainers_flags_by_job_and_states_each_default_once(help_output):
+  titles = re.findall(r"^(\w[\w :,]*):\n  --", help_output, re.MULTILINE)
+  assert titles == ["Model", "Data", "Recipe: optimisation and evaluation",
+                    "Distribution and precision", "Output"]
+  stated = dict(re.findall(r"^  --(\w+)\S* \(default: (.*)\)$", help_output, re.MULTILINE))
+  assert sorted(stated) == sorted(config_lib.SETTINGS)  # Only the trainer's, each once.
+  for name, default in stated.items():
+    assert default == config_lib.shown_default(name), name
+    assert "(default" not in config_lib.help_text(name), name  # Not a second time.
+  assert stated["epochs"] == "10" and stated["learning_rate"] == "0.001"
+  assert stated["normalize"] == "false" and stated["jit_compile"] == "unset"
+
+
+def test_what_an_unset_default_is_said_to_mean_is_what_the_code_does():
+  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  shown = config_lib.shown_default
+  assert shown("api") == config_lib.Config().api
+  assert config_lib.Config().run_name.startswith(shown("dataset"))
+  assert shown("image_shape") == ",".join(map(str, input_pipeline.IMAGE_SHAPE))
+  assert shown("num_classes") == str(input_pipeline.NUM_CLASSES)
+  assert shown("num_test_examples") == str(input_pipeline.SYNTHETIC_TEST_SIZE)
+  assert shown("workdir") == "runs/<dataset>[-<model>]-<api>-<strategy>"
+  assert config_lib.Config().workdir == "runs/mnist-functional-auto"
+  assert config_lib.Config(dataset="cifar10", model="cnn", api="subclass",
+                           strategy="mirrored").workdir == "runs/cifar10-cnn-subclass-mirrored"
+  settings = config_lib.RunSettings(config=config_lib.Config(), strategy="default",
+                                    num_replicas=1, precision="float32", precision_reason="",
+                                    device="CPU", is_chief=True)
+  assert shown("steps_per_loop") == "auto" and settings.calls_sized_by_time

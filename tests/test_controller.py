@@ -1,5 +1,6 @@
 """The outer loop with a fake task: what happens at each boundary, in order, and how it stops."""
 
+import contextlib
 import math
 import signal
 
@@ -7,6 +8,7 @@ import pytest
 
 from trainer import errors
 from trainer.loop import controller
+from trainer.loop import preemption
 from trainer.loop import schedule
 from trainer.loop import throughput
 
@@ -23,6 +25,7 @@ class FakeTask:
   def __init__(self, recorder, losses=None, on_call=None):
     self._recorder, self._losses, self._on_call = recorder, losses or {}, on_call
     self.calls = 0
+    self.whole_split = []  # Of each evaluation: whether it covered the whole test split.
 
   def train_loop(self, num_steps):
     self.calls += 1
@@ -40,8 +43,17 @@ class FakeTask:
   def agreed_stop(self, local_signal):
     return local_signal, bool(local_signal)
 
-  def evaluate(self):
+  def evaluate(self, next_chunk=None, whole_split=False):
+    # Three chunks of test batches, asked for as the real task asks.
     self._recorder.events.append(("evaluate",))
+    self.whole_split.append(whole_split)
+    done = 0
+    while next_chunk is not None and done < 3:
+      size = next_chunk(done)
+      if not size:
+        self._recorder.events.append(("evaluation abandoned", done))
+        return None
+      done += 1
     return {"loss": 0.25, "accuracy": 0.9}
 
 
@@ -72,15 +84,22 @@ class FakeProgress:
   def start_epoch(self, epoch):
     self._recorder.events.append(("epoch", epoch))
 
-  def update(self, step_in_epoch, loss, accuracy, logged):
+  def update(self, step_in_epoch, loss, accuracy, logged, steps_per_sec=None, steps_left=None):
     pass
 
   def end_epoch(self, test_loss, test_accuracy):
     pass
 
+  def break_line(self):
+    self._recorder.events.append(("line broken",))
+
 
 class FakeStopRequests:
   signal_number = None
+
+  @contextlib.contextmanager
+  def held(self):
+    yield
 
 
 class FakeProfiler:
@@ -112,6 +131,7 @@ def run(plan, start_step=0, losses=None, on_call=None, stop=None, profile=False,
       FakeCheckpointer(recorder), FakeProgress(recorder), stop or FakeStopRequests(),
       profiler=FakeProfiler(recorder) if profile else None,
       best=FakeBest(recorder) if best else None)
+  recorder.task = task
   return recorder, loop, lambda: loop.run(start_step)
 
 
@@ -131,6 +151,15 @@ def test_each_boundary_does_its_work_in_order():
   assert outcome == controller.Outcome(step=8, train_loss=0.5,
                                        evaluation={"loss": 0.25, "accuracy": 0.9})
   assert (outcome.test_loss, outcome.test_accuracy) == (0.25, 0.9)
+
+
+def test_only_the_runs_last_evaluation_covers_the_whole_test_split():
+  recorder, _, go = run(PLAN)
+  go()
+  assert recorder.task.whole_split == [False, True]  # Epoch 1's end (--eval_steps), the run's.
+  recorder, _, go = run(PLAN, start_step=8)  # A finished run's evaluation: the last one.
+  go()
+  assert recorder.task.whole_split == [True]
 
 
 def test_eval_every_evaluates_inside_epochs_and_the_best_is_kept_before_the_checkpoint():
@@ -171,7 +200,9 @@ def test_sigterm_saves_at_the_next_boundary_and_stops():
   with pytest.raises(errors.Interrupted, match="signal 15 and saved at step 2 of 8") as raised:
     go()
   assert raised.value.exit_code == 143
-  assert recorder.events[-3:] == [("train", 1), ("train scalars", 2), ("save", 2)]
+  # The stop message that follows starts a line of its own.
+  assert recorder.events[-4:] == [("train", 1), ("train scalars", 2), ("save", 2),
+                                  ("line broken",)]
   assert [event for event in recorder.events if event[0] == "train"] == [("train", 1)] * 2
 
 
@@ -192,3 +223,75 @@ def test_the_profiler_brackets_each_call_with_its_global_steps():
   assert calls[:8] == [("before call", 0), ("after call", 1), ("before call", 1),
                        ("after call", 2), ("before call", 2), ("after call", 4),
                        ("before call", 4), ("after call", 5)]
+
+
+def test_a_stop_between_evaluation_chunks_saves_and_the_resume_evaluates_that_step_first():
+  stop = FakeStopRequests()
+
+  def signal_in_epoch_end_call(call_number):
+    if call_number == 4:  # Steps 3 to 4: the epoch's last call; its evaluation comes next.
+      stop.signal_number = signal.SIGINT
+
+  recorder, _, go = run(PLAN, on_call=signal_in_epoch_end_call, stop=stop)
+  with pytest.raises(errors.Interrupted, match="during an evaluation and saved at step 4 of 8"):
+    go()
+  assert recorder.events[-4:] == [("evaluate",), ("evaluation abandoned", 1), ("save", 4),
+                                  ("line broken",)]
+  resumed, _, go_on = run(PLAN, start_step=4)
+  go_on()
+  assert resumed.events[:4] == [("evaluate",), ("eval scalars", 4), ("epoch", 1), ("train", 1)]
+
+
+def test_a_second_ctrl_c_stops_at_once_and_names_the_steps_it_loses():
+  recorder = Recorder()
+
+  def second_ctrl_c(call_number):
+    if call_number == 5:  # Steps 4 to 6; the last checkpoint is step 4 (the epoch's end).
+      raise preemption.StopNow()
+
+  loop = controller.Controller(
+      FakeTask(recorder, on_call=second_ctrl_c), PLAN, throughput.ThroughputMeter(8, 0.0),
+      FakeWriter(recorder), FakeCheckpointer(recorder), FakeProgress(recorder),
+      FakeStopRequests())
+  with pytest.raises(errors.Interrupted, match=r"second Ctrl-C at step 4 of 8: the last "
+                     r"checkpoint is step 4, nothing trained is lost") as raised:
+    loop.run(0)
+  assert raised.value.exit_code == 130
+  assert recorder.events[-1] == ("line broken",)
+
+  def ctrl_c_later(call_number):
+    if call_number == 2:  # Steps 1 to 2, after a first call; no checkpoint yet.
+      raise preemption.StopNow()
+
+  loop = controller.Controller(
+      FakeTask(Recorder(), on_call=ctrl_c_later), PLAN, throughput.ThroughputMeter(8, 0.0),
+      FakeWriter(Recorder()), FakeCheckpointer(Recorder()), FakeProgress(Recorder()),
+      FakeStopRequests())
+  with pytest.raises(errors.Interrupted, match="at step 1 of 8: the last checkpoint is step 0, "
+                     "the 1 step trained after it are lost"):
+    loop.run(0)
+
+
+def test_auto_sized_calls_follow_the_measured_step_time():
+  # A model of 0.4 s a step on a fake clock: after the compiling first call and one measured
+  # call, each call runs the steps of about AUTO_CALL_SECONDS.
+  now = [0.0]
+  recorder = Recorder()
+
+  class SlowTask(FakeTask):
+
+    def train_loop(self, num_steps):
+      now[0] += 0.4 * num_steps + (30.0 if not self.calls else 0.0)
+      return super().train_loop(num_steps)
+
+  plan = schedule.LoopPlan(steps_per_epoch=40, epochs=1, log_every=40, checkpoint_every=0,
+                           steps_per_loop=100, timed=True)
+  loop = controller.Controller(
+      SlowTask(recorder), plan, throughput.ThroughputMeter(8, 0.0, clock=lambda: now[0],
+                                                           wall_clock=lambda: now[0]),
+      FakeWriter(recorder), FakeCheckpointer(recorder), FakeProgress(recorder),
+      FakeStopRequests(), clock=lambda: now[0])
+  loop.run(0)
+  sizes = [event[1] for event in recorder.events if event[0] == "train"]
+  assert sizes[:3] == [1, 1, 3] and sum(sizes) == 40
+  assert max(0.4 * size for size in sizes) <= schedule.AUTO_CALL_SECONDS

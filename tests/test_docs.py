@@ -1,6 +1,9 @@
 """README states what the code does: the exit codes and every field of results.json."""
 
 import os
+import re
+
+import pytest
 
 from tests.processes import ROOT
 from trainer import errors
@@ -29,3 +32,14 @@ def test_every_results_field_is_documented():
   documented = [name.strip() for row in table_rows(readme_section("results.json"))[1:]
                 for name in row[0].replace("`", "").split(",")]
   assert documented == list(run_record.FIELDS)
+
+
+@pytest.mark.parametrize("entry_point", ["main", "sweep", "tfrecords", "compare", "evaluate",
+                                         "benchmark"])
+def test_each_entry_points_usage_reads_as_written(entry_point):
+  # A backslash at a docstring line's end joins the lines, and --help showed a run of spaces.
+  import ast  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(ROOT, "trainer", f"{entry_point}.py")) as f:
+    usage = ast.get_docstring(ast.parse(f.read()), clean=False)
+  for line in usage.splitlines():
+    assert not re.search(r"\S {4,}--", line), line

@@ -7,11 +7,16 @@ a checkpoint save, the export); the entry point's handling turns it into one lin
 import glob
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
+import time
 
 import keras
 import pytest
 
+from tests.processes import ROOT
 from trainer.data import input_pipeline
 from trainer import errors
 from trainer.loop import task as task_lib
@@ -50,7 +55,7 @@ def test_ctrl_c_in_any_phase_exits_130_and_the_rerun_completes(phase, small_conf
         train.train_and_evaluate(config)
   assert exited.value.code == 130
   lines = capsys.readouterr().err.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error: Stopped by"), lines
+  assert len(lines) == 1 and lines[0].startswith("error: Stopped "), lines
   assert "Traceback" not in capsys.readouterr().err
 
   # Nothing half-written, nothing that looks finished.
@@ -64,3 +69,81 @@ def test_ctrl_c_in_any_phase_exits_130_and_the_rerun_completes(phase, small_conf
   assert written["steps"] == 20 and written["test_accuracy"] == results["test_accuracy"]
   assert written["examples_per_sec"] > 0 and written["time_to_first_step_s"] > 0
   assert os.path.isdir(os.path.join(config.workdir, "saved_model"))
+
+
+def _watch(process, path: str, pattern: str, deadline: float) -> float:
+  """Waits until a line of `path` matches `pattern`; returns when, or fails at `deadline`."""
+  while time.monotonic() < deadline:
+    with open(path) as f:
+      if re.search(pattern, f.read(), re.MULTILINE):
+        return time.monotonic()
+    if process.poll() is not None:
+      with open(path) as f:
+        pytest.fail(f"exited {process.returncode} before {pattern!r}:\n{f.read()}")
+    time.sleep(0.2)
+  process.kill()
+  with open(path) as f:
+    pytest.fail(f"no {pattern!r} in time:\n{f.read()}")
+
+
+def _ctrl_c_and_wait(process, seconds: float) -> float:
+  process.send_signal(signal.SIGINT)
+  sent = time.monotonic()
+  try:
+    process.wait(timeout=seconds)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    pytest.fail(f"Ctrl-C did not end the run within {seconds} s")
+  return time.monotonic() - sent
+
+
+@pytest.mark.slow
+def test_a_slow_model_shows_progress_soon_and_stops_within_seconds(tmp_path):
+  # resnet18 on 64x64x3 images: about a second a step on 2 cores, 1,875 steps an epoch, whose
+  # log points (every 100 steps) and fixed 100-step calls were minutes apart.
+  command = [sys.executable, "-m", "trainer.main", "--model=resnet18", "--dataset=synthetic",
+             "--image_shape=64,64,3", "--epochs=1", f"--workdir={tmp_path / 'run'}"]
+  log = str(tmp_path / "out.txt")
+  with open(log, "w") as out:
+    process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+  header = _watch(process, log, r"^Epoch 1/1$", time.monotonic() + 120)
+  # The line after the first step, then one with the rate and the time left.
+  _watch(process, log, r"^  step \d+/1875: .* steps/s, .* of training left$", header + 90)
+  assert _ctrl_c_and_wait(process, 20) < 20
+  with open(log) as f:
+    output = f.read()
+  assert process.returncode == 130, output
+  assert "Traceback" not in output
+  saved = re.search(r"^error: Stopped by signal 2 and saved at step (\d+) of 1875\.", output,
+                    re.MULTILINE)
+  assert saved, output
+
+  # The same command resumes there (stopped again once it has).
+  with open(log, "w") as out:
+    process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+  _watch(process, log, rf"Resuming from step {saved.group(1)} of 1875\.", time.monotonic() + 120)
+  _ctrl_c_and_wait(process, 60)
+  with open(log) as f:
+    assert process.returncode == 130, f.read()
+
+
+@pytest.mark.parametrize("seconds", [3, 6, 9])
+@pytest.mark.slow
+def test_ctrl_c_at_any_moment_from_the_start_is_one_line_and_exit_130(seconds, tmp_path):
+  # 3 s is inside TensorFlow's import on a 2-core VM, 6 s around the data and the model, 9 s in
+  # compiling or training (a run of 50 epochs does not finish before it).
+  workdir = tmp_path / "run"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "trainer.main", "--dataset=synthetic", "--epochs=50",
+       f"--workdir={workdir}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+  time.sleep(seconds)
+  process.send_signal(signal.SIGINT)
+  out, err = process.communicate(timeout=60)
+  assert process.returncode == 130, err
+  assert "Traceback" not in out + err
+  messages = [line for line in err.splitlines() if line.startswith("error:")]
+  assert len(messages) == 1 and messages[0].startswith("error: Stopped by"), err
+  assert err.strip().splitlines()[-1] == messages[0]  # The last word, and nothing after it.
+  assert not glob.glob(str(workdir / "**" / "*.tmp*"), recursive=True)
+  assert not glob.glob(str(workdir / "checkpoints" / "*_temp*"))

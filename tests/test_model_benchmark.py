@@ -1,6 +1,8 @@
 """The per-model benchmark: each model's own ceiling (trainer.bench.op_ceiling) found from its graph,
 and the quick report read from given figures. Timing is not asserted."""
 
+import os
+
 import pytest
 
 from trainer.bench import benchmark
@@ -93,3 +95,19 @@ def test_a_row_over_several_gpus_reads_per_gpu_against_one_gpus_ceilings():
   assert shares["of_big_square_ceiling"] == pytest.approx(0.02)
   line = benchmark.format_models({"models": {"resnet50": {**row, "shares": shares}}})[2]
   assert line.startswith("| resnet50 | 128 | float32, mirrored x8 | 8,000.0 (1,000.0 each) |")
+
+
+@pytest.mark.slow
+def test_each_peers_output_goes_to_its_own_log_and_the_console_keeps_the_figures(tmp_path,
+                                                                                   capfd):
+  rows = model_benchmark.run_workloads(model_benchmark.TINY_WORKLOADS[:1], str(tmp_path / "runs"),
+                                       log_dir=str(tmp_path / "logs"))
+  console = capfd.readouterr()
+  lines = console.out.splitlines()
+  assert [line.split(":")[0] for line in lines] == [
+      "  mlp/32 harness", "  mlp/32 tuned_fit", "  mlp/32 plain_fit"], console.out
+  assert "Epoch" not in console.err and "shuffle" not in console.err, console.err
+  logs = sorted(os.listdir(tmp_path / "logs"))
+  assert logs == ["mlp-32-harness.log", "mlp-32-plain_fit.log", "mlp-32-tuned_fit.log"]
+  assert "Done: " in (tmp_path / "logs" / "mlp-32-harness.log").read_text()
+  assert rows["mlp/32"]["peers"]["harness"]["examples_per_sec"] > 0

@@ -149,8 +149,8 @@ def test_best_holds_the_best_epochs_model_after_a_later_epoch_got_worse(small_co
   real_evaluate = task_lib.Task.evaluate
   digests = []
 
-  def evaluate_with_a_worse_last_epoch(self):
-    figures = real_evaluate(self)
+  def evaluate_with_a_worse_last_epoch(self, *args, **kwargs):
+    figures = real_evaluate(self, *args, **kwargs)
     digests.append(self.weights_sha256())
     return {**figures, "accuracy": [0.5, 0.9, 0.7][len(digests) - 1]}
 

@@ -172,8 +172,9 @@ def test_three_apis_train_to_identical_weights_under_deterministic(tmp_path):
   runs = {api: subprocess.Popen(
       [sys.executable, "-m", "trainer.main", "--model=resnet18", f"--api={api}",
        "--dataset=synthetic", "--image_shape=16,16,3", "--epochs=1", "--batch_size=8",
-       "--max_steps_per_epoch=20", "--eval_steps=1", "--strategy=default", "--deterministic",
-       "--log_every=10", "--progress=none", f"--workdir={tmp_path / api}"],
+       "--max_steps_per_epoch=20", "--eval_steps=1", "--num_test_examples=8",
+       "--strategy=default", "--deterministic", "--log_every=10", "--progress=none",
+       f"--workdir={tmp_path / api}"],
       cwd=processes.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
           for api in config_lib.APIS}
   for api, process in runs.items():

@@ -122,3 +122,33 @@ def test_a_profile_window_gets_calls_of_exactly_its_steps():
   with pytest.raises(ValueError, match="profile"):
     schedule.LoopPlan(steps_per_epoch=300, epochs=1, log_every=100, checkpoint_every=0,
                       steps_per_loop=100, pack=25, profile_steps=(121, 140))
+
+
+def test_calls_sized_by_time_last_about_the_target_in_whole_packs():
+  # Before any call was timed: one pack, whose time is the measurement.
+  assert schedule.steps_for_seconds(None, pack=25, max_steps=100) == 25
+  # resnet18-like: 0.4 s a step gives 3 steps of 1.2 s; 2 s a step still runs one step.
+  assert schedule.steps_for_seconds(0.4, pack=1, max_steps=100, target_seconds=1.5) == 3
+  assert schedule.steps_for_seconds(2.0, pack=1, max_steps=100) == 1
+  # The mlp: 1 ms a step would want 1,500; the most a call runs is the cap, in whole packs.
+  assert schedule.steps_for_seconds(0.001, pack=25, max_steps=100) == 100
+  assert schedule.steps_for_seconds(0.02, pack=25, max_steps=100, target_seconds=1.5) == 75
+  assert schedule.steps_for_seconds(1.0, pack=25, max_steps=100) == 25
+
+
+def test_a_timed_plan_keeps_every_boundary_whatever_the_step_time():
+  plan = schedule.LoopPlan(steps_per_epoch=300, epochs=2, log_every=50, checkpoint_every=100,
+                           steps_per_loop=100, pack=10, eval_every=150, timed=True)
+  fixed = schedule.LoopPlan(steps_per_epoch=300, epochs=2, log_every=50, checkpoint_every=100,
+                            steps_per_loop=100, pack=10, eval_every=150)
+  for seconds_per_step in (None, 0.0001, 0.05, 0.3, 5.0):
+    calls, step = [], 0
+    while step < plan.total_steps:
+      calls.append(plan.next_call(step, first=not calls, seconds_per_step=seconds_per_step))
+      step = calls[-1].end_step
+    assert all(call.num_steps % 10 == 0 for call in calls)
+    assert all(call.num_steps * (seconds_per_step or 0) <= max(schedule.AUTO_CALL_SECONDS,
+                                                               10 * (seconds_per_step or 0))
+               for call in calls[1:])
+    for boundary in ("log", "checkpoint", "epoch_end", "evaluate", "run_end"):
+      assert ends(calls, boundary) == ends(walk(fixed), boundary), (seconds_per_step, boundary)

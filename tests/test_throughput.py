@@ -57,3 +57,12 @@ def test_time_under_paused_counts_nowhere():
   meter.record(10)
   assert meter.end_window()["examples_per_sec"] == pytest.approx(100.0)
   assert meter.examples_per_sec == pytest.approx(100.0)
+
+
+def test_a_run_of_one_call_reports_its_rate_over_that_call_not_zero():
+  now = [0.0]
+  meter = throughput.ThroughputMeter(32, 0.0, clock=lambda: now[0], wall_clock=lambda: now[0])
+  now[0] = 2.0
+  meter.record(10)  # The only call: 10 steps, compiling included.
+  assert meter.examples_per_sec == 0.0  # Nothing timed apart from compiling...
+  assert meter.untimed_examples_per_sec() == 160.0  # ...so the rate over what it did: 320/2.

@@ -148,3 +148,14 @@ def test_a_workdir_holding_something_else_is_not_touched(small_config):
   with pytest.raises(errors.UserError, match="holds no run of this trainer.*--overwrite"):
     train.train_and_evaluate(small_config)
   assert open(precious).read() == "keep me"
+
+
+@pytest.mark.slow
+def test_calls_sized_by_time_train_the_same_weights_as_fixed_calls(small_config):
+  # Where calls end is the only thing time decides: auto, 100 and 7 steps per loop (the pack of
+  # 25 then) give bit-identical weights.
+  digests = {train.train_and_evaluate(small_config.replace(
+      max_steps_per_epoch=300, log_every=100, deterministic=True, steps_per_loop=steps,
+      num_test_examples=500, workdir=f"{small_config.workdir}-{steps}"))["weights_sha256"]
+             for steps in (0, 100, 7)}
+  assert len(digests) == 1

@@ -1,1 +1,1 @@
-"""Train one MNIST classifier with any Keras model API under any tf.distribute strategy."""
+"""Train image classifiers with any Keras model API under any tf.distribute strategy."""

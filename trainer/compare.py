@@ -202,7 +202,7 @@ def plot_accuracy(runs: Sequence[dict], path: str) -> dict:
   matplotlib.use("Agg")
   from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
   from matplotlib import ticker  # pylint: disable=g-import-not-at-top
-  figure, axes = pyplot.subplots(figsize=(6, 4), dpi=100)
+  figure, axes = pyplot.subplots(figsize=FIGURE_INCHES, dpi=FIGURE_DPI)
   styles = itertools.cycle([("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")])
   hatches = itertools.cycle(["//", "\\\\", "xx", ".."])
   groups: Dict[tuple, List[dict]] = {}
@@ -232,17 +232,19 @@ def plot_accuracy(runs: Sequence[dict], path: str) -> dict:
     axes.fill_between(epochs, low, high, alpha=0.2, color=lines[0].get_color(), hatch=hatch)
     labels.append(label)
   axes.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-  axes.set_xlabel("epoch")
-  axes.set_ylabel("test accuracy")
-  axes.set_title("Test accuracy per epoch (band: min-max over seeds)")
+  axes.set_xlabel("epoch", fontsize=FONT_SIZE)
+  axes.set_ylabel("test accuracy", fontsize=FONT_SIZE)
+  axes.set_title("Test accuracy per epoch (band: min-max over seeds)", fontsize=FONT_SIZE + 2)
+  axes.tick_params(labelsize=FONT_SIZE - 1)
   axes.grid(alpha=0.3)
-  axes.legend(fontsize=7)
+  axes.legend(fontsize=FONT_SIZE - 2)
   figure.tight_layout()
   figure.savefig(path)
   low, high = axes.get_xlim()
   ticks = [tick for tick in axes.get_xticks() if low <= tick <= high]
+  cut = _texts_outside(figure, axes)
   pyplot.close(figure)
-  return {"labels": labels, "epoch_ticks": ticks}
+  return {"labels": labels, "epoch_ticks": ticks, "cut": cut}
 
 
 def plot_throughput(rows: Sequence[dict], path: str) -> dict:
@@ -259,17 +261,47 @@ def plot_throughput(rows: Sequence[dict], path: str) -> dict:
   medians = [row["examples_per_sec_median"] for row in rows]
   whiskers = [[m - row["examples_per_sec_min"] for m, row in zip(medians, rows)],
               [row["examples_per_sec_max"] - m for m, row in zip(medians, rows)]]
-  figure, axes = pyplot.subplots(figsize=(max(6, 1.6 * len(rows)), 4), dpi=100)
-  axes.bar(range(len(rows)), medians, yerr=whiskers, capsize=5)
-  axes.set_xticks(range(len(rows)), labels, fontsize=7)
-  axes.set_ylabel("training examples/sec (median; whiskers: min-max over seeds)")
+  width, height = FIGURE_INCHES
+  figure, axes = pyplot.subplots(figsize=(max(width, 2.2 * len(rows)), height), dpi=FIGURE_DPI)
+  axes.bar(range(len(rows)), medians, yerr=whiskers, capsize=6)
+  axes.set_xticks(range(len(rows)), labels, fontsize=FONT_SIZE - 2)
+  axes.tick_params(axis="y", labelsize=FONT_SIZE - 1)
+  axes.set_ylabel("training examples/s\n(median; whiskers: min-max over seeds)",
+                  fontsize=FONT_SIZE)
   title = "Throughput on " + "; ".join(machines)
-  axes.set_title(title, fontsize=9)
+  axes.set_title(title, fontsize=FONT_SIZE)
   axes.grid(axis="y", alpha=0.3)
   figure.tight_layout()
   figure.savefig(path)
+  cut = _texts_outside(figure, axes)
   pyplot.close(figure)
-  return {"whiskers": whiskers, "title": title}
+  return {"whiskers": whiskers, "title": title, "cut": cut}
+
+
+def _texts_outside(figure, axes) -> List[str]:
+  """The axis labels, title and tick labels that do not fit inside the saved figure."""
+  renderer = figure.canvas.get_renderer()
+  bounds = figure.bbox
+  (x_low, x_high), (y_low, y_high) = axes.get_xlim(), axes.get_ylim()
+  # Only the tick labels drawn: those of ticks inside the axes' limits.
+  ticks = [label for tick, label in zip(axes.get_xticks(), axes.get_xticklabels())
+           if x_low <= tick <= x_high]
+  ticks += [label for tick, label in zip(axes.get_yticks(), axes.get_yticklabels())
+            if y_low <= tick <= y_high]
+  texts = [axes.xaxis.label, axes.yaxis.label, axes.title, *ticks]
+  cut = []
+  for text in texts:
+    if not text.get_text() or not text.get_visible():
+      continue
+    box = text.get_window_extent(renderer)
+    if box.x0 < bounds.x0 - 1 or box.y0 < bounds.y0 - 1 or box.x1 > bounds.x1 + 1 or (
+        box.y1 > bounds.y1 + 1):
+      cut.append(text.get_text())
+  return cut
+
+
+# The PNGs: 1200x800 pixels, with text that reads at that size.
+FIGURE_INCHES, FIGURE_DPI, FONT_SIZE = (12, 8), 100, 13
 
 
 def build_report(logdir: str, output_dir: str, target_accuracy: float = 0.85,
@@ -293,11 +325,16 @@ def build_report(logdir: str, output_dir: str, target_accuracy: float = 0.85,
 
 def main(argv):
   del argv  # Unused.
+  # Before TensorFlow loads (tensorboard's reader imports it): its cuInit "error" on machines
+  # without a GPU and its other start-up chatter are filtered, as under trainer.main.
+  from trainer import console  # pylint: disable=g-import-not-at-top
+  console.quiet()
   logging.set_verbosity(logging.WARNING)  # tensorboard's reader logs every file it opens.
   output_dir = FLAGS.output_dir or os.path.join(FLAGS.logdir, "report")
   with errors.shown_as_one_line():
     report = build_report(FLAGS.logdir, output_dir, FLAGS.target_accuracy, FLAGS.alpha)
-  print(f"{report['num_runs']} runs in {len(report['rows'])} configurations\n")
+  print(f"{errors.plural(report['num_runs'], 'run')} in "
+        f"{errors.plural(len(report['rows']), 'configuration')}\n")
   print(report["text"])
   print("Written:", ", ".join(report["paths"].values()))
 

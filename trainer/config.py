@@ -25,14 +25,17 @@ AUGMENTATIONS = ("none", "flip", "crop_flip")  # trainer.data.augment's.
 KEEP_BEST = ("none", "accuracy", "loss")
 PROGRESS = ("auto", "bar", "lines", "none")
 
-AUTO_STEPS_PER_LOOP = 100  # Measured no faster beyond 100 on a 2-core CPU.
+# The most steps of an automatically sized call: measured no faster beyond 100 on a 2-core CPU.
+AUTO_STEPS_PER_LOOP = 100
 # The mlp's examples/s with XLA on / off (Fashion-MNIST, one replica, 2-core AVX-512/AMX VM):
 # batch 128 157k / 81k, 512 226k / 211k, 1024 233-241k / 245k, 4096 252-254k / 317-319k.
 XLA_MAX_BATCH = 1024
 
 
-def _setting(default, help_text: str):
-  return dataclasses.field(default=default, metadata={"help": help_text})
+def _setting(default, help_text: str, shown: Optional[str] = None):
+  """A Config field; `shown` is what an unset default (None, 0, ()) means, for --help, when the
+  harness fills it in (tests/test_config.py checks each against the code that does)."""
+  return dataclasses.field(default=default, metadata={"help": help_text, "shown": shown})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,17 +50,17 @@ class Config:
       "package.module:function, called as function(input_shape=(height, width, channels), "
       "num_classes=N) to return a keras.Model.")
   api: Optional[str] = _setting(
-      None, "Keras API that builds the built-in model (default functional); your own model's "
-      "API is detected.")
+      None, "Keras API that builds the built-in model; your own model's and an application's "
+      "API is detected.", shown="functional")
   hidden_units: int = _setting(256, "Width of the mlp's and the cnn's hidden Dense layer.")
   sync_batchnorm: bool = _setting(
       False, "BatchNorm statistics over the global batch (all replicas) instead of each "
       "replica's own share; the ResNets only.")
   # Data.
   dataset: Optional[str] = _setting(
-      None, "mnist (default), fashion_mnist or any tensorflow-datasets image classification name "
+      None, "mnist, fashion_mnist or any tensorflow-datasets image classification name "
       "(cifar10, emnist, ...); synthetic is random images made inside tf.data. Unset with "
-      "--data_dir: what the folder holds.")
+      "--data_dir: what the folder holds.", shown="mnist")
   data_dir: Optional[str] = _setting(
       None, "Read the data from this folder instead of tensorflow-datasets, offline: the four "
       "MNIST-format IDX files (train-images-idx3-ubyte.gz, ...), TFRecord shards (train-* and "
@@ -67,7 +70,7 @@ class Config:
       0, "TFRecord shards: subtracted from every label; 1 for shards whose labels start at 1 "
       "(the ImageNet converters', 0 being background).")
   tfds_data_dir: Optional[str] = _setting(
-      None, "tensorflow-datasets cache folder (default: tfds's).")
+      None, "tensorflow-datasets cache folder.", shown="tfds's own: $TFDS_DATA_DIR or ~/tensorflow_datasets")
   image_size: Tuple[int, ...] = _setting(
       (), "HEIGHT,WIDTH to resize the images of an image folder or tfds dataset to; needed "
       "when they differ in size.")
@@ -75,8 +78,11 @@ class Config:
       None, "Share of an image folder's images held out as its test split when it has no test/ "
       "subfolder; unset holds out 0.2.")
   image_shape: Tuple[int, ...] = _setting(
-      (), "--dataset=synthetic: HEIGHT,WIDTH,CHANNELS of its images (default 28,28,1).")
-  num_classes: int = _setting(0, "--dataset=synthetic: its number of classes (default 10).")
+      (), "--dataset=synthetic: HEIGHT,WIDTH,CHANNELS of its images.", shown="28,28,1")
+  num_classes: int = _setting(0, "--dataset=synthetic: its number of classes.", shown="10")
+  num_test_examples: int = _setting(
+      0, "--dataset=synthetic: the size of its test split, which the run's last evaluation "
+      "covers whole.", shown="10000")
   augment: str = _setting(
       "none", "Training images only, in tf.data: none; flip (horizontal, p=1/2); crop_flip "
       "(up to 64 px: 4-pixel zero pad and random crop; above: random-resized crop, area 8-100%, "
@@ -140,8 +146,9 @@ class Config:
   max_steps_per_epoch: int = _setting(
       0, "Cut each epoch to at most this many steps; 0 is the whole split.")
   eval_steps: int = _setting(
-      0, "Evaluate on the first this many global batches of the test split only, the same "
-      "examples every time; 0 is the whole test split.")
+      0, "Evaluations during training use the first this many global batches of the test "
+      "split only, the same examples every time; 0 is the whole test split. The run's last "
+      "evaluation (results.json, the summary) always covers the whole split.")
   eval_every: int = _setting(
       0, "Also evaluate every this many steps inside epochs (long epochs); 0 evaluates at "
       "epoch ends only.")
@@ -160,7 +167,7 @@ class Config:
       "auto", "Keras dtype policy. auto: on GPUs mixed_bfloat16 from compute capability 8.0, "
       "mixed_float16 (with loss scaling) on 7.x, float32 below; on CPUs with AMX-BF16 or "
       "AVX512_BF16 mixed_bfloat16 for the cnn and the ResNets, and for the mlp where its step "
-      "runs without XLA; float32 otherwise.")
+      "runs without XLA; float32 otherwise. The log and results.json say which, and why.")
   # Multi-worker: the cluster comes from TF_CONFIG unless worker_hosts is given.
   worker_hosts: Tuple[str, ...] = _setting(
       (), "With --strategy=multi_worker_mirrored: host:port of every worker, the same list on "
@@ -170,18 +177,22 @@ class Config:
       120.0, "Multi-worker: seconds without progress (a peer that never starts or dies) before "
       "this worker stops (exit 3, or 137 from its watchdog).")
   steps_per_loop: int = _setting(
-      0, "Training steps per tf.function call; 0 chooses automatically.")
+      0, "Training steps per compiled call; 0 (or auto) sizes each call from the measured "
+      "step time to last about 1.5 s, up to 100 steps (under multi_worker_mirrored: 100 "
+      "steps), so Ctrl-C and SIGTERM are acted on within seconds on any model.", shown="auto")
   jit_compile: Optional[bool] = _setting(
       None, "Compile the training step with XLA; unset is on for the mlp on one replica, off "
       "for convolutions and your own model.")
   # Output.
   workdir: Optional[str] = _setting(
-      None, "Folder for TensorBoard events and results.json; default "
-      "runs/<dataset>-<model>-<strategy>, e.g. runs/mnist-functional-auto.")
+      None, "Folder for TensorBoard events, checkpoints and results.json; unset names it after "
+      "the run, e.g. runs/mnist-functional-auto or runs/cifar10-cnn-subclass-mirrored.",
+      shown="runs/<dataset>[-<model>]-<api>-<strategy>")
   log_every: int = _setting(100, "Write training scalars every this many steps.")
   progress: str = _setting(
       "auto", "Console progress: bar (a live bar), lines (a plain line every --log_every "
-      "steps, for files and CI), none (test figures and the summary only); auto is bar on a "
+      "steps, after the first call and at least every 30 s, with steps/s and the training time "
+      "left; for files and CI), none (test figures and the summary only); auto is bar on a "
       "terminal, lines otherwise.")
   checkpoint_every: int = _setting(
       1000, "Save a checkpoint every this many steps (and at every epoch's end); 0 saves only "
@@ -215,10 +226,11 @@ class Config:
                              f"{self.model} has its own layers. Leave it out.")
     if not brings_its_own_api(self.model) and self.api is None:
       object.__setattr__(self, "api", "functional")
-    if self.dataset != "synthetic" and (self.image_shape or self.num_classes):
+    if self.dataset != "synthetic" and (self.image_shape or self.num_classes or
+                                        self.num_test_examples):
       raise errors.UserError(
-          "--image_shape and --num_classes describe --dataset=synthetic; real data brings its "
-          "own. Leave them out.")
+          "--image_shape, --num_classes and --num_test_examples describe --dataset=synthetic; "
+          "real data brings its own. Leave them out.")
     if self.image_shape and (len(self.image_shape) != 3 or min(self.image_shape) < 1):
       raise errors.UserError(f"--image_shape={_joined(self.image_shape)} must be "
                              "HEIGHT,WIDTH,CHANNELS, three positive integers, e.g. 32,32,3.")
@@ -336,6 +348,21 @@ def help_text(name: str) -> str:
   return SETTINGS[name].metadata["help"]
 
 
+def shown_default(name: str) -> str:
+  """The default of the setting `name` as --help states it: the value, or what unset means."""
+  field = SETTINGS[name]
+  if field.metadata["shown"] is not None:
+    return field.metadata["shown"]
+  value = field.default
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if isinstance(value, tuple):
+    return ",".join(map(str, value)) if value else "unset"
+  if value is None:
+    return "unset"
+  return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def compiles_with_xla(config: Config, num_replicas: int) -> bool:
   """Whether the train step of `config` on `num_replicas` replicas runs under XLA (--jit_compile,
   or auto's choice)."""
@@ -369,6 +396,12 @@ class RunSettings:
   @property
   def steps_per_loop(self) -> int:
     return self.config.steps_per_loop or AUTO_STEPS_PER_LOOP
+
+  @property
+  def calls_sized_by_time(self) -> bool:
+    """--steps_per_loop=auto: each call's steps come from the measured step time, up to
+    steps_per_loop. Not across workers, whose calls must end at the same steps."""
+    return not self.config.steps_per_loop and self.strategy != "multi_worker_mirrored"
 
   @property
   def jit_compile(self) -> bool:

@@ -6,9 +6,10 @@ traceback, and exit with its code. Any other exception is a bug and keeps its tr
 """
 
 import contextlib
+import re
 import signal
 import sys
-from typing import Iterator
+from typing import Iterator, Sequence
 
 FINISHED = 0
 BUG_OR_USAGE = 1
@@ -62,6 +63,33 @@ class Interrupted(UserError):
   def __init__(self, message: str, signal_number: int):
     super().__init__(message)
     self.exit_code = 128 + signal_number
+
+
+# TensorFlow's graph context in an op error: "{{function_node __wrapped__IteratorGetNext_...}}",
+# "[[{{node DecodePng}}]]", "[Op:IteratorGetNext]", "name: ".
+_FUNCTION_NODES = re.compile(r"\{\{function_node [^}]*\}\}|\[\[[^\]]*\]\]|\[Op:[^\]]*\]|"
+                             r"\s*name: *$")
+
+
+def tensorflow_cause(error: Exception) -> str:
+  """What a TensorFlow op error says went wrong, without its graph's function and node names:
+  the first line of its message, for a UserError to quote."""
+  message = getattr(error, "message", None) or str(error)
+  first = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+  return _FUNCTION_NODES.sub("", first).strip(" .;") or type(error).__name__
+
+
+def summarized(names: Sequence[str], shown: int = 3) -> str:
+  """A list for one line: the first `shown` names, then how many more ("a, b, c and 38 more")."""
+  names = list(names)
+  if len(names) <= shown + 1:
+    return ", ".join(names)
+  return f"{', '.join(names[:shown])} and {len(names) - shown} more"
+
+
+def plural(count: int, noun: str, plural_noun: str = "") -> str:
+  """"1 file", "2 files": a count with its noun."""
+  return f"{count:,} {noun if count == 1 else plural_noun or noun + 's'}"
 
 
 def describe_exit_code(code: int) -> str:

@@ -1,6 +1,6 @@
 """Runs a matrix of trainer runs one after another, each in its own workdir under one root.
 
-  python -m trainer.sweep --root=runs/sweep --seeds=3 -- --flagfile=configs/smoke.cfg \
+  python -m trainer.sweep --root=runs/sweep --seeds=3 -- --flagfile=configs/smoke.cfg \\
       --dataset=fashion_mnist --data_dir=/usr/share/datasets/fashion-mnist
 
 The matrix is models x APIs x seeds x strategies x precisions x batch sizes (your own model's API
@@ -150,10 +150,11 @@ def main(argv):
   trainer_flags = argv[1:]
   runs = matrix(FLAGS.apis, FLAGS.seeds, FLAGS.strategies, FLAGS.precisions, FLAGS.batch_sizes,
                 FLAGS.models)
-  print(f"Sweep of {len(runs)} runs under {FLAGS.root}", flush=True)
+  print(f"Sweep of {errors.plural(len(runs), 'run')} under {FLAGS.root}", flush=True)
   failures = run_sweep(FLAGS.root, runs, trainer_flags)
   if failures:
-    print(f"{failures} of {len(runs)} runs failed; rerun the same command to retry them.",
+    print(f"{failures} of {errors.plural(len(runs), 'run')} failed; rerun the same command to "
+          f"retry {'it' if failures == 1 else 'them'}.",
           file=sys.stderr)
     sys.exit(1)
   print(f"Done. Compare them with: python -m trainer.compare --logdir={FLAGS.root}")

@@ -1,6 +1,6 @@
 """Writes an image folder or MNIST-format IDX files as TFRecord shards that --data_dir reads.
 
-  python -m trainer.tfrecords --data_dir=/usr/share/datasets/fashion-mnist --output=shards \
+  python -m trainer.tfrecords --data_dir=/usr/share/datasets/fashion-mnist --output=shards \\
       --shards=8
   python -m trainer.main --model=resnet18 --data_dir=shards
 
@@ -39,7 +39,8 @@ def main(argv):
                                  FLAGS.validation_split)
   for split in ("train", "test"):
     counts = [count for name, count in metadata["files"].items() if name.startswith(split)]
-    print(f"{FLAGS.output}: {split}, {sum(counts)} examples in {len(counts)} files")
+    print(f"{FLAGS.output}: {split}, {errors.plural(sum(counts), 'example')} in "
+          f"{errors.plural(len(counts), 'file')}")
   print(f"{FLAGS.output}: {metadata['num_classes']} classes; train with "
         f"python -m trainer.main --data_dir={FLAGS.output}")
 

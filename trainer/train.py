@@ -114,10 +114,12 @@ def _open_runtime(stack: contextlib.ExitStack,
   peak = optimization.peak_learning_rate(config)
   scaled = (f" = {config.learning_rate:g} x {config.batch_size}/"
             f"{optimization.LINEAR_SCALING_BATCH}" if config.lr_scaling == "linear" else "")
-  logging.info("Strategy %s with %d replica%s on %s; precision %s (%s); %d steps per loop, "
+  logging.info("Strategy %s with %d replica%s on %s; precision %s (%s); %s steps per loop, "
                "XLA %s; %s, peak learning rate %g%s.", settings.strategy, settings.num_replicas,
                "" if settings.num_replicas == 1 else "s", settings.device,
-               settings.precision, settings.precision_reason, settings.steps_per_loop,
+               settings.precision, settings.precision_reason,
+               (f"up to {settings.steps_per_loop}, about {schedule.AUTO_CALL_SECONDS:g} s of"
+                if settings.calls_sized_by_time else settings.steps_per_loop),
                "on" if settings.jit_compile else "off", config.optimizer, peak, scaled)
   return runtime
 
@@ -137,7 +139,11 @@ def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
     writer.run_info(run_record.hparams_entry(settings, hparams), run_record.trial_id(workdir),
                     settings.run_config(), _environment(settings, plan))
   else:
-    logging.info("Resuming from step %d of %d.", step, plan.total_steps)
+    changes = (workdir_lib.record_changes(workdir, settings.run_config(), step)
+               if settings.is_chief else [])
+    logging.info("Resuming from step %d of %d%s.", step, plan.total_steps,
+                 f" with changed settings, recorded in config.json: {', '.join(changes)}"
+                 if changes else "")
   return writer
 
 
@@ -198,7 +204,8 @@ def _loop_plan(settings: config_lib.RunSettings, steps_per_epoch: int, max_pack:
       pack=schedule.pack_size(max_pack, start_step, steps_per_epoch, config.log_every,
                               config.checkpoint_every, config.profile_steps,
                               config.eval_every),
-      profile_steps=config.profile_steps, eval_every=config.eval_every)
+      profile_steps=config.profile_steps, eval_every=config.eval_every,
+      timed=settings.calls_sized_by_time)
 
 
 def _environment(settings: config_lib.RunSettings, plan: schedule.LoopPlan) -> dict:
@@ -233,10 +240,12 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
       steps_per_loop=settings.steps_per_loop, steps_per_xla_call=plan.pack,
       jit_compile=settings.jit_compile, tf_version=tf.__version__,
       keras_version=keras.__version__, test_accuracy=outcome.test_accuracy,
-      test_loss=outcome.test_loss, train_loss=outcome.train_loss,
+      test_loss=outcome.test_loss, test_examples=task.test_examples,
+      train_loss=outcome.train_loss,
       weights_sha256=weights_digest,
+      # A run of one call has nothing timed apart from compiling: its rate over that call.
       examples_per_sec=(totals["timed_examples"] / totals["timed_seconds"]
-                        if totals["timed_seconds"] else 0.0),
+                        if totals["timed_seconds"] else meter.untimed_examples_per_sec()),
       examples_per_sec_windows=meter.window_rates,
       time_to_first_step_s=totals["time_to_first_step_s"],
       startup_s=clock.phases(meter.time_to_first_step_s),
@@ -254,20 +263,25 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
       exports = export.export_model(task.model, config.workdir, pipeline.image_shape)
     results = dataclasses.replace(results, exports=exports)
     run_record.write_results(config.workdir, results)
-    print(_summary(settings, task.api, results), flush=True)
+    print(_summary(settings, task.api, results, untimed=not totals["timed_seconds"]), flush=True)
   return results.to_dict()
 
 
-def _summary(settings: config_lib.RunSettings, api: str, results: run_record.RunResults) -> str:
+def _summary(settings: config_lib.RunSettings, api: str, results: run_record.RunResults,
+             untimed: bool = False) -> str:
   """The block printed when a run ends: what ran, what it reached, where it all is."""
   config = settings.config
   first_step = ("" if results.time_to_first_step_s is None
                 else f", {results.time_to_first_step_s:.1f} s of it before the first step")
+  if untimed and results.examples_per_sec:
+    first_step += (" (examples/s over its one, compiling call: too short to time a call "
+                   "apart)")
   resumed = (f" over {results.processes} processes" if results.processes > 1 else "")
   return "\n".join([
       f"Done: {run_record.model_label(config.model, api)} on {settings.strategy} "
       f"x{settings.num_replicas} ({settings.precision}, {settings.device})",
-      f"  test accuracy {results.test_accuracy:.4f}, loss {results.test_loss:.4f}",
+      f"  test accuracy {results.test_accuracy:.4f}, loss {results.test_loss:.4f} (all "
+      f"{results.test_examples:,} test examples)",
       f"  {results.examples_per_sec:,.0f} examples/s, {results.wall_time_s:.1f} s{resumed}"
       f"{first_step}",
       *_loss_scaling_line(results),

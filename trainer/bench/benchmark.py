@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -455,7 +455,7 @@ def ceilings(tiny: bool, quick: bool) -> dict:
   return found
 
 
-def run_quick(root: str) -> dict:
+def run_quick(root: str, log_dir: Optional[str] = None) -> dict:
   """The machine, its ceilings, and every model_benchmark workload under the default strategy."""
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -467,7 +467,8 @@ def run_quick(root: str) -> dict:
   # The strategy a user gets (mirrored over every GPU), each window lasting seconds.
   rows = model_benchmark.run_workloads(model_benchmark.QUICK_WORKLOADS, root,
                                        strategies=("auto",),
-                                       window_seconds=model_benchmark.WINDOW_SECONDS)
+                                       window_seconds=model_benchmark.WINDOW_SECONDS,
+                                       log_dir=log_dir)
   for row in rows.values():
     # The big square of the row's own precision; none where that was not measured.
     square = found.get(row["precision"].replace("mixed_", ""))
@@ -566,7 +567,10 @@ def main(argv):
   hardware.configure_gpu_memory(True)
   with tempfile.TemporaryDirectory(prefix="benchmark-") as root:
     if FLAGS.quick:
-      record = run_quick(root)
+      # Each sub-run's own output in a file beside --output, which outlives the runs' folders.
+      log_dir = os.path.splitext(FLAGS.output)[0] + "-logs"
+      print(f"Each run's output: {log_dir}/", flush=True)
+      record = run_quick(root, log_dir)
     else:
       record = run_benchmark(FLAGS.data_dir, [int(b) for b in FLAGS.batch_sizes],
                              FLAGS.strategies, FLAGS.repeats, FLAGS.accuracy_repeats, FLAGS.tiny,

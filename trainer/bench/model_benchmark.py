@@ -12,6 +12,7 @@ and how long each peer takes before its first step (building, tracing, compiling
 trainer.benchmark --quick prints these; the full benchmark adds mirrored over 2 logical CPUs.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -20,6 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 from trainer import config as config_lib
 from trainer.bench import op_ceiling
+from trainer.bench import sub_run_log
 
 NUM_CLASSES = 10
 
@@ -71,6 +73,7 @@ def settings_for(workload: Workload, strategy: str = "default") -> config_lib.Co
       # auto is what a user gets: mirrored over every GPU, default on a CPU.
       cpu_devices=2 if strategy == "mirrored" else 1, epochs=1,
       max_steps_per_epoch=workload.warmup_steps + workload.timed_steps, eval_steps=1,
+      num_test_examples=workload.batch_size,  # The run's last evaluation covers it whole.
       steps_per_loop=workload.warmup_steps, log_every=workload.warmup_steps,
       checkpoint_every=0, progress="none")
 
@@ -183,12 +186,23 @@ def measure_ceiling(workload: Workload, precision: str) -> dict:
 
 def run_workloads(workloads: Sequence[Workload], root: str, jit_both: bool = False,
                   strategies: Sequence[str] = ("default",),
-                  window_seconds: Optional[float] = None) -> Dict[str, dict]:
+                  window_seconds: Optional[float] = None,
+                  log_dir: Optional[str] = None) -> Dict[str, dict]:
   """Every peer of every workload under each of `strategies`; rows keyed "model/batch", the
-  first strategy's peers under "peers", the others' under "peers_<strategy>". With
-  `window_seconds`, each timed window is sized to last that long (timed_steps_for)."""
+  first strategy's peers under "peers", the others' under "peers_<strategy>".
+
+  With `window_seconds`, each timed window is sized to last that long (timed_steps_for). With
+  `log_dir`, each peer's own output goes to a file there (sub_run_log), named on the console
+  beside its figure.
+  """
   from trainer.distribute import distribution  # pylint: disable=g-import-not-at-top
   rows = {}
+
+  def logged(name: str):
+    if log_dir is None:
+      return contextlib.nullcontext()
+    return sub_run_log.captured(os.path.join(log_dir, name.replace("/", "-") + ".log"))
+
   for workload in workloads:
     chosen = resolved(workload)
     row = {"model": workload.model, "image_shape": list(workload.image_shape),
@@ -204,14 +218,15 @@ def run_workloads(workloads: Sequence[Workload], root: str, jit_both: bool = Fal
     for strategy_name in strategies:
       suffix = "" if strategy_name == strategies[0] else f"/{strategy_name}"
       strategy = distribution.make_strategy(strategy_name)
-      peers = {"harness": measure_harness(workload, os.path.join(root, workload.model
-                                                                 + strategy_name),
-                                          strategy_name)}
-      print(f"  {workload.name}{suffix} harness: {peers['harness']['examples_per_sec']:,.1f} "
-            "examples/s", flush=True)
-      peers["tuned_fit"] = measure_tuned_fit(workload, chosen, jit_both, strategy)
-      peers["plain_fit"] = measure_plain_fit(workload, strategy)
-      for name in ("tuned_fit", "plain_fit"):
+      peers = {}
+      with logged(f"{workload.name}{suffix}-harness"):
+        peers["harness"] = measure_harness(
+            workload, os.path.join(root, workload.model + strategy_name), strategy_name)
+      with logged(f"{workload.name}{suffix}-tuned_fit"):
+        peers["tuned_fit"] = measure_tuned_fit(workload, chosen, jit_both, strategy)
+      with logged(f"{workload.name}{suffix}-plain_fit"):
+        peers["plain_fit"] = measure_plain_fit(workload, strategy)
+      for name in ("harness", "tuned_fit", "plain_fit"):
         print(f"  {workload.name}{suffix} {name}: {peers[name]['examples_per_sec']:,.1f} "
               "examples/s", flush=True)
       row["peers" + suffix.replace("/", "_")] = peers

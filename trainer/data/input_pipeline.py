@@ -59,7 +59,7 @@ class InputPipeline:
   seed: int
   steps_per_epoch: int
   eval_steps: int
-  num_test_examples: int
+  num_test_examples: int  # What an evaluation covers: the test split, or its --eval_steps part.
   image_shape: Tuple[int, int, int]
   num_classes: int
   name: str = "synthetic"  # What the records call the dataset, e.g. mnist or folder:flowers.
@@ -72,6 +72,14 @@ class InputPipeline:
   normalization: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
   sharding: str = "none"  # sources.Loaded.sharding: "file" makes the batches this process's.
   num_inputs: int = 1  # Processes that read training data.
+  test_split_size: int = 0  # Every test example; 0: num_test_examples, the whole split.
+
+  def whole_test_split(self) -> "InputPipeline":
+    """This pipeline with --eval_steps lifted: its eval_dataset covers every test example (the
+    run's last evaluation, results.json's figures, trainer.evaluate)."""
+    size = self.test_split_size or self.num_test_examples
+    return dataclasses.replace(self, num_test_examples=size,
+                               eval_steps=-(-size // self.global_batch_size))
 
   @property
   def synthetic(self) -> bool:
@@ -315,7 +323,7 @@ def make_input_pipeline(config: config_lib.Config, input_index: int = 0,
                              "measures compute. Leave them out.")
     loaded = sources.Loaded("synthetic", tuple(config.image_shape) or IMAGE_SHAPE,
                             config.num_classes or NUM_CLASSES, SYNTHETIC_TRAIN_SIZE,
-                            SYNTHETIC_TEST_SIZE)
+                            config.num_test_examples or SYNTHETIC_TEST_SIZE)
   else:
     loaded = _load(config, input_index, num_inputs)
   if loaded.sharding != "none":
@@ -339,4 +347,4 @@ def make_input_pipeline(config: config_lib.Config, input_index: int = 0,
       num_classes=int(loaded.num_classes), name=loaded.name, train=loaded.train,
       test=loaded.test, stream=loaded.stream, augment=config.augment,
       normalization=_normalization(config, loaded), sharding=loaded.sharding,
-      num_inputs=num_inputs)
+      num_inputs=num_inputs, test_split_size=loaded.num_test)

@@ -127,7 +127,7 @@ class _ImageFiles:
       return np.concatenate([batch.numpy() for batch in dataset.batch(_DECODE_BATCH)])
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
       raise errors.UserError(
-          f"{_first_bad_image(self, paths)} cannot be decoded ({e.message.splitlines()[0]}). "
+          f"{_first_bad_image(self, paths)} cannot be decoded ({errors.tensorflow_cause(e)}). "
           "Delete it or replace it with a good copy.") from None
 
 

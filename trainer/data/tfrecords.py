@@ -120,8 +120,8 @@ def _check_first_record(path: str, label_offset: int) -> Tuple[Tuple[int, int, i
   except tf.errors.InvalidArgumentError as e:
     raise errors.UserError(
         f"{path} holds tf.train.Examples without the features {IMAGE_KEY} (bytes) and "
-        f"{LABEL_KEY} (int64) ({e.message.splitlines()[0]}). Write the shards with those keys, as "
-        "trainer.tfrecords and the ImageNet converters do.") from None
+        f"{LABEL_KEY} (int64) ({errors.tensorflow_cause(e)}). Write the shards with those keys, "
+        "as trainer.tfrecords and the ImageNet converters do.") from None
   try:
     image = tf.io.decode_image(image_bytes, expand_animations=False)
   except tf.errors.InvalidArgumentError:
@@ -254,7 +254,7 @@ def load_split(files: Sequence[str], counts: Sequence[int], shards: Shards,
     batches = [batch for batch in examples(files, shards, resize, parallel_files=1).batch(4096)]
   except tf.errors.OpError as e:
     raise errors.UserError(f"A record of {', '.join(files[:2])}{', ...' if len(files) > 2 else ''}"
-                           f" cannot be read or decoded ({e.message.splitlines()[0]}). Find the "
+                           f" cannot be read or decoded ({errors.tensorflow_cause(e)}). Find the "
                            "file by converting or copying each again.") from None
   images = np.concatenate([batch[0].numpy() for batch in batches])
   labels = np.concatenate([batch[1].numpy() for batch in batches])

@@ -183,7 +183,7 @@ def make_optimizer(config: config_lib.Config, schedule: WarmupSchedule,
                  "parameters: %s", config.weight_decay,
                  "L2 in the loss" if config.optimizer == "sgd" else "decoupled",
                  len(variables) - len(excluded), len(excluded),
-                 ", ".join(variable.path for variable in excluded))
+                 errors.summarized([variable.path for variable in excluded]))
   if loss_scaling:
     optimizer = LossScaleOptimizer(optimizer)
   optimizer.build(variables)

@@ -1,14 +1,21 @@
 """SIGTERM (how preemption arrives) and SIGINT (Ctrl-C) as requests to stop at a step boundary."""
 
+import contextlib
 import signal
-from typing import Optional
+from typing import Iterator, Optional
+
+
+class StopNow(KeyboardInterrupt):
+  """A second Ctrl-C: stop at once, without waiting for the next boundary or saving."""
 
 
 class StopRequests:
   """While entered, the first SIGTERM or SIGINT is recorded instead of killing the process.
 
-  The training loop polls `signal_number` between loop calls, saves, and exits. A second Ctrl-C
-  acts at once, as usual, for when the user does not want to wait.
+  The training loop polls `signal_number` between loop calls (and between evaluation chunks),
+  saves, and exits. A second Ctrl-C raises StopNow at once, for when the user does not want to
+  wait; inside `held()` (a checkpoint being written) it waits for the block's end, so no
+  checkpoint is left half-written.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -16,11 +23,29 @@ class StopRequests:
   def __init__(self):
     self.signal_number: Optional[int] = None
     self._previous = {}
+    self._holding = False
+    self._stop_now_pending = False
 
   def _record(self, signal_number, frame):
     del frame  # Unused.
-    self.signal_number = signal_number
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal_number == signal.SIGINT and self.signal_number == signal.SIGINT:
+      if self._holding:
+        self._stop_now_pending = True
+        return
+      raise StopNow()
+    if self.signal_number is None:
+      self.signal_number = signal_number
+
+  @contextlib.contextmanager
+  def held(self) -> Iterator[None]:
+    """Defers a second Ctrl-C that arrives inside to the block's end."""
+    self._holding = True
+    try:
+      yield
+    finally:
+      self._holding = False
+    if self._stop_now_pending:
+      raise StopNow()
 
   def __enter__(self) -> "StopRequests":
     for sig in self.SIGNALS:

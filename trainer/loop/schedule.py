@@ -3,15 +3,23 @@
 Pure Python, no TensorFlow, so every boundary rule is tested in milliseconds. Steps are global
 (counted from the run's start), so a resumed run gets the same boundaries as an uninterrupted one.
 A call ends at the first of: steps_per_loop steps, a log point, a checkpoint, an evaluation
-(--eval_every), the epoch's end.
+(--eval_every), the epoch's end. Under --steps_per_loop=auto the step budget of a call comes from
+the measured time of a step (`steps_for_seconds`), so a call lasts about AUTO_CALL_SECONDS on any
+model and a stop request is acted on within seconds. Only where calls end depends on time; every
+call is a whole number of packs and every boundary is still a step count, so the math (and a
+resume) does not.
 """
 
 import dataclasses
 import math
 import sys
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 MAX_PACK = 25  # Steps per XLA call at most; see pack_size.
+# How long an automatically sized call should last: long enough that Python's round trip between
+# calls is noise (it is ~1 ms), short enough that Ctrl-C, SIGTERM and the progress line never
+# wait long. A call of a slow model still runs at least one pack.
+AUTO_CALL_SECONDS = 1.5
 
 
 def is_due(step: int, every: int) -> bool:
@@ -22,6 +30,19 @@ def is_due(step: int, every: int) -> bool:
 def steps_until_due(step: int, every: int) -> int:
   """Steps from `step` to the next multiple of `every`; an interval of 0 means never."""
   return every - step % every if every > 0 else sys.maxsize
+
+
+def steps_for_seconds(seconds_per_step: Optional[float], pack: int, max_steps: int,
+                      target_seconds: float = AUTO_CALL_SECONDS) -> int:
+  """Steps for a call of about `target_seconds`: a multiple of `pack`, from `pack` to `max_steps`.
+
+  `seconds_per_step` is the measured time of a step (None before any call was timed: then one
+  pack, whose time is the measurement).
+  """
+  if seconds_per_step is None:
+    return pack
+  steps = int(target_seconds / max(seconds_per_step, 1e-9))
+  return max(pack, min(max_steps, steps) // pack * pack)
 
 
 def pack_size(max_pack: int, start_step: int, steps_per_epoch: int, log_every: int,
@@ -73,6 +94,8 @@ class LoopPlan:
   pack: int = 1  # Steps per XLA call; divides every boundary (see pack_size).
   profile_steps: Tuple[int, ...] = ()  # (A, B): calls end after steps A-1 and B.
   eval_every: int = 0  # 0: evaluations at epoch ends only.
+  # Size calls by time (--steps_per_loop=auto): steps_per_loop is then the most a call runs.
+  timed: bool = False
 
   def __post_init__(self):
     for name in ("steps_per_epoch", "epochs", "log_every", "steps_per_loop", "pack"):
@@ -92,11 +115,17 @@ class LoopPlan:
     """The 0-based epoch that the step after `step` belongs to."""
     return step // self.steps_per_epoch
 
-  def next_call(self, step: int, first: bool = False) -> Call:
+  def evaluates_at(self, step: int) -> bool:
+    """Whether an evaluation falls at the end of global step `step`."""
+    return is_due(step, self.steps_per_epoch) or is_due(step, self.eval_every)
+
+  def next_call(self, step: int, first: bool = False,
+                seconds_per_step: Optional[float] = None) -> Call:
     """The call that starts after global step `step`.
 
     A process's first call runs one pack: it carries the tracing and compiling, which the
-    throughput meter leaves out, so it should cost as few steps as possible.
+    throughput meter leaves out, so it should cost as few steps as possible. A timed plan sizes
+    the others from `seconds_per_step`, the last timed call's (see steps_for_seconds).
     """
     if step >= self.total_steps:
       raise ValueError(f"step {step} is past the run's {self.total_steps} steps.")
@@ -105,7 +134,10 @@ class LoopPlan:
     if first:
       num_steps = self.pack
     else:
-      num_steps = min(max(self.pack, self.steps_per_loop // self.pack * self.pack),
+      budget = max(self.pack, self.steps_per_loop // self.pack * self.pack)
+      if self.timed:
+        budget = steps_for_seconds(seconds_per_step, self.pack, budget)
+      num_steps = min(budget,
                       steps_until_due(step, self.steps_per_epoch),
                       steps_until_due(step, self.log_every),
                       steps_until_due(step, self.checkpoint_every),

@@ -27,6 +27,9 @@ from trainer.loop import schedule
 from trainer.models import factory
 
 
+_ALL_BATCHES = 2**62  # One evaluation call that runs to the end of the test split.
+
+
 class Task:
   """Builds the model and optimizer under the strategy and runs training and evaluation steps."""
 
@@ -79,7 +82,12 @@ class Task:
       # the same either way, so they keep the plain graph.
       self._predict = tf.function(self._predict_eager, jit_compile=True)
     self._eval_dataset = distribution.distribute_dataset(strategy, pipeline.eval_dataset())
-    self._evaluate_batches = tf.function(self._evaluate_batches_eager)
+    whole = pipeline.whole_test_split()
+    # The run's last evaluation covers every test example, whatever --eval_steps limits.
+    self._whole_split = (None if whole.num_test_examples == pipeline.num_test_examples else
+                         distribution.distribute_dataset(strategy, whole.eval_dataset()))
+    self.test_examples = whole.num_test_examples
+    self._evaluate_chunk = tf.function(self._evaluate_chunk_eager)
     self._iterator, self._pack, self._train_loop = None, 1, None
     self._count_stop_requests = None
 
@@ -148,21 +156,47 @@ class Task:
       if metric is not None:
         metric.reset_state()
 
-  def evaluate(self) -> Dict[str, float]:
-    """The loss and accuracy on the test split (or its --eval_steps subset), and with
-    --ema_decay the same of the moving average's weights (loss_ema, accuracy_ema)."""
-    loss, accuracy = self._evaluate_weights()
-    figures = {"loss": loss, "accuracy": accuracy}
+  def evaluate(self, next_chunk: Optional[Callable[[int], int]] = None,
+               whole_split: bool = False) -> Optional[Dict[str, float]]:
+    """The loss and accuracy on the test split (its --eval_steps part, unless `whole_split`),
+    and with --ema_decay the same of the moving average's weights (loss_ema, accuracy_ema).
+
+    The test batches run in compiled chunks: `next_chunk(batches_done)` says how many batches
+    the next one runs, or 0 to abandon the evaluation (a stop request), which then returns
+    None. Without it (and under multi_worker_mirrored, whose workers must run the same calls)
+    one call runs them all.
+    """
+    if next_chunk is None or self._settings.strategy == "multi_worker_mirrored":
+      next_chunk = lambda batches_done: _ALL_BATCHES
+    dataset = self._eval_dataset
+    if whole_split and self._whole_split is not None:
+      dataset = self._whole_split
+    figures = self._evaluate_weights(dataset, next_chunk)
+    if figures is None:
+      return None
     if self.ema is not None:
       with self.ema.swapped():
-        figures["loss_ema"], figures["accuracy_ema"] = self._evaluate_weights()
+        averaged = self._evaluate_weights(dataset, next_chunk)
+      if averaged is None:
+        return None
+      figures.update({f"{name}_ema": value for name, value in averaged.items()})
     return figures
 
-  def _evaluate_weights(self) -> Tuple[float, float]:
+  def _evaluate_weights(self, dataset, next_chunk: Callable[[int], int]
+                        ) -> Optional[Dict[str, float]]:
     self._eval_loss.reset_state()
     self._eval_accuracy.reset_state()
-    self._evaluate_batches(self._eval_dataset)
-    return float(self._eval_loss.result()), float(self._eval_accuracy.result())
+    iterator = iter(dataset)
+    batches_done = 0
+    while True:
+      num_batches = next_chunk(batches_done)
+      if num_batches <= 0:
+        return None
+      if bool(self._evaluate_chunk(iterator, tf.constant(num_batches, tf.int64))):
+        break
+      batches_done += num_batches
+    return {"loss": float(self._eval_loss.result()),
+            "accuracy": float(self._eval_accuracy.result())}
 
   def agreed_stop(self, local_signal: int) -> Tuple[int, bool]:
     """Whether any worker was asked to stop: (signal number, whether it reached this process).
@@ -308,9 +342,16 @@ class Task:
     self._eval_loss.update_state(self._loss_fn(labels, outputs), sample_weight=weights)
     self._eval_accuracy.update_state(labels, outputs, sample_weight=weights)
 
-  def _evaluate_batches_eager(self, dataset):
-    for batch in dataset:
-      self._strategy.run(self._replica_eval_step, args=batch)
+  def _evaluate_chunk_eager(self, iterator, num_batches):
+    # Up to `num_batches` test batches; True once the test split is exhausted.
+    exhausted = tf.constant(False)
+    for _ in tf.range(num_batches):
+      batch = iterator.get_next_as_optional()
+      if not batch.has_value():
+        exhausted = tf.constant(True)
+        break
+      self._strategy.run(self._replica_eval_step, args=batch.get_value())
+    return exhausted
 
 
 def _sha256(variables: Sequence) -> str:

@@ -26,17 +26,25 @@ class ThroughputMeter:
     self._seconds = self._window_seconds = 0.0
     self.time_to_first_step_s: Optional[float] = None
     self.window_rates: List[float] = []  # examples/sec of each log window, as in TensorBoard.
+    # Seconds per step of the last timed call (None before one): what auto-sized calls and the
+    # progress line's rate are made from.
+    self.seconds_per_step: Optional[float] = None
+    # The first call's steps and seconds (compiling included): a run too short to time a call
+    # apart reports its throughput over this instead of none.
+    self.first_call = (0, 0.0)
 
   def record(self, num_steps: int) -> None:
     """Counts a compiled call of `num_steps` steps that has just finished."""
     now = self._clock()
     if self.time_to_first_step_s is None:
       self.time_to_first_step_s = self._wall_clock() - self._process_start
+      self.first_call = (num_steps, now - self._last)
     else:
       self._steps += num_steps
       self._seconds += now - self._last
       self._window_steps += num_steps
       self._window_seconds += now - self._last
+      self.seconds_per_step = (now - self._last) / num_steps
     self._last = now
 
   @contextlib.contextmanager
@@ -61,6 +69,11 @@ class ThroughputMeter:
     """This process's timed examples and seconds, and its time to the first step (0 if none)."""
     return {"timed_examples": float(self._steps * self._batch), "timed_seconds": self._seconds,
             "time_to_first_step_s": self.time_to_first_step_s or 0.0}
+
+  def untimed_examples_per_sec(self) -> float:
+    """Over the first call, compiling included (0.0 before it): for a run with no other call."""
+    steps, seconds = self.first_call
+    return steps * self._batch / seconds if seconds else 0.0
 
   @property
   def examples_per_sec(self) -> float:

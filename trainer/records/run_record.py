@@ -15,7 +15,7 @@ from trainer.records import workdir as workdir_lib
 
 # 2 added model, image_shape, num_classes, from_logits and processes; 3 added startup_s; 4 added
 # data_sharding; 5 added recipe, the moving average's and the best model's fields; 6 added
-# skipped_steps and loss_scale.
+# test_examples, skipped_steps and loss_scale.
 SCHEMA_VERSION = 6
 RESULTS_FILE = workdir_lib.RESULTS_FILE
 
@@ -68,6 +68,7 @@ class RunResults:
   processes: int
   # How it learnt: the optimisation settings, the warm-up in steps (see `recipe`).
   recipe: Dict[str, object] = dataclasses.field(default_factory=dict)
+  test_examples: Optional[int] = None  # What test_accuracy and test_loss cover: the whole split.
   # --ema_decay: the moving average's figures at the end; --keep_best: the best evaluation's.
   test_accuracy_ema: Optional[float] = None
   test_loss_ema: Optional[float] = None

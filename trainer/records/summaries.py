@@ -87,7 +87,9 @@ def last_logged_step(folder: str) -> int:
   last = -1
   for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
     try:
-      for event in tf.compat.v1.train.summary_iterator(path):
+      # Read as TFRecords: tf.compat.v1.train.summary_iterator warns that it is deprecated.
+      for record in tf.data.TFRecordDataset(path):
+        event = tf.compat.v1.Event.FromString(record.numpy())
         if event.summary.value:
           last = max(last, event.step)
     except tf.errors.DataLossError:

@@ -152,6 +152,23 @@ def check_same_math(saved: Mapping[str, object], current: Mapping[str, object],
           "this run afresh there.")
 
 
+CHANGES_KEY = "changes"  # config.json: the settings a resume changed, at which step.
+
+
+def record_changes(workdir: str, run_config: Mapping[str, object], step: int) -> list:
+  """Writes the settings of a run resumed at `step` to config.json, and under "changes" what
+  differs from the saved ones (only settings outside MATH_FIELDS can: check_same_math refused
+  the rest). Returns the new changes as "name was -> now" strings."""
+  saved = read_run_config(workdir) or {}
+  current = json.loads(json.dumps(dict(run_config)))  # Tuples as lists, as config.json holds.
+  changes = [{"step": step, "setting": name, "was": saved[name], "now": value}
+             for name, value in current.items() if name in saved and saved[name] != value]
+  if changes:
+    write_json(os.path.join(workdir, CONFIG_FILE),
+               {**current, CHANGES_KEY: saved.get(CHANGES_KEY, []) + changes})
+  return [f"{change['setting']} {change['was']!r} -> {change['now']!r}" for change in changes]
+
+
 def check_can_start(workdir: str, run_config: Mapping[str, object], overwrite: bool) -> None:
   """Refuses a workdir that holds something other than this run, before anything loads."""
   if overwrite or not os.path.isdir(workdir) or not _contents(workdir):
