@@ -1,5 +1,8 @@
 """How messages quote TensorFlow's errors and long lists: the cause, in one readable line."""
 
+import signal
+
+import pytest
 import tensorflow as tf
 
 from trainer import errors
@@ -20,3 +23,25 @@ def test_a_long_list_is_summarised_and_counts_take_the_right_noun():
   assert errors.summarized(names[:4]) == ", ".join(names[:4])
   assert [errors.plural(n, "file") for n in (0, 1, 2)] == ["0 files", "1 file", "2 files"]
   assert errors.plural(1200, "run") == "1,200 runs"
+
+
+def test_ctrl_c_that_tensorflow_turns_into_another_error_is_still_one_line_and_130(
+    monkeypatch, capsys):
+  # Autograph's context manager fails an assert when Ctrl-C interrupts a trace (seen while a
+  # resumed run built its dataset): the exit is Ctrl-C's, not an AssertionError's traceback.
+  monkeypatch.setattr(errors, "_interrupting_signal", None)
+  with pytest.raises(SystemExit) as exited:
+    with errors.shown_as_one_line():
+      try:
+        errors._raise_interrupted(signal.SIGINT, None)  # pylint: disable=protected-access
+      except KeyboardInterrupt:
+        raise AssertionError  # pylint: disable=raise-missing-from
+  assert exited.value.code == 130
+  assert capsys.readouterr().err.startswith("error: Stopped by Ctrl-C;")
+
+
+def test_an_error_without_a_signal_keeps_its_traceback(monkeypatch):
+  monkeypatch.setattr(errors, "_interrupting_signal", None)
+  with pytest.raises(AssertionError):
+    with errors.shown_as_one_line():
+      raise AssertionError

@@ -107,9 +107,25 @@ class Terminated(KeyboardInterrupt):
   signal_number = signal.SIGTERM
 
 
-def _raise_terminated(signal_number, frame):
-  del signal_number, frame  # Unused.
-  raise Terminated()
+# The signal that interrupted the run outside the training loop, once one has. TensorFlow's
+# own context managers can turn the KeyboardInterrupt raised inside them into another error
+# (autograph's control-status stack fails an assert when a trace is interrupted), so what
+# shown_as_one_line reports is decided by this, not by the exception's type.
+_interrupting_signal = None
+
+
+def note_interrupting_signal(signal_number: int) -> None:
+  """Records that `signal_number` is ending the run (the handlers here, and a second Ctrl-C in
+  the loop, call it before raising)."""
+  global _interrupting_signal
+  if _interrupting_signal is None:
+    _interrupting_signal = signal_number
+
+
+def _raise_interrupted(signal_number, frame):
+  del frame  # Unused.
+  note_interrupting_signal(signal_number)
+  raise Terminated() if signal_number == signal.SIGTERM else KeyboardInterrupt()
 
 
 @contextlib.contextmanager
@@ -117,20 +133,32 @@ def shown_as_one_line() -> Iterator[None]:
   """Prints a UserError raised inside as "error: ..." alone and exits with its code.
 
   Ctrl-C or SIGTERM outside the training loop (which saves first, see trainer.loop.preemption),
-  during start-up or the export, ends the same way: one line, exit 130 or 143. Every write
-  goes through a rename or removes its half, so the workdir stays valid and a rerun resumes.
+  during start-up or the export, ends the same way: one line, exit 130 or 143, whatever error
+  the interrupted TensorFlow call turned it into. Every write goes through a rename or removes
+  its half, so the workdir stays valid and a rerun resumes.
   """
-  previous = signal.signal(signal.SIGTERM, _raise_terminated)
+  previous = {sig: signal.signal(sig, _raise_interrupted)
+              for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
     yield
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(e.exit_code)
+    if _interrupting_signal is None or isinstance(e, Interrupted):
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(e.exit_code)
+    _exit_interrupted(_interrupting_signal)
   except KeyboardInterrupt as e:
-    signal_number = getattr(e, "signal_number", signal.SIGINT)
-    cause = "Ctrl-C" if signal_number == signal.SIGINT else "SIGTERM"
-    print(f"error: Stopped by {cause}; nothing half-written was kept. Rerun the same command "
-          "to resume from the last checkpoint.", file=sys.stderr, flush=True)
-    sys.exit(128 + signal_number)
+    _exit_interrupted(_interrupting_signal or getattr(e, "signal_number", signal.SIGINT))
+  except Exception:  # pylint: disable=broad-except
+    if _interrupting_signal is None:
+      raise
+    _exit_interrupted(_interrupting_signal)
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+
+
+def _exit_interrupted(signal_number: int) -> None:
+  cause = "Ctrl-C" if signal_number == signal.SIGINT else "SIGTERM"
+  print(f"error: Stopped by {cause}; nothing half-written was kept. Rerun the same command "
+        "to resume from the last checkpoint.", file=sys.stderr, flush=True)
+  sys.exit(128 + signal_number)

@@ -4,6 +4,8 @@ import contextlib
 import signal
 from typing import Iterator, Optional
 
+from trainer import errors
+
 
 class StopNow(KeyboardInterrupt):
   """A second Ctrl-C: stop at once, without waiting for the next boundary or saving."""
@@ -32,6 +34,7 @@ class StopRequests:
       if self._holding:
         self._stop_now_pending = True
         return
+      errors.note_interrupting_signal(signal_number)
       raise StopNow()
     if self.signal_number is None:
       self.signal_number = signal_number
@@ -45,6 +48,7 @@ class StopRequests:
     finally:
       self._holding = False
     if self._stop_now_pending:
+      errors.note_interrupting_signal(signal.SIGINT)
       raise StopNow()
 
   def __enter__(self) -> "StopRequests":
