@@ -18,6 +18,7 @@ from trainer import config as config_lib
 from trainer.data import augment
 from trainer.data import idx_files
 from trainer.data import image_folder
+from trainer.data import preprocessing
 from trainer.data import sources
 from trainer.data import tfrecords
 from trainer import errors
@@ -293,15 +294,7 @@ def _normalization(config: config_lib.Config, loaded: sources.Loaded):
   else:
     images = np.concatenate([batch.numpy() for batch, _ in stream_examples().take(
         NORMALIZATION_EXAMPLES).batch(1024)])
-  return channel_statistics(images)
-
-
-def channel_statistics(images: np.ndarray):
-  """(mean, std) per channel of uint8 `images` [N, height, width, channels], on the [0, 1]
-  scale, in float64 sums so that 60,000 images lose no precision."""
-  pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-  std = np.maximum(pixels.std(axis=0), 1e-3)  # A constant channel must not divide by zero.
-  return tuple(float(v) for v in pixels.mean(axis=0)), tuple(float(v) for v in std)
+  return preprocessing.channel_statistics(images)
 
 
 def make_input_pipeline(config: config_lib.Config, input_index: int = 0,

@@ -17,9 +17,9 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from trainer.data import decoding
 from trainer.data import idx_files
 from trainer.data import image_folder
+from trainer.data import preprocessing
 from trainer.data import tfrecords
 from trainer import errors
 
@@ -91,7 +91,7 @@ def load_idx(data_dir: str, name: Optional[str], resize: Sequence[int] = ()) -> 
   if resize:
     chunk = _DECODE_BATCH * 8
     train_images, test_images = (
-        np.concatenate([decoding.resize_uint8(images[start:start + chunk], resize).numpy()
+        np.concatenate([preprocessing.resize_uint8(images[start:start + chunk], resize).numpy()
                         for start in range(0, len(images), chunk)])
         for images in (train_images, test_images))
   identified = idx_files.identify(train_labels)
@@ -117,7 +117,7 @@ class _ImageFiles:
   resize: bool
 
   def load(self, path: tf.Tensor) -> tf.Tensor:
-    return decoding.decode(tf.io.read_file(path), self.image_shape, self.resize)
+    return preprocessing.decode(tf.io.read_file(path), self.image_shape, self.resize)
 
   def load_all(self, paths: np.ndarray) -> np.ndarray:
     """Decodes every file in `paths` into one uint8 array, in order."""
@@ -261,7 +261,7 @@ class _TfdsStream(Stream):
 def _example(example: dict, keys: Tuple[str, str], resize: Sequence[int]):
   """(uint8 image, int32 label) of one tfds example, resized when `resize` is given."""
   image, label = example[keys[0]], tf.cast(example[keys[1]], tf.int32)
-  return (decoding.resize_uint8(image, resize) if resize else image), label
+  return (preprocessing.resize_uint8(image, resize) if resize else image), label
 
 
 def _ensure_reachable(url: str, dataset: str) -> None:

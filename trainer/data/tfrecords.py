@@ -23,9 +23,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from trainer.data import decoding
 from trainer.data import idx_files
 from trainer.data import image_folder
+from trainer.data import preprocessing
 from trainer import errors
 from trainer.records import workdir as workdir_lib
 
@@ -241,7 +241,7 @@ def examples(files: Sequence[str], shards: Shards, resize: bool,
 
   def decoded(record):
     image_bytes, label = parse_example(record, offset)
-    return decoding.decode(image_bytes, shards.image_shape, resize), label
+    return preprocessing.decode(image_bytes, shards.image_shape, resize), label
 
   return records.map(decoded, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
@@ -292,13 +292,6 @@ def write_split(output: str, split: str, encoded_images, labels, num_shards: int
 
 def convert(data_dir: str, output: str, num_shards: int, validation_split=None) -> dict:
   """Writes the dataset in `data_dir` as shards in `output`; returns what dataset.json holds."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer.data import idx_files  # pylint: disable=g-import-not-at-top
-  from trainer.data import image_folder  # pylint: disable=g-import-not-at-top
-  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  from trainer.data import tfrecords  # pylint: disable=g-import-not-at-top
-  from trainer import errors  # pylint: disable=g-import-not-at-top
-  from trainer.records import workdir  # pylint: disable=g-import-not-at-top
   data_dir = os.path.expanduser(data_dir)
   if not os.path.isdir(data_dir):
     raise errors.UserError(f"--data_dir={data_dir} is not a folder.")
@@ -317,7 +310,7 @@ def convert(data_dir: str, output: str, num_shards: int, validation_split=None) 
     train_images, train_labels, test_images, test_labels = idx_files.read_mnist_format(data_dir)
     class_names = [str(label) for label in range(idx_files.NUM_CLASSES)]
 
-    mean, std = input_pipeline.channel_statistics(train_images)
+    mean, std = preprocessing.channel_statistics(train_images)
 
     def png(images):
       return lambda index: tf.io.encode_png(images[index][..., None]
