@@ -51,6 +51,7 @@ _define(flags.DEFINE_float, "validation_split")
 _define(flags.DEFINE_list, "image_shape")
 _define(flags.DEFINE_integer, "num_classes", lower_bound=0)
 _define(flags.DEFINE_enum, "augment", enum_values=config_lib.AUGMENTATIONS)
+_define(flags.DEFINE_float, "eval_crop")
 _define(flags.DEFINE_boolean, "normalize")
 _define(flags.DEFINE_float, "memory_limit_mb", lower_bound=0.0)
 # Optimisation.

@@ -96,8 +96,8 @@ def hparams(settings: config_lib.RunSettings, api: str, pipeline) -> dict:
 
 RECIPE = ("optimizer", "momentum", "nesterov", "weight_decay", "learning_rate", "lr_scaling",
           "warmup_steps", "lr_schedule", "lr_drops", "label_smoothing", "clip_norm",
-          "grad_accum_steps", "ema_decay", "export_ema", "keep_best", "augment", "normalize",
-          "eval_every", "eval_steps")
+          "grad_accum_steps", "ema_decay", "export_ema", "keep_best", "augment", "eval_crop",
+          "normalize", "eval_every", "eval_steps")
 
 
 def recipe(config: config_lib.Config, steps_per_epoch: int) -> Dict[str, object]:
