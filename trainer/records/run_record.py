@@ -15,7 +15,7 @@ from trainer.records import workdir as workdir_lib
 
 # 2 added model, image_shape, num_classes, from_logits and processes; 3 added startup_s; 4 added
 # data_sharding; 5 added recipe, the moving average's and the best model's fields.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 RESULTS_FILE = workdir_lib.RESULTS_FILE
 
 # What ran: results.json's first fields, and the keys compare groups runs by (with seed). The
@@ -61,6 +61,8 @@ class RunResults:
   weights_sha256: str
   examples_per_sec: float
   examples_per_sec_windows: List[float]
+  # Of the timed seconds, the share the loop waited for its next batch (input-bound above 0.1).
+  input_wait_share: float
   time_to_first_step_s: Optional[float]
   startup_s: Dict[str, Optional[float]]  # startup.PHASES: where time_to_first_step_s went.
   wall_time_s: float
