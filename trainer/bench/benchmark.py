@@ -37,6 +37,7 @@ from absl import app
 from absl import flags
 
 from trainer import console
+from trainer.bench import input_benchmark
 from trainer.loop import startup
 from trainer.records import workdir as workdir_lib
 
@@ -529,12 +530,16 @@ def define_flags() -> None:
   flags.DEFINE_string("output", "benchmark.json", "Where to write the JSON results.")
   flags.DEFINE_string("report", "", "Where to write the printed report as Markdown too "
                       "(docs/benchmark.md comes from it); empty: not written.")
+  input_benchmark.define_flags()
 
 
 def main(argv):
   del argv  # Unused.
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   console.quiet()  # Before TensorFlow loads: its start-up chatter stays off the report.
+  if FLAGS.input:
+    input_benchmark.main(FLAGS)
+    return
   with tempfile.TemporaryDirectory(prefix="benchmark-") as root:
     if FLAGS.quick:
       record = run_quick(root)
