@@ -26,6 +26,7 @@ from absl import flags
 import numpy as np
 
 INPUT_BATCH = 128
+WARMUP_BATCHES = 2
 JPEG_QUALITY = 90
 JPEG_SIDES = (300, 500)  # Every image's height and width are drawn between these.
 NUM_CLASSES = 10
@@ -80,9 +81,10 @@ def write_jpeg_shards(output: str, count: int, seed: int = 0, num_shards: int = 
 
 # ---------------------------------------------------------------- The three rows.
 def harness_batches(data_dir: str, image_size: Sequence[int], batch_size: int,
-                    streamed: bool = False):
-  """The training batches a run with --augment=crop_flip builds (`streamed`: as if the data
-  were larger than the memory limit), and what it holds."""
+                    num_batches: int, streamed: bool = False):
+  """The first `num_batches` training batches (and the warm-up's) a run with
+  --augment=crop_flip builds (`streamed`: as if the data were larger than the memory limit),
+  and what it holds."""
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
   pipeline = input_pipeline.make_input_pipeline(config_lib.Config(
@@ -90,7 +92,8 @@ def harness_batches(data_dir: str, image_size: Sequence[int], batch_size: int,
       batch_size=batch_size, memory_limit_mb=0.001 if streamed else 0.0))
   held = "encoded" if pipeline.encoded else "decoded"
   where = "streamed" if pipeline.stream is not None else "in memory"
-  return pipeline.training_batches(0, 1000), f"{held}, {where}"
+  epochs = -(-(num_batches + WARMUP_BATCHES) // pipeline.steps_per_epoch)
+  return pipeline.training_batches(0, epochs), f"{held}, {where}"
 
 
 def reference_batches(data_dir: str, image_size: Sequence[int], batch_size: int):
@@ -134,7 +137,8 @@ def reference_batches(data_dir: str, image_size: Sequence[int], batch_size: int)
       batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def images_per_second(dataset, batch_size: int, num_batches: int, warmup: int = 2) -> float:
+def images_per_second(dataset, batch_size: int, num_batches: int,
+                      warmup: int = WARMUP_BATCHES) -> float:
   """Images/s of iterating `dataset` for `num_batches` batches after `warmup` (tf.data fills
   its buffers and autotunes during those)."""
   iterator = iter(dataset)
@@ -158,8 +162,9 @@ def run_input_benchmark(data_dir: str, image_size: Sequence[int], num_batches: i
                         model: str, root: str, batch_size: int = INPUT_BATCH) -> dict:
   """The rows (median over interleaved `rounds`), the machine, and the verdict."""
   from trainer.bench import benchmark  # pylint: disable=g-import-not-at-top
-  harness, held = harness_batches(data_dir, image_size, batch_size)
-  streamed, held_streamed = harness_batches(data_dir, image_size, batch_size, streamed=True)
+  harness, held = harness_batches(data_dir, image_size, batch_size, num_batches)
+  streamed, held_streamed = harness_batches(data_dir, image_size, batch_size, num_batches,
+                                            streamed=True)
   peers: Dict[str, Callable[[], float]] = {
       "harness": lambda: images_per_second(harness, batch_size, num_batches),
       "harness_streamed": lambda: images_per_second(streamed, batch_size, num_batches),
