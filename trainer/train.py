@@ -256,10 +256,10 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
       exports = export.export_model(task.model, config.workdir, pipeline.image_shape)
     results = dataclasses.replace(results, exports=exports)
     run_record.write_results(config.workdir, results)
-    print(_summary(settings, task.api, results), flush=True)
     advice = throughput.input_bound_advice(results.input_wait_share)
-    if advice:
-      print(f"  {advice}", flush=True)
+    if advice:  # Just above the summary block, which stays the last lines.
+      print(advice, flush=True)
+    print(_summary(settings, task.api, results), flush=True)
   return results.to_dict()
 
 
