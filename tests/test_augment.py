@@ -7,6 +7,7 @@ import tensorflow as tf
 from trainer import config as config_lib
 from trainer.data import augment
 from trainer.data import input_pipeline
+from trainer.data import preprocessing
 from trainer import errors
 
 IMAGES = tf.constant(np.random.default_rng(0).random((16, 12, 10, 3), dtype=np.float32))
@@ -65,7 +66,7 @@ def _pipeline(**settings):
 
 def test_augmented_batches_from_any_step_are_those_of_the_whole_run():
   pipeline = _pipeline(augment="crop_flip",
-                       normalization=input_pipeline.channel_statistics(
+                       normalization=preprocessing.channel_statistics(
                            np.random.default_rng(2).integers(0, 256, (256, 8, 8, 3),
                                                              dtype=np.uint8)))
   whole = [images.numpy() for images, _ in pipeline.training_batches(0, 2)]
@@ -79,7 +80,7 @@ def test_augmented_batches_from_any_step_are_those_of_the_whole_run():
 
 def test_normalization_standardises_train_and_test_images_alike():
   images = np.random.default_rng(2).integers(0, 256, (256, 8, 8, 3), dtype=np.uint8)
-  mean, std = input_pipeline.channel_statistics(images)
+  mean, std = preprocessing.channel_statistics(images)
   np.testing.assert_allclose(mean, images.reshape(-1, 3).mean(0) / 255, rtol=1e-6)
   pipeline = _pipeline(normalization=(mean, std))
   train = np.concatenate([batch.numpy() for batch, _ in pipeline.training_batches(0, 1)])

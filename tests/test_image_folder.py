@@ -141,7 +141,9 @@ def tiny_tfds(tmp_path_factory) -> str:
   return data_dir
 
 
-@pytest.mark.parametrize("memory_limit_mb, image_size", [(0, ()), (0.01, (16, 16))])
+# Above 64 px the images are held as tfds stored them (PNG bytes) and cropped per example.
+@pytest.mark.parametrize("memory_limit_mb, image_size", [(0, ()), (0.01, (16, 16)),
+                                                         (0, (72, 72)), (0.01, (72, 72))])
 @pytest.mark.slow
 def test_any_tfds_image_dataset_trains_in_memory_or_streamed(tiny_tfds, tmp_path,
                                                              memory_limit_mb, image_size):
@@ -149,7 +151,9 @@ def test_any_tfds_image_dataset_trains_in_memory_or_streamed(tiny_tfds, tmp_path
   config = config_lib.Config(dataset="tiny_shapes", tfds_data_dir=tiny_tfds, model="cnn",
                              image_size=image_size, epochs=1, batch_size=30, strategy="default",
                              workdir=str(tmp_path / "run"), memory_limit_mb=memory_limit_mb)
-  assert (input_pipeline.make_input_pipeline(config).stream is None) == (memory_limit_mb == 0)
+  pipeline = input_pipeline.make_input_pipeline(config)
+  assert (pipeline.stream is None) == (memory_limit_mb == 0)
+  assert pipeline.encoded == (image_size == (72, 72))
   results = train.train_and_evaluate(config)
   assert (results["dataset"], results["num_classes"], results["steps"]) == ("tiny_shapes", 3, 10)
   assert results["image_shape"] == [*(image_size or (12, 10)), 3]

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from tests import datasets
 from tests import processes
 from tests.processes import ROOT
 from trainer import config as config_lib
@@ -109,6 +110,39 @@ def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_flags, steps_p
   assert logged_steps(killed_dir / "train") == list(range(50, total_steps + 1, 50))
   assert logged_steps(killed_dir / "eval", "accuracy_ema") == list(
       range(eval_every, total_steps + 1, eval_every))
+
+
+# Images cropped from their originals (JPEG and PNG, held encoded): each example's box and flip
+# must follow (seed, epoch, its position in the epoch), not the process that drew it.
+@pytest.mark.slow
+def test_sigkill_mid_epoch_with_per_example_crops_then_rerun_ends_bit_identical(tmp_path):
+  data_dir = tmp_path / "shapes"
+  datasets.write_shape_folder(data_dir, "train", 640, 96, 96, seed=0, extension="jpg")
+  datasets.write_shape_folder(data_dir, "train", 320, 96, 96, seed=1)
+  datasets.write_shape_folder(data_dir, "test", 40, 96, 128, seed=2, extension="jpg")
+  datasets.write_shape_folder(data_dir, "test", 40, 128, 96, seed=3)
+  flags = (f"--data_dir={data_dir}", "--image_size=72,72", "--augment=crop_flip", "--normalize",
+           "--eval_crop=0.9", "--model=cnn", "--strategy=default", "--epochs=3",
+           "--batch_size=16", "--checkpoint_every=10", "--log_every=10", "--deterministic")
+  straight = start_trainer(*flags, f"--workdir={tmp_path / 'straight'}")
+  killed_dir = tmp_path / "killed"
+  killed = start_trainer(*flags, f"--workdir={killed_dir}")
+  wait_for_checkpoint(killed, killed_dir, at_least=70)  # 60 steps an epoch: inside epoch 2.
+  killed.kill()
+  killed.wait()
+  assert not os.path.exists(killed_dir / run_record.RESULTS_FILE)
+  resumed = start_trainer(*flags, f"--workdir={killed_dir}")
+  _, resumed_err = resumed.communicate(timeout=240)
+  _, straight_err = straight.communicate(timeout=240)
+  assert resumed.returncode == 0 and straight.returncode == 0, resumed_err[-3000:]
+  assert "Resuming from step" in resumed_err
+  assert "held in memory" in straight_err and "encoded" in straight_err
+  expected = run_record.read_results(tmp_path / "straight")
+  got = run_record.read_results(killed_dir)
+  assert got["steps"] == expected["steps"] == 180 and got["processes"] == 2
+  assert got["weights_sha256"] == expected["weights_sha256"]
+  assert got["test_accuracy"] == expected["test_accuracy"]
+  assert expected["input_wait_share"] > 0  # Measured under --deterministic too.
 
 
 def _digest(model) -> str:

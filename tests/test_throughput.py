@@ -38,7 +38,8 @@ def test_windows_report_their_own_rate_and_the_total_counts_them_all():
     clock.now += seconds
     meter.record(50)
   first = meter.end_window()
-  assert first == {"examples_per_sec": pytest.approx(500.0), "step_time_ms": pytest.approx(20.0)}
+  assert first == {"examples_per_sec": pytest.approx(500.0), "step_time_ms": pytest.approx(20.0),
+                   "input_wait_share": 0.0}
   clock.now += 4.0
   meter.record(100)
   assert meter.end_window()["examples_per_sec"] == pytest.approx(250.0)
@@ -66,3 +67,29 @@ def test_a_run_of_one_call_reports_its_rate_over_that_call_not_zero():
   meter.record(10)  # The only call: 10 steps, compiling included.
   assert meter.examples_per_sec == 0.0  # Nothing timed apart from compiling...
   assert meter.untimed_examples_per_sec() == 160.0  # ...so the rate over what it did: 320/2.
+
+
+def test_the_wait_for_input_is_a_share_of_each_window_and_of_the_total():
+  waited = [0.0]
+  clock = FakeClock()
+  meter = throughput.ThroughputMeter(10, process_start_time=95.0, clock=clock, wall_clock=clock,
+                                     input_wait=lambda: waited[0])
+  waited[0] += 5.0  # Waiting during the first, compiling, call counts nowhere.
+  meter.record(1)
+  for seconds, wait in ((2.0, 1.5), (2.0, 0.5)):
+    clock.now += seconds
+    waited[0] += wait
+    meter.record(50)
+  assert meter.end_window()["input_wait_share"] == pytest.approx(0.5)
+  clock.now += 4.0
+  meter.record(100)  # Nothing waited.
+  assert meter.end_window()["input_wait_share"] == 0.0
+  assert meter.totals()["input_wait_s"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("share, said", [(0.05, False), (0.1, False), (0.35, True)])
+def test_a_run_that_waited_for_input_says_so_and_what_helps(share, said):
+  advice = throughput.input_bound_advice(share)
+  assert (advice is not None) == said
+  if said:
+    assert "35%" in advice and "cores" in advice

@@ -72,8 +72,9 @@ class Config:
   tfds_data_dir: Optional[str] = _setting(
       None, "tensorflow-datasets cache folder.", shown="tfds's own: $TFDS_DATA_DIR or ~/tensorflow_datasets")
   image_size: Tuple[int, ...] = _setting(
-      (), "HEIGHT,WIDTH to resize the images of an image folder or tfds dataset to; needed "
-      "when they differ in size.")
+      (), "HEIGHT,WIDTH to train on, for image folders, TFRecord shards and tfds datasets; "
+      "needed when their images differ in size. Above 64 px, images not all stored at this size "
+      "are held encoded and each is cropped from its original (see --augment, --eval_crop).")
   validation_split: Optional[float] = _setting(
       None, "Share of an image folder's images held out as its test split when it has no test/ "
       "subfolder; unset holds out 0.2.")
@@ -85,9 +86,15 @@ class Config:
       "covers whole.", shown="10000")
   augment: str = _setting(
       "none", "Training images only, in tf.data: none; flip (horizontal, p=1/2); crop_flip "
-      "(up to 64 px: 4-pixel zero pad and random crop; above: random-resized crop, area 8-100%, "
-      "aspect 3/4-4/3; then the flip). Random choices follow (seed, epoch, step), so resuming "
-      "stays exact.")
+      "(up to 64 px: 4-pixel zero pad and random crop; above: a random box of the original "
+      "image, area 8-100%, aspect 3/4-4/3, 10 tries then the centre crop, decoded alone for "
+      "JPEG, resized; then the flip). Random choices follow (seed, epoch, step or position), "
+      "so resuming stays exact.")
+  eval_crop: float = _setting(
+      0.875, "Images cropped from their original (see --image_size): evaluation resizes the "
+      "shorter side to image size / eval_crop and takes the centre crop, keeping the aspect "
+      "ratio (0.875: 256 for 224; 1.0 keeps the whole shorter side). Also training's crop "
+      "without --augment=crop_flip.")
   normalize: bool = _setting(
       False, "Standardise every image by the training split's per-channel mean and std (test "
       "images alike).")
@@ -242,6 +249,9 @@ class Config:
       raise errors.UserError(f"--profile_steps={_joined(self.profile_steps)} must be A,B, the "
                              "first and last training step to profile, 1 <= A <= B, e.g. 101,120.")
     self._check_recipe()
+    if not 0 < self.eval_crop <= 1:
+      raise errors.UserError(f"--eval_crop={self.eval_crop} must lie in (0, 1]: the share of "
+                             "the shorter side evaluation keeps, e.g. 0.875.")
     if self.validation_split is not None and not 0 < self.validation_split < 1:
       raise errors.UserError(f"--validation_split={self.validation_split} must lie between 0 "
                              "and 1, e.g. 0.2.")

@@ -66,7 +66,8 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     # ---------------------------------------------------------------- Task and checkpoint.
     task = built["task"] = task_lib.Task(settings, runtime.strategy, pipeline, build_model)
     hparams = run_record.hparams(settings, task.api, pipeline)
-    meter = throughput.ThroughputMeter(config.batch_size, start_time)
+    meter = throughput.ThroughputMeter(config.batch_size, start_time,
+                                       input_wait=lambda: task.input_wait_s)
     checkpointer, best = _open_checkpointer(stack, settings, runtime.strategy, task, pipeline,
                                             meter, start_time)
     step = 0 if config.overwrite else checkpointer.restore_latest()
@@ -247,6 +248,8 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
       examples_per_sec=(totals["timed_examples"] / totals["timed_seconds"]
                         if totals["timed_seconds"] else meter.untimed_examples_per_sec()),
       examples_per_sec_windows=meter.window_rates,
+      input_wait_share=(min(1.0, totals["input_wait_s"] / totals["timed_seconds"])
+                        if totals["timed_seconds"] else 0.0),
       time_to_first_step_s=totals["time_to_first_step_s"],
       startup_s=clock.phases(meter.time_to_first_step_s),
       wall_time_s=totals["wall_time_s"], processes=totals["processes"],
@@ -263,6 +266,9 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
       exports = export.export_model(task.model, config.workdir, pipeline.image_shape)
     results = dataclasses.replace(results, exports=exports)
     run_record.write_results(config.workdir, results)
+    advice = throughput.input_bound_advice(results.input_wait_share)
+    if advice:  # Just above the summary block, which stays the last lines.
+      print(advice, flush=True)
     print(_summary(settings, task.api, results, untimed=not totals["timed_seconds"]), flush=True)
   return results.to_dict()
 

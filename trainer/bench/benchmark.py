@@ -38,6 +38,7 @@ from absl import flags
 
 from trainer import console
 from trainer.bench import timing
+from trainer.bench import input_benchmark
 from trainer.loop import startup
 from trainer.records import workdir as workdir_lib
 
@@ -555,6 +556,7 @@ def define_flags() -> None:
   flags.DEFINE_string("output", "benchmark.json", "Where to write the JSON results.")
   flags.DEFINE_string("report", "", "Where to write the printed report as Markdown too "
                       "(docs/benchmark.md comes from it); empty: not written.")
+  input_benchmark.define_flags()
 
 
 def main(argv):
@@ -565,6 +567,9 @@ def main(argv):
   # Before anything touches a GPU: this process then holds only what it uses, and the runs it
   # starts as child processes (the blog script, fast.cfg) find the rest free.
   hardware.configure_gpu_memory(True)
+  if FLAGS.input:
+    input_benchmark.main(FLAGS)
+    return
   with tempfile.TemporaryDirectory(prefix="benchmark-") as root:
     if FLAGS.quick:
       # Each sub-run's own output in a file beside --output, which outlives the runs' folders.

@@ -5,8 +5,9 @@ Model Garden's preprocess_ops do it).
   flip       a horizontal flip of each image with probability 1/2
   crop_flip  for images up to SMALL_IMAGE_MAX pixels, zero-pad by PAD pixels and crop back at a
              random offset (the CIFAR recipe); above it, a random-resized crop (area 8% to 100%,
-             aspect ratio 3/4 to 4/3, resized back to the image size: the ImageNet recipe);
-             then the flip
+             aspect ratio 3/4 to 4/3, resized back to the image size) of images held at the size
+             trained on; then the flip. Images above it held encoded are cropped from their
+             originals one by one instead (preprocessing.training_image).
 
 Every random choice is a stateless function of (seed, epoch, step): the same run sees the same
 augmented batches, and a resumed run the same ones as an uninterrupted run, bit for bit under
@@ -16,7 +17,9 @@ CPU.
 
 import tensorflow as tf
 
-SMALL_IMAGE_MAX = 64  # As the ResNets' stem: the CIFAR recipe up to here, ImageNet's above.
+from trainer.data import preprocessing
+
+SMALL_IMAGE_MAX = preprocessing.SMALL_IMAGE_MAX  # The CIFAR recipe up to here, ImageNet's above.
 PAD = 4
 MIN_AREA, MAX_AREA = 0.08, 1.0
 MIN_RATIO, MAX_RATIO = 3 / 4, 4 / 3

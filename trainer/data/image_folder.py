@@ -44,6 +44,7 @@ class ImageFolder:
   test: FolderSplit
   image_size: Tuple[int, int]  # Height and width of the stored images (before any resize).
   channels: int
+  sizes: frozenset = frozenset()  # Every (height, width) the folder's images have.
 
 
 def is_image_folder(data_dir: str) -> bool:
@@ -60,10 +61,12 @@ def is_image_folder(data_dir: str) -> bool:
 
 
 def read_image_folder(data_dir: str, resize: Sequence[int] = (),
-                      validation_split: Optional[float] = None) -> ImageFolder:
+                      validation_split: Optional[float] = None,
+                      mixed_sizes: bool = False) -> ImageFolder:
   """Lists and checks the images under `data_dir`; see the module docstring for the layout.
 
-  `resize` (height, width) allows images of mixed sizes; without it they must all agree.
+  `resize` (height, width) or `mixed_sizes` (the converter, which copies the files as they are)
+  allows images of mixed sizes; without either they must all agree.
   """
   has_splits = os.path.isdir(os.path.join(data_dir, "train"))
   root = os.path.join(data_dir, "train") if has_splits else data_dir
@@ -86,8 +89,9 @@ def read_image_folder(data_dir: str, resize: Sequence[int] = (),
   else:
     train_files, test_files = _hold_out(train_files, validation_split)
   train, test = _split(train_files, class_names), _split(test_files, class_names)
-  size, channels = _common_size(np.concatenate([train.paths, test.paths]), resize)
-  return ImageFolder(tuple(class_names), train, test, size, channels)
+  size, channels, sizes = _common_size(np.concatenate([train.paths, test.paths]),
+                                       resize or mixed_sizes)
+  return ImageFolder(tuple(class_names), train, test, size, channels, sizes)
 
 
 def _list_classes(root: str, min_classes: int = 2) -> Tuple[List[str], Dict[str, List[str]]]:
@@ -133,11 +137,12 @@ def _split(files: Dict[str, List[str]], class_names: Sequence[str]) -> FolderSpl
   return FolderSplit(np.array(paths, dtype=object), np.array(labels, dtype=np.int32))
 
 
-def _common_size(paths: Sequence[str], resize: Sequence[int]) -> Tuple[Tuple[int, int], int]:
-  """The (height, width) every image shares, or the first one's under `resize`; and the
-  channel count of the first image, to which every image is decoded."""
+def _common_size(paths: Sequence[str], mixed: bool) -> Tuple[Tuple[int, int], int, frozenset]:
+  """The (height, width) every image shares, or the first one's when sizes may be `mixed`; the
+  channel count of the first image, to which every image is decoded; and every size found."""
   first_size, first_channels = image_header(paths[0])
-  if not resize:
+  sizes = {first_size}
+  if not mixed:
     for path in paths[1:]:
       size, _ = image_header(path)
       if size != first_size:
@@ -147,8 +152,8 @@ def _common_size(paths: Sequence[str], resize: Sequence[int]) -> Tuple[Tuple[int
             "them all.")
   else:
     for path in paths[1:]:
-      image_header(path)  # Every file must at least be a readable image.
-  return first_size, min(first_channels, 3) if first_channels != 2 else 1
+      sizes.add(image_header(path)[0])  # Every file must at least be a readable image.
+  return first_size, min(first_channels, 3) if first_channels != 2 else 1, frozenset(sizes)
 
 
 def image_header(path: str) -> Tuple[Tuple[int, int], int]:

@@ -1,9 +1,13 @@
 """Where a run's images come from: IDX files, tensorflow-datasets, or a folder of images.
 
-Each source is read into memory as uint8 arrays when its decoded images fit under the memory
-limit (--memory_limit_mb, by default a quarter of this machine's RAM), and otherwise streamed from
-disk at every epoch: an image folder by its file list (in the same order as in memory, so both
-give the same batches), a tfds dataset through tfds's own reader (files shuffled by a per-epoch
+What is held: images resized to a size above preprocessing.SMALL_IMAGE_MAX that are not all
+stored at that size are held *encoded* (their JPEG or PNG bytes), and the pipeline decodes,
+crops and resizes each from the original at every epoch; squashing them to the size once would
+lose what the crops and the aspect-preserving evaluation need. Every other dataset is held as
+decoded uint8 images of the size trained on, since nothing is lost. Either way a source is read
+into memory when it fits under the memory limit (--memory_limit_mb, by default a quarter of this
+machine's RAM; the bytes held count), and otherwise streamed from disk at every epoch: an image
+folder by its file list (in the same order as in memory, so both give the same batches), a tfds dataset through tfds's own reader (files shuffled by a per-epoch
 seed, then a shuffle buffer).
 """
 
@@ -17,9 +21,9 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from trainer.data import decoding
 from trainer.data import idx_files
 from trainer.data import image_folder
+from trainer.data import preprocessing
 from trainer.data import tfrecords
 from trainer import errors
 
@@ -30,7 +34,8 @@ STREAM_SHUFFLE_BUFFER = 10_000
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split held in memory: uint8 images [N, height, width, channels], int32 labels [N]."""
+  """One split held in memory: uint8 images [N, height, width, channels], or when encoded the
+  images' JPEG or PNG bytes [N] (an object array); int32 labels [N]."""
 
   images: np.ndarray
   labels: np.ndarray
@@ -55,11 +60,38 @@ class Loaded:
   # Per-channel (mean, std) of the training split on the [0, 1] scale, as trainer.tfrecords
   # recorded them; None when no converter recorded them.
   recorded_normalization: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
+  # True when images are JPEG or PNG bytes, each transformed from the original per example
+  # (see the module docstring); `encoded_bytes` is what both splits' bytes take.
+  encoded: bool = False
+  encoded_bytes: int = 0
 
   @property
   def decoded_bytes(self) -> int:
-    """What both splits take in memory as uint8 images: the figure the memory limit bounds."""
+    """What both splits take in memory as uint8 images of the size trained on."""
     return (self.num_train + self.num_test) * int(np.prod(self.image_shape))
+
+  @property
+  def held_bytes(self) -> int:
+    """What holding both splits in memory takes: the figure the memory limit bounds."""
+    return self.encoded_bytes if self.encoded else self.decoded_bytes
+
+  def describe(self) -> str:
+    """One line for the log: what is held, where, and what each epoch does with it."""
+    where = "streamed from disk at every epoch" if self.stream else (
+        f"held in memory ({self.held_bytes / 2**20:,.0f} MB)")
+    size = f"{self.image_shape[0]}x{self.image_shape[1]}"
+    if self.encoded:
+      return (f"Images {where} encoded, as JPEG/PNG bytes: each is decoded, cropped from the "
+              f"original and resized to {size} per example, at every epoch.")
+    return f"Images {where} decoded, as {size} uint8 pixels."
+
+
+def holds_encoded(stored_sizes, resize: Sequence[int]) -> bool:
+  """True when images resized to `resize` should be held encoded: the size is above
+  SMALL_IMAGE_MAX and some stored image (of `stored_sizes`, (height, width) pairs) is not
+  already at it, so that decoding once at that size would lose part of the original."""
+  return bool(resize) and max(resize) > preprocessing.SMALL_IMAGE_MAX and any(
+      tuple(size) != tuple(resize) for size in stored_sizes)
 
 
 class Stream:
@@ -91,7 +123,7 @@ def load_idx(data_dir: str, name: Optional[str], resize: Sequence[int] = ()) -> 
   if resize:
     chunk = _DECODE_BATCH * 8
     train_images, test_images = (
-        np.concatenate([decoding.resize_uint8(images[start:start + chunk], resize).numpy()
+        np.concatenate([preprocessing.resize_uint8(images[start:start + chunk], resize).numpy()
                         for start in range(0, len(images), chunk)])
         for images in (train_images, test_images))
   identified = idx_files.identify(train_labels)
@@ -115,12 +147,22 @@ class _ImageFiles:
 
   image_shape: Tuple[int, int, int]
   resize: bool
+  encoded: bool = False  # The file's bytes as they are, for a per-example transform.
 
   def load(self, path: tf.Tensor) -> tf.Tensor:
-    return decoding.decode(tf.io.read_file(path), self.image_shape, self.resize)
+    if self.encoded:
+      return tf.io.read_file(path)
+    return preprocessing.decode(tf.io.read_file(path), self.image_shape, self.resize)
 
   def load_all(self, paths: np.ndarray) -> np.ndarray:
-    """Decodes every file in `paths` into one uint8 array, in order."""
+    """Decodes every file in `paths` into one uint8 array, in order (or, encoded, reads each
+    file's bytes into an object array)."""
+    if self.encoded:
+      contents = np.empty(len(paths), dtype=object)
+      for index, path in enumerate(paths):
+        with open(path, "rb") as file:
+          contents[index] = file.read()
+      return contents
     dataset = tf.data.Dataset.from_tensor_slices(paths.astype(str)).map(
         self.load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     try:
@@ -167,11 +209,15 @@ def load_image_folder(data_dir: str, resize: Sequence[int], validation_split: Op
   """A folder of class subfolders (see trainer.data.image_folder), in memory or streamed."""
   folder = image_folder.read_image_folder(data_dir, resize, validation_split)
   image_shape = (*(tuple(resize) or folder.image_size), folder.channels)
-  files = _ImageFiles(image_shape, resize=bool(resize))
+  encoded = holds_encoded(folder.sizes, resize)
+  files = _ImageFiles(image_shape, resize=bool(resize), encoded=encoded)
   num_train, num_test = len(folder.train.labels), len(folder.test.labels)
   name = "folder:" + os.path.basename(os.path.normpath(data_dir))
-  loaded = Loaded(name, image_shape, len(folder.class_names), num_train, num_test)
-  if loaded.decoded_bytes > limit_bytes:
+  encoded_bytes = sum(os.path.getsize(path) for split in (folder.train, folder.test)
+                      for path in split.paths) if encoded else 0
+  loaded = Loaded(name, image_shape, len(folder.class_names), num_train, num_test,
+                  encoded=encoded, encoded_bytes=encoded_bytes)
+  if loaded.held_bytes > limit_bytes:
     return dataclasses.replace(loaded, stream=_FolderStream(folder, files, seed))
   return dataclasses.replace(
       loaded, train=Split(files.load_all(folder.train.paths), folder.train.labels),
@@ -195,19 +241,19 @@ class _ShardStream(Stream):
   a parallel interleave, then a shuffle of STREAM_SHUFFLE_BUFFER encoded records with the same
   seed. Deterministic: the same epoch gives the same examples in the same order."""
 
-  def __init__(self, shards: tfrecords.Shards, resize: bool, seed: int):
-    self._shards, self._resize, self._seed = shards, resize, seed
+  def __init__(self, shards: tfrecords.Shards, resize: bool, seed: int, encoded: bool = False):
+    self._shards, self._resize, self._seed, self._encoded = shards, resize, seed, encoded
 
   def train_examples(self, epoch: int) -> tf.data.Dataset:
     files = self._shards.train_files
     order = epoch_order(len(files), self._seed, epoch).numpy()
     return tfrecords.examples([files[index] for index in order], self._shards, self._resize,
                               shuffle_buffer=STREAM_SHUFFLE_BUFFER,
-                              shuffle_seed=_epoch_seed(self._seed, epoch))
+                              shuffle_seed=_epoch_seed(self._seed, epoch), encoded=self._encoded)
 
   def test_examples(self) -> tf.data.Dataset:
     return tfrecords.examples(self._shards.test_files, self._shards, self._resize,
-                              parallel_files=1)
+                              parallel_files=1, encoded=self._encoded)
 
 
 def load_tfrecords(data_dir: str, label_offset: int, resize: Sequence[int], seed: int,
@@ -219,16 +265,20 @@ def load_tfrecords(data_dir: str, label_offset: int, resize: Sequence[int], seed
   # per epoch (num_train // global batch) are the same on every process.
   num_train = (shards.examples_per_input * num_inputs if shards.sharding == "file"
                else sum(shards.train_counts))
+  encoded = holds_encoded(shards.stored_sizes, resize)
+  encoded_bytes = sum(os.path.getsize(path) for path in shards.train_files + shards.test_files
+                      ) if encoded else 0
   loaded = Loaded("tfrecord:" + os.path.basename(os.path.normpath(data_dir)), shards.image_shape,
                   shards.num_classes, num_train, sum(shards.test_counts),
-                  sharding=shards.sharding, recorded_normalization=shards.normalization)
-  if loaded.decoded_bytes > limit_bytes:
-    return dataclasses.replace(loaded, stream=_ShardStream(shards, bool(resize), seed))
+                  sharding=shards.sharding, recorded_normalization=shards.normalization,
+                  encoded=encoded, encoded_bytes=encoded_bytes)
+  if loaded.held_bytes > limit_bytes:
+    return dataclasses.replace(loaded, stream=_ShardStream(shards, bool(resize), seed, encoded))
   return dataclasses.replace(
       loaded, train=Split(*tfrecords.load_split(shards.train_files, shards.train_counts, shards,
-                                                bool(resize))),
+                                                bool(resize), encoded)),
       test=Split(*tfrecords.load_split(shards.test_files, shards.test_counts, shards,
-                                       bool(resize))))
+                                       bool(resize), encoded)))
 
 
 # ---------------------------------------------------------------- tensorflow-datasets.
@@ -237,31 +287,41 @@ class _TfdsStream(Stream):
   shuffle buffer of STREAM_SHUFFLE_BUFFER examples with the same seed."""
 
   def __init__(self, builder, keys: Tuple[str, str], test_split: str, resize: Sequence[int],
-               seed: int):
+               seed: int, encoded: bool = False):
     self._builder, self._keys, self._test_split = builder, keys, test_split
-    self._resize, self._seed = resize, seed
+    self._resize, self._seed, self._encoded = resize, seed, encoded
 
   def train_examples(self, epoch: int) -> tf.data.Dataset:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     epoch_seed = _epoch_seed(self._seed, epoch)
     dataset = self._builder.as_dataset(
-        split="train", shuffle_files=True,
+        split="train", shuffle_files=True, decoders=_decoders(self._keys, self._encoded),
         read_config=tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16))
     dataset = dataset.shuffle(STREAM_SHUFFLE_BUFFER, seed=epoch_seed)
     return dataset.map(self._prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   def test_examples(self) -> tf.data.Dataset:
-    return self._builder.as_dataset(split=self._test_split).map(
-        self._prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return self._builder.as_dataset(
+        split=self._test_split, decoders=_decoders(self._keys, self._encoded)).map(
+            self._prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   def _prepare(self, example):
-    return _example(example, self._keys, self._resize)
+    return _example(example, self._keys, () if self._encoded else self._resize)
 
 
 def _example(example: dict, keys: Tuple[str, str], resize: Sequence[int]):
-  """(uint8 image, int32 label) of one tfds example, resized when `resize` is given."""
+  """(uint8 image, int32 label) of one tfds example, resized when `resize` is given; or the
+  image's encoded bytes when read with _decoders(keys, encoded=True)."""
   image, label = example[keys[0]], tf.cast(example[keys[1]], tf.int32)
-  return (decoding.resize_uint8(image, resize) if resize else image), label
+  return (preprocessing.resize_uint8(image, resize) if resize else image), label
+
+
+def _decoders(keys: Tuple[str, str], encoded: bool):
+  """tfds's decoders: the image feature left as its stored bytes when `encoded`."""
+  if not encoded:
+    return None
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return {keys[0]: tfds.decode.SkipDecoding()}
 
 
 def _ensure_reachable(url: str, dataset: str) -> None:
@@ -341,14 +401,19 @@ def load_tfds(name: str, tfds_data_dir: Optional[str], resize: Sequence[int], se
   image_shape = (*(tuple(resize) or stored_shape[:2]), stored_shape[2])
   num_train = builder.info.splits["train"].num_examples
   num_test = builder.info.splits[test_split].num_examples
+  # A stored size of None varies from image to image.
+  encoded = holds_encoded([stored_shape[:2]], resize)
+  encoded_bytes = sum(builder.info.splits[split].num_bytes or 0
+                      for split in ("train", test_split)) if encoded else 0
   loaded = Loaded(name, image_shape, builder.info.features[label_key].num_classes, num_train,
-                  num_test)
-  if loaded.decoded_bytes > limit_bytes:
+                  num_test, encoded=encoded, encoded_bytes=encoded_bytes)
+  if loaded.held_bytes > limit_bytes:
     return dataclasses.replace(loaded, stream=_TfdsStream(builder, keys, test_split, resize,
-                                                          seed))
+                                                          seed, encoded))
   splits = []
   for split in ("train", test_split):
-    dataset = builder.as_dataset(split=split).map(lambda example: _example(example, keys, resize))
+    dataset = builder.as_dataset(split=split, decoders=_decoders(keys, encoded)).map(
+        lambda example: _example(example, keys, () if encoded else resize))
     images, labels = zip(*tfds.as_numpy(dataset.batch(_DECODE_BATCH * 8)))
     splits.append(Split(np.concatenate(images), np.concatenate(labels)))
   return dataclasses.replace(loaded, train=splits[0], test=splits[1])

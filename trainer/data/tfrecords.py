@@ -23,9 +23,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from trainer.data import decoding
 from trainer.data import idx_files
 from trainer.data import image_folder
+from trainer.data import preprocessing
 from trainer import errors
 from trainer.records import workdir as workdir_lib
 
@@ -69,6 +69,9 @@ class Shards:
   examples_per_input: int = 0
   # Per-channel (mean, std) of the training images on the [0, 1] scale, from dataset.json.
   normalization: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
+  # The (height, width) of each file's first image: whether images are stored at the size
+  # trained on, as far as checking reads.
+  stored_sizes: frozenset = frozenset()
 
 
 def count_records(path: str) -> int:
@@ -180,7 +183,7 @@ def read_shards(data_dir: str, label_offset: int, resize: Sequence[int], input_i
                 tuple(counts[path] for path in test_files), image_shape, num_classes,
                 label_offset, sharding, examples_per_input,
                 (tuple(metadata["mean"]), tuple(metadata["std"]))
-                if "mean" in metadata and "std" in metadata else None)
+                if "mean" in metadata and "std" in metadata else None, frozenset(sizes))
 
 
 def _metadata(data_dir: str) -> dict:
@@ -223,11 +226,12 @@ def _check_label(label: int, num_classes: int, label_offset: int, path: str) -> 
 
 def examples(files: Sequence[str], shards: Shards, resize: bool,
              parallel_files: int = INTERLEAVE_FILES, shuffle_buffer: int = 0,
-             shuffle_seed: int = 0) -> tf.data.Dataset:
+             shuffle_seed: int = 0, encoded: bool = False) -> tf.data.Dataset:
   """Decoded (uint8 image, label) of `files`: a parallel interleave over the files (one record
   of each in turn; with `parallel_files` 1, file order then record order), an optional seeded
   shuffle of the encoded records (smaller than decoded images), and a parallel decode. The
-  same arguments give the same order: tf.data keeps it with deterministic=True."""
+  same arguments give the same order: tf.data keeps it with deterministic=True. With `encoded`
+  the images stay JPEG or PNG bytes, for a per-example transform of the original."""
   files_dataset = tf.data.Dataset.from_tensor_slices(list(files))
   if parallel_files > 1:
     records = files_dataset.interleave(
@@ -241,17 +245,20 @@ def examples(files: Sequence[str], shards: Shards, resize: bool,
 
   def decoded(record):
     image_bytes, label = parse_example(record, offset)
-    return decoding.decode(image_bytes, shards.image_shape, resize), label
+    return preprocessing.decode(image_bytes, shards.image_shape, resize), label
 
-  return records.map(decoded, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return records.map(lambda record: parse_example(record, offset) if encoded else decoded(record),
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def load_split(files: Sequence[str], counts: Sequence[int], shards: Shards,
-               resize: bool) -> Tuple[np.ndarray, np.ndarray]:
+               resize: bool, encoded: bool = False) -> Tuple[np.ndarray, np.ndarray]:
   """Every image and label of `files` in memory, in file order (as the converter wrote them);
-  a damaged record or an out-of-range label is named with its file."""
+  a damaged record or an out-of-range label is named with its file. With `encoded` the images
+  are their JPEG or PNG bytes (an object array)."""
   try:
-    batches = [batch for batch in examples(files, shards, resize, parallel_files=1).batch(4096)]
+    batches = [batch for batch in examples(files, shards, resize, parallel_files=1,
+                                           encoded=encoded).batch(4096)]
   except tf.errors.OpError as e:
     raise errors.UserError(f"A record of {', '.join(files[:2])}{', ...' if len(files) > 2 else ''}"
                            f" cannot be read or decoded ({errors.tensorflow_cause(e)}). Find the "
@@ -292,13 +299,6 @@ def write_split(output: str, split: str, encoded_images, labels, num_shards: int
 
 def convert(data_dir: str, output: str, num_shards: int, validation_split=None) -> dict:
   """Writes the dataset in `data_dir` as shards in `output`; returns what dataset.json holds."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer.data import idx_files  # pylint: disable=g-import-not-at-top
-  from trainer.data import image_folder  # pylint: disable=g-import-not-at-top
-  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  from trainer.data import tfrecords  # pylint: disable=g-import-not-at-top
-  from trainer import errors  # pylint: disable=g-import-not-at-top
-  from trainer.records import workdir  # pylint: disable=g-import-not-at-top
   data_dir = os.path.expanduser(data_dir)
   if not os.path.isdir(data_dir):
     raise errors.UserError(f"--data_dir={data_dir} is not a folder.")
@@ -307,7 +307,7 @@ def convert(data_dir: str, output: str, num_shards: int, validation_split=None) 
                            "shards of another dataset mix with these.")
   os.makedirs(output, exist_ok=True)
   if image_folder.is_image_folder(data_dir):
-    folder = image_folder.read_image_folder(data_dir, (), validation_split)
+    folder = image_folder.read_image_folder(data_dir, (), validation_split, mixed_sizes=True)
     class_names = list(folder.class_names)
     mean = std = None  # The images are copied as they are, never decoded here.
     splits = {"train": folder.train, "test": folder.test}
@@ -317,7 +317,7 @@ def convert(data_dir: str, output: str, num_shards: int, validation_split=None) 
     train_images, train_labels, test_images, test_labels = idx_files.read_mnist_format(data_dir)
     class_names = [str(label) for label in range(idx_files.NUM_CLASSES)]
 
-    mean, std = input_pipeline.channel_statistics(train_images)
+    mean, std = preprocessing.channel_statistics(train_images)
 
     def png(images):
       return lambda index: tf.io.encode_png(images[index][..., None]

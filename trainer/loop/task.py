@@ -12,6 +12,7 @@ checkpoint, stop) falls between updates.
 
 import hashlib
 import signal
+import time
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import keras
@@ -89,6 +90,9 @@ class Task:
     self.test_examples = whole.num_test_examples
     self._evaluate_chunk = tf.function(self._evaluate_chunk_eager)
     self._iterator, self._pack, self._train_loop = None, 1, None
+    # Seconds train_loop has spent waiting for the next batch, summed over this process: the
+    # input pipeline's share of the loop (throughput.ThroughputMeter reads it).
+    self.input_wait_s = 0.0
     self._count_stop_requests = None
 
   @property
@@ -124,7 +128,10 @@ class Task:
 
     Returns 0, or the 1-based step of this call whose loss was not finite: training stops there.
     """
-    return int(self._train_loop(self._iterator, tf.constant(num_steps // self._pack, tf.int64)))
+    bad_step, waited = self._train_loop(self._iterator,
+                                        tf.constant(num_steps // self._pack, tf.int64))
+    self.input_wait_s += float(waited)
+    return int(bad_step)
 
   def train_metrics(self) -> Dict[str, float]:
     """The training loss and accuracy since the last reset, the learning rate now, under
@@ -316,16 +323,30 @@ class Task:
       # One replica: XLA fuses whole steps (optimizer update and metrics included) into one call.
       train_pack = tf.function(train_pack, jit_compile=True)
 
+    clock = _loop_clock(self._settings.config.deterministic)
+
     @tf.function
     def train_loop(iterator, num_packs):
       # Several steps per call: the Python round trip is paid once per loop, not once per step.
+      # Returns the bad step (or 0) and the seconds spent waiting for the next element: the
+      # clock is read after the previous step's flags exist and after the element arrives, so
+      # the difference is the time the step could not start for want of input.
       bad_step = tf.constant(0, tf.int64)
+      waited = tf.constant(0.0, tf.float64)
+      previous = tf.constant(0.0)
       for index in tf.range(num_packs, dtype=tf.int64):
-        flags = train_pack(*next(iterator))
+        with tf.control_dependencies([previous]):
+          asked = clock()
+        with tf.control_dependencies([asked]):
+          element = next(iterator)
+        with tf.control_dependencies(tf.nest.flatten(element, expand_composites=True)):
+          waited += clock() - asked
+        flags = train_pack(*element)
+        previous = tf.reduce_sum(flags)
         if tf.reduce_any(flags > 0):
           bad_step = index * pack + tf.argmax(tf.cast(flags > 0, tf.int64)) + 1
           break
-      return bad_step
+      return bad_step, waited
 
     return train_loop
 
@@ -352,6 +373,15 @@ class Task:
         break
       self._strategy.run(self._replica_eval_step, args=batch.get_value())
     return exhausted
+
+
+def _loop_clock(deterministic: bool) -> Callable[[], tf.Tensor]:
+  """The in-graph clock that times the wait for input: tf.timestamp, which op determinism
+  (--deterministic) refuses as a source of nondeterminism; there a Python call reads the clock
+  instead (about 20 us a read, paid by deterministic runs only). The time never enters the math."""
+  if not deterministic:
+    return tf.timestamp
+  return lambda: tf.reshape(tf.py_function(time.perf_counter, [], tf.float64), [])
 
 
 def _sha256(variables: Sequence) -> str:

@@ -5,11 +5,17 @@ Throughput is wall-clock time between the ends of compiled calls: the host work 
 it too. Two things do not: the process's first call, which carries tracing and compiling (it
 gives `time_to_first_step_s` instead), and whatever runs under `paused()` (evaluation and the
 epoch-end checkpoint).
+
+The input pipeline's share: of that time, the part the loop spent waiting for its next batch
+(`input_wait`, the seconds the task has waited so far), per window and in total. Above about
+INPUT_BOUND_SHARE the run was input-bound: a faster accelerator would not have trained faster.
 """
 
 import contextlib
 import time
 from typing import Callable, Dict, Iterator, List, Optional
+
+INPUT_BOUND_SHARE = 0.1  # A run that waits for input longer than this says so at its end.
 
 
 class ThroughputMeter:
@@ -17,8 +23,12 @@ class ThroughputMeter:
 
   def __init__(self, global_batch_size: int, process_start_time: float,
                clock: Callable[[], float] = time.perf_counter,
-               wall_clock: Callable[[], float] = time.time):
+               wall_clock: Callable[[], float] = time.time,
+               input_wait: Callable[[], float] = lambda: 0.0):
     self._batch = global_batch_size
+    self._input_wait = input_wait
+    self._last_wait = 0.0
+    self._waited = self._window_waited = 0.0
     self._process_start = process_start_time
     self._clock, self._wall_clock = clock, wall_clock
     self._last = clock()
@@ -36,6 +46,7 @@ class ThroughputMeter:
   def record(self, num_steps: int) -> None:
     """Counts a compiled call of `num_steps` steps that has just finished."""
     now = self._clock()
+    waited_so_far = self._input_wait()
     if self.time_to_first_step_s is None:
       self.time_to_first_step_s = self._wall_clock() - self._process_start
       self.first_call = (num_steps, now - self._last)
@@ -44,8 +55,10 @@ class ThroughputMeter:
       self._seconds += now - self._last
       self._window_steps += num_steps
       self._window_seconds += now - self._last
+      self._waited += waited_so_far - self._last_wait
+      self._window_waited += waited_so_far - self._last_wait
       self.seconds_per_step = (now - self._last) / num_steps
-    self._last = now
+    self._last, self._last_wait = now, waited_so_far
 
   @contextlib.contextmanager
   def paused(self) -> Iterator[None]:
@@ -56,18 +69,22 @@ class ThroughputMeter:
       self._last = self._clock()
 
   def end_window(self) -> Dict[str, float]:
-    """Closes the log window: its examples_per_sec and step_time_ms ({} if nothing was timed)."""
+    """Closes the log window: its examples_per_sec, step_time_ms and input_wait_share ({} if
+    nothing was timed)."""
     figures = {}
     if self._window_steps:
       figures = {"examples_per_sec": self._window_steps * self._batch / self._window_seconds,
-                 "step_time_ms": 1000 * self._window_seconds / self._window_steps}
+                 "step_time_ms": 1000 * self._window_seconds / self._window_steps,
+                 "input_wait_share": _share(self._window_waited, self._window_seconds)}
       self.window_rates.append(figures["examples_per_sec"])
-    self._window_steps, self._window_seconds = 0, 0.0
+    self._window_steps, self._window_seconds, self._window_waited = 0, 0.0, 0.0
     return figures
 
   def totals(self) -> Dict[str, float]:
-    """This process's timed examples and seconds, and its time to the first step (0 if none)."""
+    """This process's timed examples and seconds, the part of them spent waiting for input, and
+    its time to the first step (0 if none)."""
     return {"timed_examples": float(self._steps * self._batch), "timed_seconds": self._seconds,
+            "input_wait_s": self._waited,
             "time_to_first_step_s": self.time_to_first_step_s or 0.0}
 
   def untimed_examples_per_sec(self) -> float:
@@ -79,3 +96,17 @@ class ThroughputMeter:
   def examples_per_sec(self) -> float:
     """Over every timed call of this process (0.0 when none was timed)."""
     return self._steps * self._batch / self._seconds if self._seconds else 0.0
+
+
+def _share(part: float, whole: float) -> float:
+  return min(1.0, part / whole) if whole > 0 else 0.0
+
+
+def input_bound_advice(share: float) -> Optional[str]:
+  """One line for the end of a run that waited for input more than INPUT_BOUND_SHARE of its
+  loop, naming what helps; None otherwise."""
+  if share <= INPUT_BOUND_SHARE:
+    return None
+  return (f"Input-bound: the loop waited for the next batch {share:.0%} of its time. More CPU "
+          "cores for tf.data (or fewer other processes on them), or images stored nearer the "
+          "size trained on, would train faster.")

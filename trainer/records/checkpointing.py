@@ -18,7 +18,7 @@ from trainer.records import workdir as workdir_lib
 
 
 # Figures each process adds to the run's totals.
-SUMMED = ("wall_time_s", "timed_examples", "timed_seconds")
+SUMMED = ("wall_time_s", "timed_examples", "timed_seconds", "input_wait_s")
 
 
 class Checkpointer:
@@ -33,9 +33,9 @@ class Checkpointer:
                this_process: Callable[[], Dict[str, float]] = dict, **trackables):
     self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     # The run's totals so far, summed over the processes that trained it: each process adds
-    # its own (from `this_process`: wall_time_s, timed_examples, timed_seconds) at every save,
-    # so a resumed run reports them whole, up to each earlier process's last checkpoint. The
-    # time to the first step is the last training process's own.
+    # its own (from `this_process`: wall_time_s, timed_examples, timed_seconds, input_wait_s)
+    # at every save, so a resumed run reports them whole, up to each earlier process's last
+    # checkpoint. The time to the first step is the last training process's own.
     self._totals = {name: tf.Variable(0.0, dtype=tf.float64, trainable=False, name=name)
                     for name in SUMMED + ("time_to_first_step_s",)}
     self._processes = tf.Variable(0, dtype=tf.int64, trainable=False, name="processes")

@@ -15,7 +15,7 @@ from trainer.records import workdir as workdir_lib
 
 # 2 added model, image_shape, num_classes, from_logits and processes; 3 added startup_s; 4 added
 # data_sharding; 5 added recipe, the moving average's and the best model's fields; 6 added
-# test_examples, skipped_steps and loss_scale.
+# test_examples, input_wait_share, skipped_steps and loss_scale.
 SCHEMA_VERSION = 6
 RESULTS_FILE = workdir_lib.RESULTS_FILE
 
@@ -62,6 +62,8 @@ class RunResults:
   weights_sha256: str
   examples_per_sec: float
   examples_per_sec_windows: List[float]
+  # Of the timed seconds, the share the loop waited for its next batch (input-bound above 0.1).
+  input_wait_share: float
   time_to_first_step_s: Optional[float]
   startup_s: Dict[str, Optional[float]]  # startup.PHASES: where time_to_first_step_s went.
   wall_time_s: float
@@ -101,8 +103,8 @@ def hparams(settings: config_lib.RunSettings, api: str, pipeline) -> dict:
 
 RECIPE = ("optimizer", "momentum", "nesterov", "weight_decay", "learning_rate", "lr_scaling",
           "warmup_steps", "lr_schedule", "lr_drops", "label_smoothing", "clip_norm",
-          "grad_accum_steps", "ema_decay", "export_ema", "keep_best", "augment", "normalize",
-          "eval_every", "eval_steps")
+          "grad_accum_steps", "ema_decay", "export_ema", "keep_best", "augment", "eval_crop",
+          "normalize", "eval_every", "eval_steps")
 
 
 def recipe(config: config_lib.Config, steps_per_epoch: int) -> Dict[str, object]:
