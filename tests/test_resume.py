@@ -59,6 +59,25 @@ RESUMABLE_FLAGS = ("--dataset=fashion_mnist", "--epochs=3", "--batch_size=64",
                    "--checkpoint_every=100", "--log_every=50", "--deterministic")
 
 
+def _run_straight_and_killed(flags, tmp_path, kill_after: int) -> str:
+  """Trains `flags` straight through in tmp_path/straight and, at the same time, in
+  tmp_path/killed: kill -9 once a checkpoint of step `kill_after` or later exists, then rerun to
+  the end. Returns the straight run's stderr."""
+  straight = start_trainer(*flags, f"--workdir={tmp_path / 'straight'}")
+  killed_dir = tmp_path / "killed"
+  killed = start_trainer(*flags, f"--workdir={killed_dir}")
+  wait_for_checkpoint(killed, killed_dir, at_least=kill_after)
+  killed.kill()  # SIGKILL: its workdir lock goes with it, so the rerun below can take it.
+  killed.wait()
+  assert not os.path.exists(killed_dir / run_record.RESULTS_FILE)
+  resumed = start_trainer(*flags, f"--workdir={killed_dir}")
+  _, resumed_err = resumed.communicate(timeout=240)
+  _, straight_err = straight.communicate(timeout=240)
+  assert resumed.returncode == 0 and straight.returncode == 0, resumed_err[-3000:]
+  assert "Resuming from step" in resumed_err
+  return straight_err
+
+
 # Every setting of the training recipe at once: each keeps state across the kill (momentum, the
 # schedule's step, the moving average, the best so far) or changes where boundaries fall.
 RECIPE_FLAGS = ("--optimizer=sgd", "--nesterov", "--learning_rate=0.05", "--weight_decay=1e-4",
@@ -80,19 +99,8 @@ def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_flags, steps_p
   flags = (*RESUMABLE_FLAGS, *RECIPE_FLAGS, f"--data_dir={fashion_mnist_dir}",
            f"--max_steps_per_epoch={steps_per_epoch}", f"--eval_every={eval_every}",
            *strategy_flags)
-  straight = start_trainer(*flags, f"--workdir={tmp_path / 'straight'}")
   killed_dir = tmp_path / "killed"
-  killed = start_trainer(*flags, f"--workdir={killed_dir}")
-  wait_for_checkpoint(killed, killed_dir, at_least=steps_per_epoch + 100)  # Inside epoch 2.
-  killed.kill()  # SIGKILL: its workdir lock goes with it, so the rerun below can take it.
-  killed.wait()
-  assert not os.path.exists(killed_dir / run_record.RESULTS_FILE)
-
-  resumed = start_trainer(*flags, f"--workdir={killed_dir}")
-  _, resumed_err = resumed.communicate(timeout=240)
-  _, straight_err = straight.communicate(timeout=240)
-  assert resumed.returncode == 0 and straight.returncode == 0, resumed_err[-3000:]
-  assert "Resuming from step" in resumed_err
+  _run_straight_and_killed(flags, tmp_path, kill_after=steps_per_epoch + 100)  # In epoch 2.
 
   total_steps = 3 * steps_per_epoch
   expected = run_record.read_results(tmp_path / "straight")
@@ -124,18 +132,8 @@ def test_sigkill_mid_epoch_with_per_example_crops_then_rerun_ends_bit_identical(
   flags = (f"--data_dir={data_dir}", "--image_size=72,72", "--augment=crop_flip", "--normalize",
            "--eval_crop=0.9", "--model=cnn", "--strategy=default", "--epochs=3",
            "--batch_size=16", "--checkpoint_every=10", "--log_every=10", "--deterministic")
-  straight = start_trainer(*flags, f"--workdir={tmp_path / 'straight'}")
   killed_dir = tmp_path / "killed"
-  killed = start_trainer(*flags, f"--workdir={killed_dir}")
-  wait_for_checkpoint(killed, killed_dir, at_least=70)  # 60 steps an epoch: inside epoch 2.
-  killed.kill()
-  killed.wait()
-  assert not os.path.exists(killed_dir / run_record.RESULTS_FILE)
-  resumed = start_trainer(*flags, f"--workdir={killed_dir}")
-  _, resumed_err = resumed.communicate(timeout=240)
-  _, straight_err = straight.communicate(timeout=240)
-  assert resumed.returncode == 0 and straight.returncode == 0, resumed_err[-3000:]
-  assert "Resuming from step" in resumed_err
+  straight_err = _run_straight_and_killed(flags, tmp_path, kill_after=70)  # 60 steps an epoch.
   assert "held in memory" in straight_err and "encoded" in straight_err
   expected = run_record.read_results(tmp_path / "straight")
   got = run_record.read_results(killed_dir)
