@@ -114,7 +114,7 @@ def _stem_statistics(strategy, sync_batchnorm, images):
   with strategy.scope():
     model = factory.build_model("resnet18", "functional", images.shape[1:], 10,
                                 sync_batchnorm=sync_batchnorm)
-  averaged = [v.value for v in model.non_trainable_variables if v.aggregation == "mean"]
+  averaged = distribution.replica_averaged(model.non_trainable_variables)
 
   @tf.function
   def forward(batch):

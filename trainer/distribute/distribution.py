@@ -1,7 +1,7 @@
 """Strategies: --strategy name to tf.distribute.Strategy, the chief, the batch split, datasets."""
 
 import itertools
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import tensorflow as tf
 
@@ -92,6 +92,14 @@ def distribute_per_process(strategy: tf.distribute.Strategy, dataset: tf.data.Da
   def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
     return dataset.rebatch(context.get_per_replica_batch_size(global_batch_size))
   return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def replica_averaged(variables: Sequence) -> List[tf.Variable]:
+  """Of Keras `variables`, the floating-point ones whose copies are averaged over replicas
+  (aggregation "mean", as the ResNets' BatchNorm statistics): what `average_replica_copies`
+  takes after each step."""
+  return [variable.value for variable in variables
+          if variable.aggregation == "mean" and variable.value.dtype.is_floating]
 
 
 def average_replica_copies(variables: Sequence[tf.Variable]) -> None:

@@ -69,9 +69,7 @@ class Task:
           tf.one_hot(labels, num_classes), outputs)
     # Variables each replica updates in its own copy during a step, averaged after it
     # (BatchNorm's moving statistics of the ResNets: see resnet._assign_this_replicas_copy).
-    self._replica_averaged = [variable.value for variable in self.model.non_trainable_variables
-                              if variable.aggregation == "mean"
-                              and variable.value.dtype.is_floating]
+    self._replica_averaged = distribution.replica_averaged(self.model.non_trainable_variables)
     self._forward_backward = self._forward_backward_eager
     if settings.jit_compile and settings.num_replicas > 1:
       # Several replicas: the cross-replica gradient sum cannot run inside XLA, the rest can.
