@@ -37,8 +37,8 @@ from absl import app
 from absl import flags
 
 from trainer import console
-from trainer.bench import timing
 from trainer.bench import input_benchmark
+from trainer.bench import timing
 from trainer.loop import startup
 from trainer.records import workdir as workdir_lib
 
