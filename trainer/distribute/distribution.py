@@ -116,11 +116,9 @@ def average_replica_copies(variables: Sequence[tf.Variable]) -> None:
     copy.assign(mean)
 
 
-def check_batch_size(global_batch_size: int, strategy: tf.distribute.Strategy,
-                     grad_accum_steps: int = 1) -> None:
+def check_batch_size(global_batch_size: int, replicas: int, grad_accum_steps: int = 1) -> None:
   """Refuses a global batch the replicas (and each replica's accumulation steps) cannot split
   evenly (TF would fail mid-step)."""
-  replicas = strategy.num_replicas_in_sync
   if global_batch_size % replicas:
     lower = global_batch_size // replicas * replicas
     raise errors.UserError(

@@ -52,7 +52,8 @@ def open_runtime(config: config_lib.Config) -> Iterator[Runtime]:
     stack.enter_context(cluster.peer_failures_reported(task))
     strategy = distribution.make_strategy(config.strategy, tf_config)
     heartbeat()
-    distribution.check_batch_size(config.batch_size, strategy, config.grad_accum_steps)
+    distribution.check_batch_size(config.batch_size, strategy.num_replicas_in_sync,
+                                  config.grad_accum_steps)
     # XLA as on one replica, so every strategy of the same settings gets the same precision.
     policy, reason = precision_lib.resolve_precision(
         config.precision, config.model, xla=config_lib.compiles_with_xla(config, 1))
