@@ -16,6 +16,7 @@ from trainer import errors
 APIS = ("sequential", "functional", "subclass")
 NETWORKS = ("mlp", "cnn", "resnet18", "resnet34", "resnet50")  # Built in, in all three APIs.
 APPLICATIONS_PREFIX = "applications."  # --model=applications.NAME: a keras.applications model.
+BACKENDS = ("tensorflow", "jax")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker_mirrored")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 LR_SCHEDULES = ("constant", "cosine", "linear", "step")
@@ -160,6 +161,12 @@ class Config:
       0, "Also evaluate every this many steps inside epochs (long epochs); 0 evaluates at "
       "epoch ends only.")
   # Hardware.
+  backend: str = _setting(
+      os.environ.get("KERAS_BACKEND", "tensorflow"),
+      "Keras backend: tensorflow or jax (pip install -e '.[jax]'). Fixed before Keras loads; "
+      "the strategies map to keras.distribution on jax (mirrored: DataParallel over every "
+      "local device). Unset follows KERAS_BACKEND, else tensorflow.",
+      shown="$KERAS_BACKEND or tensorflow")
   strategy: str = _setting(
       "auto", "tf.distribute strategy; auto is mirrored over several devices, one_device on "
       "one GPU, default on CPU. multi_worker_mirrored spans hosts (TF_CONFIG).")
@@ -291,6 +298,9 @@ class Config:
     if self.export_ema and not self.ema_decay:
       raise errors.UserError("--export_ema exports the moving average of the weights; add "
                              "--ema_decay (e.g. 0.999) or leave --export_ema out.")
+    if self.backend not in BACKENDS:
+      raise errors.UserError(f"--backend={self.backend} is not a Keras backend this trainer "
+                             f"runs on; choose {' or '.join(BACKENDS)}.")
     if self.eval_every < 0:
       raise errors.UserError(f"--eval_every={self.eval_every} counts steps: 0 (epoch ends "
                              "only) or more.")

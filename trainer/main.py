@@ -42,6 +42,7 @@ from absl import flags
 
 from trainer import config as config_lib
 from trainer import console
+from trainer.distribute import keras_backend
 from trainer import errors
 
 
@@ -119,6 +120,7 @@ _define(flags.DEFINE_integer, "max_steps_per_epoch", lower_bound=0)
 _define(flags.DEFINE_integer, "eval_steps", lower_bound=0)
 _define(flags.DEFINE_integer, "eval_every")
 _group("Distribution and precision")
+_define(flags.DEFINE_string, "backend")  # A string: $KERAS_BACKEND may hold any name.
 _define(flags.DEFINE_enum, "strategy", enum_values=config_lib.STRATEGIES)
 _define(flags.DEFINE_boolean, "gpu_memory_growth")
 _define(flags.DEFINE_integer, "cpu_devices", lower_bound=1)
@@ -196,9 +198,10 @@ def _run() -> None:
   with errors.shown_as_one_line():
     # Imported after flag parsing so that --help answers without loading TensorFlow, and inside
     # shown_as_one_line: TensorFlow takes seconds to import, a likely moment for Ctrl-C.
+    config = config_from_flags()
+    keras_backend.select(config)  # Before the first import of Keras.
     from trainer.distribute import cluster
     from trainer import train
-    config = config_from_flags()
     train.train_and_evaluate(config, start_time=_PROCESS_START)
     cluster.leave_cluster(config)
 

@@ -39,7 +39,7 @@ BEST_DIR = "best"
 
 # Settings that change the math: a checkpoint resumes only under the same ones. Raising epochs
 # does not change them, so it continues a run.
-MATH_FIELDS = ("model", "api", "hidden_units", "sync_batchnorm", "dataset", "label_offset",
+MATH_FIELDS = ("backend", "model", "api", "hidden_units", "sync_batchnorm", "dataset", "label_offset",
                "image_size", "augment", "eval_crop", "normalize", "validation_split",
                "image_shape", "num_classes", "batch_size", "optimizer", "momentum", "nesterov",
                "weight_decay", "learning_rate", "lr_scaling", "warmup_steps", "warmup_epochs",
@@ -47,7 +47,7 @@ MATH_FIELDS = ("model", "api", "hidden_units", "sync_batchnorm", "dataset", "lab
                "ema_decay", "keep_best", "seed",
                "max_steps_per_epoch", "precision", "num_replicas")
 # What a config.json written before a setting existed means by its absence.
-_MATH_DEFAULTS = {"model": "mlp", "sync_batchnorm": False, "label_offset": 0, "augment": "none",
+_MATH_DEFAULTS = {"backend": "tensorflow", "model": "mlp", "sync_batchnorm": False, "label_offset": 0, "augment": "none",
                   "eval_crop": 0.875,
                   "normalize": False, "image_size": [], "image_shape": [],
                   "num_classes": 0, "lr_schedule": "constant", "optimizer": "adam",

@@ -1,0 +1,42 @@
+"""Which Keras backend a process runs: fixed once, before the first `import keras`.
+
+Keras reads KERAS_BACKEND when it is first imported and keeps that backend for the process's
+life, so the trainer chooses it from --backend before importing anything that imports Keras,
+and a process holds one backend (tests run JAX runs as subprocesses). JAX's host devices are
+fixed when JAX starts too: --cpu_devices=N becomes XLA's forced host device count here, the JAX
+counterpart of TensorFlow's logical CPU devices.
+"""
+
+import importlib.util
+import os
+import sys
+
+from trainer import config as config_lib
+from trainer import errors
+
+_HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
+def select(config: config_lib.Config) -> None:
+  """Makes `config.backend` the backend Keras loads with; refuses one that cannot load."""
+  loaded = sys.modules.get("keras")
+  if loaded is not None:
+    current = loaded.backend.backend()
+    if current != config.backend:
+      raise errors.UserError(
+          f"--backend={config.backend}: Keras is already loaded with {current} in this "
+          "process, and keeps its first backend. Run the trainer in a process of its own.")
+    return
+  if config.backend == "jax" and importlib.util.find_spec("jax") is None:
+    raise errors.UserError("--backend=jax needs JAX, which is not installed: pip install -e "
+                           "'.[jax]' (GPUs: '.[jax-cuda]'), or leave --backend out.")
+  os.environ["KERAS_BACKEND"] = config.backend
+  if config.backend == "jax" and config.cpu_devices > 1:
+    os.environ["XLA_FLAGS"] = with_host_devices(os.environ.get("XLA_FLAGS", ""),
+                                                config.cpu_devices)
+
+
+def with_host_devices(xla_flags: str, count: int) -> str:
+  """XLA_FLAGS with the CPU split into `count` host devices (any earlier count replaced)."""
+  kept = [flag for flag in xla_flags.split() if not flag.startswith(_HOST_DEVICES_FLAG)]
+  return " ".join(kept + [f"{_HOST_DEVICES_FLAG}={count}"])
