@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence
 
 from absl import logging
 import keras
+from keras import ops
 import tensorflow as tf
 
 from trainer import config as config_lib
@@ -51,27 +52,28 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     self.kind, self.drop_steps = kind, tuple(int(step) for step in drop_steps)
 
   def __call__(self, step):
-    # The optimizer passes its iteration count: the step about to be taken, from 0.
-    step = tf.cast(step, tf.float32)
+    # The optimizer passes its iteration count: the step about to be taken, from 0. keras.ops,
+    # so the same schedule runs inside TensorFlow's and JAX's compiled steps.
+    step = ops.cast(step, "float32")
     warmup = float(self.warmup_steps)
     decay_steps = float(max(self.total_steps - self.warmup_steps, 1))
-    progress = tf.clip_by_value((step - warmup) / decay_steps, 0.0, 1.0)
+    progress = ops.clip((step - warmup) / decay_steps, 0.0, 1.0)
     if self.kind == "cosine":
       # In keras.optimizers.schedules.CosineDecay's order of operations, so that runs from
       # before the warm-up existed keep their weights bit for bit.
-      after = self.peak * (0.5 * (1.0 + tf.cos(math.pi * progress)))
+      after = self.peak * (0.5 * (1.0 + ops.cos(math.pi * progress)))
     elif self.kind == "linear":
       after = self.peak * (1.0 - progress)
     elif self.kind == "step":
-      drops = tf.reduce_sum(tf.cast(step >= tf.constant(self.drop_steps or (2**31,),
-                                                        tf.float32), tf.float32))
-      after = self.peak * tf.pow(STEP_DROP, drops)
+      drops = ops.sum(ops.cast(step >= ops.convert_to_tensor(self.drop_steps or (2**31,),
+                                                             "float32"), "float32"))
+      after = self.peak * ops.power(STEP_DROP, drops)
     else:
-      after = tf.constant(self.peak, tf.float32)
+      after = ops.convert_to_tensor(self.peak, "float32")
     if not self.warmup_steps:
       return after
     # From 0 at step 0, as Model Garden's LinearWarmup: the peak is reached at warmup_steps.
-    return tf.where(step < warmup, self.peak * step / warmup, after)
+    return ops.where(step < warmup, self.peak * step / warmup, after)
 
   def get_config(self) -> dict:
     return {"peak": self.peak, "total_steps": self.total_steps,
@@ -156,6 +158,15 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     super()._stateful_handle_non_finite_grads()
     self.skipped_steps.assign_add(1)
 
+  def _stateless_handle_non_finite_grads(self, optimizer_variables, trainable_variables):
+    # JAX's step: Keras's own halving of the scale, and the count.
+    mapping = list(zip(self.variables, optimizer_variables))
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+      self.step_counter.assign(0)
+      self.dynamic_scale.assign(ops.multiply(self.dynamic_scale, 0.5))
+      self.skipped_steps.assign_add(1)
+    return trainable_variables, [scope.get_current_value(v) for v in self.variables]
+
 
 def make_optimizer(config: config_lib.Config, schedule: WarmupSchedule,
                    variables: Sequence[tf.Variable],
@@ -173,7 +184,12 @@ def make_optimizer(config: config_lib.Config, schedule: WarmupSchedule,
     optimizer_class, settings = keras.optimizers.AdamW, dict(weight_decay=decoupled)
   else:  # AdamW without decay is Adam.
     optimizer_class, settings = keras.optimizers.Adam, dict(weight_decay=decoupled)
-  optimizer_class = _taking_summed_gradients(optimizer_class, config.clip_norm, gradient_norm)
+  if keras.backend.backend() == "tensorflow":
+    optimizer_class = _taking_summed_gradients(optimizer_class, config.clip_norm, gradient_norm)
+  elif config.clip_norm:
+    # JAX's gradient is the global batch's already (one SPMD step), so Keras's own clipping of
+    # the global norm clips the sum, after loss scaling's unscaling.
+    settings["global_clipnorm"] = config.clip_norm
   optimizer = optimizer_class(schedule, **settings)
   excluded = no_decay_variables(variables)
   if decoupled:
@@ -202,11 +218,10 @@ def sum_over_replicas(gradients: Sequence[Optional[tf.Tensor]]) -> List[Optional
   return [None if gradient is None else next(summed) for gradient in gradients]
 
 
-def l2_loss(variables: Sequence[tf.Variable], weight_decay: float,
-            num_shares: int) -> tf.Tensor:
+def l2_loss(variables: Sequence, weight_decay: float, num_shares: int):
   """SGD's weight decay as the loss term of one share of an update: 0.5 * decay * sum of
   squares, divided by the shares (replicas x accumulation steps), so that the gradient summed
-  over them is decay * var (as Model Garden scales its regularisation losses)."""
-  squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(variable, tf.float32)))
-                      for variable in variables])
+  over them is decay * var (as Model Garden scales its regularisation losses). `variables` are
+  Keras variables or, in a JAX step, their values."""
+  squares = sum(ops.sum(ops.square(ops.cast(variable, "float32"))) for variable in variables)
   return 0.5 * weight_decay * squares / num_shares
