@@ -93,6 +93,16 @@ class Task:
     self.input_wait_s = 0.0
     self._count_stop_requests = None
 
+  def scope(self):
+    """The strategy's scope, where the checkpoint's own variables are made."""
+    return self._strategy.scope()
+
+  def trackables(self) -> dict:
+    """What the checkpoint holds of the task: the model, the optimizer (with its loss-scale
+    state) and the weights' moving average where the run keeps one."""
+    held = {"model": self.model, "optimizer": self.optimizer, "ema": self.ema}
+    return {name: value for name, value in held.items() if value is not None}
+
   @property
   def max_pack(self) -> int:
     """How many steps one XLA call may run in an in-graph loop (see schedule.pack_size).

@@ -8,9 +8,10 @@ updates the `checkpoint` index last, so a crash mid-save leaves the previous che
 import os
 import shutil
 import tempfile
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Sequence
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 
 from trainer import errors
@@ -19,6 +20,25 @@ from trainer.records import workdir as workdir_lib
 
 # Figures each process adds to the run's totals.
 SUMMED = ("wall_time_s", "timed_examples", "timed_seconds", "input_wait_s")
+
+
+class ArrayMirror(tf.Module):
+  """Arrays that live outside TensorFlow (a JAX run's Keras variables, its moving average) held
+  in tf.Variables for the checkpoint: the Checkpointer copies them in before each save and out
+  after a restore, so both backends write the same kind of checkpoint, with its atomic index
+  and its fallback to an older one."""
+
+  def __init__(self, read: Callable[[], Sequence], write: Callable[[List], None]):
+    super().__init__()
+    self._read, self._write = read, write
+    self.values = [tf.Variable(np.asarray(value), trainable=False) for value in read()]
+
+  def copy_in(self) -> None:
+    for variable, value in zip(self.values, self._read()):
+      variable.assign(np.asarray(value))
+
+  def copy_out(self) -> None:
+    self._write([variable.numpy() for variable in self.values])
 
 
 class Checkpointer:
@@ -42,6 +62,7 @@ class Checkpointer:
     self._this_process = this_process
     self.earlier = {name: 0.0 for name in self._totals}
     self.earlier_processes = 0
+    self._mirrors = [value for value in trackables.values() if isinstance(value, ArrayMirror)]
     self._checkpoint = tf.train.Checkpoint(step=self._step, processes=self._processes,
                                            **self._totals, **trackables)
     self._shared_dir = os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)
@@ -80,6 +101,8 @@ class Checkpointer:
         logging.warning("Checkpoint %s cannot be read (%s: %s); trying the one before it.",
                         path, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
         continue
+      for mirror in self._mirrors:
+        mirror.copy_out()
       if path != candidates[0]:
         logging.warning("Resumed from %s, an older checkpoint than the newest.", path)
       self.earlier = {name: float(variable.numpy()) for name, variable in self._totals.items()}
@@ -99,6 +122,8 @@ class Checkpointer:
       if name != "processes":
         self._totals[name].assign(value or 0.0)
     self._processes.assign(self.earlier_processes + 1)
+    for mirror in self._mirrors:
+      mirror.copy_in()
     directory = self._manager.directory
     # TensorFlow writes each file under a temporary name and the index last, so a failed save
     # leaves the checkpoints before it readable, and only its own temporary files behind.
