@@ -64,12 +64,11 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     stack.enter_context(_out_of_memory_reported(config, pipeline, built))
 
     # ---------------------------------------------------------------- Task and checkpoint.
-    task = built["task"] = task_lib.Task(settings, runtime.strategy, pipeline, build_model)
+    task = built["task"] = _make_task(settings, runtime, pipeline, build_model)
     hparams = run_record.hparams(settings, task.api, pipeline)
     meter = throughput.ThroughputMeter(config.batch_size, start_time,
                                        input_wait=lambda: task.input_wait_s)
-    checkpointer, best = _open_checkpointer(stack, settings, runtime.strategy, task, pipeline,
-                                            meter, start_time)
+    checkpointer, best = _open_checkpointer(stack, settings, task, pipeline, meter, start_time)
     step = 0 if config.overwrite else checkpointer.restore_latest()
     plan = _loop_plan(settings, pipeline.steps_per_epoch, task.max_pack, step)
     # Every worker restored the chief's step, so all leave here together; a worker that went on
@@ -104,9 +103,13 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
 
 def _open_runtime(stack: contextlib.ExitStack,
                   config: config_lib.Config) -> runtime_lib.Runtime:
-  """Opens the runtime (devices, cluster, strategy) on `stack` and, on the chief, takes the
-  workdir and checks that the run may start there; returns the runtime."""
-  runtime = stack.enter_context(runtime_lib.open_runtime(config))
+  """Opens the runtime (devices, cluster, strategy; keras.distribution on JAX) on `stack` and,
+  on the chief, takes the workdir and checks that the run may start there; returns it."""
+  if config.backend == "jax":
+    from trainer.distribute import jax_runtime  # pylint: disable=g-import-not-at-top
+    runtime = stack.enter_context(jax_runtime.open_runtime(config))
+  else:
+    runtime = stack.enter_context(runtime_lib.open_runtime(config))
   settings = runtime.settings
   if settings.is_chief:
     # The one writer of the workdir from here to the end; other workers write only scratch.
@@ -115,14 +118,24 @@ def _open_runtime(stack: contextlib.ExitStack,
   peak = optimization.peak_learning_rate(config)
   scaled = (f" = {config.learning_rate:g} x {config.batch_size}/"
             f"{optimization.LINEAR_SCALING_BATCH}" if config.lr_scaling == "linear" else "")
-  logging.info("Strategy %s with %d replica%s on %s; precision %s (%s); %s steps per loop, "
-               "XLA %s; %s, peak learning rate %g%s.", settings.strategy, settings.num_replicas,
+  logging.info("Keras on %s; strategy %s with %d replica%s on %s; precision %s (%s); %s steps "
+               "per loop, XLA %s; %s, peak learning rate %g%s.", config.backend,
+               settings.strategy, settings.num_replicas,
                "" if settings.num_replicas == 1 else "s", settings.device,
                settings.precision, settings.precision_reason,
                (f"up to {settings.steps_per_loop}, about {schedule.AUTO_CALL_SECONDS:g} s of"
                 if settings.calls_sized_by_time else settings.steps_per_loop),
                "on" if settings.jit_compile else "off", config.optimizer, peak, scaled)
   return runtime
+
+
+def _make_task(settings: config_lib.RunSettings, runtime: runtime_lib.Runtime,
+               pipeline: input_pipeline.InputPipeline, build_model: factory.ModelBuilder):
+  """The backend's task: both give the controller `train_loop` and `evaluate`."""
+  if settings.config.backend == "jax":
+    from trainer.loop import jax_task  # pylint: disable=g-import-not-at-top
+    return jax_task.JaxTask(settings, pipeline, build_model)
+  return task_lib.Task(settings, runtime.strategy, pipeline, build_model)
 
 
 def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
@@ -149,14 +162,14 @@ def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
 
 
 def _open_checkpointer(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
-                       strategy: tf.distribute.Strategy, task: task_lib.Task,
+                       task: task_lib.Task,
                        pipeline: input_pipeline.InputPipeline,
                        meter: throughput.ThroughputMeter, start_time: float
                        ) -> Tuple[checkpointing.Checkpointer, Optional[best_model.BestModel]]:
   """The run's checkpointer (closed by `stack`) over the task's state, and under --keep_best
   the keeper of the best model, whose record it holds too; both made in the strategy's scope."""
   config = settings.config
-  with strategy.scope():
+  with task.scope():
     best = _best_model(settings, task, pipeline)
     checkpointer = checkpointing.Checkpointer(
         config.workdir, settings.is_chief, config.keep_checkpoints,
@@ -167,10 +180,9 @@ def _open_checkpointer(stack: contextlib.ExitStack, settings: config_lib.RunSett
 
 
 def _trackables(task: task_lib.Task, best: Optional[best_model.BestModel]) -> dict:
-  """What the checkpoint holds besides the step: the model, the optimizer, and the weights'
-  moving average and the best so far where the run keeps them."""
-  trackables = {"model": task.model, "optimizer": task.optimizer, "ema": task.ema, "best": best}
-  return {name: value for name, value in trackables.items() if value is not None}
+  """What the checkpoint holds besides the step: the task's state, and the best so far where
+  the run keeps it."""
+  return {**task.trackables(), **({"best": best} if best is not None else {})}
 
 
 def _best_model(settings: config_lib.RunSettings, task: task_lib.Task,
@@ -212,11 +224,19 @@ def _loop_plan(settings: config_lib.RunSettings, steps_per_epoch: int, max_pack:
 def _environment(settings: config_lib.RunSettings, plan: schedule.LoopPlan) -> dict:
   """The TEXT tab's description of what the run executes on."""
   return {"tf_version": tf.__version__, "keras_version": keras.__version__,
-          "python_version": sys.version.split()[0], "device": settings.device,
-          "devices": [d.name for d in tf.config.list_logical_devices()],
+          "backend": keras.backend.backend(), "python_version": sys.version.split()[0],
+          "device": settings.device, "devices": _device_names(),
           "num_replicas": settings.num_replicas, "precision_reason": settings.precision_reason,
           "steps_per_loop": settings.steps_per_loop, "jit_compile": settings.jit_compile,
           "steps_per_xla_call": plan.pack}
+
+
+def _device_names() -> List[str]:
+  """The devices the run's steps execute on: TensorFlow's logical devices, or JAX's."""
+  if keras.backend.backend() == "jax":
+    import jax  # pylint: disable=g-import-not-at-top
+    return [str(device) for device in jax.devices()]
+  return [d.name for d in tf.config.list_logical_devices()]
 
 
 def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: task_lib.Task,

@@ -124,6 +124,12 @@ def input_position(tf_config: dict) -> Tuple[int, int]:
   return readers.index((task["type"], task["index"])), len(readers)
 
 
+def worker_addresses(tf_config: dict) -> List[str]:
+  """Every process's host:port in `input_position` order: the chief first, then the workers."""
+  cluster = tf_config["cluster"]
+  return [address for kind in ("chief", "worker") for address in cluster.get(kind, ())]
+
+
 def tf_config_from_environment(worker_hosts: Sequence[str], task_index: int) -> dict:
   """Returns the checked cluster: from --worker_hosts when given, else from TF_CONFIG.
 

@@ -15,13 +15,13 @@ from trainer.records import workdir as workdir_lib
 
 # 2 added model, image_shape, num_classes, from_logits and processes; 3 added startup_s; 4 added
 # data_sharding; 5 added recipe, the moving average's and the best model's fields; 6 added
-# test_examples, input_wait_share, skipped_steps and loss_scale.
-SCHEMA_VERSION = 6
+# test_examples, input_wait_share, skipped_steps and loss_scale; 7 added backend.
+SCHEMA_VERSION = 7
 RESULTS_FILE = workdir_lib.RESULTS_FILE
 
 # What ran: results.json's first fields, and the keys compare groups runs by (with seed). The
 # HParams entry holds these and every other setting that can differ (hparams_entry).
-HPARAMS = ("model", "api", "strategy", "num_replicas", "precision", "device",
+HPARAMS = ("model", "api", "backend", "strategy", "num_replicas", "precision", "device",
            "global_batch_size", "dataset", "hidden_units", "seed")
 
 
@@ -32,6 +32,7 @@ class RunResults:
   # What ran (HPARAMS).
   model: str
   api: str
+  backend: str  # The Keras backend: tensorflow or jax.
   strategy: str
   num_replicas: int
   precision: str
@@ -95,7 +96,8 @@ def hparams(settings: config_lib.RunSettings, api: str, pipeline) -> dict:
   """The HPARAMS of a run, known once its model is built: `api` as built or detected, the
   dataset's name from its input_pipeline.InputPipeline."""
   config = settings.config
-  return {"model": config.model, "api": api, "strategy": settings.strategy,
+  return {"model": config.model, "api": api, "backend": config.backend,
+          "strategy": settings.strategy,
           "num_replicas": settings.num_replicas, "precision": settings.precision,
           "device": settings.device, "global_batch_size": config.batch_size,
           "dataset": pipeline.name, "hidden_units": config.hidden_units, "seed": config.seed}

@@ -1,0 +1,355 @@
+"""The learning problem of a run on Keras's JAX backend, behind the same seam as loop/task.py.
+
+The controller, plan, meter, progress, checkpointer and records see `train_loop(num_steps)` and
+`evaluate()` as from the TensorFlow task. A step is one jitted function of the state (the
+model's trainable and other variables, the optimizer's, the weights' moving average and the
+metrics' sums) over `model.stateless_call` and `optimizer.stateless_apply`, with the same
+model, optimizer, schedule and losses as on TensorFlow. Between calls the Keras variables hold
+the state (assigning an array to one costs no copy), so checkpoints, exports, the moving
+average's swap and the digests read the model as on TensorFlow.
+
+Under keras.distribution's DataParallel the batch is sharded along its first axis and the
+weights replicated, and the compiled step is one SPMD program: its loss is the global batch's,
+so its gradient is already summed over devices and every device decides loss scaling's
+"finite" and the clipping from the same values. BatchNormalization's batch statistics in a
+training step are the global batch's too (as --sync_batchnorm on TensorFlow).
+"""
+
+import contextlib
+import hashlib
+import inspect
+import signal
+import time
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer import config as config_lib
+from trainer.data import input_pipeline
+from trainer.distribute import precision as precision_lib
+from trainer.loop import optimization
+from trainer.models import factory
+from trainer.records import checkpointing
+
+_ALL_BATCHES = 2**62
+
+
+class WeightAverage:
+  """The moving average of the trainable weights (--ema_decay) as arrays the step updates:
+  average -= (1 - decay) * (average - weight), from the initial weights, as
+  loop/averaging.WeightAverage on TensorFlow."""
+
+  def __init__(self, variables: Sequence[keras.Variable], decay: float):
+    self._variables, self.decay = list(variables), float(decay)
+    self.averages = [variable.value for variable in self._variables]
+
+  @contextlib.contextmanager
+  def swapped(self) -> Iterator[None]:
+    """The model holds the average inside the block, its own weights again after it."""
+    weights = [variable.value for variable in self._variables]
+    for variable, average in zip(self._variables, self.averages):
+      variable.assign(average)
+    try:
+      yield
+    finally:
+      for variable, weight in zip(self._variables, weights):
+        variable.assign(weight)
+
+
+class JaxTask:
+  """Builds the model and optimizer (under the run's keras.distribution, if any) and runs
+  jitted training and evaluation steps."""
+
+  def __init__(self, settings: config_lib.RunSettings, pipeline: input_pipeline.InputPipeline,
+               build_model: factory.ModelBuilder):
+    self._settings = settings
+    config = settings.config
+    built = build_model(pipeline.image_shape, pipeline.num_classes, settings.precision)
+    self.model, self.api, self.from_logits = built.model, built.api, built.from_logits
+    self.learning_rate = optimization.learning_rate_schedule(config, pipeline.steps_per_epoch)
+    self.loss_scaling = precision_lib.uses_loss_scaling(settings.precision)
+    self.optimizer = optimization.make_optimizer(
+        config, self.learning_rate, self.model.trainable_variables,
+        loss_scaling=self.loss_scaling)
+    trainable = self.model.trainable_variables
+    decayed = ({id(v) for v in optimization.decayed_variables(trainable)}
+               if config.optimizer == "sgd" and config.weight_decay else set())
+    self._l2_indices = [index for index, v in enumerate(trainable) if id(v) in decayed]
+    self.ema = WeightAverage(trainable, config.ema_decay) if config.ema_decay else None
+    self._loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=self.from_logits,
+                                                               reduction=None)
+    self._train_loss_fn = self._loss_fn
+    if config.label_smoothing:
+      smoothed = keras.losses.CategoricalCrossentropy(
+          from_logits=self.from_logits, label_smoothing=config.label_smoothing, reduction=None)
+      num_classes = pipeline.num_classes
+      self._train_loss_fn = lambda labels, outputs: smoothed(
+          keras.ops.one_hot(labels, num_classes), outputs)
+    distribution = keras.distribution.distribution()
+    self._data_sharding = (distribution.get_data_layout((config.batch_size,)).backend_layout
+                           if distribution is not None else None)
+    self._eval_dataset = pipeline.eval_dataset()
+    whole = pipeline.whole_test_split()
+    self._whole_split = (None if whole.num_test_examples == pipeline.num_test_examples
+                         else whole.eval_dataset())
+    self.test_examples = whole.num_test_examples
+    # [loss sum, correct, examples, gradient norm sum, steps] since the last reset.
+    self._sums = jnp.zeros([5], jnp.float32)
+    self._train_step = jax.jit(self._train_step_fn, donate_argnums=(0,))
+    self._eval_step = jax.jit(self._eval_step_fn)
+    self._iterator: Optional[Iterator] = None
+    self._per_process = False
+    self.input_wait_s = 0.0
+    self.max_pack = 1
+
+  # ---------------------------------------------------------------- The controller's seam.
+  def start_training(self, dataset: tf.data.Dataset, pack: int, per_process: bool = False) -> None:
+    """Sets the batches that train_loop consumes, one a step (`pack` is always 1 here). With
+    `per_process`, each element is this process's part of the global batch already."""
+    del pack  # max_pack is 1: each jitted step is one call.
+    self._iterator = dataset.as_numpy_iterator()
+    self._per_process = per_process
+
+  def train_loop(self, num_steps: int) -> int:
+    """Trains `num_steps` steps; returns 0, or the 1-based step whose loss was not finite."""
+    state = self._state()
+    flags = []
+    try:
+      for _ in range(num_steps):
+        if flags:
+          flags[-1].block_until_ready()  # The wait below is then the step's own.
+        asked = time.perf_counter()
+        images, labels = next(self._iterator)
+        self.input_wait_s += time.perf_counter() - asked
+        state, flag = self._train_step(state, self._global(images), self._global(labels))
+        flags.append(flag)
+    finally:
+      self._set_state(state)
+    bad = [int(index) for index, flag in enumerate(jax.device_get(flags)) if flag]
+    return bad[0] + 1 if bad else 0
+
+  def train_metrics(self) -> Dict[str, float]:
+    """As task.Task.train_metrics: loss and accuracy since the reset, the learning rate now, the
+    mean gradient norm under --clip_norm, the loss scale and skips under float16."""
+    loss, correct, examples, norms, steps = (float(value) for value in jax.device_get(self._sums))
+    metrics = {"loss": loss / max(examples, 1.0), "accuracy": correct / max(examples, 1.0),
+               "learning_rate": float(self.learning_rate(self.optimizer.iterations.value))}
+    if self._settings.config.clip_norm:
+      metrics["gradient_norm"] = norms / max(steps, 1.0)
+    if self.loss_scaling:
+      metrics["loss_scale"] = self.loss_scale
+      metrics["skipped_steps"] = self.skipped_steps
+    return metrics
+
+  @property
+  def loss_scale(self) -> Optional[float]:
+    return float(self.optimizer.dynamic_scale.value) if self.loss_scaling else None
+
+  @property
+  def skipped_steps(self) -> int:
+    return int(self.optimizer.skipped_steps.value) if self.loss_scaling else 0
+
+  def reset_train_metrics(self) -> None:
+    self._sums = jnp.zeros([5], jnp.float32)
+
+  def evaluate(self, next_chunk: Optional[Callable[[int], int]] = None,
+               whole_split: bool = False) -> Optional[Dict[str, float]]:
+    """As task.Task.evaluate: the test split's loss and accuracy (and the moving average's),
+    in chunks that `next_chunk` sizes; None when a stop request abandons it."""
+    if next_chunk is None or self._settings.strategy == "multi_worker_mirrored":
+      next_chunk = lambda batches_done: _ALL_BATCHES
+    dataset = self._whole_split if whole_split and self._whole_split else self._eval_dataset
+    figures = self._evaluate_weights(dataset, next_chunk)
+    if figures is None or self.ema is None:
+      return figures
+    with self.ema.swapped():
+      averaged = self._evaluate_weights(dataset, next_chunk)
+    if averaged is None:
+      return None
+    figures.update({f"{name}_ema": value for name, value in averaged.items()})
+    return figures
+
+  def agreed_stop(self, local_signal: int) -> Tuple[int, bool]:
+    """As task.Task.agreed_stop: any process's stop request stops every process at this
+    boundary (one small all-gather)."""
+    if self._settings.strategy != "multi_worker_mirrored":
+      return local_signal, bool(local_signal)
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    requests = multihost_utils.process_allgather(np.int32(1 if local_signal else 0))
+    if not np.sum(requests):
+      return 0, False
+    return (local_signal or signal.SIGTERM), bool(local_signal)
+
+  def weights_sha256(self) -> str:
+    return _sha256(variable.value for variable in self.model.weights)
+
+  def ema_weights_sha256(self) -> Optional[str]:
+    return _sha256(self.ema.averages) if self.ema is not None else None
+
+  def scope(self):
+    """Where the checkpoint's variables are made: anywhere, on JAX."""
+    return contextlib.nullcontext()
+
+  def trackables(self) -> Dict[str, checkpointing.ArrayMirror]:
+    """What the checkpoint holds of the task: the model's variables (its random generators'
+    states included), the optimizer's and the moving average, copied through tf.Variables."""
+    variables = self.model.trainable_variables + self.model.non_trainable_variables
+    held = {"model": checkpointing.ArrayMirror(lambda: [v.value for v in variables],
+                                               lambda values: _assign(variables, values)),
+            "optimizer": checkpointing.ArrayMirror(
+                lambda: [v.value for v in self.optimizer.variables],
+                lambda values: _assign(self.optimizer.variables, values))}
+    if self.ema is not None:
+      held["ema"] = checkpointing.ArrayMirror(lambda: self.ema.averages, self._set_averages)
+    return held
+
+  def _set_averages(self, values: List[np.ndarray]) -> None:
+    placed = self.model.trainable_variables
+    self.ema.averages = [jax.device_put(value, variable.value.sharding)
+                         for value, variable in zip(values, placed)]
+
+  # ---------------------------------------------------------------- State.
+  def _state(self) -> tuple:
+    return ([v.value for v in self.model.trainable_variables],
+            [v.value for v in self.model.non_trainable_variables],
+            [v.value for v in self.optimizer.variables],
+            list(self.ema.averages) if self.ema else [], self._sums)
+
+  def _set_state(self, state: tuple) -> None:
+    trainable, non_trainable, optimizer_values, averages, self._sums = state
+    _assign(self.model.trainable_variables, trainable)
+    _assign(self.model.non_trainable_variables, non_trainable)
+    _assign(self.optimizer.variables, optimizer_values)
+    if self.ema is not None:
+      self.ema.averages = list(averages)
+
+  def _global(self, array: np.ndarray) -> jax.Array:
+    """This process's batch (or its share of the global batch) as one array over the devices."""
+    if self._data_sharding is None:
+      return jnp.asarray(array)
+    if jax.process_count() > 1 and not self._per_process:
+      share = len(array) // jax.process_count()
+      array = array[jax.process_index() * share:(jax.process_index() + 1) * share]
+    return jax.make_array_from_process_local_data(self._data_sharding, array)
+
+  # ---------------------------------------------------------------- Compiled steps.
+  def _training(self, training: bool) -> dict:
+    # stateless_call hands its arguments to call() as they are, where Layer.__call__ would drop
+    # a `training` that call() does not take (the built-in mlp's subclass, users' models).
+    parameters = inspect.signature(self.model.call).parameters
+    takes_it = "training" in parameters or any(
+        p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return {"training": training} if takes_it else {}
+
+  def _loss(self, trainable, non_trainable, images, labels, scale):
+    outputs, non_trainable = self.model.stateless_call(trainable, non_trainable, images,
+                                                       **self._training(True))
+    outputs = keras.ops.cast(outputs, "float32")
+    per_example_loss = self._train_loss_fn(labels, outputs)
+    config = self._settings.config
+    loss = keras.ops.sum(per_example_loss) / config.batch_size
+    if self._l2_indices:
+      loss += optimization.l2_loss([trainable[index] for index in self._l2_indices],
+                                   config.weight_decay, config.grad_accum_steps)
+    return loss * scale, (per_example_loss, outputs, non_trainable)
+
+  def _gradients(self, trainable, non_trainable, images, labels, scale):
+    # The batch's gradient, as --grad_accum_steps micro-batches one after another (a scan: one
+    # micro-batch's activations alive at a time) whose gradients are summed.
+    grad_fn = jax.grad(self._loss, has_aux=True)
+    steps = self._settings.config.grad_accum_steps
+    if steps == 1:
+      return grad_fn(trainable, non_trainable, images, labels, scale)
+    micro_images = images.reshape((steps, -1) + images.shape[1:])
+    micro_labels = labels.reshape((steps, -1))
+
+    def micro_step(carry, batch):
+      total, non_trainable = carry
+      gradients, (losses, outputs, non_trainable) = grad_fn(trainable, non_trainable, *batch,
+                                                            scale)
+      return ([t + g for t, g in zip(total, gradients)], non_trainable), (losses, outputs)
+
+    zeros = [jnp.zeros_like(variable) for variable in trainable]
+    (gradients, non_trainable), (losses, outputs) = jax.lax.scan(
+        micro_step, (zeros, non_trainable), (micro_images, micro_labels))
+    return gradients, (losses.reshape(-1), outputs.reshape((-1, outputs.shape[-1])),
+                       non_trainable)
+
+  def _train_step_fn(self, state, images, labels):
+    trainable, non_trainable, optimizer_values, averages, sums = state
+    config = self._settings.config
+    scale = 1.0
+    if self.loss_scaling:
+      scale = optimizer_values[[id(v) for v in self.optimizer.variables].index(
+          id(self.optimizer.dynamic_scale))]
+    gradients, (per_example_loss, outputs, non_trainable) = self._gradients(
+        trainable, non_trainable, images, labels, scale)
+    norm = jnp.zeros([], jnp.float32)
+    if config.clip_norm:  # The optimizer clips (global_clipnorm); this records the norm.
+      norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in gradients)) / scale
+    skipped_before = self._skipped(optimizer_values)
+    trainable, optimizer_values = self.optimizer.stateless_apply(optimizer_values, gradients,
+                                                                 trainable)
+    if self.ema is not None:
+      rate = 1.0 - self.ema.decay
+      moved = [average - rate * (average - weight)
+               for average, weight in zip(averages, trainable)]
+      if skipped_before is None:
+        averages = moved
+      else:  # A skipped update leaves the average too.
+        skipped = self._skipped(optimizer_values) > skipped_before
+        averages = [jnp.where(skipped, old, new) for old, new in zip(averages, moved)]
+    correct = jnp.sum(jnp.argmax(outputs, axis=-1) == labels)
+    sums = sums + jnp.stack([jnp.sum(per_example_loss), correct.astype(jnp.float32),
+                             jnp.float32(labels.shape[0]), norm, jnp.float32(1.0)])
+    not_finite = jnp.any(~jnp.isfinite(per_example_loss))
+    return (trainable, non_trainable, optimizer_values, averages, sums), not_finite
+
+  def _skipped(self, optimizer_values):
+    if not self.loss_scaling:
+      return None
+    return optimizer_values[[id(v) for v in self.optimizer.variables].index(
+        id(self.optimizer.skipped_steps))]
+
+  def _eval_step_fn(self, trainable, non_trainable, images, labels, weights):
+    outputs, _ = self.model.stateless_call(trainable, non_trainable, images,
+                                           **self._training(False))
+    outputs = keras.ops.cast(outputs, "float32")
+    losses = self._loss_fn(labels, outputs)
+    correct = (jnp.argmax(outputs, axis=-1) == labels).astype(jnp.float32)
+    return jnp.stack([jnp.sum(losses * weights), jnp.sum(correct * weights), jnp.sum(weights)])
+
+  def _evaluate_weights(self, dataset: tf.data.Dataset, next_chunk: Callable[[int], int]
+                        ) -> Optional[Dict[str, float]]:
+    trainable = [v.value for v in self.model.trainable_variables]
+    non_trainable = [v.value for v in self.model.non_trainable_variables]
+    totals = jnp.zeros([3], jnp.float32)
+    batches = dataset.as_numpy_iterator()
+    batches_done, exhausted = 0, False
+    while not exhausted:
+      num_batches = next_chunk(batches_done)
+      if num_batches <= 0:
+        return None
+      for _ in range(min(num_batches, _ALL_BATCHES)):
+        batch = next(batches, None)
+        if batch is None:
+          exhausted = True
+          break
+        images, labels, weights = (self._global(part) for part in batch)
+        totals = totals + self._eval_step(trainable, non_trainable, images, labels, weights)
+      batches_done += num_batches
+    loss, correct, count = (float(value) for value in jax.device_get(totals))
+    return {"loss": loss / max(count, 1.0), "accuracy": correct / max(count, 1.0)}
+
+
+def _assign(variables: Sequence[keras.Variable], values: Sequence) -> None:
+  for variable, value in zip(variables, values):
+    variable.assign(value)
+
+
+def _sha256(values) -> str:
+  return hashlib.sha256(b"".join(np.asarray(value).tobytes() for value in values)).hexdigest()
