@@ -17,7 +17,6 @@ training step are the global batch's too (as --sync_batchnorm on TensorFlow).
 
 import contextlib
 import hashlib
-import inspect
 import signal
 import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -237,17 +236,19 @@ class JaxTask:
     return jax.make_array_from_process_local_data(self._data_sharding, array)
 
   # ---------------------------------------------------------------- Compiled steps.
-  def _training(self, training: bool) -> dict:
-    # stateless_call hands its arguments to call() as they are, where Layer.__call__ would drop
-    # a `training` that call() does not take (the built-in mlp's subclass, users' models).
-    parameters = inspect.signature(self.model.call).parameters
-    takes_it = "training" in parameters or any(
-        p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    return {"training": training} if takes_it else {}
+  def _forward(self, trainable, non_trainable, images, training: bool):
+    """The model's outputs and updated non-trainable values, as `model.stateless_call` gives
+    them, but through `model(...)`: stateless_call runs call() directly, so a subclassed model
+    whose call() takes no `training` would run its BatchNormalization layers in inference mode
+    while training; Layer.__call__ hands the phase to every layer, as on TensorFlow."""
+    mapping = (list(zip(self.model.trainable_variables, trainable))
+               + list(zip(self.model.non_trainable_variables, non_trainable)))
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+      outputs = self.model(images, training=training)
+    return outputs, [scope.get_current_value(v) for v in self.model.non_trainable_variables]
 
   def _loss(self, trainable, non_trainable, images, labels, scale):
-    outputs, non_trainable = self.model.stateless_call(trainable, non_trainable, images,
-                                                       **self._training(True))
+    outputs, non_trainable = self._forward(trainable, non_trainable, images, training=True)
     outputs = keras.ops.cast(outputs, "float32")
     per_example_loss = self._train_loss_fn(labels, outputs)
     config = self._settings.config
@@ -316,8 +317,7 @@ class JaxTask:
         id(self.optimizer.skipped_steps))]
 
   def _eval_step_fn(self, trainable, non_trainable, images, labels, weights):
-    outputs, _ = self.model.stateless_call(trainable, non_trainable, images,
-                                           **self._training(False))
+    outputs, _ = self._forward(trainable, non_trainable, images, training=False)
     outputs = keras.ops.cast(outputs, "float32")
     losses = self._loss_fn(labels, outputs)
     correct = (jnp.argmax(outputs, axis=-1) == labels).astype(jnp.float32)
