@@ -203,8 +203,8 @@ def leave_cluster(config) -> None:
   (they have written all they write), while the chief waits a second before exiting: no
   worker outlives the service it reports to.
   """
-  if config.strategy != "multi_worker_mirrored":
-    return
+  if config.strategy != "multi_worker_mirrored" or config.backend == "jax":
+    return  # JAX's distributed client leaves the cluster at exit on its own.
   from tensorflow.python.eager import context  # pylint: disable=g-import-not-at-top
   tf_config = tf_config_from_environment(config.worker_hosts, config.task_index)
   task, jobs = tf_config["task"], tf_config["cluster"]

@@ -53,6 +53,7 @@ def open_runtime(config: config_lib.Config) -> Iterator[runtime_lib.Runtime]:
     devices = jax.devices() if strategy != "default" else jax.devices()[:1]
     if strategy in ("mirrored", "multi_worker_mirrored"):
       keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+      stack.callback(keras.distribution.set_distribution, None)  # The next run starts clean.
     distribution.check_batch_size(config.batch_size, len(devices), config.grad_accum_steps)
     policy, reason = _precision(config, jax)
     settings = config_lib.RunSettings(

@@ -1,0 +1,120 @@
+"""--backend=jax: the harness on Keras's JAX backend trains, distributes and exports as on
+TensorFlow. Every JAX run is a process of its own (Keras keeps the backend of its first import;
+this test process has TensorFlow's)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import processes
+from tests.processes import ROOT
+from trainer import config as config_lib
+from trainer import errors
+from trainer import evaluate
+from trainer.distribute import keras_backend
+from trainer.records import run_record
+from trainer.records import workdir as workdir_lib
+
+
+def test_cpu_devices_become_xlas_host_device_count_replacing_an_earlier_one():
+  flags = "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=8"
+  assert keras_backend.with_host_devices(flags, 2) == (
+      "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=2")
+  assert keras_backend.with_host_devices("", 4) == "--xla_force_host_platform_device_count=4"
+
+
+def test_an_unknown_backend_is_refused_with_the_choices():
+  with pytest.raises(errors.UserError, match="choose tensorflow or jax"):
+    config_lib.Config(backend="torch")
+
+
+def test_a_workdir_of_one_backend_refuses_a_resume_on_the_other(tmp_path):
+  saved = json.loads(json.dumps(config_lib.Config(backend="jax").to_dict()))
+  with pytest.raises(errors.UserError, match="backend: 'jax' in the saved run, 'tensorflow'"):
+    workdir_lib.check_same_math(saved, config_lib.Config(backend="tensorflow").to_dict(),
+                                str(tmp_path))
+  del saved["backend"]  # A config.json from before the setting: TensorFlow's.
+  workdir_lib.check_same_math(saved, config_lib.Config(backend="tensorflow").to_dict(),
+                              str(tmp_path))
+
+
+def test_asking_for_jax_without_it_installed_is_one_line_and_exit_2(tmp_path):
+  hide_jax = ("import importlib.util, runpy, sys; find = importlib.util.find_spec; "
+              "importlib.util.find_spec = lambda name, *a: None if name == 'jax' "
+              "else find(name, *a); sys.argv = ['trainer.main'] + sys.argv[1:]; "
+              "runpy.run_module('trainer.main', run_name='__main__')")
+  done = subprocess.run([sys.executable, "-c", hide_jax, "--backend=jax",
+                         f"--workdir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=60)
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines() == [
+      "error: --backend=jax needs JAX, which is not installed: pip install -e '.[jax]' (GPUs: "
+      "'.[jax-cuda]'), or leave --backend out."]
+  assert not os.path.exists(tmp_path / "run")
+
+
+def _mlp(api, fashion_mnist_dir, workdir, **settings):
+  return {**dict(api=api, dataset="fashion_mnist", data_dir=fashion_mnist_dir, epochs=1,
+                batch_size=128, strategy="default", progress="none", workdir=str(workdir)), **settings}
+
+
+def _resnet18(api, workdir):
+  return dict(api=api, model="resnet18", dataset="synthetic", image_shape=(32, 32, 3),
+              num_test_examples=16, batch_size=8, epochs=1, max_steps_per_epoch=3,
+              strategy="default", progress="none", workdir=str(workdir))
+
+
+@pytest.fixture(scope="module")
+def jax_runs(fashion_mnist_dir, tmp_path_factory) -> dict:
+  """name -> results.json (and "workdir") of runs trained in one JAX process: the mlp one epoch of Fashion-MNIST at batch 128
+  in each API and mirrored over two host devices, and resnet18 three steps in each API."""
+  root = tmp_path_factory.mktemp("jax")
+  runs = {f"mlp_{api}": _mlp(api, fashion_mnist_dir, root / f"mlp_{api}")
+          for api in config_lib.APIS}
+  runs["mlp_mirrored"] = _mlp("functional", fashion_mnist_dir, root / "mlp_mirrored",
+                              strategy="mirrored")
+  runs.update({f"resnet18_{api}": _resnet18(api, root / f"resnet18_{api}")
+               for api in config_lib.APIS})
+  with open(root / "runs.json", "w") as f:
+    json.dump(list(runs.values()), f)
+  done = processes.run_module("tests.jax_runs", str(root / "runs.json"), timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return {name: {**run_record.read_results(settings["workdir"]), "workdir": settings["workdir"]}
+          for name, settings in runs.items()}
+
+
+@pytest.mark.slow
+def test_the_mlp_trains_past_0_80_in_one_epoch_identically_in_the_three_apis(jax_runs):
+  results = [jax_runs[f"mlp_{api}"] for api in config_lib.APIS]
+  assert {r["backend"] for r in results} == {"jax"}
+  assert results[0]["test_accuracy"] > 0.80
+  assert len({r["weights_sha256"] for r in results}) == 1
+  assert len({r["test_accuracy"] for r in results}) == 1
+
+
+@pytest.mark.slow
+def test_mirrored_over_two_host_devices_learns_as_one_device(jax_runs):
+  mirrored, one = jax_runs["mlp_mirrored"], jax_runs["mlp_functional"]
+  assert (mirrored["num_replicas"], one["num_replicas"]) == (2, 1)
+  # The same global batches; only the order of the sums over the batch differs.
+  assert mirrored["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=0.01)
+
+
+@pytest.mark.slow
+def test_resnet18_steps_identically_in_the_three_apis(jax_runs):
+  results = [jax_runs[f"resnet18_{api}"] for api in config_lib.APIS]
+  assert [r["steps"] for r in results] == [3, 3, 3]
+  assert len({r["weights_sha256"] for r in results}) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("export_format", ["keras", "saved_model"])
+def test_a_jax_runs_exports_reproduce_its_test_accuracy_on_tensorflow(jax_runs, export_format,
+                                                                       tmp_path):
+  results = jax_runs["mlp_functional"]
+  figures = evaluate.evaluate_export(results["workdir"], export_format)
+  assert figures["num_examples"] == 10_000
+  assert figures["test_accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-4)
