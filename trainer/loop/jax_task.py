@@ -44,7 +44,8 @@ class WeightAverage:
 
   def __init__(self, variables: Sequence[keras.Variable], decay: float):
     self._variables, self.decay = list(variables), float(decay)
-    self.averages = [variable.value for variable in self._variables]
+    # Copies: the step donates its state's buffers, and XLA refuses one buffer donated twice.
+    self.averages = [jnp.copy(variable.value) for variable in self._variables]
 
   @contextlib.contextmanager
   def swapped(self) -> Iterator[None]:
