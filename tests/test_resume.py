@@ -86,13 +86,15 @@ RECIPE_FLAGS = ("--optimizer=sgd", "--nesterov", "--learning_rate=0.05", "--weig
                 "--keep_best=accuracy")
 
 
-# Mirrored over 2 devices runs one step per call, so it gets shorter epochs; the default strategy
-# needs the longer ones to still be training when it is killed. The default run augments and
+# Mirrored over 2 devices and JAX run one step per call, so they get shorter epochs; the default
+# strategy needs the longer ones to still be training when it is killed. The default run augments and
 # normalises too: its random crops and flips must follow the step, not the process.
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy_flags, steps_per_epoch", [
     (("--strategy=default", "--augment=crop_flip", "--normalize"), 400),
-    (("--strategy=mirrored", "--cpu_devices=2"), 200)])
+    (("--strategy=mirrored", "--cpu_devices=2"), 200),
+    (("--backend=jax", "--strategy=default", "--augment=crop_flip", "--normalize"), 200)],
+    ids=["default", "mirrored", "jax"])
 def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_flags, steps_per_epoch,
                                                          fashion_mnist_dir, tmp_path):
   eval_every = steps_per_epoch // 2
