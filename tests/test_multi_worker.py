@@ -58,13 +58,15 @@ def local_hosts(count):
 
 
 @pytest.mark.slow
-def test_two_workers_train_a_users_model_in_sync_and_only_the_chief_writes(fashion_mnist_dir,
+@pytest.mark.parametrize("backend", config_lib.BACKENDS)
+def test_two_workers_train_a_users_model_in_sync_and_only_the_chief_writes(backend,
+                                                                         fashion_mnist_dir,
                                                                          tmp_path):
   hosts = local_hosts(2)
   temp_dirs = [tmp_path / f"tmp{i}" for i in range(2)]
   for temp_dir in temp_dirs:
     temp_dir.mkdir()
-  workers = [start_worker(hosts, i, "--strategy=multi_worker_mirrored",
+  workers = [start_worker(hosts, i, "--strategy=multi_worker_mirrored", f"--backend={backend}",
                           "--model=examples/residual_subclass.py:build",
                           "--dataset=fashion_mnist", f"--data_dir={fashion_mnist_dir}",
                           "--epochs=1", "--max_steps_per_epoch=60", "--log_every=30",
@@ -78,6 +80,7 @@ def test_two_workers_train_a_users_model_in_sync_and_only_the_chief_writes(fashi
   chief_results = json.loads((tmp_path / "worker0" / "results.json").read_text())
   assert chief_results["num_replicas"] == 2
   assert chief_results["strategy"] == "multi_worker_mirrored"
+  assert chief_results["backend"] == backend
   assert chief_results["api"] == "subclass"  # Detected from the user's model.
   assert chief_results["weights_sha256"] == finals[0][1]
   assert os.listdir(tmp_path / "worker0" / "train")
