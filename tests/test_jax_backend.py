@@ -57,8 +57,9 @@ def test_asking_for_jax_without_it_installed_is_one_line_and_exit_2(tmp_path):
 
 
 def _mlp(api, fashion_mnist_dir, workdir, **settings):
-  return {**dict(api=api, dataset="fashion_mnist", data_dir=fashion_mnist_dir, epochs=1,
-                batch_size=128, strategy="default", progress="none", workdir=str(workdir)), **settings}
+  return {"api": api, "dataset": "fashion_mnist", "data_dir": fashion_mnist_dir, "epochs": 1,
+          "batch_size": 128, "strategy": "default", "progress": "none",
+          "workdir": str(workdir), **settings}
 
 
 def _resnet18(api, workdir):
@@ -69,8 +70,10 @@ def _resnet18(api, workdir):
 
 @pytest.fixture(scope="module")
 def jax_runs(fashion_mnist_dir, tmp_path_factory) -> dict:
-  """name -> results.json (and "workdir") of runs trained in one JAX process: the mlp one epoch of Fashion-MNIST at batch 128
-  in each API and mirrored over two host devices, and resnet18 three steps in each API."""
+  """name -> results.json (and "workdir") of runs trained in one JAX process: the mlp one epoch
+  of Fashion-MNIST at batch 128 in each API and mirrored over two host devices, resnet18 three
+  steps in each API, and 150 steps of the mlp for each optimizer and precision setting the
+  recipe's kill test leaves out."""
   root = tmp_path_factory.mktemp("jax")
   runs = {f"mlp_{api}": _mlp(api, fashion_mnist_dir, root / f"mlp_{api}")
           for api in config_lib.APIS}
@@ -78,6 +81,15 @@ def jax_runs(fashion_mnist_dir, tmp_path_factory) -> dict:
                               strategy="mirrored")
   runs.update({f"resnet18_{api}": _resnet18(api, root / f"resnet18_{api}")
                for api in config_lib.APIS})
+  # The parts of the recipe the kill test in test_resume.py does not run (it runs sgd, warm-up,
+  # cosine, smoothing, clipping, accumulation, EMA and keep_best).
+  short = dict(epochs=3, max_steps_per_epoch=50, log_every=50)
+  runs["adamw_step"] = _mlp("functional", fashion_mnist_dir, root / "adamw_step", **short,
+                            optimizer="adamw", weight_decay=0.01, lr_schedule="step",
+                            lr_drops=(2,), warmup_epochs=1, lr_scaling="linear")
+  for precision in ("mixed_float16", "mixed_bfloat16"):
+    runs[precision] = _mlp("functional", fashion_mnist_dir, root / precision, **short,
+                           precision=precision)
   with open(root / "runs.json", "w") as f:
     json.dump(list(runs.values()), f)
   done = processes.run_module("tests.jax_runs", str(root / "runs.json"), timeout=600)
@@ -118,3 +130,15 @@ def test_a_jax_runs_exports_reproduce_its_test_accuracy_on_tensorflow(jax_runs, 
   figures = evaluate.evaluate_export(results["workdir"], export_format)
   assert figures["num_examples"] == 10_000
   assert figures["test_accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["adamw_step", "mixed_float16", "mixed_bfloat16"])
+def test_the_other_optimizers_schedules_and_precisions_learn_on_jax(jax_runs, name):
+  results = jax_runs[name]
+  assert results["steps"] == 150  # 3 epochs of 50.
+  assert results["test_accuracy"] > 0.70
+  if name == "mixed_float16":  # Loss scaling on the global gradient, as on TensorFlow.
+    assert results["loss_scale"] > 1
+  else:
+    assert results["loss_scale"] is None
