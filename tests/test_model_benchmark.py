@@ -111,3 +111,32 @@ def test_each_peers_output_goes_to_its_own_log_and_the_console_keeps_the_figures
   assert logs == ["mlp-32-harness.log", "mlp-32-plain_fit.log", "mlp-32-tuned_fit.log"]
   assert "Done: " in (tmp_path / "logs" / "mlp-32-harness.log").read_text()
   assert rows["mlp/32"]["peers"]["harness"]["examples_per_sec"] > 0
+
+
+def test_the_backend_table_puts_each_backend_beside_tensorflow_and_names_what_it_left_out():
+  rows = {"mlp/1024": _row("mlp", 1000.0, 800.0, 400.0, 3000.0, 2e5),
+          "resnet18/128": _row("resnet18", 120.0, 100.0, 60.0, 300.0, 1.5e9, "mixed_bfloat16")}
+  rows["mlp/1024"]["backends"] = {"jax": {
+      "harness": {"examples_per_sec": 1500.0, "precision": "float32"},
+      "fit": {"examples_per_sec": 1200.0}}}
+  rows["resnet18/128"]["backends"] = {}
+  lines = benchmark.format_backends({"models": rows})
+  assert lines[0] == ("| model | batch | tensorflow harness | tensorflow fit | jax harness | "
+                      "jax fit | jax / tensorflow (harness) |")
+  assert lines[2] == "| mlp | 128 | 1,000.0 | 800.0 | 1,500.0 | 1,200.0 | 1.50x |"
+  assert lines[3] == "| resnet18 | 128 | 120.0 | 100.0 | - | - | - |"
+  assert "Not timed on the other backends on CPUs: the resnets" in lines[4]
+  assert benchmark.format_backends({"models": {"mlp/1024": _row("mlp", 1.0, 1.0, 1.0, 1.0,
+                                                                1.0)}}) == []
+
+
+@pytest.mark.slow
+def test_another_backend_is_timed_in_a_process_of_its_own(tmp_path, capfd):
+  from trainer.bench import backend_benchmark  # pylint: disable=g-import-not-at-top
+  rows = backend_benchmark.measure_backend("jax", model_benchmark.TINY_WORKLOADS[:1],
+                                           str(tmp_path / "logs"), str(tmp_path / "jax.json"))
+  peers = rows["mlp/32"]
+  assert peers["harness"]["precision"] == "float32"  # JAX's choice on CPUs.
+  assert peers["harness"]["examples_per_sec"] > 0 and peers["fit"]["examples_per_sec"] > 0
+  assert capfd.readouterr().out.startswith("  mlp/32 on jax: harness ")
+  assert "Epoch" in (tmp_path / "logs" / "mlp-32-jax.log").read_text()

@@ -24,6 +24,7 @@
 The targets are checked here, not in tests.
 """
 
+import dataclasses
 import json
 import os
 import statistics
@@ -474,10 +475,71 @@ def run_quick(root: str, log_dir: Optional[str] = None) -> dict:
     # The big square of the row's own precision; none where that was not measured.
     square = found.get(row["precision"].replace("mixed_", ""))
     row["shares"] = model_benchmark.shares(row, square and square["flops_per_sec"])
+  measure_other_backends(rows, root, log_dir or os.path.join(root, "logs"),
+                         on_gpus=bool(hardware.gpus()))
   return {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
           "gpus": hardware.describe_gpus(), "device": hardware.describe_devices(),
           "tf_version": tf.__version__, "keras_version": keras.__version__,
           "ceilings": found, "models": rows}
+
+
+# On CPUs the other backends time the mlp and the cnn only: XLA's CPU convolutions, which JAX
+# uses, are 10-100x slower than TensorFlow's oneDNN ones, so a resnet there takes many minutes.
+CPU_BACKEND_MODELS = ("mlp", "cnn")
+
+
+def installed_backends() -> List[str]:
+  """The Keras backends besides TensorFlow whose package is installed."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+  return [name for name in config_lib.BACKENDS
+          if name != "tensorflow" and importlib.util.find_spec(name) is not None]
+
+
+def measure_other_backends(rows: Dict[str, dict], root: str, log_dir: str,
+                           on_gpus: bool) -> None:
+  """Adds row["backends"][NAME] = {"harness", "fit"} for each other installed backend, timed
+  over the same steps as the row's TensorFlow peers, each backend in a process of its own."""
+  from trainer.bench import backend_benchmark  # pylint: disable=g-import-not-at-top
+  from trainer.bench import model_benchmark  # pylint: disable=g-import-not-at-top
+  workloads = [dataclasses.replace(w, timed_steps=rows[w.name]["timed_steps"])
+               for w in model_benchmark.QUICK_WORKLOADS
+               if w.name in rows and (on_gpus or w.model in CPU_BACKEND_MODELS)]
+  for backend in installed_backends():
+    measured = backend_benchmark.measure_backend(backend, workloads, log_dir,
+                                                 os.path.join(root, f"{backend}.json"))
+    for name, peers in measured.items():
+      rows[name].setdefault("backends", {})[backend] = peers
+
+
+def format_backends(record: dict) -> List[str]:
+  """The per-model table across Keras backends: the harness and the tuned fit on each."""
+  backends = sorted({b for row in record["models"].values() for b in row.get("backends", {})})
+  if not backends:
+    return []
+  names = ["tensorflow", *backends]
+  lines = ["| model | batch | " + " | ".join(f"{b} harness | {b} fit" for b in names)
+           + " | " + " | ".join(f"{b} / tensorflow (harness)" for b in backends) + " |",
+           "|" + "---|" * (2 + 3 * len(backends) + 2)]
+  for row in record["models"].values():
+    measured = {"tensorflow": {"harness": row["peers"]["harness"],
+                               "fit": row["peers"]["tuned_fit"]}, **row.get("backends", {})}
+    cells = [f"{measured[b][p]['examples_per_sec']:,.1f}" + _precision_if_other(
+                 measured[b]["harness"].get("precision"), row["precision"])
+             if b in measured else "-" for b in names for p in ("harness", "fit")]
+    tf_rate = row["peers"]["harness"]["examples_per_sec"]
+    ratios = [f"{measured[b]['harness']['examples_per_sec'] / tf_rate:.2f}x"
+              if b in measured else "-" for b in backends]
+    lines.append(f"| {row['model']} | {row['batch_size']} | " + " | ".join(cells + ratios)
+                 + " |")
+  if any(len(row.get("backends", {})) < len(backends) for row in record["models"].values()):
+    lines.append("- Not timed on the other backends on CPUs: the resnets (XLA's CPU "
+                 "convolutions are 10-100x slower than oneDNN's).")
+  return lines
+
+
+def _precision_if_other(precision: Optional[str], tensorflows: str) -> str:
+  return f" ({precision})" if precision and precision != tensorflows else ""
 
 
 def format_models(record: dict) -> List[str]:
@@ -531,6 +593,10 @@ def format_quick_report(record: dict) -> str:
            "their shapes and precision. Examples/s; first step: seconds from building the model "
            "to the end of the first call.", ""]
   lines += format_models(record)
+  backend_lines = format_backends(record)
+  if backend_lines:
+    lines += ["", "Keras backends (examples/s; fit: compiled, the harness's steps per "
+              "execution):", ""] + backend_lines
   reasons = {row["precision_reason"] for row in record["models"].values()}
   lines += [""] + [f"- precision {reason}" for reason in sorted(reasons)]
   return "\n".join(lines)
@@ -552,7 +618,9 @@ def define_flags() -> None:
   flags.DEFINE_boolean("quick", False, "About 5 minutes on 2 CPU cores, any machine (CPU or GPUs): "
                        "the machine, its ceilings, and one row per model (mlp, cnn, resnet18, "
                        "resnet50 on synthetic data) for the harness, a tuned fit and fit's "
-                       "defaults. Run it first on a new machine.")
+                       "defaults; then the harness and fit on every other installed Keras "
+                       "backend (JAX: the mlp and cnn on CPUs, every model on GPUs). Run it "
+                       "first on a new machine.")
   flags.DEFINE_string("output", "benchmark.json", "Where to write the JSON results.")
   flags.DEFINE_string("report", "", "Where to write the printed report as Markdown too "
                       "(docs/benchmark.md comes from it); empty: not written.")

@@ -1,0 +1,92 @@
+"""The harness and Keras's fit on another Keras backend, for benchmark --quick's backend table.
+
+  python -m trainer.bench.backend_benchmark --backend=jax --workloads=JSON --output=FILE \
+      --run_logs=DIR
+
+Keras keeps the backend of its first import, so each backend other than the benchmark's own
+(TensorFlow) is measured in a process of its own: this module, started by `measure_backend`.
+It times the same workloads with the same timed steps as the TensorFlow rows:
+  harness   trainer.train.train_and_evaluate on that backend, default flags
+  fit       Keras's fit of the same model, compiled (jit) with steps_per_execution as the
+            harness's steps per call: the tuned fit of that backend
+and writes {workload name: {"harness": {...}, "fit": {...}}} as JSON.
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, Sequence
+
+from absl import app
+from absl import flags
+
+from trainer.bench import sub_run_log
+
+
+def measure_backend(backend: str, workloads: Sequence["model_benchmark.Workload"],
+                    log_dir: str, output: str) -> Dict[str, dict]:
+  """Runs this module for `backend` in a process of its own; returns its rows. It prints one
+  line per workload; each run's output goes to log_dir/MODEL-BATCH-BACKEND.log, the process's
+  own start-up chatter to log_dir/backend-BACKEND.log."""
+  os.makedirs(log_dir, exist_ok=True)
+  log_path = os.path.join(log_dir, f"backend-{backend}.log")
+  command = [sys.executable, "-m", "trainer.bench.backend_benchmark", f"--backend={backend}",
+             f"--workloads={json.dumps([dataclasses.asdict(w) for w in workloads])}",
+             f"--output={output}", f"--run_logs={log_dir}"]
+  sys.stdout.flush()
+  with open(log_path, "w") as log:
+    done = subprocess.run(command, stderr=log, env={**os.environ, "KERAS_BACKEND": backend},
+                          check=False)
+  if done.returncode:
+    raise RuntimeError(f"the {backend} backend's benchmark failed (exit {done.returncode}); "
+                       f"its output is in {log_path}")
+  with open(output) as f:
+    return json.load(f)
+
+
+def _measure(workload, backend: str, root: str) -> dict:
+  from trainer import train  # pylint: disable=g-import-not-at-top
+  from trainer.bench import model_benchmark  # pylint: disable=g-import-not-at-top
+  config = model_benchmark.settings_for(workload).replace(
+      backend=backend, workdir=os.path.join(root, workload.model))
+  results = train.train_and_evaluate(config)
+  startup = results["startup_s"]
+  harness = {"examples_per_sec": results["examples_per_sec"],
+             "first_step_s": startup["model"] + startup["first_step"],
+             "precision": results["precision"]}
+  fit = model_benchmark.measure_fit(workload, results["precision"], True,
+                                    workload.warmup_steps)
+  return {"harness": harness, "fit": fit}
+
+
+def main(argv) -> None:
+  del argv  # Unused.
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from trainer.distribute import keras_backend  # pylint: disable=g-import-not-at-top
+  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+  keras_backend.select(config_lib.Config(backend=FLAGS.backend))  # Before Keras loads.
+  from trainer.bench import model_benchmark  # pylint: disable=g-import-not-at-top
+  workloads = [model_benchmark.Workload(**{**w, "image_shape": tuple(w["image_shape"])})
+               for w in json.loads(FLAGS.workloads)]
+  rows = {}
+  with tempfile.TemporaryDirectory(prefix="backend-benchmark-") as root:
+    for workload in workloads:
+      log_name = f"{workload.name.replace('/', '-')}-{FLAGS.backend}.log"
+      with sub_run_log.captured(os.path.join(FLAGS.run_logs, log_name)):
+        rows[workload.name] = _measure(workload, FLAGS.backend, root)
+      print(f"  {workload.name} on {FLAGS.backend}: harness "
+            f"{rows[workload.name]['harness']['examples_per_sec']:,.1f}, fit "
+            f"{rows[workload.name]['fit']['examples_per_sec']:,.1f} examples/s", flush=True)
+  with open(FLAGS.output, "w") as f:
+    json.dump(rows, f, indent=1)
+
+
+FLAGS = flags.FLAGS
+if __name__ == "__main__":
+  flags.DEFINE_string("backend", "jax", "The Keras backend to measure.")
+  flags.DEFINE_string("workloads", "[]", "The workloads, as JSON (model_benchmark.Workload).")
+  flags.DEFINE_string("output", "backend.json", "Where to write the rows as JSON.")
+  flags.DEFINE_string("run_logs", "backend-logs", "Where each run's output goes.")
+  app.run(main)
