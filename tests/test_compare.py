@@ -91,8 +91,8 @@ def test_report_writes_table_csv_plots_and_the_noise_verdict(tiny_runs, tmp_path
   report = compare.build_report(str(tiny_runs), str(tmp_path), target_accuracy=0.5)
   assert report["num_runs"] == 4
   table = (tmp_path / "report.md").read_text()
-  assert table.count("| functional | default | float32 |") == 1
-  assert "| subclass | default | float32 |" in table and "| 2 |" in table
+  assert table.count("| functional | tensorflow | default | float32 |") == 1
+  assert "| subclass | tensorflow | default | float32 |" in table and "| 2 |" in table
   assert "functional vs subclass:" in table
   with open(tmp_path / "report.csv") as f:
     rows = list(csv.DictReader(f))
@@ -104,11 +104,13 @@ def test_report_writes_table_csv_plots_and_the_noise_verdict(tiny_runs, tmp_path
 
 
 def run_of(api: str, seed: int, test_accuracy: float, strategy: str = "default",
-           model: str = "mlp") -> dict:
+           model: str = "mlp", backend: str = "tensorflow",
+           examples_per_sec: float = 1000.0) -> dict:
   """The fields of results.json that compare reads, for one run."""
-  return {"model": model, "api": api, "seed": seed, "strategy": strategy, "precision": "float32",
-          "device": "CPU", "global_batch_size": 64, "dataset": "synthetic",
-          "test_accuracy": test_accuracy, "examples_per_sec": 1000.0,
+  return {"model": model, "api": api, "backend": backend, "seed": seed, "strategy": strategy,
+          "precision": "float32", "device": "CPU", "global_batch_size": 64,
+          "dataset": "synthetic", "test_accuracy": test_accuracy,
+          "examples_per_sec": examples_per_sec,
           "eval_accuracy": [(0.0, 10, 0.5), (1.0, 20, 0.7)], "start_wall_time": 0.0}
 
 
@@ -169,6 +171,29 @@ def test_sweep_matrix_covers_every_combination():
   assert len(runs) == 2 * 3 * 2 * 2
   assert len({sweep.run_name(run) for run in runs}) == len(runs)
   assert sweep.run_name(runs[0]) == "functional-default-float32-b32-s0"
+
+
+def test_a_sweep_over_backends_names_each_run_by_its_backend():
+  runs = sweep.matrix(["functional"], 1, backends=["tensorflow", "jax"])
+  assert [sweep.run_name(run) for run in runs] == ["functional-tensorflow-s0",
+                                                   "functional-jax-s0"]
+  assert runs[1]["backend"] == "jax"
+
+
+def test_each_backend_is_set_against_tensorflow_per_api():
+  runs = [run_of(api, seed, 0.8 + noise, backend=backend, examples_per_sec=rate)
+          for backend, rate in (("tensorflow", 1000.0), ("jax", 1800.0))
+          for api in ("functional", "subclass")
+          for seed, noise in enumerate((0.01, -0.01, 0.0))]
+  lines = compare.compare_backends(runs, 0.05)
+  assert lines == [
+      "- [functional] jax vs tensorflow: 1.80x the examples/s (median); test accuracy identical "
+      "test accuracy for every seed (3 seeds): no difference at all.",
+      "- [subclass] jax vs tensorflow: 1.80x the examples/s (median); test accuracy identical "
+      "test accuracy for every seed (3 seeds): no difference at all."]
+  # The APIs are compared within each backend, never across backends.
+  assert [line.split("]")[0] for line in compare.compare_apis(runs, 0.05)] == [
+      "- [jax", "- [tensorflow"]
 
 
 def test_sweep_leaves_unlisted_flags_to_the_trainer_flags():

@@ -7,7 +7,9 @@ Reads every run under --logdir (its results.json, and its TensorBoard events thr
 tensorboard's own event reader), groups runs that differ only by seed and writes, into
 --output_dir (default LOGDIR/report): report.md, report.csv, accuracy_per_epoch.png and
 throughput.png. The report states whether accuracy differences between APIs exceed seed-to-seed
-noise, by a Welch t-test for each pair of APIs.
+noise, by a Welch t-test for each pair of APIs; runs on several Keras backends (a sweep with
+--backends=tensorflow,jax) are grouped by backend, and each other backend is set against
+TensorFlow: its speed, and whether it trains to the same accuracy.
 """
 
 import csv
@@ -31,7 +33,8 @@ flags.DEFINE_float("target_accuracy", 0.85, "Accuracy for the time-to-accuracy c
 flags.DEFINE_float("alpha", 0.05, "Significance level of the Welch t-tests.")
 
 FLAGS = flags.FLAGS
-GROUP_KEYS = ("model", "api", "strategy", "precision", "device", "global_batch_size", "dataset")
+GROUP_KEYS = ("model", "api", "backend", "strategy", "precision", "device", "global_batch_size",
+              "dataset")
 
 
 def _load_events(folder: str):
@@ -63,6 +66,7 @@ def load_runs(logdir: str) -> List[dict]:
       continue
     run = run_record.read_results(folder)
     run.setdefault("model", "mlp")  # Runs recorded before --model existed trained the mlp.
+    run.setdefault("backend", "tensorflow")  # And before --backend, on TensorFlow.
     run["workdir"] = folder
     run["eval_accuracy"] = _event_scalars(os.path.join(folder, "eval"), "accuracy")
     run["start_wall_time"] = _first_wall_time(folder)
@@ -144,6 +148,33 @@ def compare_apis(runs: Sequence[dict], alpha: float) -> List[str]:
   return lines
 
 
+def compare_backends(runs: Sequence[dict], alpha: float) -> List[str]:
+  """Plain sentences: each other backend against TensorFlow in every configuration (model, API,
+  strategy, ...) run on both: its median examples/s as a multiple of TensorFlow's, and whether
+  its test accuracy differs beyond seed noise."""
+  configurations: Dict[tuple, Dict[str, List[dict]]] = {}
+  for run in runs:
+    key = tuple(run[k] for k in GROUP_KEYS if k not in ("backend", "device"))
+    configurations.setdefault(key, {}).setdefault(run["backend"], []).append(run)
+  varying = _varying_keys(runs, [k for k in GROUP_KEYS if k not in ("backend", "device")])
+  lines = []
+  for key in sorted(configurations, key=lambda k: tuple(map(str, k))):
+    by_backend = configurations[key]
+    if "tensorflow" not in by_backend:
+      continue
+    base = by_backend["tensorflow"]
+    prefix = f"[{_label(base[0], varying)}] " if varying else ""
+    for backend in sorted(set(by_backend) - {"tensorflow"}):
+      members = by_backend[backend]
+      speed = (statistics.median(r["examples_per_sec"] for r in members)
+               / statistics.median(r["examples_per_sec"] for r in base))
+      lines.append(f"- {prefix}{backend} vs tensorflow: {speed:.2f}x the examples/s (median); "
+                   "test accuracy " + _welch_verdict(
+                       {r["seed"]: r["test_accuracy"] for r in members},
+                       {r["seed"]: r["test_accuracy"] for r in base}, alpha))
+  return lines
+
+
 def _welch_verdict(first: Dict[int, float], second: Dict[int, float], alpha: float) -> str:
   """One pair of APIs, accuracy by seed: identical, within noise, or different."""
   from scipy import stats  # pylint: disable=g-import-not-at-top
@@ -162,20 +193,24 @@ def _welch_verdict(first: Dict[int, float], second: Dict[int, float], alpha: flo
 
 
 def write_table(rows: Sequence[dict], target_accuracy: float, statements: Sequence[str],
-                path: str) -> str:
+                path: str, backend_statements: Sequence[str] = ()) -> str:
   """Writes the Markdown report; returns its text."""
-  header = ("| model | api | strategy | precision | device | batch | seeds | test accuracy "
-            f"(mean ± std) | examples/s (median) | s to {target_accuracy:.2f} (median) |")
-  lines = [header, "|" + "---|" * 10]
+  header = ("| model | api | backend | strategy | precision | device | batch | seeds | test "
+            f"accuracy (mean ± std) | examples/s (median) | s to {target_accuracy:.2f} (median) |")
+  lines = [header, "|" + "---|" * 11]
   for row in rows:
     to_target = ("not reached" if row["seconds_to_target_median"] is None
                  else f"{row['seconds_to_target_median']:.1f}")
     lines.append(
-        f"| {row['model']} | {row['api']} | {row['strategy']} | {row['precision']} | "
+        f"| {row['model']} | {row['api']} | {row['backend']} | {row['strategy']} | "
+        f"{row['precision']} | "
         f"{row['device']} | "
         f"{row['global_batch_size']} | {row['seeds']} | {row['test_accuracy_mean']:.4f} ± "
         f"{row['test_accuracy_std']:.4f} | {row['examples_per_sec_median']:,.0f} | {to_target} |")
-  text = "\n".join(lines + ["", "Do the APIs differ beyond seed noise?", *statements]) + "\n"
+  lines += ["", "Do the APIs differ beyond seed noise?", *statements]
+  if backend_statements:
+    lines += ["", "Each Keras backend against TensorFlow:", *backend_statements]
+  text = "\n".join(lines) + "\n"
   with open(path, "w") as f:
     f.write(text)
   return text
@@ -255,8 +290,11 @@ def plot_throughput(rows: Sequence[dict], path: str) -> dict:
   matplotlib.use("Agg")
   from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
   machines = sorted({row["device"] for row in rows})
-  labels = [f"{run_record.model_label(row['model'], row['api'])}\n{row['strategy']}, "
-            f"{row['precision']}" + (f"\n{row['device']}" if len(machines) > 1 else "")
+  backends = {row["backend"] for row in rows}
+  labels = [f"{run_record.model_label(row['model'], row['api'])}\n"
+            + (f"{row['backend']}, " if len(backends) > 1 else "")
+            + f"{row['strategy']}, {row['precision']}"
+            + (f"\n{row['device']}" if len(machines) > 1 else "")
             for row in rows]
   medians = [row["examples_per_sec_median"] for row in rows]
   whiskers = [[m - row["examples_per_sec_min"] for m, row in zip(medians, rows)],
@@ -316,7 +354,8 @@ def build_report(logdir: str, output_dir: str, target_accuracy: float = 0.85,
   rows = summarize(runs, target_accuracy)
   paths = {name: os.path.join(output_dir, name) for name in (
       "report.md", "report.csv", "accuracy_per_epoch.png", "throughput.png")}
-  text = write_table(rows, target_accuracy, compare_apis(runs, alpha), paths["report.md"])
+  text = write_table(rows, target_accuracy, compare_apis(runs, alpha), paths["report.md"],
+                     compare_backends(runs, alpha))
   write_csv(rows, paths["report.csv"])
   plot_accuracy(runs, paths["accuracy_per_epoch.png"])
   plot_throughput(rows, paths["throughput.png"])

@@ -3,9 +3,11 @@
   python -m trainer.sweep --root=runs/sweep --seeds=3 -- --flagfile=configs/smoke.cfg \\
       --dataset=fashion_mnist --data_dir=/usr/share/datasets/fashion-mnist
 
-The matrix is models x APIs x seeds x strategies x precisions x batch sizes (your own model's API
-is its own, so it runs once per seed and setting); flags after `--` go to every
-run. Runs that finished are skipped and a run that was stopped resumes from its checkpoint, so
+The matrix is models x APIs x seeds x backends x strategies x precisions x batch sizes (your own
+model's API
+is its own, so it runs once per seed and setting); flags after `--` go to every run.
+--backends=tensorflow,jax trains each configuration on both Keras backends (jax: pip install -e
+".[jax]"); trainer.compare then sets them side by side. Runs that finished are skipped and a run that was stopped resumes from its checkpoint, so
 rerunning a stopped sweep continues where it was. Each run is its own `python -m trainer.main`
 process, as a user would start it; its whole output is kept in WORKDIR/trainer.log, and a failed
 run's own error line is shown. Exits non-zero if any run failed.
@@ -35,11 +37,13 @@ flags.DEFINE_list("apis", ["sequential", "functional", "subclass"],
                   "Keras APIs that build each built-in model.")
 flags.DEFINE_integer("seeds", 3, "Seeds per configuration: 0, 1, ... seeds-1.", lower_bound=1)
 # Unset lists are not varied: those flags come from the trainer flags after `--` (or presets).
+flags.DEFINE_list("backends", [], "--backend values to compare: tensorflow, jax.")
 flags.DEFINE_list("strategies", [], "--strategy values to compare.")
 flags.DEFINE_list("precisions", [], "--precision values to compare.")
 flags.DEFINE_list("batch_sizes", [], "--batch_size values to compare.")
 
-for _name, _choices in (("apis", config_lib.APIS), ("strategies", config_lib.STRATEGIES),
+for _name, _choices in (("apis", config_lib.APIS), ("backends", config_lib.BACKENDS),
+                        ("strategies", config_lib.STRATEGIES),
                         ("precisions", config_lib.PRECISIONS)):
   flags.register_validator(
       _name, lambda values, choices=_choices: set(values) <= set(choices),
@@ -63,7 +67,8 @@ def run_name(settings: Dict[str, str]) -> str:
   """Returns the workdir name of one run, e.g. functional-s0, cnn-subclass-mirrored-b64-s1 or
   nets.build-s0 for --model=path/to/nets.py:build."""
   model = config_lib.short_model_name(settings.get("model", "mlp"))
-  parts = [model if model != "mlp" else None, settings.get("api"), settings.get("strategy"),
+  parts = [model if model != "mlp" else None, settings.get("api"), settings.get("backend"),
+           settings.get("strategy"),
            settings.get("precision"),
            settings.get("batch_size") and f"b{settings['batch_size']}", f"s{settings['seed']}"]
   return "-".join(part for part in parts if part)
@@ -71,12 +76,14 @@ def run_name(settings: Dict[str, str]) -> str:
 
 def matrix(apis: Sequence[str], seeds: int, strategies: Sequence[str] = (),
            precisions: Sequence[str] = (), batch_sizes: Sequence[str] = (),
-           models: Sequence[str] = ("mlp",)) -> List[Dict[str, str]]:
+           models: Sequence[str] = ("mlp",), backends: Sequence[str] = ()
+           ) -> List[Dict[str, str]]:
   """Returns the settings of every run, seeds innermost so each configuration fills in early.
 
   An empty list leaves that flag out of the runs' settings; so does the default model, mlp.
   """
-  varied = {"strategy": strategies, "precision": precisions, "batch_size": batch_sizes}
+  varied = {"backend": backends, "strategy": strategies, "precision": precisions,
+            "batch_size": batch_sizes}
   names = [name for name, values in varied.items() if values]
   # Your own model's API, and a Keras Application's, is its own.
   model_apis = [(model, api) for model in models
@@ -149,7 +156,7 @@ def failure_message(stderr: str) -> str:
 def main(argv):
   trainer_flags = argv[1:]
   runs = matrix(FLAGS.apis, FLAGS.seeds, FLAGS.strategies, FLAGS.precisions, FLAGS.batch_sizes,
-                FLAGS.models)
+                FLAGS.models, FLAGS.backends)
   print(f"Sweep of {errors.plural(len(runs), 'run')} under {FLAGS.root}", flush=True)
   failures = run_sweep(FLAGS.root, runs, trainer_flags)
   if failures:
