@@ -425,6 +425,8 @@ class RunSettings:
 
   @property
   def jit_compile(self) -> bool:
+    if self.config.backend == "jax":
+      return True  # JAX compiles every step with XLA.
     return compiles_with_xla(self.config, self.num_replicas)
 
   def run_config(self) -> dict:
