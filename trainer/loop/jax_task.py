@@ -80,15 +80,8 @@ class JaxTask:
                if config.optimizer == "sgd" and config.weight_decay else set())
     self._l2_indices = [index for index, v in enumerate(trainable) if id(v) in decayed]
     self.ema = WeightAverage(trainable, config.ema_decay) if config.ema_decay else None
-    self._loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=self.from_logits,
-                                                               reduction=None)
-    self._train_loss_fn = self._loss_fn
-    if config.label_smoothing:
-      smoothed = keras.losses.CategoricalCrossentropy(
-          from_logits=self.from_logits, label_smoothing=config.label_smoothing, reduction=None)
-      num_classes = pipeline.num_classes
-      self._train_loss_fn = lambda labels, outputs: smoothed(
-          keras.ops.one_hot(labels, num_classes), outputs)
+    self._loss_fn, self._train_loss_fn = optimization.loss_functions(
+        self.from_logits, config.label_smoothing, pipeline.num_classes)
     distribution = keras.distribution.distribution()
     self._data_sharding = (distribution.get_data_layout((config.batch_size,)).backend_layout
                            if distribution is not None else None)

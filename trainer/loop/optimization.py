@@ -175,7 +175,8 @@ def make_optimizer(config: config_lib.Config, schedule: WarmupSchedule,
   """The --optimizer of `config`, for gradients summed over replicas by the caller; adam's and
   adamw's decoupled weight decay kept off `no_decay_variables` (sgd's is `l2_loss`, added to
   the loss); under --clip_norm the summed gradient clipped, its norm before clipping recorded
-  in `gradient_norm`; with `loss_scaling`, wrapped in dynamic loss scaling and built."""
+  in `gradient_norm` (on JAX: Keras's global_clipnorm on the global gradient, the norm recorded
+  by the task); with `loss_scaling`, wrapped in dynamic loss scaling and built."""
   decoupled: Optional[float] = (config.weight_decay or None) if config.optimizer != "sgd" else None
   if config.optimizer == "sgd":
     optimizer_class, settings = keras.optimizers.SGD, dict(momentum=config.momentum,
@@ -225,3 +226,14 @@ def l2_loss(variables: Sequence, weight_decay: float, num_shares: int):
   Keras variables or, in a JAX step, their values."""
   squares = sum(ops.sum(ops.square(ops.cast(variable, "float32"))) for variable in variables)
   return 0.5 * weight_decay * squares / num_shares
+
+
+def loss_functions(from_logits: bool, label_smoothing: float, num_classes: int):
+  """(test loss, training loss), each per example: sparse cross-entropy, and for training the
+  cross-entropy on `label_smoothing`-smoothed one-hot targets when it is set."""
+  plain = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits, reduction=None)
+  if not label_smoothing:
+    return plain, plain
+  smoothed = keras.losses.CategoricalCrossentropy(
+      from_logits=from_logits, label_smoothing=label_smoothing, reduction=None)
+  return plain, lambda labels, outputs: smoothed(keras.ops.one_hot(labels, num_classes), outputs)

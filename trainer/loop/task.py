@@ -58,15 +58,8 @@ class Task:
       self._train_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
       self._eval_loss = keras.metrics.Mean("loss")
       self._eval_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
-    self._loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=self.from_logits,
-                                                               reduction=None)
-    self._train_loss_fn = self._loss_fn
-    if config.label_smoothing:
-      smoothed = keras.losses.CategoricalCrossentropy(
-          from_logits=self.from_logits, label_smoothing=config.label_smoothing, reduction=None)
-      num_classes = pipeline.num_classes
-      self._train_loss_fn = lambda labels, outputs: smoothed(
-          tf.one_hot(labels, num_classes), outputs)
+    self._loss_fn, self._train_loss_fn = optimization.loss_functions(
+        self.from_logits, config.label_smoothing, pipeline.num_classes)
     # Variables each replica updates in its own copy during a step, averaged after it
     # (BatchNorm's moving statistics of the ResNets: see resnet._assign_this_replicas_copy).
     self._replica_averaged = distribution.replica_averaged(self.model.non_trainable_variables)
