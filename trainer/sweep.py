@@ -4,13 +4,13 @@
       --dataset=fashion_mnist --data_dir=/usr/share/datasets/fashion-mnist
 
 The matrix is models x APIs x seeds x backends x strategies x precisions x batch sizes (your own
-model's API
-is its own, so it runs once per seed and setting); flags after `--` go to every run.
+model's API is its own, so it runs once per seed and setting); flags after `--` go to every run.
 --backends=tensorflow,jax trains each configuration on both Keras backends (jax: pip install -e
-".[jax]"); trainer.compare then sets them side by side. Runs that finished are skipped and a run that was stopped resumes from its checkpoint, so
-rerunning a stopped sweep continues where it was. Each run is its own `python -m trainer.main`
-process, as a user would start it; its whole output is kept in WORKDIR/trainer.log, and a failed
-run's own error line is shown. Exits non-zero if any run failed.
+".[jax]"); trainer.compare then sets them side by side. Runs that finished are skipped and a run
+that was stopped resumes from its checkpoint, so rerunning a stopped sweep continues where it
+was. Each run is its own `python -m trainer.main` process, as a user would start it; its whole
+output is kept in WORKDIR/trainer.log, and a failed run's own error line is shown. Exits
+non-zero if any run failed.
 """
 
 import itertools
