@@ -31,6 +31,7 @@ from trainer import config as config_lib
 from trainer.data import input_pipeline
 from trainer.distribute import precision as precision_lib
 from trainer.loop import optimization
+from trainer.loop import schedule
 from trainer.models import factory
 from trainer.records import checkpointing
 
@@ -93,37 +94,45 @@ class JaxTask:
     # [loss sum, correct, examples, gradient norm sum, steps] since the last reset.
     self._sums = jnp.zeros([5], jnp.float32)
     self._train_step = jax.jit(self._train_step_fn, donate_argnums=(0,))
+    self._train_pack = jax.jit(self._train_pack_fn, donate_argnums=(0,))
+    self._pack = 1
     self._eval_step = jax.jit(self._eval_step_fn)
     self._iterator: Optional[Iterator] = None
     self._per_process = False
     self.input_wait_s = 0.0
-    self.max_pack = 1
+    # Steps per compiled call: a scan over a pack of batches (schedule.pack_size), on every
+    # strategy, since one SPMD program holds the gradient sum too.
+    self.max_pack = schedule.MAX_PACK
 
   # ---------------------------------------------------------------- The controller's seam.
   def start_training(self, dataset: tf.data.Dataset, pack: int, per_process: bool = False) -> None:
-    """Sets the batches that train_loop consumes, one a step (`pack` is always 1 here). With
-    `per_process`, each element is this process's part of the global batch already."""
-    del pack  # max_pack is 1: each jitted step is one call.
+    """Sets the batches that train_loop consumes: one element a step, or a pack of `pack`
+    stacked batches trained in one compiled call. With `per_process`, each batch is this
+    process's part of the global batch already."""
     self._iterator = dataset.as_numpy_iterator()
     self._per_process = per_process
+    self._pack = pack
 
   def train_loop(self, num_steps: int) -> int:
-    """Trains `num_steps` steps; returns 0, or the 1-based step whose loss was not finite."""
+    """Trains `num_steps` steps (a multiple of the pack); returns 0, or the 1-based step whose
+    loss was not finite."""
     state = self._state()
+    packed = self._pack > 1
+    train = self._train_pack if packed else self._train_step
     flags = []
     try:
-      for _ in range(num_steps):
+      for _ in range(num_steps // self._pack):
         if flags:
-          flags[-1].block_until_ready()  # The wait below is then the step's own.
+          flags[-1].block_until_ready()  # The wait below is then the call's own.
         asked = time.perf_counter()
         images, labels = next(self._iterator)
         self.input_wait_s += time.perf_counter() - asked
-        state, flag = self._train_step(state, self._global(images), self._global(labels))
+        state, flag = train(state, self._global(images, packed), self._global(labels, packed))
         flags.append(flag)
     finally:
       self._set_state(state)
-    bad = [int(index) for index, flag in enumerate(jax.device_get(flags)) if flag]
-    return bad[0] + 1 if bad else 0
+    bad = np.flatnonzero(np.concatenate([np.ravel(flag) for flag in jax.device_get(flags)]))
+    return int(bad[0]) + 1 if bad.size else 0
 
   def train_metrics(self) -> Dict[str, float]:
     """As task.Task.train_metrics: loss and accuracy since the reset, the learning rate now, the
@@ -220,14 +229,20 @@ class JaxTask:
     if self.ema is not None:
       self.ema.averages = list(averages)
 
-  def _global(self, array: np.ndarray) -> jax.Array:
-    """This process's batch (or its share of the global batch) as one array over the devices."""
+  def _global(self, array: np.ndarray, packed: bool = False) -> jax.Array:
+    """This process's batch (or its share of the global batch) as one array over the devices,
+    split along the batch axis (the second of a pack)."""
     if self._data_sharding is None:
       return jnp.asarray(array)
+    axis = 1 if packed else 0
     if jax.process_count() > 1 and not self._per_process:
-      share = len(array) // jax.process_count()
-      array = array[jax.process_index() * share:(jax.process_index() + 1) * share]
-    return jax.make_array_from_process_local_data(self._data_sharding, array)
+      share = array.shape[axis] // jax.process_count()
+      array = np.take(array, np.arange(share) + jax.process_index() * share, axis=axis)
+    sharding = self._data_sharding
+    if packed:
+      sharding = jax.sharding.NamedSharding(sharding.mesh,
+                                            jax.sharding.PartitionSpec(None, *sharding.spec))
+    return jax.make_array_from_process_local_data(sharding, array)
 
   # ---------------------------------------------------------------- Compiled steps.
   def _forward(self, trainable, non_trainable, images, training: bool):
@@ -303,6 +318,11 @@ class JaxTask:
                              jnp.float32(labels.shape[0]), norm, jnp.float32(1.0)])
     not_finite = jnp.any(~jnp.isfinite(per_example_loss))
     return (trainable, non_trainable, optimizer_values, averages, sums), not_finite
+
+  def _train_pack_fn(self, state, images, labels):
+    """A pack of steps in one compiled call: the step scanned over the stacked batches."""
+    return jax.lax.scan(lambda carry, batch: self._train_step_fn(carry, *batch), state,
+                        (images, labels))
 
   def _skipped(self, optimizer_values):
     if not self.loss_scaling:
