@@ -2,6 +2,7 @@
 TensorFlow. Every JAX run is a process of its own (Keras keeps the backend of its first import;
 this test process has TensorFlow's)."""
 
+import glob
 import json
 import os
 import subprocess
@@ -86,7 +87,8 @@ def jax_runs(fashion_mnist_dir, tmp_path_factory) -> dict:
   short = dict(epochs=3, max_steps_per_epoch=50, log_every=50)
   runs["adamw_step"] = _mlp("functional", fashion_mnist_dir, root / "adamw_step", **short,
                             optimizer="adamw", weight_decay=0.01, lr_schedule="step",
-                            lr_drops=(2,), warmup_epochs=1, lr_scaling="linear")
+                            lr_drops=(2,), warmup_epochs=1, lr_scaling="linear",
+                            profile_steps=(11, 20))
   for precision in ("mixed_float16", "mixed_bfloat16"):
     runs[precision] = _mlp("functional", fashion_mnist_dir, root / precision, **short,
                            precision=precision)
@@ -142,3 +144,10 @@ def test_the_other_optimizers_schedules_and_precisions_learn_on_jax(jax_runs, na
     assert results["loss_scale"] > 1
   else:
     assert results["loss_scale"] is None
+
+
+@pytest.mark.slow
+def test_profile_steps_write_a_profile_of_the_jax_steps(jax_runs):
+  workdir = jax_runs["adamw_step"]["workdir"]
+  traces = glob.glob(os.path.join(workdir, "plugins", "profile", "*", "*.xplane.pb"))
+  assert len(traces) == 1 and os.path.getsize(traces[0]) > 0

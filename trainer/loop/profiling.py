@@ -1,7 +1,7 @@
 """--profile_steps=A,B: a TensorBoard profile of training steps A to B, into the run's logdir.
 
-TensorFlow's profiler writes WORKDIR/plugins/profile/<timestamp>/, which TensorBoard's PROFILE
-tab lists (it needs `pip install "keras-distributed-trainer[profile]"`: tensorboard-plugin-profile
+TensorFlow's profiler (JAX's on --backend=jax) writes WORKDIR/plugins/profile/<timestamp>/,
+which TensorBoard's PROFILE tab lists (it needs `pip install "keras-distributed-trainer[profile]"`: tensorboard-plugin-profile
 and xprof). The loop plan ends a compiled call at step A-1 and at step B, so the window holds
 exactly those steps; with A=1 it includes the first call's tracing and compiling. Only the chief
 profiles. A run resumed inside the window does not profile.
@@ -28,7 +28,7 @@ class ProfileWindow:
   def before_call(self, step: int) -> None:
     """Called with the global step about to start after `step`."""
     if self._steps and step == self._steps[0] - 1:
-      tf.profiler.experimental.start(self._logdir)
+      _profiler()[0](self._logdir)
       self._running = True
 
   def after_call(self, end_step: int) -> None:
@@ -41,4 +41,14 @@ class ProfileWindow:
     if self._running:
       self._running = False
       with workdir_lib.writing("the profile", os.path.join(self._logdir, PROFILE_DIR)):
-        tf.profiler.experimental.stop()
+        _profiler()[1]()
+
+
+def _profiler():
+  """(start, stop) of the running backend's profiler: JAX's traces its compiled steps, which
+  TensorFlow's does not see; both write the same plugins/profile layout."""
+  import keras  # pylint: disable=g-import-not-at-top
+  if keras.backend.backend() == "jax":
+    import jax  # pylint: disable=g-import-not-at-top
+    return jax.profiler.start_trace, jax.profiler.stop_trace
+  return tf.profiler.experimental.start, tf.profiler.experimental.stop
