@@ -79,7 +79,7 @@ def main(argv) -> None:
     server = _serve_worker(FLAGS.dispatcher_address, FLAGS.port, FLAGS.host)
     print(f"tf.data service worker listening on {FLAGS.host}:{server._address.rpartition(':')[2]}"
           f", serving dispatcher {FLAGS.dispatcher_address}.", flush=True)
-  while not stopped.wait(1.0):
+  while not stopped.wait(0.2):
     pass
   server.stop()
   print("tf.data service stopped.", flush=True)

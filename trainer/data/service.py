@@ -8,16 +8,19 @@ every batch on every worker (each example N times an epoch), and the static shar
 need a fixed list of workers and stop when one of them is lost.
 
 What that keeps and what it does not:
-- Each step's batch is exactly the one a local run makes for that step (same permutation, same
-  augmentation seeds), made once; none is repeated.
-- They arrive in the order the workers finish them, so a batch may come a few steps early or late,
-  also across an epoch's end: a run through the service is not bit-identical to a local one, nor
-  to itself. A resumed run asks for the batches from its checkpoint's step on: the same batches
-  an uninterrupted run had left, in the service's order.
-- A worker that dies loses the few batches it had taken and not delivered (5 of 400 measured).
-  The dataset runs on past the run's last step, so the loop takes later batches (the next
-  epoch's) in their place and keeps training on the workers left; without the extra steps it
-  would wait forever for the lost ones. With no worker left it waits until one joins.
+- Each batch is exactly the one a local run makes for its step (same permutation, same
+  augmentation seeds), made once; none is trained twice.
+- They arrive in the order the workers finish them, so a batch may come a few steps early or
+  late, also across an epoch's end: a run through the service is not bit-identical to a local
+  one, nor to itself. The dataset runs on past the run's last step and the run takes the first
+  batches to arrive, so a few of its last steps (at most the batches in flight) may be left out
+  for the first steps after it, the next epoch's.
+- A resumed run asks for the batches from its checkpoint's step on: those an uninterrupted run
+  had left, in the service's order, with the same few exceptions.
+- A worker that dies loses the few batches it had taken and not delivered (4 or 5 of 300 when
+  killed in our tests); later batches take their place and training goes on on the workers left.
+  A dataset that ended at the run's last step would instead wait forever for the lost ones. With
+  no worker left, training waits until one joins.
 - No job name: every trainer process gets its own job. A shared job hands each batch to whichever
   reader asks first, while the workers of a multi-worker run train in lockstep and each needs a
   whole batch for every step (each keeps its slice, as it does locally); and a named job that a
@@ -68,10 +71,10 @@ def check_servable(address: str, streamed: bool, held_bytes: int) -> None:
 
 def log_guarantees(address: str) -> None:
   """The one line that tells a user what the service keeps of a local run and what not."""
-  logging.info("Training batches from the tf.data service at %s: each step's batch is the local "
-               "one, made once, in the order its workers finish them (not bit-identical; a "
-               "resume continues from its step, in the service's order; a lost worker's "
-               "unfinished batches are replaced by later ones).", address)
+  logging.info("Training batches from the tf.data service at %s: the local run's batches, each "
+               "made once, in the order its workers finish them: not bit-identical, nor is a "
+               "resume; the last few steps, and those a lost worker held, may be replaced by the "
+               "steps after them.", address)
 
 
 def served(batches_by_step: tf.data.Dataset, address: str) -> tf.data.Dataset:
