@@ -29,9 +29,9 @@ flags.DEFINE_string("work_dir", "", "Dispatcher: folder for its journal, so that
 flags.DEFINE_string("dispatcher_address", "", "Worker: the dispatcher's HOST:PORT.")
 flags.DEFINE_string("host", socket.gethostname(), "Worker: the name trainers reach this "
                     "machine by; the dispatcher hands it to them with the port.")
-flags.DEFINE_integer("worker_timeout", 10, "Dispatcher: seconds without a worker's heartbeat "
-                     "before its work is taken away (a trainer reading from a lost worker "
-                     "waits that long).", lower_bound=1)
+# Not --worker_timeout: trainer.main's watchdog flag has that name, and tests import both.
+flags.DEFINE_integer("lost_worker_timeout", 10, "Dispatcher: seconds without a worker's "
+                     "heartbeat before it counts as lost and gets no more work.", lower_bound=1)
 # --dispatcher names the role; the worker's dispatcher address also reads as --dispatcher=HOST:PORT.
 FLAGS = flags.FLAGS
 
@@ -70,7 +70,7 @@ def main(argv) -> None:
   for signal_number in (signal.SIGTERM, signal.SIGINT):
     signal.signal(signal_number, lambda *unused: stopped.set())
   if FLAGS.dispatcher:
-    server = _serve_dispatcher(FLAGS.port, FLAGS.work_dir, FLAGS.worker_timeout)
+    server = _serve_dispatcher(FLAGS.port, FLAGS.work_dir, FLAGS.lost_worker_timeout)
     journal = (f", journal in {FLAGS.work_dir}" if FLAGS.work_dir
                else ", no journal (--work_dir): a restart loses its jobs")
     print(f"tf.data service dispatcher listening on {socket.gethostname()}:"
