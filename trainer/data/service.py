@@ -19,8 +19,8 @@ What that keeps and what it does not:
   had left, in the service's order, with the same few exceptions.
 - A worker that dies loses the few batches it had taken and not delivered (4 or 5 of 300 when
   killed in our tests); later batches take their place and training goes on on the workers left.
-  A dataset that ended at the run's last step would instead wait forever for the lost ones. With
-  no worker left, training waits until one joins.
+  A dataset that ended at the run's last step would instead wait forever for the lost ones (a
+  test checks both). With no worker left, training waits for one to join (not tested).
 - No job name: every trainer process gets its own job. A shared job hands each batch to whichever
   reader asks first, while the workers of a multi-worker run train in lockstep and each needs a
   whole batch for every step (each keeps its slice, as it does locally); and a named job that a
@@ -34,7 +34,8 @@ import tensorflow as tf
 
 from trainer import errors
 
-REACHABLE_TIMEOUT_S = 3.0  # tf.data itself retries an unreachable dispatcher for many minutes.
+# tf.data itself retries an unreachable dispatcher: a run had not ended after the test's 60 s.
+REACHABLE_TIMEOUT_S = 3.0
 # The whole training split goes inside the dataset's graph to every worker, and a graph holds
 # at most 2 GB.
 HELD_BYTES_LIMIT = 2**30
