@@ -28,7 +28,7 @@ import launch_local  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 STARTUP_S = 90  # Three processes importing TensorFlow at once on a loaded 2-core machine.
 # Test accuracy of the mlp after 2 epochs of 300 batches of 128 (about 0.85): nearly the same
-# batches in another order, measured 0.0001 apart (0.8476 and 0.8475, 0.8477).
+# batches in another order, measured up to 0.002 apart (0.8476 locally; 0.8475, 0.8477, 0.8457).
 ACCURACY_TOLERANCE = 0.03
 # Batches that can be on their way from the workers at once: the run takes the first to arrive,
 # so this many of its last steps at most may be left out for the first steps after it.
@@ -57,7 +57,7 @@ class Cluster:
         process.terminate()
     for process in [*self.workers, self.dispatcher]:
       try:
-        process.wait(timeout=10)
+        process.wait(timeout=5)
       except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
