@@ -27,9 +27,11 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import launch_local  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 STARTUP_S = 90  # Three processes importing TensorFlow at once on a loaded 2-core machine.
-# Test accuracy of the mlp after 2 epochs of 300 batches of 128 (about 0.85): nearly the same
-# batches in another order, measured up to 0.002 apart (0.8476 locally; 0.8475, 0.8477, 0.8457).
-ACCURACY_TOLERANCE = 0.03
+# Test accuracy of the mlp after 2 epochs of 300 batches of 128 (about 0.845): nearly the same
+# batches in another order. With the learning rate constant the order moved it up to 0.0135
+# (0.8476 locally; 0.8475, 0.8477, 0.8457, 0.8341 served); with a cosine to 0, as the test runs,
+# 0.0017 (0.8446; 0.8463, 0.8447).
+ACCURACY_TOLERANCE = 0.02
 # Batches that can be on their way from the workers at once: the run takes the first to arrive,
 # so this many of its last steps at most may be left out for the first steps after it.
 IN_FLIGHT = 32
@@ -176,9 +178,11 @@ def test_a_run_through_the_service_reaches_the_local_accuracy(fashion_mnist_dir,
                                                               tmp_path):
   # In this process, both: a trainer process would add seconds of imports, and the flag's way
   # through trainer.main is the unreachable dispatcher's test.
-  local = train.train_and_evaluate(_config(fashion_mnist_dir, workdir=str(tmp_path / "local")))
+  # A cosine to 0: the last steps' order moves the final weights little.
+  local = train.train_and_evaluate(_config(fashion_mnist_dir, workdir=str(tmp_path / "local"),
+                                           lr_schedule="cosine"))
   served = train.train_and_evaluate(_config(fashion_mnist_dir, workdir=str(tmp_path / "served"),
-                                            data_service=cluster.address))
+                                            lr_schedule="cosine", data_service=cluster.address))
   print(f"test accuracy: local {local['test_accuracy']:.4f}, "
         f"served {served['test_accuracy']:.4f}")
   assert served["test_accuracy"] == pytest.approx(local["test_accuracy"],
