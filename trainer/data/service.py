@@ -21,6 +21,9 @@ What that keeps and what it does not:
   killed in our tests); later batches take their place and training goes on on the workers left.
   A dataset that ended at the run's last step would instead wait forever for the lost ones (a
   test checks both). With no worker left, training waits for one to join (not tested).
+- A dispatcher that dies stops the batches until it is restarted with the same --work_dir: it
+  reads its journal back and the run goes on (tried by hand: a 2-minute wait, then the run
+  finished).
 - No job name: every trainer process gets its own job. A shared job hands each batch to whichever
   reader asks first, while the workers of a multi-worker run train in lockstep and each needs a
   whole batch for every step (each keeps its slice, as it does locally); and a named job that a
