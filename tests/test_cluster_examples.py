@@ -1,5 +1,6 @@
 """examples/slurm and examples/kubernetes: the TF_CONFIG each gives every worker is one cluster of
-the right size, each task in it once, and each starts the multi-worker trainer with real flags."""
+the right size, each task in it once, and each starts the multi-worker trainer with real flags;
+their tf.data services start a dispatcher and workers that find it, with real flags."""
 
 import json
 import os
@@ -11,6 +12,7 @@ import yaml
 
 from tests.processes import ROOT
 from trainer import config as config_lib
+from trainer import data_service
 from trainer.distribute import cluster
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -73,3 +75,45 @@ def test_the_tfjob_gives_each_pod_its_place_in_one_cluster():
   _check_trainer_command(container["command"])
   assert any(mount["mountPath"] in " ".join(container["command"])
              for mount in container["volumeMounts"])  # The workdir is on the shared volume.
+
+
+def _check_data_service(dispatcher, workers, dispatcher_address: str) -> None:
+  """A dispatcher with a journal, and workers of the dispatcher at `dispatcher_address`, each
+  flag one of trainer.data_service's."""
+  for words in (dispatcher, workers):
+    assert words[:3] == ["python", "-m", "trainer.data_service"]
+    for word in words[3:]:
+      name = word[2:].split("=")[0]
+      assert word.startswith("--") and name in data_service.FLAGS, word
+  port = re.search(r"--port=(\d+)", " ".join(dispatcher)).group(1)
+  assert "--dispatcher" in dispatcher and any(w.startswith("--work_dir=") for w in dispatcher)
+  assert "--worker" in workers and f"--dispatcher={dispatcher_address}" in workers
+  assert dispatcher_address.endswith(f":{port}")
+
+
+def test_the_slurm_data_service_starts_a_dispatcher_and_workers_that_find_it():
+  script = open(os.path.join(EXAMPLES, "slurm", "data_service.sbatch")).read()
+  steps = [shlex.split(line) for line in script.splitlines() if line.startswith("srun ")]
+  dispatcher = steps[0][steps[0].index("python"):-1]  # The step runs in the background: &.
+  workers = shlex.split(steps[1][steps[1].index("-c") + 1])
+  workers = workers[workers.index("exec") + 1:]
+  written = re.search(r'echo "(\S+)" > (\S+)', script)
+  _check_data_service(dispatcher, workers, written.group(1))
+  assert "--nodelist=$DISPATCHER_NODE" in steps[0] and "--ntasks-per-node=1" in steps[1]
+  # The trainer's script says how to read the address the service script writes.
+  train = open(os.path.join(EXAMPLES, "slurm", "train.sbatch")).read()
+  assert f"--data_service=$(cat {written.group(2)})" in train
+
+
+def test_the_kubernetes_data_service_serves_the_address_the_tfjob_names():
+  with open(os.path.join(EXAMPLES, "kubernetes", "data_service.yaml")) as f:
+    service, dispatcher, workers = yaml.safe_load_all(f)
+  assert service["kind"] == "Service" and dispatcher["kind"] == workers["kind"] == "Deployment"
+  name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+  port = service["spec"]["ports"][0]["port"]
+  assert service["spec"]["selector"] == dispatcher["spec"]["template"]["metadata"]["labels"]
+  address = f"{name}.{namespace}.svc:{port}"
+  _check_data_service(dispatcher["spec"]["template"]["spec"]["containers"][0]["command"],
+                      workers["spec"]["template"]["spec"]["containers"][0]["command"], address)
+  with open(os.path.join(EXAMPLES, "kubernetes", "tfjob.yaml")) as f:
+    assert f'"--data_service={address}"' in f.read()

@@ -92,4 +92,4 @@ def test_a_run_that_waited_for_input_says_so_and_what_helps(share, said):
   advice = throughput.input_bound_advice(share)
   assert (advice is not None) == said
   if said:
-    assert "35%" in advice and "cores" in advice
+    assert "35%" in advice and "cores" in advice and "--data_service" in advice

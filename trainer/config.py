@@ -102,6 +102,11 @@ class Config:
   memory_limit_mb: float = _setting(
       0.0, "Data whose decoded images need more than this many MB stream from disk at every "
       "epoch instead of being held in memory; 0 is a quarter of this machine's RAM.")
+  data_service: str = _setting(
+      "", "HOST:PORT of a tf.data service dispatcher (python -m trainer.data_service): the "
+      "training batches are made by its workers, on other machines; evaluation stays here. "
+      "Each step's batch is the one made here, but batches arrive in the order the workers "
+      "finish them (not bit-identical). Empty: made here.")
   # Optimisation.
   epochs: int = _setting(10, "Passes over the training split.")
   batch_size: int = _setting(32, "GLOBAL batch size: split across all replicas of all workers.")
@@ -256,6 +261,7 @@ class Config:
       raise errors.UserError(f"--profile_steps={_joined(self.profile_steps)} must be A,B, the "
                              "first and last training step to profile, 1 <= A <= B, e.g. 101,120.")
     self._check_recipe()
+    self._check_data_service()
     if not 0 < self.eval_crop <= 1:
       raise errors.UserError(f"--eval_crop={self.eval_crop} must lie in (0, 1]: the share of "
                              "the shorter side evaluation keeps, e.g. 0.875.")
@@ -264,6 +270,20 @@ class Config:
                              "and 1, e.g. 0.2.")
     if self.workdir is None:
       object.__setattr__(self, "workdir", os.path.join("runs", self.run_name))
+
+  def _check_data_service(self) -> None:
+    """Refuses a --data_service that is not HOST:PORT, or that --deterministic cannot keep."""
+    if not self.data_service:
+      return
+    host, _, port = self.data_service.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+      raise errors.UserError(f"--data_service={self.data_service} must be HOST:PORT, the "
+                             "dispatcher's (python -m trainer.data_service --dispatcher), e.g. "
+                             "node1:5050.")
+    if self.deterministic:
+      raise errors.UserError("--deterministic promises bit-identical runs, and batches from "
+                             "--data_service arrive in the order its workers finish them. Leave "
+                             "one of the two out.")
 
   def _check_recipe(self) -> None:
     """Refuses optimisation settings that cannot train, each with one line."""

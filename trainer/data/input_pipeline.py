@@ -19,6 +19,7 @@ from trainer.data import augment
 from trainer.data import idx_files
 from trainer.data import image_folder
 from trainer.data import preprocessing
+from trainer.data import service
 from trainer.data import sources
 from trainer.data import tfrecords
 from trainer import errors
@@ -88,6 +89,7 @@ class InputPipeline:
   # (preprocessing.training_image, evaluation_image); eval_crop is the evaluation's centre crop.
   encoded: bool = False
   eval_crop: float = preprocessing.DEFAULT_EVAL_CROP
+  data_service: str = ""  # A tf.data service dispatcher's HOST:PORT makes the training batches.
 
   def whole_test_split(self) -> "InputPipeline":
     """This pipeline with --eval_steps lifted: its eval_dataset covers every test example (the
@@ -164,12 +166,13 @@ class InputPipeline:
     """
     num_steps = num_epochs * self.steps_per_epoch - start_step
     first_epoch, steps_into_it = divmod(start_step, self.steps_per_epoch)
-    if self.synthetic:
+    if self.data_service:
+      # Endless: later batches replace those a lost worker took (see trainer.data.service).
+      dataset = service.served(self.batches_by_step(start_step), self.data_service).take(num_steps)
+    elif self.synthetic:
       # A few batches drawn once and cycled: serving them costs a copy, so synthetic runs
       # measure compute alone, at any image size.
-      pool_batches = min(SYNTHETIC_POOL_BATCHES, self.steps_per_epoch,
-                         max(1, CACHE_BYTES // self._float_bytes(self.global_batch_size)))
-      pool = tf.data.Dataset.range(pool_batches).map(
+      pool = tf.data.Dataset.range(self._synthetic_pool_batches()).map(
           lambda index: self._synthetic_batch([self.seed, 0, index]))
       dataset = pool.cache().repeat().skip(start_step).take(num_steps)
     else:
@@ -191,6 +194,38 @@ class InputPipeline:
     if pack > 1:
       dataset = dataset.batch(pack, drop_remainder=True)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
+
+  def batches_by_step(self, start_step: int) -> tf.data.Dataset:
+    """Every global batch from `start_step` on, without end, each made from its step alone.
+
+    The batch of a step equals training_batches' (same permutation, same augmentation seeds),
+    but nothing carries from one step to the next, so a tf.data service may hand the steps to
+    its workers in any split. Each step redoes its epoch's permutation (a shuffle of the split's
+    indices: milliseconds) instead of gathering a whole epoch. Data held in memory only.
+    """
+    if self.synthetic:
+      pool_batches = self._synthetic_pool_batches()
+      return tf.data.Dataset.range(start_step, tf.int64.max).map(
+          lambda step: self._synthetic_batch([self.seed, 0, step % pool_batches]))
+    images, labels = self._tensors[:2]  # Eager here: flat_map traces its function.
+    return tf.data.Dataset.range(start_step, tf.int64.max).flat_map(
+        lambda step: self._batch_of_step(step, images, labels))
+
+  def _batch_of_step(self, step: tf.Tensor, images: tf.Tensor,
+                     labels: tf.Tensor) -> tf.data.Dataset:
+    """A dataset of the one batch of global `step`, as _epoch_batches makes it."""
+    epoch, step_in_epoch = step // self.steps_per_epoch, step % self.steps_per_epoch
+    first = step_in_epoch * self.train_batch_size
+    taken = sources.epoch_order(len(self.train.labels), self.seed, epoch)[
+        first:first + self.train_batch_size]
+    if self.encoded:
+      return self._encoded_batches(epoch, tf.data.Dataset.from_tensor_slices((
+          first + tf.range(self.train_batch_size, dtype=tf.int64), tf.gather(images, taken),
+          tf.gather(labels, taken))))
+    batch = tf.gather(images, taken), tf.gather(labels, taken)
+    if self._plain:
+      return tf.data.Dataset.from_tensors((_scale(batch[0]), batch[1]))
+    return tf.data.Dataset.from_tensors(self._training_batch(epoch, step_in_epoch, *batch))
 
   def _epoch_batches(self, epoch: tf.Tensor, images: tf.Tensor, labels: tf.Tensor,
                      skipped: tf.Tensor) -> tf.data.Dataset:
@@ -275,6 +310,10 @@ class InputPipeline:
       # Scaled once; a streamed test split, or a large one, is made again at each evaluation.
       dataset = dataset.cache()
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
+
+  def _synthetic_pool_batches(self) -> int:
+    return min(SYNTHETIC_POOL_BATCHES, self.steps_per_epoch,
+               max(1, CACHE_BYTES // self._float_bytes(self.global_batch_size)))
 
   def _float_bytes(self, num_examples: int) -> int:
     return num_examples * int(np.prod(self.image_shape)) * 4
@@ -379,6 +418,8 @@ def make_input_pipeline(config: config_lib.Config, input_index: int = 0,
   """Loads the dataset that `config` names and returns the pipeline that batches it, for
   process `input_index` of the `num_inputs` that read training data (the workers of a cluster:
   TFRecord shards are then split among them by file)."""
+  if config.data_service:
+    service.check_reachable(config.data_service)  # Before the data loads: seconds, not minutes.
   if config.dataset == "synthetic":
     if config.augment != "none" or config.normalize:
       raise errors.UserError("--augment and --normalize apply to real images; synthetic data "
@@ -390,6 +431,10 @@ def make_input_pipeline(config: config_lib.Config, input_index: int = 0,
     loaded = _load(config, input_index, num_inputs)
   if loaded.train is not None or loaded.stream is not None:
     logging.info("%s", loaded.describe())
+  if config.data_service:
+    service.check_servable(config.data_service, loaded.stream is not None,
+                           loaded.held_bytes if loaded.train is not None else 0)
+    service.log_guarantees(config.data_service)
   if loaded.sharding != "none":
     logging.info("Training data sharded by %s over %d workers: %s.", loaded.sharding, num_inputs,
                  "each reads only its own files" if loaded.sharding == "file"
@@ -412,4 +457,4 @@ def make_input_pipeline(config: config_lib.Config, input_index: int = 0,
       test=loaded.test, stream=loaded.stream, augment=config.augment,
       normalization=_normalization(config, loaded), sharding=loaded.sharding,
       num_inputs=num_inputs, test_split_size=loaded.num_test, encoded=loaded.encoded,
-      eval_crop=config.eval_crop)
+      eval_crop=config.eval_crop, data_service=config.data_service)

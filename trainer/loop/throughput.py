@@ -108,5 +108,6 @@ def input_bound_advice(share: float) -> Optional[str]:
   if share <= INPUT_BOUND_SHARE:
     return None
   return (f"Input-bound: the loop waited for the next batch {share:.0%} of its time. More CPU "
-          "cores for tf.data (or fewer other processes on them), or images stored nearer the "
-          "size trained on, would train faster.")
+          "cores for tf.data (or fewer other processes on them), images stored nearer the "
+          "size trained on, or the preprocessing on other machines (--data_service, see "
+          "python -m trainer.data_service) would train faster.")
