@@ -125,6 +125,12 @@ def test_resnet18_steps_identically_in_the_three_apis(jax_runs):
 
 
 @pytest.mark.slow
+def test_the_mlp_packs_steps_into_one_call_and_convnets_on_cpus_do_not(jax_runs):
+  assert jax_runs["mlp_functional"]["steps_per_xla_call"] > 1
+  assert jax_runs["resnet18_subclass"]["steps_per_xla_call"] == 1
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("export_format", ["keras", "saved_model"])
 def test_a_jax_runs_exports_reproduce_its_test_accuracy_on_tensorflow(jax_runs, export_format,
                                                                        tmp_path):
