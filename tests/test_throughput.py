@@ -93,3 +93,9 @@ def test_a_run_that_waited_for_input_says_so_and_what_helps(share, said):
   assert (advice is not None) == said
   if said:
     assert "35%" in advice and "cores" in advice and "--data_service" in advice
+
+
+def test_a_run_fed_by_the_service_is_told_to_add_workers_not_to_use_it():
+  advice = throughput.input_bound_advice(0.35, data_service="10.0.0.5:5050")
+  assert "More workers for the tf.data service at 10.0.0.5:5050" in advice
+  assert "--data_service" not in advice

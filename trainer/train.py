@@ -286,7 +286,7 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
       exports = export.export_model(task.model, config.workdir, pipeline.image_shape)
     results = dataclasses.replace(results, exports=exports)
     run_record.write_results(config.workdir, results)
-    advice = throughput.input_bound_advice(results.input_wait_share)
+    advice = throughput.input_bound_advice(results.input_wait_share, config.data_service)
     if advice:  # Just above the summary block, which stays the last lines.
       print(advice, flush=True)
     print(_summary(settings, task.api, results, untimed=not totals["timed_seconds"]), flush=True)

@@ -102,11 +102,16 @@ def _share(part: float, whole: float) -> float:
   return min(1.0, part / whole) if whole > 0 else 0.0
 
 
-def input_bound_advice(share: float) -> Optional[str]:
+def input_bound_advice(share: float, data_service: str = "") -> Optional[str]:
   """One line for the end of a run that waited for input more than INPUT_BOUND_SHARE of its
-  loop, naming what helps; None otherwise."""
+  loop, naming what helps (more service workers when it already used --data_service); None
+  otherwise."""
   if share <= INPUT_BOUND_SHARE:
     return None
+  if data_service:
+    return (f"Input-bound: the loop waited for the next batch {share:.0%} of its time. More "
+            f"workers for the tf.data service at {data_service} (python -m "
+            "trainer.data_service --worker), on machines of their own, would train faster.")
   return (f"Input-bound: the loop waited for the next batch {share:.0%} of its time. More CPU "
           "cores for tf.data (or fewer other processes on them), images stored nearer the "
           "size trained on, or the preprocessing on other machines (--data_service, see "
