@@ -3,6 +3,11 @@ and one finished run per API for the tests that only read a run's outputs."""
 
 import os
 
+# `import jax` (Keras imports it wherever JAX is installed) sets TF_CPP_MIN_LOG_LEVEL=1 when it
+# is unset, and every process a test starts would inherit it: TensorFlow's WARNING lines then
+# reach the console of runs that a user, with it unset, sees filtered at 2. Fix it as users have.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 import numpy as np
 import pytest
 import tensorflow as tf
