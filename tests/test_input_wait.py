@@ -17,12 +17,15 @@ def test_a_run_whose_input_is_slow_reports_its_wait_and_says_it_was_input_bound(
   made = input_pipeline.InputPipeline.training_batches
 
   def slowed(self, *args, **kwargs):
-    # Each element (a pack of steps) takes 0.1 s more to make than the steps take to train.
+    # Each element (a pack of steps) takes 0.5 s more to make than the steps take to train:
+    # long enough that the elements tf.data makes ahead while the first call compiles (seconds
+    # on a loaded machine, when 0.1 s let it make all 12 before the timed steps) cannot cover
+    # the wait.
     dataset = made(self, *args, **kwargs)
     shape = dataset.element_spec[0].shape
 
     def pause(images):
-      time.sleep(0.1)
+      time.sleep(0.5)
       return images
     return dataset.map(lambda images, labels: (tf.ensure_shape(tf.numpy_function(
         pause, [images], tf.float32, stateful=True), shape), labels))
