@@ -4,6 +4,7 @@ A real SIGINT is sent to this process from inside each phase of a run (start-up,
 a checkpoint save, the export); the entry point's handling turns it into one line and exit 130.
 """
 
+import gc
 import glob
 import json
 import os
@@ -19,6 +20,7 @@ import pytest
 from tests.processes import ROOT
 from trainer.data import input_pipeline
 from trainer import errors
+from trainer.loop import preemption
 from trainer.loop import task as task_lib
 from trainer.records import checkpointing
 from trainer import train
@@ -69,6 +71,37 @@ def test_ctrl_c_in_any_phase_exits_130_and_the_rerun_completes(phase, small_conf
   assert written["steps"] == 20 and written["test_accuracy"] == results["test_accuracy"]
   assert written["examples_per_sec"] > 0 and written["time_to_first_step_s"] > 0
   assert os.path.isdir(os.path.join(config.workdir, "saved_model"))
+
+
+def _ctrl_c_swallowed_by_a_gc_callback() -> None:
+  """Ctrl-C whose KeyboardInterrupt is raised inside a gc callback, where Python prints
+  "Exception ignored" and carries on: JAX registers such a callback once imported, and a Ctrl-C
+  six seconds into a run was lost there."""
+  def callback(phase, info):
+    del info  # Unused.
+    if phase == "start":
+      signal.raise_signal(signal.SIGINT)
+
+  gc.callbacks.append(callback)
+  try:
+    gc.collect()
+  finally:
+    gc.callbacks.remove(callback)
+
+
+def test_a_ctrl_c_swallowed_before_the_loop_still_stops_the_run(monkeypatch, capsys):
+  # Python's own hook, which prints what it swallows (pytest's would turn it into a warning).
+  monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+  with pytest.raises(SystemExit) as exited:
+    with errors.shown_as_one_line():
+      _ctrl_c_swallowed_by_a_gc_callback()
+      with preemption.StopRequests() as requests:
+        seen_by_the_loop = requests.signal_number
+  assert seen_by_the_loop == signal.SIGINT  # It saves and stops at its first boundary.
+  assert exited.value.code == 130  # And a run that ends anyway ends as stopped.
+  err = capsys.readouterr().err
+  assert err.strip().startswith("error: Stopped by Ctrl-C"), err  # And no "Exception ignored".
+  assert len(err.strip().splitlines()) == 1, err
 
 
 def _watch(process, path: str, pattern: str, deadline: float) -> float:

@@ -6,10 +6,11 @@ traceback, and exit with its code. Any other exception is a bug and keeps its tr
 """
 
 import contextlib
+import functools
 import re
 import signal
 import sys
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 FINISHED = 0
 BUG_OR_USAGE = 1
@@ -122,6 +123,13 @@ def note_interrupting_signal(signal_number: int) -> None:
     _interrupting_signal = signal_number
 
 
+def interrupting_signal() -> Optional[int]:
+  """The signal noted as ending the run, or None. Set also when its KeyboardInterrupt was
+  raised inside a finalizer or a gc callback (JAX, once imported, registers one), where Python
+  prints "Exception ignored" and goes on: the run must still stop."""
+  return _interrupting_signal
+
+
 def _raise_interrupted(signal_number, frame):
   del frame  # Unused.
   note_interrupting_signal(signal_number)
@@ -135,10 +143,16 @@ def shown_as_one_line() -> Iterator[None]:
   Ctrl-C or SIGTERM outside the training loop (which saves first, see trainer.loop.preemption),
   during start-up or the export, ends the same way: one line, exit 130 or 143, whatever error
   the interrupted TensorFlow call turned it into. Every write goes through a rename or removes
-  its half, so the workdir stays valid and a rerun resumes.
+  its half, so the workdir stays valid and a rerun resumes. A KeyboardInterrupt that Python
+  swallows (raised inside a finalizer or a gc callback) is not printed: the signal was noted,
+  and the loop or the end of this block stops the run.
   """
+  global _interrupting_signal
+  _interrupting_signal = None  # A signal noted by an earlier run in this process is not ours.
   previous = {sig: signal.signal(sig, _raise_interrupted)
               for sig in (signal.SIGTERM, signal.SIGINT)}
+  previous_unraisable_hook = sys.unraisablehook
+  sys.unraisablehook = functools.partial(_unless_interrupt, previous_unraisable_hook)
   try:
     yield
   except UserError as e:
@@ -152,9 +166,21 @@ def shown_as_one_line() -> Iterator[None]:
     if _interrupting_signal is None:
       raise
     _exit_interrupted(_interrupting_signal)
+  else:
+    if _interrupting_signal is not None:  # Its KeyboardInterrupt was swallowed on the way.
+      _exit_interrupted(_interrupting_signal)
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
+    sys.unraisablehook = previous_unraisable_hook
+    _interrupting_signal = None
+
+
+def _unless_interrupt(hook, unraisable) -> None:
+  """Passes an exception Python cannot raise to `hook`, unless it is the KeyboardInterrupt of
+  a signal already noted, whose traceback would only clutter the one line the run ends with."""
+  if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+    hook(unraisable)
 
 
 def _exit_interrupted(signal_number: int) -> None:

@@ -52,6 +52,10 @@ class StopRequests:
       raise StopNow()
 
   def __enter__(self) -> "StopRequests":
+    # A signal that arrived before the loop but whose KeyboardInterrupt was swallowed (raised
+    # inside a gc callback or a finalizer) is a request like any other: stop at the first
+    # boundary.
+    self.signal_number = errors.interrupting_signal()
     for sig in self.SIGNALS:
       self._previous[sig] = signal.signal(sig, self._record)
     return self
