@@ -1,10 +1,14 @@
 """How messages quote TensorFlow's errors and long lists: the cause, in one readable line."""
 
+import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import tensorflow as tf
 
+from tests import processes
 from trainer import errors
 
 
@@ -45,3 +49,18 @@ def test_an_error_without_a_signal_keeps_its_traceback(monkeypatch):
   with pytest.raises(AssertionError):
     with errors.shown_as_one_line():
       raise AssertionError
+
+
+def test_ctrl_c_that_ends_code_run_from_a_string_still_exits_130(tmp_path):
+  # While TensorFlow loads, namedtuple and pybind11 modules run code from strings; CPython marks
+  # a KeyboardInterrupt that ends such code as unhandled even when caught, and `python -m` then
+  # died by SIGINT (-2) after the one line.
+  (tmp_path / "interrupted_string.py").write_text(
+      "from trainer import errors\n"
+      "with errors.shown_as_one_line():\n"
+      "  exec('raise KeyboardInterrupt')\n")
+  done = subprocess.run([sys.executable, "-m", "interrupted_string"], cwd=tmp_path,
+                        env={**os.environ, "PYTHONPATH": processes.ROOT}, capture_output=True,
+                        text=True, timeout=60)
+  assert done.returncode == 130, done.stderr
+  assert done.stderr.startswith("error: Stopped by Ctrl-C;"), done.stderr

@@ -113,13 +113,16 @@ class Terminated(KeyboardInterrupt):
 # (autograph's control-status stack fails an assert when a trace is interrupted), so what
 # shown_as_one_line reports is decided by this, not by the exception's type.
 _interrupting_signal = None
+# Whether a shown_as_one_line block is open: outside one, nothing would act on a noted signal,
+# and a stale one would turn a later run's first Ctrl-C into its second.
+_noting = False
 
 
 def note_interrupting_signal(signal_number: int) -> None:
   """Records that `signal_number` is ending the run (the handlers here, and a second Ctrl-C in
   the loop, call it before raising)."""
   global _interrupting_signal
-  if _interrupting_signal is None:
+  if _noting and _interrupting_signal is None:
     _interrupting_signal = signal_number
 
 
@@ -147,8 +150,9 @@ def shown_as_one_line() -> Iterator[None]:
   swallows (raised inside a finalizer or a gc callback) is not printed: the signal was noted,
   and the loop or the end of this block stops the run.
   """
-  global _interrupting_signal
-  _interrupting_signal = None  # A signal noted by an earlier run in this process is not ours.
+  global _interrupting_signal, _noting
+  outer = _interrupting_signal, _noting
+  _interrupting_signal, _noting = None, True  # A signal noted earlier in this process is not ours.
   previous = {sig: signal.signal(sig, _raise_interrupted)
               for sig in (signal.SIGTERM, signal.SIGINT)}
   previous_unraisable_hook = sys.unraisablehook
@@ -158,7 +162,7 @@ def shown_as_one_line() -> Iterator[None]:
   except UserError as e:
     if _interrupting_signal is None or isinstance(e, Interrupted):
       print(f"error: {e}", file=sys.stderr, flush=True)
-      sys.exit(e.exit_code)
+      _exit(e.exit_code)
     _exit_interrupted(_interrupting_signal)
   except KeyboardInterrupt as e:
     _exit_interrupted(_interrupting_signal or getattr(e, "signal_number", signal.SIGINT))
@@ -173,7 +177,7 @@ def shown_as_one_line() -> Iterator[None]:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
     sys.unraisablehook = previous_unraisable_hook
-    _interrupting_signal = None
+    _interrupting_signal, _noting = outer
 
 
 def _unless_interrupt(hook, unraisable) -> None:
@@ -187,4 +191,15 @@ def _exit_interrupted(signal_number: int) -> None:
   cause = "Ctrl-C" if signal_number == signal.SIGINT else "SIGTERM"
   print(f"error: Stopped by {cause}; nothing half-written was kept. Rerun the same command "
         "to resume from the last checkpoint.", file=sys.stderr, flush=True)
-  sys.exit(128 + signal_number)
+  _exit(128 + signal_number)
+
+
+def _exit(code: int) -> None:
+  """sys.exit(code), also after a KeyboardInterrupt that ended code run from a string.
+
+  CPython marks such an interrupt as unhandled even when it was caught (namedtuple and
+  pybind11 modules run strings while TensorFlow loads), and `python -m` then ends by SIGINT
+  instead of with `code`. Running a string resets the mark.
+  """
+  exec("pass")  # pylint: disable=exec-used
+  sys.exit(code)
