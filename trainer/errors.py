@@ -187,6 +187,22 @@ def _unless_interrupt(hook, unraisable) -> None:
     hook(unraisable)
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+  """Holds SIGINT and SIGTERM until the block ends, then delivers the first to the handler
+  outside it: for imports of native modules that crash when interrupted half-initialised."""
+  arrived = []
+  previous = {sig: signal.signal(sig, lambda number, frame: arrived.append(number))
+              for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+  if arrived:
+    signal.raise_signal(arrived[0])
+
+
 def _exit_interrupted(signal_number: int) -> None:
   cause = "Ctrl-C" if signal_number == signal.SIGINT else "SIGTERM"
   print(f"error: Stopped by {cause}; nothing half-written was kept. Rerun the same command "

@@ -34,6 +34,12 @@ def select(config: config_lib.Config) -> None:
   if config.backend == "jax" and config.cpu_devices > 1:
     os.environ["XLA_FLAGS"] = with_host_devices(os.environ.get("XLA_FLAGS", ""),
                                                 config.cpu_devices)
+  if importlib.util.find_spec("jax") is not None:
+    # TensorFlow imports JAX too where it is installed (tf.lite tries `from jax import jit`),
+    # and a Ctrl-C while jaxlib's native module initialises crashed the process (SIGSEGV in
+    # nanobind's module teardown) instead of ending in one line: it waits for the import here.
+    with errors.interrupts_deferred():
+      import jax  # pylint: disable=g-import-not-at-top,unused-import,import-outside-toplevel
 
 
 def with_host_devices(xla_flags: str, count: int) -> str:
