@@ -69,10 +69,15 @@ def test_ctrl_c_that_ends_code_run_from_a_string_still_exits_130(tmp_path):
 def test_ctrl_c_inside_a_deferred_block_arrives_at_its_end():
   # JAX's native module crashed the process when a Ctrl-C interrupted its import.
   finished = []
-  with pytest.raises(KeyboardInterrupt):
-    with errors.interrupts_deferred():
-      os.kill(os.getpid(), signal.SIGINT)
-      signal.sigtimedwait([], 0.1)  # Where a handler would have run.
-      finished.append(True)
-  assert finished == [True]
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  # Python's own handler, whatever an earlier test in this process left.
+  outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      with errors.interrupts_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        signal.sigtimedwait([], 0.1)  # Where a handler would have run.
+        finished.append(True)
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  finally:
+    signal.signal(signal.SIGINT, outer)
