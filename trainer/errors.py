@@ -153,8 +153,7 @@ def shown_as_one_line() -> Iterator[None]:
   global _interrupting_signal, _noting
   outer = _interrupting_signal, _noting
   _interrupting_signal, _noting = None, True  # A signal noted earlier in this process is not ours.
-  previous = {sig: signal.signal(sig, _raise_interrupted)
-              for sig in (signal.SIGTERM, signal.SIGINT)}
+  previous = _handle_stop_signals(_raise_interrupted)
   previous_unraisable_hook = sys.unraisablehook
   sys.unraisablehook = functools.partial(_unless_interrupt, previous_unraisable_hook)
   try:
@@ -174,15 +173,25 @@ def shown_as_one_line() -> Iterator[None]:
     if _interrupting_signal is not None:  # Its KeyboardInterrupt was swallowed on the way.
       _exit_interrupted(_interrupting_signal)
   finally:
-    for sig, handler in previous.items():
-      signal.signal(sig, handler)
+    _restore_handlers(previous)
     sys.unraisablehook = previous_unraisable_hook
     _interrupting_signal, _noting = outer
 
 
+def _handle_stop_signals(handler) -> dict:
+  """Makes `handler` handle SIGTERM and SIGINT; returns the handlers it replaced."""
+  return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_handlers(previous: dict) -> None:
+  for sig, handler in previous.items():
+    signal.signal(sig, handler)
+
+
 def _unless_interrupt(hook, unraisable) -> None:
-  """Passes an exception Python cannot raise to `hook`, unless it is the KeyboardInterrupt of
-  a signal already noted, whose traceback would only clutter the one line the run ends with."""
+  """Passes an exception Python cannot raise to `hook`, unless it is a KeyboardInterrupt: inside
+  shown_as_one_line the handler noted its signal before raising, and its traceback would only
+  clutter the one line the run ends with."""
   if not issubclass(unraisable.exc_type, KeyboardInterrupt):
     hook(unraisable)
 
@@ -192,13 +201,11 @@ def interrupts_deferred() -> Iterator[None]:
   """Holds SIGINT and SIGTERM until the block ends, then delivers the first to the handler
   outside it: for imports of native modules that crash when interrupted half-initialised."""
   arrived = []
-  previous = {sig: signal.signal(sig, lambda number, frame: arrived.append(number))
-              for sig in (signal.SIGTERM, signal.SIGINT)}
+  previous = _handle_stop_signals(lambda number, frame: arrived.append(number))
   try:
     yield
   finally:
-    for sig, handler in previous.items():
-      signal.signal(sig, handler)
+    _restore_handlers(previous)
   if arrived:
     signal.raise_signal(arrived[0])
 

@@ -27,14 +27,15 @@ def select(config: config_lib.Config) -> None:
           f"--backend={config.backend}: Keras is already loaded with {current} in this "
           "process, and keeps its first backend. Run the trainer in a process of its own.")
     return
-  if config.backend == "jax" and importlib.util.find_spec("jax") is None:
+  jax_installed = importlib.util.find_spec("jax") is not None
+  if config.backend == "jax" and not jax_installed:
     raise errors.UserError("--backend=jax needs JAX, which is not installed: pip install -e "
                            "'.[jax]' (GPUs: '.[jax-cuda]'), or leave --backend out.")
   os.environ["KERAS_BACKEND"] = config.backend
   if config.backend == "jax" and config.cpu_devices > 1:
     os.environ["XLA_FLAGS"] = with_host_devices(os.environ.get("XLA_FLAGS", ""),
                                                 config.cpu_devices)
-  if importlib.util.find_spec("jax") is not None:
+  if jax_installed:
     # TensorFlow imports JAX too where it is installed (tf.lite tries `from jax import jit`),
     # and a Ctrl-C while jaxlib's native module initialises crashed the process (SIGSEGV in
     # nanobind's module teardown) instead of ending in one line: it waits for the import here.
