@@ -121,7 +121,8 @@ def test_what_an_unset_default_is_said_to_mean_is_what_the_code_does():
   assert config_lib.Config().run_name.startswith(shown("dataset"))
   assert shown("image_shape") == ",".join(map(str, input_pipeline.IMAGE_SHAPE))
   assert shown("num_classes") == str(input_pipeline.NUM_CLASSES)
-  assert shown("num_test_examples") == str(input_pipeline.SYNTHETIC_TEST_SIZE)
+  assert f"synthetic: {input_pipeline.SYNTHETIC_TEST_BATCHES} global batches" in shown(
+      "num_test_examples")
   assert shown("workdir") == "runs/<dataset>[-<model>]-<api>-<strategy>"
   assert config_lib.Config().workdir == "runs/mnist-functional-auto"
   assert config_lib.Config(dataset="cifar10", model="cnn", api="subclass",

@@ -120,6 +120,8 @@ def test_flags_that_do_not_fit_the_data_are_refused(tmp_path):
     pipeline(data_dir=str(tmp_path), dataset="cifar10")
   with pytest.raises(errors.UserError, match="describe --dataset=synthetic"):
     config_lib.Config(num_classes=3)
+  # --num_test_examples bounds the last evaluation on any data.
+  assert config_lib.Config(num_test_examples=100).num_test_examples == 100
 
 
 @pytest.fixture(scope="module")

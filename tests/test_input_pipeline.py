@@ -63,6 +63,22 @@ def test_evaluation_sees_every_test_example_once(fashion_mnist_dir):
   np.testing.assert_array_equal(labels[weights == 1], pipeline.test.labels)
 
 
+def test_num_test_examples_bounds_the_last_evaluation_to_the_splits_first_examples(
+    fashion_mnist_dir):
+  pipeline = make_pipeline(dataset="fashion_mnist", data_dir=fashion_mnist_dir, batch_size=64,
+                           num_test_examples=200, eval_steps=1)
+  assert (pipeline.num_test_examples, pipeline.test_split_size) == (64, 10_000)  # --eval_steps.
+  final = pipeline.final_test_split()
+  batches = list(final.eval_dataset())
+  weights = np.concatenate([batch[2].numpy() for batch in batches])
+  labels = np.concatenate([batch[1].numpy() for batch in batches])
+  assert len(batches) == 4 and weights.sum() == 200
+  np.testing.assert_array_equal(labels[weights == 1], pipeline.test.labels[:200])
+  # Larger than the split: the whole split, once.
+  assert make_pipeline(dataset="fashion_mnist", data_dir=fashion_mnist_dir, batch_size=64,
+                       num_test_examples=20_000).final_test_split().num_test_examples == 10_000
+
+
 def test_max_steps_per_epoch_cuts_the_epoch(fashion_mnist_dir):
   pipeline = make_pipeline(dataset="fashion_mnist", data_dir=fashion_mnist_dir, batch_size=32,
                            max_steps_per_epoch=5)
@@ -71,7 +87,8 @@ def test_max_steps_per_epoch_cuts_the_epoch(fashion_mnist_dir):
 
 def test_synthetic_data_has_mnist_shapes_and_all_classes():
   pipeline = make_pipeline(dataset="synthetic", batch_size=256)
-  assert (pipeline.steps_per_epoch, pipeline.num_test_examples) == (234, 10_000)
+  # Its test split is a few global batches: random images' accuracy means nothing.
+  assert (pipeline.steps_per_epoch, pipeline.num_test_examples) == (234, 4 * 256)
   images, labels = next(iter(pipeline.train_dataset(epoch=0)))
   assert images.shape == (256, 28, 28, 1) and images.dtype == tf.float32
   assert set(labels.numpy()) == set(range(10))

@@ -14,7 +14,8 @@ def test_a_preset_with_overrides_runs_mirrored_from_the_command_line(fashion_mni
   result = run_trainer("--flagfile=configs/smoke.cfg", "--api=subclass",
                        "--dataset=fashion_mnist", f"--data_dir={fashion_mnist_dir}",
                        "--strategy=mirrored", "--cpu_devices=2", "--epochs=1",
-                       "--max_steps_per_epoch=50", f"--workdir={tmp_path}")
+                       "--max_steps_per_epoch=50", "--num_test_examples=300",
+                       f"--workdir={tmp_path}")
   assert result.returncode == 0, result.stderr[-2000:]
   results = json.loads((tmp_path / "results.json").read_text())
   assert (results["strategy"], results["num_replicas"], results["api"]) == (
@@ -23,6 +24,9 @@ def test_a_preset_with_overrides_runs_mirrored_from_the_command_line(fashion_mni
   assert (results["global_batch_size"], results["epochs"], results["steps"]) == (64, 1, 50)
   summary = result.stdout.splitlines()[-4:]  # The summary block comes last.
   assert summary[0].startswith("Done: ") and "test accuracy" in summary[1]
+  # --num_test_examples bounds the last evaluation, and every record says so.
+  assert "(the first 300 of 10,000 test examples)" in summary[1]
+  assert (results["test_examples"], results["test_split_examples"]) == (300, 10_000)
 
 
 @pytest.mark.parametrize("flag, message", [

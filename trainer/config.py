@@ -83,8 +83,10 @@ class Config:
       (), "--dataset=synthetic: HEIGHT,WIDTH,CHANNELS of its images.", shown="28,28,1")
   num_classes: int = _setting(0, "--dataset=synthetic: its number of classes.", shown="10")
   num_test_examples: int = _setting(
-      0, "--dataset=synthetic: the size of its test split, which the run's last evaluation "
-      "covers whole.", shown="10000")
+      0, "The run's last evaluation (results.json, the summary) covers the first this many "
+      "examples of the test split, in its order; unset covers the whole split. For "
+      "--dataset=synthetic also the size of its test split.",
+      shown="the whole test split (synthetic: 4 global batches)")
   augment: str = _setting(
       "none", "Training images only, in tf.data: none; flip (horizontal, p=1/2); crop_flip "
       "(up to 64 px: 4-pixel zero pad and random crop; above: a random box of the original "
@@ -161,7 +163,8 @@ class Config:
   eval_steps: int = _setting(
       0, "Evaluations during training use the first this many global batches of the test "
       "split only, the same examples every time; 0 is the whole test split. The run's last "
-      "evaluation (results.json, the summary) always covers the whole split.")
+      "evaluation (results.json, the summary) covers the whole split (see "
+      "--num_test_examples).")
   eval_every: int = _setting(
       0, "Also evaluate every this many steps inside epochs (long epochs); 0 evaluates at "
       "epoch ends only.")
@@ -245,11 +248,10 @@ class Config:
                              f"{self.model} has its own layers. Leave it out.")
     if not brings_its_own_api(self.model) and self.api is None:
       object.__setattr__(self, "api", "functional")
-    if self.dataset != "synthetic" and (self.image_shape or self.num_classes or
-                                        self.num_test_examples):
+    if self.dataset != "synthetic" and (self.image_shape or self.num_classes):
       raise errors.UserError(
-          "--image_shape, --num_classes and --num_test_examples describe --dataset=synthetic; "
-          "real data brings its own. Leave them out.")
+          "--image_shape and --num_classes describe --dataset=synthetic; real data brings its "
+          "own. Leave them out.")
     if self.image_shape and (len(self.image_shape) != 3 or min(self.image_shape) < 1):
       raise errors.UserError(f"--image_shape={_joined(self.image_shape)} must be "
                              "HEIGHT,WIDTH,CHANNELS, three positive integers, e.g. 32,32,3.")

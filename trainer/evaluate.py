@@ -58,7 +58,7 @@ def evaluate_export(workdir: str, export_format: str = "keras", data_dir=None,
   accuracy = keras.metrics.SparseCategoricalAccuracy()
   from_logits = run_record.read_results(workdir).get("from_logits", False)
   loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits, reduction=None)
-  pipeline = pipeline.whole_test_split()  # As results.json's figures, whatever --eval_steps.
+  pipeline = pipeline.final_test_split()  # As results.json's figures, whatever --eval_steps.
   for images, labels, weights in pipeline.eval_dataset():
     outputs = keras.ops.cast(predict(images), "float32")
     loss.update_state(loss_fn(labels, outputs), sample_weight=weights)

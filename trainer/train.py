@@ -262,6 +262,7 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
       jit_compile=settings.jit_compile, tf_version=tf.__version__,
       keras_version=keras.__version__, test_accuracy=outcome.test_accuracy,
       test_loss=outcome.test_loss, test_examples=task.test_examples,
+      test_split_examples=task.test_split_examples,
       train_loss=outcome.train_loss,
       weights_sha256=weights_digest,
       # A run of one call has nothing timed apart from compiling: its rate over that call.
@@ -306,13 +307,21 @@ def _summary(settings: config_lib.RunSettings, api: str, results: run_record.Run
   return "\n".join([
       f"Done: {run_record.model_label(config.model, api)} on {settings.strategy} "
       f"x{settings.num_replicas} ({settings.precision}, {settings.device})",
-      f"  test accuracy {results.test_accuracy:.4f}, loss {results.test_loss:.4f} (all "
-      f"{results.test_examples:,} test examples)",
+      f"  test accuracy {results.test_accuracy:.4f}, loss {results.test_loss:.4f} "
+      f"({_test_examples_covered(results)})",
       f"  {results.examples_per_sec:,.0f} examples/s, {results.wall_time_s:.1f} s{resumed}"
       f"{first_step}",
       *_loss_scaling_line(results),
       f"  {config.workdir}: results.json, model.keras, saved_model/; "
       f"tensorboard --logdir {config.workdir}"])
+
+
+def _test_examples_covered(results: run_record.RunResults) -> str:
+  """What the summary's test figures cover: "all 10,000 test examples", or "the first 512 of
+  10,000 test examples" under --num_test_examples."""
+  if results.test_examples == results.test_split_examples:
+    return f"all {results.test_examples:,} test examples"
+  return f"the first {results.test_examples:,} of {results.test_split_examples:,} test examples"
 
 
 def _loss_scaling_line(results: run_record.RunResults) -> List[str]:

@@ -27,7 +27,9 @@ from trainer import errors
 IMAGE_SHAPE = (*idx_files.IMAGE_SHAPE, 1)  # One channel, as Keras image layers expect.
 NUM_CLASSES = idx_files.NUM_CLASSES
 SYNTHETIC_TRAIN_SIZE = 60_000
-SYNTHETIC_TEST_SIZE = 10_000
+# Synthetic data's test split, in global batches: its accuracy means nothing, so a few batches
+# check that evaluation runs without paying for thousands of random images.
+SYNTHETIC_TEST_BATCHES = 4
 SYNTHETIC_POOL_BATCHES = 16
 # Scaled float32 images held in memory at most: the synthetic pool, and a cached test split (an
 # ImageNet-shaped batch of 256 is 154 MB, so such a pool is 3 batches).
@@ -85,16 +87,22 @@ class InputPipeline:
   sharding: str = "none"  # sources.Loaded.sharding: "file" makes the batches this process's.
   num_inputs: int = 1  # Processes that read training data.
   test_split_size: int = 0  # Every test example; 0: num_test_examples, the whole split.
+  # --num_test_examples: the run's last evaluation covers the first this many of the test split,
+  # in its order; 0 covers it whole.
+  final_test_limit: int = 0
   # Images are JPEG/PNG bytes, transformed one by one from the original
   # (preprocessing.training_image, evaluation_image); eval_crop is the evaluation's centre crop.
   encoded: bool = False
   eval_crop: float = preprocessing.DEFAULT_EVAL_CROP
   data_service: str = ""  # A tf.data service dispatcher's HOST:PORT makes the training batches.
 
-  def whole_test_split(self) -> "InputPipeline":
-    """This pipeline with --eval_steps lifted: its eval_dataset covers every test example (the
-    run's last evaluation, results.json's figures, trainer.evaluate)."""
+  def final_test_split(self) -> "InputPipeline":
+    """This pipeline with --eval_steps lifted: its eval_dataset covers the examples of the run's
+    last evaluation (results.json's figures, trainer.evaluate): the whole test split, or its
+    first --num_test_examples."""
     size = self.test_split_size or self.num_test_examples
+    if self.final_test_limit:
+      size = min(size, self.final_test_limit)
     return dataclasses.replace(self, num_test_examples=size,
                                eval_steps=-(-size // self.global_batch_size))
 
@@ -424,9 +432,9 @@ def make_input_pipeline(config: config_lib.Config, input_index: int = 0,
     if config.augment != "none" or config.normalize:
       raise errors.UserError("--augment and --normalize apply to real images; synthetic data "
                              "measures compute. Leave them out.")
+    num_test = config.num_test_examples or SYNTHETIC_TEST_BATCHES * config.batch_size
     loaded = sources.Loaded("synthetic", tuple(config.image_shape) or IMAGE_SHAPE,
-                            config.num_classes or NUM_CLASSES, SYNTHETIC_TRAIN_SIZE,
-                            config.num_test_examples or SYNTHETIC_TEST_SIZE)
+                            config.num_classes or NUM_CLASSES, SYNTHETIC_TRAIN_SIZE, num_test)
   else:
     loaded = _load(config, input_index, num_inputs)
   if loaded.train is not None or loaded.stream is not None:
@@ -447,6 +455,8 @@ def make_input_pipeline(config: config_lib.Config, input_index: int = 0,
   if config.max_steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
   num_test = loaded.num_test
+  if config.num_test_examples:
+    num_test = min(num_test, config.num_test_examples)
   if config.eval_steps:
     num_test = min(num_test, config.eval_steps * batch)
   return InputPipeline(
@@ -456,5 +466,6 @@ def make_input_pipeline(config: config_lib.Config, input_index: int = 0,
       num_classes=int(loaded.num_classes), name=loaded.name, train=loaded.train,
       test=loaded.test, stream=loaded.stream, augment=config.augment,
       normalization=_normalization(config, loaded), sharding=loaded.sharding,
-      num_inputs=num_inputs, test_split_size=loaded.num_test, encoded=loaded.encoded,
+      num_inputs=num_inputs, test_split_size=loaded.num_test,
+      final_test_limit=config.num_test_examples, encoded=loaded.encoded,
       eval_crop=config.eval_crop, data_service=config.data_service)

@@ -107,10 +107,11 @@ class JaxTask:
     self._data_sharding = (distribution.get_data_layout((config.batch_size,)).backend_layout
                            if distribution is not None else None)
     self._eval_dataset = pipeline.eval_dataset()
-    whole = pipeline.whole_test_split()
+    whole = pipeline.final_test_split()
     self._whole_split = (None if whole.num_test_examples == pipeline.num_test_examples
                          else whole.eval_dataset())
     self.test_examples = whole.num_test_examples
+    self.test_split_examples = pipeline.test_split_size or whole.num_test_examples
     # [loss sum, correct, examples, gradient norm sum, steps] since the last reset.
     self._sums = jnp.zeros([5], jnp.float32)
     self._train_step = jax.jit(self._train_step_fn, donate_argnums=(0,))

@@ -74,11 +74,13 @@ class Task:
       # the same either way, so they keep the plain graph.
       self._predict = tf.function(self._predict_eager, jit_compile=True)
     self._eval_dataset = distribution.distribute_dataset(strategy, pipeline.eval_dataset())
-    whole = pipeline.whole_test_split()
-    # The run's last evaluation covers every test example, whatever --eval_steps limits.
+    whole = pipeline.final_test_split()
+    # The run's last evaluation covers the whole test split (or its first --num_test_examples),
+    # whatever --eval_steps limits.
     self._whole_split = (None if whole.num_test_examples == pipeline.num_test_examples else
                          distribution.distribute_dataset(strategy, whole.eval_dataset()))
     self.test_examples = whole.num_test_examples
+    self.test_split_examples = pipeline.test_split_size or whole.num_test_examples
     self._evaluate_chunk = tf.function(self._evaluate_chunk_eager)
     self._iterator, self._pack, self._train_loop = None, 1, None
     # Seconds train_loop has spent waiting for the next batch, summed over this process: the

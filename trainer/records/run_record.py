@@ -15,8 +15,9 @@ from trainer.records import workdir as workdir_lib
 
 # 2 added model, image_shape, num_classes, from_logits and processes; 3 added startup_s; 4 added
 # data_sharding; 5 added recipe, the moving average's and the best model's fields; 6 added
-# test_examples, input_wait_share, skipped_steps and loss_scale; 7 added backend.
-SCHEMA_VERSION = 7
+# test_examples, input_wait_share, skipped_steps and loss_scale; 7 added backend; 8 added
+# test_split_examples (--num_test_examples can bound the last evaluation on any data).
+SCHEMA_VERSION = 8
 RESULTS_FILE = workdir_lib.RESULTS_FILE
 
 # What ran: results.json's first fields, and the keys compare groups runs by (with seed). The
@@ -71,7 +72,10 @@ class RunResults:
   processes: int
   # How it learnt: the optimisation settings, the warm-up in steps (see `recipe`).
   recipe: Dict[str, object] = dataclasses.field(default_factory=dict)
-  test_examples: Optional[int] = None  # What test_accuracy and test_loss cover: the whole split.
+  # What test_accuracy and test_loss cover: the first test_examples of the test split's
+  # test_split_examples (all of them unless --num_test_examples bounds the last evaluation).
+  test_examples: Optional[int] = None
+  test_split_examples: Optional[int] = None
   # --ema_decay: the moving average's figures at the end; --keep_best: the best evaluation's.
   test_accuracy_ema: Optional[float] = None
   test_loss_ema: Optional[float] = None
