@@ -1,4 +1,4 @@
-"""README states what the code does: the exit codes and every field of results.json."""
+"""The docs state what the code does: the exit codes and every field of results.json."""
 
 import os
 import re
@@ -10,8 +10,9 @@ from trainer import errors
 from trainer.records import run_record
 
 
-def readme_section(title: str) -> str:
-  with open(os.path.join(ROOT, "README.md")) as f:
+def docs_section(page: str, title: str) -> str:
+  """The `## title` section of `page` (a path from the repository root), up to the next one."""
+  with open(os.path.join(ROOT, page)) as f:
     text = f.read()
   start = text.index(f"\n## {title}\n")
   end = text.find("\n## ", start + 1)
@@ -24,12 +25,12 @@ def table_rows(section: str) -> list:
 
 
 def test_the_exit_code_table_is_the_one_in_errors():
-  rows = table_rows(readme_section("Exit codes"))[1:]
+  rows = table_rows(docs_section("docs/troubleshooting.md", "Exit codes"))[1:]
   assert {int(code): meaning for code, meaning in rows} == errors.EXIT_CODES
 
 
 def test_every_results_field_is_documented():
-  documented = [name.strip() for row in table_rows(readme_section("results.json"))[1:]
+  documented = [name.strip() for row in table_rows(docs_section("docs/benchmarking.md", "results.json"))[1:]
                 for name in row[0].replace("`", "").split(",")]
   assert documented == list(run_record.FIELDS)
 
