@@ -4,7 +4,7 @@
 
 Skipped where TensorFlow sees no GPU (tests/conftest.py). Everything else a GPU run depends on
 is either the code the CPU suite runs or a pure function of device facts that the CPU suite
-feeds (WORKSPACE.md, "GPU branches and the CPU suite").
+feeds (docs/decisions.md, "GPUs").
 """
 
 import json
