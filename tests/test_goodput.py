@@ -135,7 +135,7 @@ def killed_and_resumed():
 def test_a_run_killed_between_checkpoints_loses_the_steps_after_its_last_one():
   figures = goodput_lib.goodput(killed_and_resumed())
   assert figures["processes"] == 2
-  assert figures["lost_steps"] == 20  # Steps 11-30: after the checkpoint at 10, up to the last call.
+  assert figures["lost_steps"] == 20  # 11-30: after the checkpoint at 10, up to the last call.
   assert figures["lost_s"] == pytest.approx(0.75 + 1.0)  # Their step time, without the wait.
   # From its last event: the half second it lived on unlogged counts as between the two.
   assert figures["between_processes_s"] == pytest.approx(7.5)
@@ -252,6 +252,7 @@ def test_no_events_no_goodput():
     (errors.Interrupted("saved", signal.SIGTERM), "preempted"),
     (errors.Interrupted("saved", signal.SIGINT), "interrupted"),
     (KeyboardInterrupt(), "interrupted"),
+    (errors.Terminated(), "preempted"),  # SIGTERM outside the loop.
     (errors.Diverged("nan"), "error"),
 ])
 def test_the_stop_event_says_why_the_process_ended(tmp_path, error, why):

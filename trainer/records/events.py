@@ -48,11 +48,13 @@ def stop_reason(error: Optional[BaseException]) -> str:
   """Why a process stopped, from the exception that ended it (None: it finished)."""
   if error is None:
     return "finished"
-  if isinstance(error, errors.Interrupted):
-    return "preempted" if error.exit_code == 128 + signal.SIGTERM else "interrupted"
-  if isinstance(error, KeyboardInterrupt):
-    return "interrupted"
-  return "error"
+  if isinstance(error, errors.Interrupted):  # Stopped by the loop, saved.
+    signal_number = error.exit_code - 128
+  elif isinstance(error, KeyboardInterrupt):  # Outside the loop; errors.Terminated for SIGTERM.
+    signal_number = getattr(error, "signal_number", signal.SIGINT)
+  else:
+    return "error"
+  return "preempted" if signal_number == signal.SIGTERM else "interrupted"
 
 
 class EventLog:
