@@ -94,7 +94,7 @@ def _precision(config: config_lib.Config, jax):
                   and getattr(device, "compute_capability", None)]
   if capabilities:
     return precision_lib.gpu_precision(capabilities)
-  return "float32", "auto: JAX on CPU (its bfloat16 speed is not measured here)"
+  return precision_lib.JAX_CPU_PRECISION
 
 
 def _describe(jax) -> str:

@@ -1,6 +1,6 @@
 """Chooses the Keras dtype policy of a run: float32 or mixed float16/bfloat16."""
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 from trainer.distribute import hardware
 
@@ -17,6 +17,8 @@ from trainer.distribute import hardware
 # resnet34 and resnet50 are resnet18's blocks (resnet50 224x224 batch 32: 6.3 / 8.0 on an AMD
 # AVX512_BF16 VM, before the fused BatchNorm).
 BFLOAT16_FASTER_ON_CPU = ("cnn", "resnet18", "resnet34", "resnet50")
+# auto on JAX's CPU devices: the bfloat16 measurements above were of oneDNN's kernels, not XLA's.
+JAX_CPU_PRECISION = ("float32", "auto: JAX on CPU (its bfloat16 speed is not measured here)")
 
 
 def resolve_precision(requested: str, model: str = "mlp",
@@ -37,7 +39,13 @@ def resolve_precision(requested: str, model: str = "mlp",
   capabilities = hardware.gpu_compute_capabilities()
   if capabilities:
     return gpu_precision(capabilities)
-  bfloat16 = hardware.cpu_bfloat16()
+  return cpu_precision(hardware.cpu_bfloat16(), model, xla)
+
+
+def cpu_precision(bfloat16: Optional[str], model: str, xla: bool) -> Tuple[str, str]:
+  """auto's (policy, reason) on a CPU whose bfloat16 matrix instructions are `bfloat16`
+  ("AMX-BF16", "AVX512_BF16" or None), for `model` whose step runs under XLA or not (`xla`):
+  the rule resolve_precision states, as a function of those facts alone."""
   if not bfloat16:
     return "float32", "auto: no GPU, and no AMX-BF16 or AVX512_BF16 on the CPU"
   if model in BFLOAT16_FASTER_ON_CPU:
