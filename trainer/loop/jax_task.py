@@ -38,24 +38,9 @@ from trainer.records import checkpointing
 _ALL_BATCHES = 2**62
 
 
-def pack_limit(platform: str, has_convolutions: bool) -> int:
-  """The most steps one compiled call may scan over, from where it runs and what it computes.
-
-  Measured on a 2-core AMD EPYC (AVX2, 2026-12-04): packing the mlp's steps 25 to a call ran
-  1.7x faster at batch 128 (51,881 against 30,196 examples/s, the same weights), but XLA's CPU
-  convolutions inside a loop ran the cnn 11x slower at batch 256 (44 against 477 examples/s,
-  and 59 s to compile against 4). So convnets on CPUs take one step a call; everything else,
-  and every model on accelerators (not measured here), takes packs.
-  """
-  if platform == "cpu" and has_convolutions:
-    return 1
-  return schedule.MAX_PACK
-
-
 def _has_convolutions(model: keras.Model) -> bool:
-  # By class name: Keras's Conv1D/2D/3D, their transposes, depthwise and separable forms.
   layers = model._flatten_layers()  # pylint: disable=protected-access
-  return any("Conv" in type(layer).__name__ for layer in layers)
+  return schedule.has_convolutions(type(layer).__name__ for layer in layers)
 
 
 class WeightAverage:
@@ -122,8 +107,8 @@ class JaxTask:
     self._per_process = False
     self.input_wait_s = 0.0
     # Steps per compiled call: a scan over a pack of batches (schedule.pack_size), on every
-    # strategy, since one SPMD program holds the gradient sum too; see pack_limit.
-    self.max_pack = pack_limit(jax.devices()[0].platform, _has_convolutions(self.model))
+    # strategy, since one SPMD program holds the gradient sum too; see schedule.pack_limit.
+    self.max_pack = schedule.pack_limit(jax.devices()[0].platform, _has_convolutions(self.model))
 
   # ---------------------------------------------------------------- The controller's seam.
   def start_training(self, dataset: tf.data.Dataset, pack: int, per_process: bool = False) -> None:
