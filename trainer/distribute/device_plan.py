@@ -1,0 +1,442 @@
+"""Every device-dependent decision of a run, made once from facts about the devices: DevicePlan.
+
+A run reads its machine's facts (`read_facts`: nvidia-smi, TensorFlow's physical device list,
+/proc) before any framework starts its devices, and `make_device_plan(facts, request,
+footprint)`, a pure function, decides from them and the settings that matter (`PlanRequest`):
+the strategy and replicas, the per-replica batch, the precision and why, XLA, the collective
+implementation, the environment variables the run sets before a framework starts, the steps a
+compiled call may pack, the export's platforms, and the memory of a step against the device's.
+`python -m trainer.plan` feeds it the facts of a machine you are not on (`assumed_facts`), so
+the unit tests and a user read the plan of any GPU machine without one. A setting the machine
+cannot run is refused here, as a UserError of one line.
+
+auto's choices are those the runtimes make (distribution.make_strategy, jax_runtime,
+precision.resolve_precision), so a run planned here trains as before.
+"""
+
+import dataclasses
+import importlib.util
+import os
+import subprocess
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from trainer import config as config_lib
+from trainer import errors
+from trainer.distribute import distribution
+from trainer.distribute import gpu_specs
+from trainer.distribute import hardware
+from trainer.distribute import keras_backend
+from trainer.distribute import memory_estimate
+from trainer.distribute import precision as precision_lib
+from trainer.loop import schedule
+
+# A pack of steps is stacked on the host and copied to the devices whole, and tf.data prefetches
+# the next: bounding a pack's bytes bounds the host memory it takes and the copy the devices
+# wait for between calls.
+PACK_HOST_BYTES = 512 * 2**20
+DETERMINISTIC_XLA_ON_GPUS = "--xla_gpu_deterministic_ops=true"
+# nvidia-smi's compute capability per GPU (driver 510 and newer); a query of its own, so an
+# older driver that refuses the field still answers hardware.NVIDIA_SMI_QUERY.
+NVIDIA_SMI_CAPABILITY_QUERY = ("--query-gpu=pci.bus_id,compute_cap", "--format=csv,noheader")
+_LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceFacts:
+  """What a worker's machine offers, as read before any framework starts its devices."""
+
+  gpus: int = 0  # The GPUs this worker may use (CUDA_VISIBLE_DEVICES applied).
+  gpu_name: str = ""  # As nvidia-smi prints it: "NVIDIA A100-SXM4-40GB".
+  compute_capability: Optional[Tuple[int, int]] = None  # The oldest GPU's.
+  gpu_memory_bytes: Optional[int] = None  # The smallest GPU's; None where unknown (MIG).
+  gpu_ids: Tuple[str, ...] = ()  # The GPUs as CUDA_VISIBLE_DEVICES names them.
+  tensorflow_cuda: bool = True  # TensorFlow here can use the GPUs.
+  jax_cuda: bool = True  # JAX's CUDA plugin is installed.
+  cpu_name: str = "CPU"
+  cpu_bfloat16: Optional[str] = None  # "AMX-BF16", "AVX512_BF16" or None.
+  host_memory_bytes: Optional[int] = None
+  workers: int = 1  # Processes in the cluster.
+  workers_per_host: int = 1  # Of them, on this worker's host.
+  host_worker_index: int = 0  # This worker's place among its host's workers.
+  gpus_shared: bool = False  # The workers of one host all see its every GPU.
+
+  @property
+  def platform(self) -> str:
+    return "gpu" if self.gpus else "cpu"
+
+  @property
+  def devices_per_worker(self) -> int:
+    return self.gpus or 1
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanRequest:
+  """The settings a device plan depends on, named as Config names them (so
+  config.compiles_with_xla reads its jit_compile, model and batch_size as a Config's)."""
+
+  backend: str = "tensorflow"
+  strategy: str = "auto"
+  precision: str = "auto"
+  batch_size: int = 32  # Global: over every replica of every worker.
+  model: str = "mlp"
+  jit_compile: Optional[bool] = None
+  deterministic: bool = False
+  gpu_memory_growth: bool = True
+  sync_batchnorm: bool = False
+  grad_accum_steps: int = 1
+  cpu_devices: int = 1
+  optimizer: str = "adam"
+  momentum: float = 0.9
+  ema_decay: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DevicePlan:
+  """What a run does on its devices; logged at start and followed, never re-decided."""
+
+  backend: str
+  platform: str  # Where the replicas run: "gpu" or "cpu".
+  devices: str  # e.g. "2 workers x 4 GPUs (NVIDIA A100-SXM4-40GB)".
+  strategy: str  # auto resolved.
+  num_replicas: int
+  per_replica_batch: int
+  precision: str  # The Keras dtype policy, auto resolved.
+  precision_reason: str
+  xla: bool  # The train step compiled by XLA.
+  collective: str  # The all-reduce: NCCL, RING, gloo, in-process (JAX's host devices), none.
+  environment: Mapping[str, str]  # Each variable the run sets before a framework starts.
+  pack_steps: int  # The most steps one compiled call may run (schedule.pack_size's max_pack).
+  export_platforms: Tuple[str, ...]  # Where the exported SavedModel runs.
+  memory: memory_estimate.MemoryEstimate
+  notes: Tuple[str, ...] = ()  # What a user should know of the choices: idle GPUs, memory.
+
+  def as_dict(self) -> dict:
+    """The plan as `trainer.plan --json` writes it and a run logs it."""
+    fields = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+    return {**fields, "environment": dict(self.environment), "memory": self.memory.as_dict(),
+            "export_platforms": list(self.export_platforms), "notes": list(self.notes)}
+
+
+# ---------------------------------------------------------------- The plan.
+def make_device_plan(facts: DeviceFacts, request: PlanRequest,
+                     footprint: memory_estimate.ModelFootprint) -> DevicePlan:
+  """The plan of `request` on a worker of `facts` for a model of `footprint`; a UserError of
+  one line for a setting these devices cannot run."""
+  backend, notes = request.backend, []
+  environment = {"KERAS_BACKEND": backend}
+  usable = facts.gpus if _backend_has_cuda(facts, backend) else 0
+  if facts.gpus and not usable:
+    notes.append(f"{errors.plural(facts.gpus, 'GPU')} here, but {_cuda_missing(backend)}: "
+                 "it trains on the CPU.")
+  on_gpu = usable > 0
+  is_cluster = request.strategy == "multi_worker_mirrored"
+  workers = facts.workers if is_cluster else 1
+  gpus_per_worker = usable
+  shared = on_gpu and is_cluster and facts.gpus_shared and facts.workers_per_host > 1
+  if shared and usable >= facts.workers_per_host:
+    # NCCL refuses one GPU in two ranks of a communicator: each worker takes GPUs of its own.
+    gpus_per_worker, shared = usable // facts.workers_per_host, False
+    first = facts.host_worker_index * gpus_per_worker
+    ids = facts.gpu_ids or tuple(str(index) for index in range(usable))
+    environment["CUDA_VISIBLE_DEVICES"] = ",".join(ids[first:first + gpus_per_worker])
+    if usable % facts.workers_per_host:
+      notes.append(f"{errors.plural(usable % facts.workers_per_host, 'GPU')} of the host's "
+                   f"{usable} left idle: {facts.workers_per_host} workers take "
+                   f"{gpus_per_worker} each.")
+  if shared and backend == "jax":
+    raise errors.UserError(
+        f"{facts.workers_per_host} JAX workers on one host share its "
+        f"{errors.plural(usable, 'GPU')}, and NCCL refuses a GPU in two processes: run at most "
+        f"{usable} workers there, each with GPUs of its own (scripts/launch_local.py "
+        "--gpus_per_worker).")
+  local_devices = gpus_per_worker if on_gpu else request.cpu_devices
+  strategy = _strategy(backend, request.strategy, local_devices, on_gpu)
+  num_replicas = {"default": 1, "one_device": 1, "mirrored": local_devices,
+                  "multi_worker_mirrored": local_devices * workers}[strategy]
+  distribution.check_batch_size(request.batch_size, num_replicas, request.grad_accum_steps)
+  xla = backend == "jax" or config_lib.compiles_with_xla(request, num_replicas)
+  precision, reason = _precision(facts, request, on_gpu)
+  if backend == "tensorflow" and on_gpu:
+    _refuse_untrusted_xla_on_gpus(request, footprint, xla, num_replicas)
+  environment.update(_framework_environment(request, on_gpu, local_devices))
+  device_bytes = _device_memory(facts, on_gpu, local_devices)
+  memory = memory_estimate.estimate(
+      footprint, request.batch_size // num_replicas, precision, request.optimizer,
+      request.momentum, bool(request.ema_decay), request.grad_accum_steps, on_gpu, device_bytes)
+  if memory.fits is False:
+    notes.append(f"A step needs about {memory.per_device_bytes / 2**30:.1f} GiB a device, more "
+                 f"than its {device_bytes / 2**30:.1f} GiB: lower --batch_size, or use "
+                 "--grad_accum_steps or mixed precision.")
+  return DevicePlan(
+      backend=backend, platform="gpu" if on_gpu else "cpu",
+      devices=_describe(facts, on_gpu, local_devices, workers), strategy=strategy,
+      num_replicas=num_replicas, per_replica_batch=request.batch_size // num_replicas,
+      precision=precision, precision_reason=reason, xla=xla,
+      collective=_collective(backend, on_gpu, num_replicas, workers, shared),
+      environment=environment,
+      pack_steps=_pack_steps(request, footprint, on_gpu, xla, num_replicas, strategy, workers),
+      export_platforms=("cpu", "cuda") if on_gpu or backend == "tensorflow" else ("cpu",),
+      memory=memory, notes=tuple(notes))
+
+
+def _backend_has_cuda(facts: DeviceFacts, backend: str) -> bool:
+  return facts.jax_cuda if backend == "jax" else facts.tensorflow_cuda
+
+
+def _cuda_missing(backend: str) -> str:
+  if backend == "jax":
+    return "JAX has no CUDA plugin (pip install -e '.[jax-cuda]')"
+  return "this TensorFlow is built without CUDA (pip install 'tensorflow[and-cuda]')"
+
+
+def _strategy(backend: str, requested: str, local_devices: int, on_gpu: bool) -> str:
+  """auto as each runtime resolves it: mirrored over several devices; on one, TensorFlow's
+  one_device on a GPU and the default strategy elsewhere (JAX: the default everywhere)."""
+  if requested != "auto":
+    return requested
+  if local_devices > 1:
+    return "mirrored"
+  return "one_device" if on_gpu and backend == "tensorflow" else "default"
+
+
+def _precision(facts: DeviceFacts, request: PlanRequest, on_gpu: bool) -> Tuple[str, str]:
+  if request.precision != "auto":
+    return request.precision, "asked for with --precision"
+  if on_gpu:
+    return precision_lib.gpu_precision([facts.compute_capability or (0, 0)])
+  if request.backend == "jax":
+    return precision_lib.JAX_CPU_PRECISION
+  # XLA as on one replica, so every strategy of the same settings gets the same precision.
+  return precision_lib.cpu_precision(facts.cpu_bfloat16, request.model,
+                                     config_lib.compiles_with_xla(request, 1))
+
+
+def _refuse_untrusted_xla_on_gpus(request: PlanRequest,
+                                  footprint: memory_estimate.ModelFootprint, xla: bool,
+                                  num_replicas: int) -> None:
+  """TensorFlow's XLA paths on GPUs that no CPU run can check, refused rather than trusted."""
+  if not xla:
+    return
+  pools = sorted(kind for kind in footprint.layer_kinds if "MaxPool" in kind)
+  if request.deterministic and pools:
+    raise errors.UserError(
+        f"--deterministic --jit_compile: XLA has no deterministic gradient of {pools[0]} "
+        f"(in --model={request.model}) on GPUs. Leave out --jit_compile (TensorFlow's own "
+        "kernels are deterministic) or --deterministic.")
+  if request.sync_batchnorm and num_replicas > 1:
+    raise errors.UserError(
+        f"--sync_batchnorm --jit_compile over {num_replicas} GPU replicas: BatchNorm's "
+        "cross-replica statistics inside an XLA-compiled step are not checked on GPUs. Leave "
+        "out --jit_compile, or --sync_batchnorm.")
+
+
+def _framework_environment(request: PlanRequest, on_gpu: bool,
+                           local_devices: int) -> Dict[str, str]:
+  """The variables TensorFlow or JAX read when they start their devices."""
+  if request.backend == "tensorflow":
+    return {"TF_FORCE_GPU_ALLOW_GROWTH": "true"} if on_gpu and request.gpu_memory_growth else {}
+  environment, xla_flags = {}, []
+  if on_gpu:
+    if request.gpu_memory_growth:
+      # JAX takes 75% of every GPU at start unless told; this is --gpu_memory_growth for it.
+      environment["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    if request.deterministic:
+      xla_flags.append(DETERMINISTIC_XLA_ON_GPUS)
+  elif local_devices > 1:
+    xla_flags.append(keras_backend.with_host_devices("", local_devices))
+  if xla_flags:
+    environment["XLA_FLAGS"] = " ".join(xla_flags)
+  return environment
+
+
+def _collective(backend: str, on_gpu: bool, num_replicas: int, workers: int,
+                shared: bool) -> str:
+  """The all-reduce's implementation: NCCL between GPUs (RING where TensorFlow's workers share
+  a GPU, which NCCL refuses), RING between TensorFlow's CPU devices, gloo between JAX's CPU
+  processes, XLA's own within one JAX process on host devices."""
+  if num_replicas == 1:
+    return "none"
+  if on_gpu:
+    return "RING" if shared else "NCCL"
+  if backend == "tensorflow":
+    return "RING"
+  return "gloo" if workers > 1 else "in-process"
+
+
+def _pack_steps(request: PlanRequest, footprint: memory_estimate.ModelFootprint, on_gpu: bool,
+                xla: bool, num_replicas: int, strategy: str, workers: int) -> int:
+  """The most steps one compiled call runs: JAX's schedule.pack_limit; on TensorFlow packs only
+  under XLA on one replica (loop/task.Task.max_pack); either bounded by PACK_HOST_BYTES."""
+  if request.backend == "jax":
+    limit = schedule.pack_limit("gpu" if on_gpu else "cpu",
+                                schedule.has_convolutions(footprint.layer_kinds))
+  elif xla and num_replicas == 1 and strategy != "multi_worker_mirrored":
+    limit = schedule.MAX_PACK
+  else:
+    limit = 1
+  # A worker stacks its own part of each global batch, as float32.
+  batch_bytes = 4 * footprint.input_per_example * (request.batch_size // workers)
+  return max(1, min(limit, PACK_HOST_BYTES // max(1, batch_bytes)))
+
+
+def _device_memory(facts: DeviceFacts, on_gpu: bool, local_devices: int) -> Optional[int]:
+  """A replica's memory: its GPU's, or on CPUs its share of the host's."""
+  if on_gpu:
+    return facts.gpu_memory_bytes
+  if facts.host_memory_bytes is None:
+    return None
+  return facts.host_memory_bytes // (local_devices * facts.workers_per_host)
+
+
+def _describe(facts: DeviceFacts, on_gpu: bool, local_devices: int, workers: int) -> str:
+  cluster = f"{workers} workers x " if workers > 1 else ""
+  if on_gpu:
+    capability = ".".join(map(str, facts.compute_capability or ("?",)))
+    memory = (f", {facts.gpu_memory_bytes / 2**30:.0f} GiB" if facts.gpu_memory_bytes else "")
+    return (f"{cluster}{errors.plural(local_devices, 'GPU')} ({facts.gpu_name or 'GPU'}, "
+            f"compute capability {capability}{memory})")
+  split = f" as {local_devices} devices" if local_devices > 1 else ""
+  return f"{cluster}CPU ({facts.cpu_name}){split}"
+
+
+# ---------------------------------------------------------------- Facts.
+def assumed_facts(gpus_per_worker: int = 0, workers: int = 1,
+                  compute_capability: Optional[Tuple[int, int]] = None,
+                  gpu_memory_gb: Optional[float] = None, gpu: Optional[str] = None,
+                  cpu_bfloat16: Optional[str] = None,
+                  host_memory_gb: Optional[float] = None) -> DeviceFacts:
+  """The facts of a machine you are not on, as `trainer.plan` takes them: `gpu` names one of
+  gpu_specs.GPUS (its capability and memory, unless given too); memory in GiB as cards are
+  sold. Every worker on a host of its own, with both frameworks able to use the GPUs."""
+  name = ""
+  if gpu:
+    spec = gpu_specs.find(gpu)
+    name = spec.name
+    compute_capability = compute_capability or spec.compute_capability
+    gpu_memory_gb = gpu_memory_gb or spec.memory_gib
+  if gpus_per_worker and gpu is None and compute_capability is None:
+    raise errors.UserError(f"--gpus_per_worker={gpus_per_worker} needs the GPU: --gpu=NAME "
+                           "or --compute_capability=X.Y (with --gpu_memory_gb=G).")
+  return DeviceFacts(
+      gpus=gpus_per_worker, gpu_name=name, compute_capability=compute_capability,
+      gpu_memory_bytes=int(gpu_memory_gb * 2**30) if gpu_memory_gb else None,
+      gpu_ids=tuple(str(index) for index in range(gpus_per_worker)),
+      cpu_bfloat16=cpu_bfloat16, workers=workers,
+      host_memory_bytes=int(host_memory_gb * 2**30) if host_memory_gb else None)
+
+
+def read_facts(worker_addresses: Sequence[str] = (), task_index: int = 0) -> DeviceFacts:
+  """This machine's facts, for a worker at `task_index` of `worker_addresses` (the cluster's,
+  "host:port" each; none on one host). Reads nvidia-smi, TensorFlow's physical device list and
+  /proc, none of which starts a device, so JAX's and TensorFlow's environment can still be set
+  from the plan. Workers of one host are taken to share its GPUs unless CUDA_VISIBLE_DEVICES
+  gives each its own (as scripts/launch_local.py --gpus_per_worker does)."""
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+  gpus = visible_gpus(hardware.parse_nvidia_smi(_nvidia_smi(hardware.NVIDIA_SMI_QUERY)),
+                      parse_compute_capabilities(_nvidia_smi(NVIDIA_SMI_CAPABILITY_QUERY)),
+                      visible)
+  tensorflow_gpus = hardware.gpus()
+  if not gpus and tensorflow_gpus:  # No nvidia-smi: TensorFlow's list, without memory.
+    gpus = [{"id": str(index), "name": "", "compute_capability": tuple(capability),
+             "memory_mib": None}
+            for index, capability in enumerate(hardware.gpu_compute_capabilities())]
+  capabilities = [gpu["compute_capability"] for gpu in gpus if gpu["compute_capability"]]
+  memories = [gpu["memory_mib"] for gpu in gpus]
+  workers_per_host, host_index = host_position(worker_addresses, task_index)
+  return DeviceFacts(
+      gpus=len(gpus), gpu_name=gpus[0]["name"] if gpus else "",
+      compute_capability=min(capabilities) if capabilities else None,
+      gpu_memory_bytes=(min(memories) * 2**20 if memories and None not in memories else None),
+      gpu_ids=tuple(gpu["id"] for gpu in gpus), tensorflow_cuda=bool(tensorflow_gpus),
+      jax_cuda=any(importlib.util.find_spec(name) is not None
+                   for name in ("jax_cuda12_plugin", "jax_cuda13_plugin")),
+      cpu_name=hardware.cpu_model(), cpu_bfloat16=hardware.cpu_bfloat16(),
+      host_memory_bytes=_host_memory(), workers=max(1, len(worker_addresses)),
+      workers_per_host=workers_per_host, host_worker_index=host_index,
+      gpus_shared=workers_per_host > 1 and visible is None)
+
+
+def parse_compute_capabilities(listing: str) -> Dict[str, Tuple[int, int]]:
+  """NVIDIA_SMI_CAPABILITY_QUERY's output as bus id -> (major, minor); lines without both
+  (a driver that does not know the field, "[N/A]") are skipped."""
+  found = {}
+  for line in listing.splitlines():
+    fields = [field.strip() for field in line.split(",")]
+    bus_id = hardware.normalize_bus_id(fields[0]) if len(fields) == 2 else None
+    major, _, minor = fields[-1].partition(".")
+    if bus_id and major.isdigit() and minor.isdigit():
+      found[bus_id] = (int(major), int(minor))
+  return found
+
+
+def visible_gpus(nvidia_smi: Dict[str, dict], capabilities: Dict[str, Tuple[int, int]],
+                 cuda_visible_devices: Optional[str]) -> List[dict]:
+  """The GPUs a process may use, in bus order: nvidia-smi's (`hardware.parse_nvidia_smi`'s,
+  with `capabilities` by bus id) that CUDA_VISIBLE_DEVICES lets through. Its entries are
+  indices in bus order (CUDA's own order on a host of one GPU model) or UUIDs (a prefix is
+  enough); "" or "-1" hides every GPU. Each as {id (as CUDA_VISIBLE_DEVICES names it), name,
+  compute_capability, memory_mib}; a MIG slice's memory is unknown."""
+  every = []
+  for index, bus_id in enumerate(sorted(nvidia_smi)):
+    gpu = nvidia_smi[bus_id]
+    every.append({"id": str(index), "uuid": gpu["uuid"] or "", "name": gpu["name"],
+                  "compute_capability": capabilities.get(bus_id),
+                  "memory_mib": None if gpu["mig"] else gpu["memory_mib"]})
+  if cuda_visible_devices is None:
+    return [_without_uuid(gpu) for gpu in every]
+  chosen = []
+  for entry in (part.strip() for part in cuda_visible_devices.split(",")):
+    # CUDA stops at the first entry it cannot resolve.
+    if entry.isdigit() and int(entry) < len(every):
+      match = every[int(entry)]
+    else:
+      match = next((gpu for gpu in every if entry and gpu["uuid"].startswith(entry)), None)
+    if match is None:
+      break
+    chosen.append({**_without_uuid(match), "id": entry})
+  return chosen
+
+
+def _without_uuid(gpu: dict) -> dict:
+  return {key: value for key, value in gpu.items() if key != "uuid"}
+
+
+def host_position(worker_addresses: Sequence[str], task_index: int) -> Tuple[int, int]:
+  """(workers on the host of worker `task_index`, its place among them) in `worker_addresses`
+  ("host:port" each); loopback names count as one host. (1, 0) without a cluster."""
+  if not worker_addresses:
+    return 1, 0
+  hosts = [_host(address) for address in worker_addresses]
+  mine = hosts[task_index]
+  return hosts.count(mine), hosts[:task_index].count(mine)
+
+
+def _host(address: str) -> str:
+  host = address.rsplit(":", 1)[0] if address.count(":") == 1 or "]" in address else address
+  return "localhost" if host in _LOOPBACK or host.startswith("127.") else host
+
+
+def parse_meminfo(text: str) -> Optional[int]:
+  """/proc/meminfo's MemTotal in bytes; None without it."""
+  for line in text.splitlines():
+    name, _, value = line.partition(":")
+    if name == "MemTotal" and value.split() and value.split()[0].isdigit():
+      return int(value.split()[0]) * 1024
+  return None
+
+
+def _host_memory() -> Optional[int]:
+  try:
+    with open("/proc/meminfo") as f:
+      return parse_meminfo(f.read())
+  except OSError:
+    return None
+
+
+def _nvidia_smi(query: Sequence[str]) -> str:
+  """nvidia-smi's answer to `query`; "" where it does not run (no driver, no GPU)."""
+  try:
+    return subprocess.run(["nvidia-smi", *query], capture_output=True, text=True, timeout=30,
+                          check=True).stdout
+  except (OSError, subprocess.SubprocessError):
+    return ""
