@@ -50,7 +50,8 @@ def fashion_mnist_dir() -> str:
 @pytest.fixture
 def small_config(tmp_path) -> config_lib.Config:
   """A seconds-long synthetic run in tmp_path; tests replace what they exercise."""
-  return config_lib.Config(dataset="synthetic", epochs=1, batch_size=64, max_steps_per_epoch=20,
+  return config_lib.Config.from_flags(
+      dataset="synthetic", epochs=1, batch_size=64, max_steps_per_epoch=20,
                            strategy="default", workdir=str(tmp_path / "run"), log_every=10)
 
 
@@ -66,7 +67,7 @@ def finished_runs(tmp_path_factory) -> dict:
   root = tmp_path_factory.mktemp("finished")
   runs = {}
   for api in config_lib.APIS:
-    config = config_lib.Config(api=api, dataset="synthetic", epochs=2, batch_size=64,
+    config = config_lib.Config.from_flags(api=api, dataset="synthetic", epochs=2, batch_size=64,
                                max_steps_per_epoch=100, strategy="default", log_every=10,
                                eval_steps=2, num_test_examples=1000, workdir=str(root / api))
     runs[api] = (config, train.train_and_evaluate(config))
@@ -85,7 +86,8 @@ def own_model_runs(fashion_mnist_dir, tmp_path_factory) -> dict:
       ("two_branch", "examples/two_branch_functional.py:build", dict(strategy="default")),
       ("residual", "examples/residual_subclass.py:build",
        dict(strategy="mirrored", cpu_devices=2))):
-    config = config_lib.Config(model=model, dataset="fashion_mnist", data_dir=fashion_mnist_dir,
+    config = config_lib.Config.from_flags(
+        model=model, dataset="fashion_mnist", data_dir=fashion_mnist_dir,
                                epochs=1, batch_size=64, max_steps_per_epoch=40, log_every=20,
                                workdir=str(root / name), **strategy)
     runs[name] = (config, train.train_and_evaluate(config))

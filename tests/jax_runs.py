@@ -16,9 +16,9 @@ def main(path: str) -> None:
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   from trainer.distribute import keras_backend  # pylint: disable=g-import-not-at-top
   with open(path) as f:
-    configs = [config_lib.Config(backend="jax", cpu_devices=2, **settings)
+    configs = [config_lib.Config.from_flags(backend="jax", cpu_devices=2, **settings)
                for settings in json.load(f)]
-  keras_backend.select(configs[0])
+  keras_backend.select(configs[0].runtime)
   from trainer import train  # pylint: disable=g-import-not-at-top
   for config in configs:
     train.train_and_evaluate(config)

@@ -18,8 +18,8 @@ from trainer.distribute import cluster
 def main(data_dir: str, global_batch_size: int, num_batches: int) -> None:
   tf_config = cluster.parse_tf_config(os.environ.get("TF_CONFIG"))
   strategy = cluster.make_multi_worker_strategy(tf_config)
-  pipeline = input_pipeline.make_input_pipeline(config_lib.Config(
-      dataset="fashion_mnist", data_dir=data_dir, batch_size=global_batch_size))
+  pipeline = input_pipeline.make_input_pipeline(config_lib.Config.from_flags(
+      dataset="fashion_mnist", data_dir=data_dir, batch_size=global_batch_size).data)
   dataset = strategy.experimental_distribute_dataset(pipeline.train_dataset(epoch=0))
   batches = []
   for images, _ in dataset:

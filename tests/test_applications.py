@@ -9,8 +9,8 @@ from trainer.models import factory
 
 
 def build(name, image_shape=(32, 32, 3), num_classes=10):
-  config = config_lib.Config(model=f"applications.{name}")
-  return factory.model_builder(config)(image_shape, num_classes, "float32")
+  config = config_lib.Config.from_flags(model=f"applications.{name}")
+  return factory.model_builder(config.model, config.data.seed)(image_shape, num_classes, "float32")
 
 
 def test_any_constructor_builds_for_the_datas_shape_and_classes():
@@ -22,12 +22,12 @@ def test_any_constructor_builds_for_the_datas_shape_and_classes():
 
 def test_an_unknown_name_lists_the_close_matches():
   with pytest.raises(errors.UserError, match="Did you mean applications.MobileNetV2"):
-    factory.model_builder(config_lib.Config(model="applications.MobilenetV2"))
+    factory.model_builder(config_lib.Config.from_flags(model="applications.MobilenetV2").model, 0)
 
 
 def test_an_unknown_name_fails_before_any_data_loads():
   with pytest.raises(errors.UserError, match="has no model 'ResNet51'"):
-    factory.model_builder(config_lib.Config(model="applications.ResNet51"))
+    factory.model_builder(config_lib.Config.from_flags(model="applications.ResNet51").model, 0)
 
 
 def test_a_shape_the_application_refuses_names_its_minimum():
@@ -37,7 +37,7 @@ def test_a_shape_the_application_refuses_names_its_minimum():
 
 def test_api_is_refused_for_an_application():
   with pytest.raises(errors.UserError, match="Leave --api out"):
-    config_lib.Config(model="applications.MobileNetV2", api="sequential")
+    config_lib.Config.from_flags(model="applications.MobileNetV2", api="sequential")
 
 
 def test_constructor_names_are_the_model_constructors():
@@ -51,7 +51,7 @@ def test_mobilenet_v2_trains_and_reloads_with_trainer_evaluate(tmp_path):
   from trainer import evaluate  # pylint: disable=g-import-not-at-top
   from trainer import train  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "mobilenet"
-  config = config_lib.Config(
+  config = config_lib.Config.from_flags(
       model="applications.MobileNetV2", dataset="synthetic", image_shape=(32, 32, 3),
       epochs=1, batch_size=16, max_steps_per_epoch=6, eval_steps=2, num_test_examples=64,
       strategy="default", log_every=3, progress="none", workdir=str(workdir))

@@ -92,5 +92,5 @@ def test_normalization_standardises_train_and_test_images_alike():
 
 def test_augmenting_synthetic_data_is_refused():
   with pytest.raises(errors.UserError, match="apply to real images"):
-    input_pipeline.make_input_pipeline(config_lib.Config(dataset="synthetic",
-                                                         augment="flip"))
+    input_pipeline.make_input_pipeline(config_lib.Config.from_flags(dataset="synthetic",
+                                                         augment="flip").data)

@@ -28,7 +28,7 @@ def tiny_runs(tmp_path_factory):
   for api in ("functional", "subclass"):
     for seed in (0, 1):
       settings = dict(api=api, seed=str(seed))
-      train.train_and_evaluate(config_lib.Config(
+      train.train_and_evaluate(config_lib.Config.from_flags(
           api=api, seed=seed, dataset="synthetic", epochs=2, batch_size=64,
           max_steps_per_epoch=15, strategy="default", precision="float32", log_every=5,
           num_test_examples=640,

@@ -1,6 +1,8 @@
 """Settings: one flag per Config field and back, and what RunSettings resolves them to."""
 
+import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -9,6 +11,7 @@ import pytest
 
 from tests.processes import ROOT
 from trainer import config as config_lib
+from trainer.records import workdir as workdir_lib
 
 # Run in a process of its own: other entry points define some of the same flag names in absl's
 # one global registry, which a test process importing them all would refuse.
@@ -18,7 +21,7 @@ from trainer import main
 flags = main.FLAGS.get_flags_for_module(sys.modules["trainer.main"])
 main.FLAGS(["trainer.main", "--api=subclass", "--worker_hosts=a:1,b:2", "--jit_compile"])
 print(json.dumps({"flags": {f.name: {"default": f.default, "help": f.help} for f in flags},
-                  "config": main.config_from_flags().to_dict()}))
+                  "config": main.config_from_flags().to_flags()}))
 """
 
 
@@ -31,6 +34,46 @@ def main_flags():
 
 def test_every_setting_has_exactly_one_flag_and_every_flag_one_setting(main_flags):
   assert sorted(main_flags["flags"]) == sorted(config_lib.SETTINGS)
+
+
+def test_the_table_maps_every_flag_to_one_field_and_every_field_to_one_flag():
+  mapped = sorted(config_lib.FLAG_FIELDS.values())
+  fields = sorted((section, field.name) for section, fields in config_lib.SECTIONS.items()
+                  for field in dataclasses.fields(fields))
+  assert mapped == fields
+  assert [field.name for field in dataclasses.fields(config_lib.Config)] == list(
+      config_lib.SECTIONS)
+  # Each field keeps its flag's name, but where its section would repeat it.
+  assert {flag: field for flag, (_, field) in config_lib.FLAG_FIELDS.items()
+          if field != flag} == {"model": "name"}
+
+
+# config.json of a run written by the code before the Config had sections (d1de5fb), with a
+# value other than the default for nearly every setting.
+OLD_CONFIG_JSON = os.path.join(os.path.dirname(__file__), "fixtures", "config_d1de5fb.json")
+
+
+def test_a_workdir_written_before_the_sections_resumes_with_the_same_config_json(tmp_path):
+  with open(OLD_CONFIG_JSON) as f:
+    saved = json.load(f)
+  # What a rerun of the run's command gives: its flags, by name.
+  config = config_lib.Config.from_flags(
+      **{name: value for name, value in saved.items() if name in config_lib.SETTINGS})
+  assert (config.model.name, config.model.api, config.data.batch_size, config.data.seed,
+          config.optim.learning_rate, config.loop.max_steps_per_epoch, config.loop.eval_steps,
+          config.runtime.cpu_devices, config.output.log_every,
+          config.output.checkpoint_every) == ("resnet18", "subclass", 96, 7, 0.2, 50, 4, 2, 10, 20)
+  assert config.peak_learning_rate == pytest.approx(0.2 * 96 / 256)
+  settings = config_lib.RunSettings(
+      config=config, strategy=saved["strategy"], num_replicas=saved["num_replicas"],
+      precision=saved["precision"], precision_reason="asked for", device="CPU", is_chief=True)
+  assert json.loads(json.dumps(settings.run_config())) == saved  # config.json, unchanged.
+  workdir = tmp_path / "run"
+  os.makedirs(workdir / "checkpoints")
+  with open(workdir / "config.json", "w") as f:
+    json.dump(saved, f)
+  workdir_lib.check_can_start(str(workdir), settings.run_config(), overwrite=False)
+  assert workdir_lib.record_changes(str(workdir), settings.run_config(), step=100) == []
 
 
 def test_flags_take_their_default_and_help_from_the_config(main_flags):
@@ -50,7 +93,8 @@ def test_parsed_flags_become_the_config(main_flags):
 def test_run_settings_resolve_the_automatic_choices():
   def settings(num_replicas, **changes):
     return config_lib.RunSettings(
-        config=config_lib.Config(**changes), strategy="mirrored", num_replicas=num_replicas,
+        config=config_lib.Config.from_flags(
+            **changes), strategy="mirrored", num_replicas=num_replicas,
         precision="float32", precision_reason="asked for", device="CPU", is_chief=True)
 
   assert settings(1).steps_per_loop == config_lib.AUTO_STEPS_PER_LOOP
@@ -71,7 +115,7 @@ configs = {}
 for path in sorted(glob.glob("configs/*.cfg")):
   main.FLAGS.unparse_flags()
   main.FLAGS(["trainer.main", f"--flagfile={path}"])
-  configs[os.path.basename(path)] = main.config_from_flags().to_dict()
+  configs[os.path.basename(path)] = main.config_from_flags().to_flags()
 print(json.dumps(configs))
 """
 
@@ -117,17 +161,18 @@ def test_help_groups_the_trainers_flags_by_job_and_states_each_default_once(help
 def test_what_an_unset_default_is_said_to_mean_is_what_the_code_does():
   from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
   shown = config_lib.shown_default
-  assert shown("api") == config_lib.Config().api
-  assert config_lib.Config().run_name.startswith(shown("dataset"))
+  assert shown("api") == config_lib.Config.from_flags().model.api
+  assert config_lib.Config.from_flags().run_name.startswith(shown("dataset"))
   assert shown("image_shape") == ",".join(map(str, input_pipeline.IMAGE_SHAPE))
   assert shown("num_classes") == str(input_pipeline.NUM_CLASSES)
   assert f"synthetic: {input_pipeline.SYNTHETIC_TEST_BATCHES} global batches" in shown(
       "num_test_examples")
   assert shown("workdir") == "runs/<dataset>[-<model>]-<api>-<strategy>"
-  assert config_lib.Config().workdir == "runs/mnist-functional-auto"
-  assert config_lib.Config(dataset="cifar10", model="cnn", api="subclass",
-                           strategy="mirrored").workdir == "runs/cifar10-cnn-subclass-mirrored"
-  settings = config_lib.RunSettings(config=config_lib.Config(), strategy="default",
+  assert config_lib.Config.from_flags().output.workdir == "runs/mnist-functional-auto"
+  assert config_lib.Config.from_flags(
+      dataset="cifar10", model="cnn", api="subclass",
+      strategy="mirrored").output.workdir == "runs/cifar10-cnn-subclass-mirrored"
+  settings = config_lib.RunSettings(config=config_lib.Config.from_flags(), strategy="default",
                                     num_replicas=1, precision="float32", precision_reason="",
                                     device="CPU", is_chief=True)
   assert shown("steps_per_loop") == "auto" and settings.calls_sized_by_time

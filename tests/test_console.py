@@ -70,14 +70,15 @@ def test_compare_and_a_resumes_event_reading_are_as_quiet_as_the_trainer(finishe
   import os  # pylint: disable=g-import-not-at-top
   config, _ = finished_runs["functional"]
   compared = subprocess.run(
-      [sys.executable, "-m", "trainer.compare", f"--logdir={os.path.dirname(config.workdir)}",
+      [sys.executable, "-m", "trainer.compare",
+       f"--logdir={os.path.dirname(config.output.workdir)}",
        f"--output_dir={tmp_path / 'report'}"], cwd=ROOT, capture_output=True, text=True,
       timeout=240)
   assert compared.returncode == 0, compared.stderr
   assert "cuInit" not in compared.stderr and "E0000" not in compared.stderr, compared.stderr
   assert compared.stdout.startswith("3 runs in ")
   # What a resume reads from TensorBoard's files: no deprecation warning of our own making.
-  read = subprocess.run([sys.executable, "-c", READ_LAST_STEP, os.path.join(config.workdir,
+  read = subprocess.run([sys.executable, "-c", READ_LAST_STEP, os.path.join(config.output.workdir,
                                                                              "train")],
                         cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert read.stdout.strip() == "200" and "deprecat" not in read.stderr.lower(), read.stderr

@@ -93,9 +93,9 @@ def test_images_of_other_sizes_are_held_encoded_and_batches_follow_the_step(tmp_
   datasets.write_shape_folder(tmp_path, "test", 4, 160, 96, seed=3)
   settings = dict(data_dir=str(tmp_path), image_size=(72, 72), batch_size=4, seed=3,
                   augment="crop_flip", normalize=True)
-  held = input_pipeline.make_input_pipeline(config_lib.Config(**settings))
-  streamed = input_pipeline.make_input_pipeline(config_lib.Config(memory_limit_mb=0.001,
-                                                                   **settings))
+  held = input_pipeline.make_input_pipeline(config_lib.Config.from_flags(**settings).data)
+  streamed = input_pipeline.make_input_pipeline(config_lib.Config.from_flags(memory_limit_mb=0.001,
+                                                                   **settings).data)
   assert held.encoded and held.train.images.dtype == object
   assert held.train.images[0][:2] == b"\xff\xd8"  # The file's own JPEG bytes, not pixels.
   assert streamed.encoded and streamed.stream is not None
@@ -118,15 +118,15 @@ def test_images_of_other_sizes_are_held_encoded_and_batches_follow_the_step(tmp_
 def test_pixels_are_held_only_where_nothing_is_lost(tmp_path, image_size, encoded):
   datasets.write_shape_folder(tmp_path, "train", 12, 96, 96, seed=0)
   datasets.write_shape_folder(tmp_path, "test", 6, 96, 96, seed=1)
-  pipeline = input_pipeline.make_input_pipeline(config_lib.Config(
-      data_dir=str(tmp_path), image_size=image_size, batch_size=4))
+  pipeline = input_pipeline.make_input_pipeline(config_lib.Config.from_flags(
+      data_dir=str(tmp_path), image_size=image_size, batch_size=4).data)
   assert pipeline.encoded == encoded
   assert (pipeline.train.images.dtype == object) == encoded
 
 
 def test_an_eval_crop_outside_0_1_is_refused():
   with pytest.raises(errors.UserError, match=r"--eval_crop=1.5 must lie in \(0, 1\]"):
-    config_lib.Config(eval_crop=1.5)
+    config_lib.Config.from_flags(eval_crop=1.5)
 
 
 # Trained on square images of circles and ellipses, tested on tall and wide ones: squashed to a
@@ -144,7 +144,7 @@ def test_tall_and_wide_test_images_are_classified_as_the_square_ones(tmp_path, s
   if source == "shards":
     data_dir = tmp_path / "shards"
     tfrecords.convert(str(folder), str(data_dir), num_shards=2)
-  results = train.train_and_evaluate(config_lib.Config(
+  results = train.train_and_evaluate(config_lib.Config.from_flags(
       data_dir=str(data_dir), image_size=(72, 72), model="cnn", batch_size=32, epochs=4,
       augment="flip", strategy="default", workdir=str(tmp_path / "run")))
   assert results["test_accuracy"] >= 0.95

@@ -82,8 +82,14 @@ def cluster(tmp_path_factory):
   running.stop()
 
 
+def _pipeline(config: config_lib.Config) -> input_pipeline.InputPipeline:
+  return input_pipeline.make_input_pipeline(
+      config.data, max_steps_per_epoch=config.loop.max_steps_per_epoch,
+      eval_steps=config.loop.eval_steps)
+
+
 def _config(fashion_mnist_dir, **settings) -> config_lib.Config:
-  return config_lib.Config(**{
+  return config_lib.Config.from_flags(**{
       "dataset": "fashion_mnist", "data_dir": fashion_mnist_dir, "batch_size": 128,
       "max_steps_per_epoch": 300, "epochs": 2, "model": "mlp", "strategy": "default",
       **settings})
@@ -103,7 +109,7 @@ def _local_steps(pipeline: input_pipeline.InputPipeline, num_steps: int) -> dict
 @pytest.mark.parametrize("settings", [{}, {"augment": "crop_flip"},
                                       {"dataset": "synthetic", "data_dir": None}])
 def test_each_steps_batch_made_alone_equals_the_local_runs(fashion_mnist_dir, settings):
-  pipeline = input_pipeline.make_input_pipeline(_config(
+  pipeline = _pipeline(_config(
       fashion_mnist_dir, max_steps_per_epoch=4, batch_size=32, **settings))
   local = list(pipeline.training_batches(3, 3))
   alone = list(pipeline.batches_by_step(3).take(len(local)))
@@ -125,8 +131,8 @@ def test_a_run_through_the_service_says_at_start_that_it_is_not_bit_identical(mo
       message % args))
   with socket.create_server(("127.0.0.1", 0)) as listening:  # Reachable; nothing is read.
     address = f"127.0.0.1:{listening.getsockname()[1]}"
-    input_pipeline.make_input_pipeline(config_lib.Config(dataset="synthetic",
-                                                         data_service=address))
+    input_pipeline.make_input_pipeline(config_lib.Config.from_flags(dataset="synthetic",
+                                                         data_service=address).data)
   said = [line for line in logged if address in line]
   assert len(said) == 1 and "not bit-identical" in said[0], said
 
@@ -138,7 +144,7 @@ def test_a_run_through_the_service_says_at_start_that_it_is_not_bit_identical(mo
 ])
 def test_a_data_service_that_cannot_work_is_refused(settings, message):
   with pytest.raises(errors.UserError, match=message):
-    config_lib.Config(**settings)
+    config_lib.Config.from_flags(**settings)
 
 
 @pytest.mark.slow
@@ -162,7 +168,7 @@ def test_the_service_makes_each_batch_once_and_as_locally(fashion_mnist_dir, clu
                       cluster.lines[0])
   assert all(re.fullmatch(r"tf\.data service worker listening on 127\.0\.0\.1:\d+, serving "
                           rf"dispatcher {cluster.address}\.", line) for line in cluster.lines[1:])
-  pipeline = input_pipeline.make_input_pipeline(_config(
+  pipeline = _pipeline(_config(
       fashion_mnist_dir, data_service=cluster.address, augment="crop_flip"))
   local = _local_steps(pipeline, 300 + IN_FLIGHT)
   served = [local.get(_fingerprint(batch)) for batch in pipeline.training_batches(0, 1)]
@@ -192,7 +198,7 @@ def test_a_run_through_the_service_reaches_the_local_accuracy(fashion_mnist_dir,
 @pytest.mark.slow
 def test_a_killed_worker_loses_its_batches_and_training_goes_on(fashion_mnist_dir, cluster):
   """Runs last: it kills one of the module's two workers."""
-  pipeline = input_pipeline.make_input_pipeline(_config(
+  pipeline = _pipeline(_config(
       fashion_mnist_dir, data_service=cluster.address))
   local = _local_steps(pipeline, 300 + IN_FLIGHT)
   served = []

@@ -85,7 +85,7 @@ def test_a_full_disk_stops_with_its_code_and_the_rerun_resumes_bit_identical(sma
                                             r"space and rerun") as raised:
     train.train_and_evaluate(config)
   assert raised.value.exit_code == errors.DISK_FULL == 5
-  checkpoints = os.path.join(config.workdir, workdir_lib.CHECKPOINT_DIR)
+  checkpoints = os.path.join(config.output.workdir, workdir_lib.CHECKPOINT_DIR)
   assert sorted(os.listdir(checkpoints)) == [  # The failed save left nothing behind.
       "checkpoint", "ckpt-20.data-00000-of-00001", "ckpt-20.index",
       "ckpt-40.data-00000-of-00001", "ckpt-40.index"]
@@ -114,8 +114,8 @@ def test_each_write_names_what_filled_the_disk(small_config, monkeypatch, patche
   config = small_config.replace(checkpoint_every=10)
   with pytest.raises(errors.DiskFull, match=f"writing the {what} to"):
     train.train_and_evaluate(config)
-  assert not run_record.has_results(config.workdir)
-  leftovers = [name for _, _, files in os.walk(config.workdir) for name in files
+  assert not run_record.has_results(config.output.workdir)
+  leftovers = [name for _, _, files in os.walk(config.output.workdir) for name in files
                if ".tmp" in name or "_temp" in name]
   assert not leftovers
 
@@ -130,7 +130,7 @@ def test_results_json_on_a_full_disk_is_named_and_the_rerun_writes_it(small_conf
   results = train.train_and_evaluate(small_config)  # Resumes from the last checkpoint.
   assert results["steps"] == 20 and results["processes"] == 2
   # This process trained no step, so it has no training loss: null in strict JSON, not NaN.
-  text = (Path(small_config.workdir) / workdir_lib.RESULTS_FILE).read_text()
+  text = (Path(small_config.output.workdir) / workdir_lib.RESULTS_FILE).read_text()
   strict = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in results.json"))
   assert strict["train_loss"] is None and strict["test_accuracy"] > 0.5
 
@@ -146,11 +146,11 @@ def _failing_for_results(dump):
 @pytest.mark.slow
 def test_evaluate_and_compare_read_a_run_whose_workdir_is_held(finished_runs):
   config, results = finished_runs["functional"]
-  with workdir_lock.locked(config.workdir):  # As a live rerun of it would hold it.
-    figures = evaluate.evaluate_export(config.workdir)
-    runs = compare.load_runs(os.path.dirname(config.workdir))
+  with workdir_lock.locked(config.output.workdir):  # As a live rerun of it would hold it.
+    figures = evaluate.evaluate_export(config.output.workdir)
+    runs = compare.load_runs(os.path.dirname(config.output.workdir))
   assert figures["test_accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-6)
-  assert config.workdir in [run["workdir"] for run in runs]
+  assert config.output.workdir in [run["workdir"] for run in runs]
 
 
 # ---------------------------------------------------------------- Memory and damaged records.
@@ -166,7 +166,7 @@ def test_a_model_too_large_for_memory_is_one_line_with_its_size(small_config, mo
                                              r"parameters\) with --batch_size=64 .*OOM when "
                                              r"allocating tensor with shape\[784,1000000000\]"):
     train.train_and_evaluate(small_config.replace(hidden_units=1_000_000_000))
-  assert not os.path.exists(small_config.workdir)  # Nothing left behind.
+  assert not os.path.exists(small_config.output.workdir)  # Nothing left behind.
 
 
 @pytest.mark.parametrize("name", [workdir_lib.CONFIG_FILE, workdir_lib.RESULTS_FILE])

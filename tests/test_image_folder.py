@@ -19,7 +19,7 @@ def random_images(count, shape=(6, 5, 1), seed=0):
 
 
 def pipeline(**settings) -> input_pipeline.InputPipeline:
-  return input_pipeline.make_input_pipeline(config_lib.Config(**settings))
+  return input_pipeline.make_input_pipeline(config_lib.Config.from_flags(**settings).data)
 
 
 @pytest.mark.slow
@@ -27,13 +27,13 @@ def test_an_image_folder_trains_exactly_as_its_idx_files_in_memory_and_streamed(
     fashion_subset, tmp_path):
   common = dict(epochs=1, batch_size=100, max_steps_per_epoch=20, strategy="default",
                 log_every=10)
-  from_idx = train.train_and_evaluate(config_lib.Config(
+  from_idx = train.train_and_evaluate(config_lib.Config.from_flags(
       dataset="fashion_mnist", data_dir=str(fashion_subset / "idx"),
       workdir=str(tmp_path / "idx"), **common))
-  in_memory = train.train_and_evaluate(config_lib.Config(
+  in_memory = train.train_and_evaluate(config_lib.Config.from_flags(
       data_dir=str(fashion_subset / "images"), workdir=str(tmp_path / "folder"), **common))
   # 5,000 images of 784 bytes are 3.9 MB: a 1 MB limit streams them from disk.
-  streamed = train.train_and_evaluate(config_lib.Config(
+  streamed = train.train_and_evaluate(config_lib.Config.from_flags(
       data_dir=str(fashion_subset / "images"), memory_limit_mb=1,
       workdir=str(tmp_path / "streamed"), **common))
   assert from_idx["test_accuracy"] > 0.6
@@ -119,9 +119,9 @@ def test_flags_that_do_not_fit_the_data_are_refused(tmp_path):
   with pytest.raises(errors.UserError, match="Leave --dataset out"):
     pipeline(data_dir=str(tmp_path), dataset="cifar10")
   with pytest.raises(errors.UserError, match="describe --dataset=synthetic"):
-    config_lib.Config(num_classes=3)
+    config_lib.Config.from_flags(num_classes=3)
   # --num_test_examples bounds the last evaluation on any data.
-  assert config_lib.Config(num_test_examples=100).num_test_examples == 100
+  assert config_lib.Config.from_flags(num_test_examples=100).data.num_test_examples == 100
 
 
 @pytest.fixture(scope="module")
@@ -150,10 +150,10 @@ def tiny_tfds(tmp_path_factory) -> str:
 def test_any_tfds_image_dataset_trains_in_memory_or_streamed(tiny_tfds, tmp_path,
                                                              memory_limit_mb, image_size):
   # 350 images of 12x10x3 bytes are 126 KB: a 0.01 MB limit streams them through tfds.
-  config = config_lib.Config(dataset="tiny_shapes", tfds_data_dir=tiny_tfds, model="cnn",
+  config = config_lib.Config.from_flags(dataset="tiny_shapes", tfds_data_dir=tiny_tfds, model="cnn",
                              image_size=image_size, epochs=1, batch_size=30, strategy="default",
                              workdir=str(tmp_path / "run"), memory_limit_mb=memory_limit_mb)
-  pipeline = input_pipeline.make_input_pipeline(config)
+  pipeline = input_pipeline.make_input_pipeline(config.data)
   assert (pipeline.stream is None) == (memory_limit_mb == 0)
   assert pipeline.encoded == (image_size == (72, 72))
   results = train.train_and_evaluate(config)

@@ -31,7 +31,7 @@ def test_a_run_whose_input_is_slow_reports_its_wait_and_says_it_was_input_bound(
         pause, [images], tf.float32, stateful=True), shape), labels))
 
   monkeypatch.setattr(input_pipeline.InputPipeline, "training_batches", slowed)
-  results = train.train_and_evaluate(config_lib.Config(
+  results = train.train_and_evaluate(config_lib.Config.from_flags(
       dataset="fashion_mnist", data_dir=str(fashion_mnist_dir), epochs=1, batch_size=64,
       max_steps_per_epoch=300, log_every=100, strategy="default", workdir=str(tmp_path)))
   assert results["input_wait_share"] > 0.5

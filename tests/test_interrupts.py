@@ -61,16 +61,16 @@ def test_ctrl_c_in_any_phase_exits_130_and_the_rerun_completes(phase, small_conf
   assert "Traceback" not in capsys.readouterr().err
 
   # Nothing half-written, nothing that looks finished.
-  assert not glob.glob(os.path.join(config.workdir, "**", "*.tmp*"), recursive=True)
-  assert not glob.glob(os.path.join(config.workdir, "checkpoints", "*_temp*"))
-  assert not os.path.exists(os.path.join(config.workdir, "results.json"))
+  assert not glob.glob(os.path.join(config.output.workdir, "**", "*.tmp*"), recursive=True)
+  assert not glob.glob(os.path.join(config.output.workdir, "checkpoints", "*_temp*"))
+  assert not os.path.exists(os.path.join(config.output.workdir, "results.json"))
 
   results = train.train_and_evaluate(config)
-  with open(os.path.join(config.workdir, "results.json")) as f:
+  with open(os.path.join(config.output.workdir, "results.json")) as f:
     written = json.loads(f.read(), parse_constant=lambda name: pytest.fail(name))
   assert written["steps"] == 20 and written["test_accuracy"] == results["test_accuracy"]
   assert written["examples_per_sec"] > 0 and written["time_to_first_step_s"] > 0
-  assert os.path.isdir(os.path.join(config.workdir, "saved_model"))
+  assert os.path.isdir(os.path.join(config.output.workdir, "saved_model"))
 
 
 def _ctrl_c_swallowed_by_a_gc_callback() -> None:

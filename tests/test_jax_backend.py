@@ -29,16 +29,17 @@ def test_cpu_devices_become_xlas_host_device_count_replacing_an_earlier_one():
 
 def test_an_unknown_backend_is_refused_with_the_choices():
   with pytest.raises(errors.UserError, match="choose tensorflow or jax"):
-    config_lib.Config(backend="torch")
+    config_lib.Config.from_flags(backend="torch")
 
 
 def test_a_workdir_of_one_backend_refuses_a_resume_on_the_other(tmp_path):
-  saved = json.loads(json.dumps(config_lib.Config(backend="jax").to_dict()))
+  saved = json.loads(json.dumps(config_lib.Config.from_flags(backend="jax").to_flags()))
   with pytest.raises(errors.UserError, match="backend: 'jax' in the saved run, 'tensorflow'"):
-    workdir_lib.check_same_math(saved, config_lib.Config(backend="tensorflow").to_dict(),
+    workdir_lib.check_same_math(saved, config_lib.Config.from_flags(
+        backend="tensorflow").to_flags(),
                                 str(tmp_path))
   del saved["backend"]  # A config.json from before the setting: TensorFlow's.
-  workdir_lib.check_same_math(saved, config_lib.Config(backend="tensorflow").to_dict(),
+  workdir_lib.check_same_math(saved, config_lib.Config.from_flags(backend="tensorflow").to_flags(),
                               str(tmp_path))
 
 

@@ -29,7 +29,7 @@ def _spike_config(fashion_subset, tmp_path, name, **overrides) -> config_lib.Con
                   max_steps_per_epoch=40, log_every=10, strategy="mirrored", cpu_devices=2,
                   precision="mixed_float16", workdir=str(tmp_path / name))
   settings.update(overrides)
-  return config_lib.Config(**settings)
+  return config_lib.Config.from_flags(**settings)
 
 
 @pytest.mark.slow

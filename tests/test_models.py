@@ -68,7 +68,7 @@ def test_mixed_precision_computes_low_and_outputs_float32(api, policy, network):
 
 def test_a_model_that_is_neither_built_in_nor_a_function_is_refused():
   with pytest.raises(errors.UserError, match="neither a built-in model"):
-    config_lib.Config(model="resnet101")
+    config_lib.Config.from_flags(model="resnet101")
 
 
 def test_unknown_api_names_the_valid_ones():

@@ -118,7 +118,7 @@ def test_sigterm_to_one_worker_stops_all_at_one_step_and_the_rerun_is_bit_identi
   resumed = json.loads((tmp_path / "run" / "results.json").read_text())
   # The uninterrupted reference: mirrored over two replicas in this process computes the same
   # sums in the same order (measured equal to an uninterrupted two-worker run).
-  straight = train.train_and_evaluate(config_lib.Config(
+  straight = train.train_and_evaluate(config_lib.Config.from_flags(
       strategy="mirrored", cpu_devices=2, dataset="synthetic", epochs=1, max_steps_per_epoch=120,
       batch_size=64, checkpoint_every=20, steps_per_loop=10, log_every=50,
       workdir=str(tmp_path / "straight")))
@@ -135,8 +135,8 @@ def test_each_worker_receives_a_distinct_shard_of_every_global_batch(fashion_mni
   assert [probe.returncode for probe in probes] == [0, 0], outputs
   seen = [json.loads(output.strip().splitlines()[-1])["batches"] for output in outputs]
 
-  pipeline = input_pipeline.make_input_pipeline(config_lib.Config(
-      dataset="fashion_mnist", data_dir=fashion_mnist_dir, batch_size=64))
+  pipeline = input_pipeline.make_input_pipeline(config_lib.Config.from_flags(
+      dataset="fashion_mnist", data_dir=fashion_mnist_dir, batch_size=64).data)
   expected = [np.sum(images.numpy(), axis=(1, 2, 3))
               for images, _ in pipeline.train_dataset(epoch=0).take(3)]
   for batch, (first, second) in enumerate(zip(*seen)):

@@ -42,12 +42,17 @@ def test_linear_decays_to_zero_and_step_drops_tenfold_at_each_boundary():
                              [0.05, 0.1, 0.01, 0.01, 0.001, 0.0001, 0.0001], rtol=1e-5)
 
 
+def _schedule(config, steps_per_epoch):
+  return optimization.learning_rate_schedule(config.optim, config.peak_learning_rate,
+                                             config.loop.epochs, steps_per_epoch)
+
+
 def test_the_config_gives_warmup_epochs_drops_in_epochs_and_linear_scaling():
-  config = config_lib.Config(learning_rate=0.1, batch_size=1024, lr_scaling="linear",
+  config = config_lib.Config.from_flags(learning_rate=0.1, batch_size=1024, lr_scaling="linear",
                              warmup_epochs=5, lr_schedule="step", lr_drops=(30, 60, 80),
                              epochs=90)
-  schedule = optimization.learning_rate_schedule(config, steps_per_epoch=10)
-  assert optimization.peak_learning_rate(config) == pytest.approx(0.4)
+  schedule = _schedule(config, steps_per_epoch=10)
+  assert config.peak_learning_rate == pytest.approx(0.4)
   assert schedule.warmup_steps == 50 and schedule.drop_steps == (300, 600, 800)
   assert float(schedule(50)) == pytest.approx(0.4)
 
@@ -58,7 +63,7 @@ def test_the_config_gives_warmup_epochs_drops_in_epochs_and_linear_scaling():
 ])
 def test_a_schedule_that_cannot_run_is_refused(settings, message):
   with pytest.raises(errors.UserError, match=message):
-    optimization.learning_rate_schedule(config_lib.Config(**settings), steps_per_epoch=10)
+    _schedule(config_lib.Config.from_flags(**settings), steps_per_epoch=10)
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -79,7 +84,7 @@ def test_a_schedule_that_cannot_run_is_refused(settings, message):
 ])
 def test_bad_recipe_values_are_refused_with_one_line(settings, message):
   with pytest.raises(errors.UserError, match=message):
-    config_lib.Config(**settings)
+    config_lib.Config.from_flags(**settings)
 
 
 def _tiny_model():
@@ -90,10 +95,11 @@ def _tiny_model():
 
 
 def test_sgd_with_nesterov_momentum_updates_as_the_formula_says():
-  config = config_lib.Config(optimizer="sgd", momentum=0.9, nesterov=True, learning_rate=0.1)
+  config = config_lib.Config.from_flags(
+      optimizer="sgd", momentum=0.9, nesterov=True, learning_rate=0.1)
   model = _tiny_model()
   optimizer = optimization.make_optimizer(
-      config, optimization.learning_rate_schedule(config, 100), model.trainable_variables)
+      config.optim, _schedule(config, 100), model.trainable_variables)
   kernel = model.get_layer("dense").kernel
   start = kernel.numpy()
   velocity = np.zeros_like(start)
@@ -109,11 +115,11 @@ def test_sgd_with_nesterov_momentum_updates_as_the_formula_says():
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
 def test_decoupled_weight_decay_shrinks_kernels_and_leaves_biases_and_batchnorm_alone(optimizer):
-  config = config_lib.Config(optimizer=optimizer, weight_decay=0.1, learning_rate=0.5)
+  config = config_lib.Config.from_flags(optimizer=optimizer, weight_decay=0.1, learning_rate=0.5)
   model = _tiny_model()
   variables = model.trainable_variables
   optimizer = optimization.make_optimizer(
-      config, optimization.learning_rate_schedule(config, 100), variables)
+      config.optim, _schedule(config, 100), variables)
   before = {variable.path: variable.numpy() for variable in variables}
   optimizer.apply_gradients([(tf.zeros_like(variable), variable) for variable in variables])
   for variable in variables:

@@ -134,7 +134,7 @@ def test_the_trainer_exits_2_with_one_line_for_a_bad_plug_in(tmp_path):
 def test_api_is_refused_beside_your_own_model():
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   with pytest.raises(errors.UserError, match="Leave --api out"):
-    config_lib.Config(model="examples/residual_subclass.py:build", api="functional")
+    config_lib.Config.from_flags(model="examples/residual_subclass.py:build", api="functional")
 
 
 # ---------------------------------------------------------------- Trained end to end.
@@ -146,9 +146,9 @@ def test_users_models_learn_fashion_mnist_under_default_and_mirrored(own_model_r
   config, results = own_model_runs[name]
   assert results["test_accuracy"] > 0.5  # 40 steps; chance is 0.1.
   assert (results["model"], results["api"], results["num_replicas"]) == (
-      config.model, api, num_replicas)
-  classes = own_model.load_function(config.model).custom_objects()
-  assert results["params"] == export.load_keras_model(config.workdir, classes).count_params()
+      config.model.name, api, num_replicas)
+  classes = own_model.load_function(config.model.name).custom_objects()
+  assert results["params"] == export.load_keras_model(config.output.workdir, classes).count_params()
 
 
 @pytest.mark.slow
@@ -156,7 +156,7 @@ def test_users_model_exports_reload_to_the_same_accuracy(own_model_runs):
   # The subclassed model reloads in a new process below, as a user reloads it.
   config, results = own_model_runs["two_branch"]
   for export_format in ("keras", "saved_model"):
-    figures = evaluate.evaluate_export(config.workdir, export_format)
+    figures = evaluate.evaluate_export(config.output.workdir, export_format)
     assert figures["test_accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-6)
 
 
@@ -164,7 +164,7 @@ def test_users_model_exports_reload_to_the_same_accuracy(own_model_runs):
 def test_evaluate_reloads_a_subclassed_users_model_in_a_new_process(own_model_runs):
   config, results = own_model_runs["residual"]
   process = subprocess.run(
-      [sys.executable, "-m", "trainer.evaluate", f"--workdir={config.workdir}"],
+      [sys.executable, "-m", "trainer.evaluate", f"--workdir={config.output.workdir}"],
       cwd=processes.ROOT, capture_output=True, text=True, timeout=120)
   assert process.returncode == 0, process.stderr[-2000:]
   recorded = results["test_accuracy"]
@@ -174,7 +174,7 @@ def test_evaluate_reloads_a_subclassed_users_model_in_a_new_process(own_model_ru
 @pytest.mark.slow
 def test_a_users_model_resumes_for_more_epochs(own_model_runs, tmp_path):
   config, results = own_model_runs["two_branch"]
-  workdir = shutil.copytree(config.workdir, tmp_path / "run")
+  workdir = shutil.copytree(config.output.workdir, tmp_path / "run")
   start = time.time()
   resumed = train.train_and_evaluate(config.replace(workdir=str(workdir), epochs=2))
   this_process = time.time() - start
@@ -195,7 +195,7 @@ def test_a_subclassed_model_whose_module_is_gone_says_how_to_make_it_importable(
   monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
   with pytest.raises(errors.UserError, match=r"classes come from .*moved_net.py \(.*there is no "
                                              r"file.*Run from the folder.*--format=saved_model"):
-    evaluate.evaluate_export(config.workdir)
+    evaluate.evaluate_export(config.output.workdir)
 
 
 def test_a_users_float16_softmax_trains_in_float32_under_mixed_precision(small_config, tmp_path):

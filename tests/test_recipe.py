@@ -83,12 +83,15 @@ def test_clipping_under_mirrored_equals_clipping_in_one_replica(small_config, tm
 
 
 def test_clipping_bounds_each_update_to_the_norm():
-  config = config_lib.Config(optimizer="sgd", momentum=0.0, learning_rate=1.0, clip_norm=0.5)
+  config = config_lib.Config.from_flags(
+      optimizer="sgd", momentum=0.0, learning_rate=1.0, clip_norm=0.5)
   from trainer.loop import optimization  # pylint: disable=g-import-not-at-top
   variable = keras.Variable(np.zeros((3,), np.float32))
   gradient_norm = keras.metrics.Mean()
   optimizer = optimization.make_optimizer(
-      config, optimization.learning_rate_schedule(config, 100), [variable], gradient_norm)
+      config.optim, optimization.learning_rate_schedule(
+          config.optim, config.peak_learning_rate, config.loop.epochs, 100),
+      [variable], gradient_norm)
   optimizer.apply_gradients([(tf.constant([3.0, 0.0, 4.0]), variable)])
   np.testing.assert_allclose(variable.numpy(), [-0.3, 0.0, -0.4], rtol=1e-6)  # 0.5 x g / |g|.
   assert float(gradient_norm.result()) == pytest.approx(5.0)
@@ -127,13 +130,13 @@ def test_a_run_evaluates_and_exports_the_moving_average(small_config, tmp_path):
   config = small_config.replace(ema_decay=0.9, export_ema=True, eval_every=10)
   results = train.train_and_evaluate(config)
   from tests.test_train import _scalar_steps  # pylint: disable=g-import-not-at-top
-  assert [step for step, _ in _scalar_steps(os.path.join(config.workdir, "eval"),
+  assert [step for step, _ in _scalar_steps(os.path.join(config.output.workdir, "eval"),
                                             "accuracy_ema")] == [10, 20]
   assert results["test_accuracy_ema"] is not None and results["ema_weights_sha256"]
   assert results["ema_weights_sha256"] != results["weights_sha256"]
   # The export holds the average: its trainable weights are the checkpoint's EMA variables.
-  exported = export.load_keras_model(config.workdir)
-  reader = tf.train.load_checkpoint(os.path.join(config.workdir, "checkpoints"))
+  exported = export.load_keras_model(config.output.workdir)
+  reader = tf.train.load_checkpoint(os.path.join(config.output.workdir, "checkpoints"))
   averages = sorted((name for name in reader.get_variable_to_shape_map()
                      if name.startswith("ema/averages/") and name.endswith("VARIABLE_VALUE")),
                     key=lambda name: int(name.split("/")[2]))
@@ -157,12 +160,12 @@ def test_best_holds_the_best_epochs_model_after_a_later_epoch_got_worse(small_co
   config = small_config.replace(epochs=3, keep_best="accuracy")
   results = train.train_and_evaluate(config)
   assert (results["best_step"], results["best_test_accuracy"]) == (40, 0.9)
-  best_dir = os.path.join(config.workdir, "best")
+  best_dir = os.path.join(config.output.workdir, "best")
   with open(os.path.join(best_dir, best_model.BEST_FILE)) as f:
     assert json.load(f)["step"] == 40
   best = export.load_keras_model(best_dir)
   assert task_lib._sha256(best.weights) == digests[1] != digests[2]  # pylint: disable=protected-access
-  assert sorted(os.listdir(config.workdir)).count("best.tmp") == 0
+  assert sorted(os.listdir(config.output.workdir)).count("best.tmp") == 0
 
 
 def test_the_best_so_far_survives_a_restore():

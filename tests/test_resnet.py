@@ -163,7 +163,7 @@ def test_sync_batchnorm_under_mirrored_uses_the_global_batch(two_halves):
 
 def test_sync_batchnorm_is_refused_for_models_without_our_batchnorm():
   with pytest.raises(Exception, match="--sync_batchnorm applies to the built-in ResNets"):
-    config_lib.Config(model="cnn", sync_batchnorm=True)
+    config_lib.Config.from_flags(model="cnn", sync_batchnorm=True)
 
 
 @pytest.mark.slow
@@ -224,7 +224,7 @@ def test_jit_compile_over_two_replicas_averages_the_batchnorm_statistics(tmp_pat
   from trainer import train  # pylint: disable=g-import-not-at-top
   moving_means = {}
   for strategy, jit_compile in (("default", False), ("mirrored", True)):
-    config = config_lib.Config(
+    config = config_lib.Config.from_flags(
         model=os.path.join(processes.ROOT, "tests", "batchnorm_model.py") + ":build",
         dataset="synthetic", image_shape=(16, 16, 3), batch_size=8, epochs=1,
         max_steps_per_epoch=1, num_test_examples=8, strategy=strategy, cpu_devices=2,

@@ -186,8 +186,8 @@ def test_sigterm_saves_at_the_next_step_and_says_how_to_resume(tmp_path):
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(small_config, caplog):
   config = small_config.replace(checkpoint_every=5)
   train.train_and_evaluate(config)
-  assert checkpoint_steps(config.workdir) == [10, 15, 20]
-  newest = glob.glob(os.path.join(config.workdir, "checkpoints", "ckpt-20.data-*"))[0]
+  assert checkpoint_steps(config.output.workdir) == [10, 15, 20]
+  newest = glob.glob(os.path.join(config.output.workdir, "checkpoints", "ckpt-20.data-*"))[0]
   with open(newest, "r+b") as f:
     f.truncate(100)
   results = train.train_and_evaluate(config.replace(epochs=2))
@@ -199,7 +199,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(small_config, capl
 def test_unreadable_checkpoints_stop_the_run_instead_of_starting_afresh(small_config):
   config = small_config.replace(checkpoint_every=10)
   train.train_and_evaluate(config)
-  for data in glob.glob(os.path.join(config.workdir, "checkpoints", "ckpt-*.data-*")):
+  for data in glob.glob(os.path.join(config.output.workdir, "checkpoints", "ckpt-*.data-*")):
     with open(data, "r+b") as f:
       f.truncate(10)
   with pytest.raises(errors.UserError, match="None of the checkpoints.*--overwrite"):
@@ -221,11 +221,11 @@ def test_changed_math_is_refused_and_more_epochs_continue(small_config, caplog):
   # Settings that leave the math alone may change; config.json says which, and from which step.
   assert ("Resuming from step 20 of 60 with changed settings, recorded in config.json: "
           "epochs 1 -> 3, eval_steps 0 -> 2") in caplog.text
-  saved = workdir_lib.read_run_config(small_config.workdir)
+  saved = workdir_lib.read_run_config(small_config.output.workdir)
   assert (saved["epochs"], saved["eval_steps"]) == (3, 2)
   assert saved["changes"] == [{"step": 20, "setting": "epochs", "was": 1, "now": 3},
                               {"step": 20, "setting": "eval_steps", "was": 0, "now": 2}]
-  assert logged_steps(os.path.join(small_config.workdir, "train")) == list(range(10, 61, 10))
+  assert logged_steps(os.path.join(small_config.output.workdir, "train")) == list(range(10, 61, 10))
 
   fresh = train.train_and_evaluate(small_config.replace(seed=5, overwrite=True))
   assert (fresh["steps"], fresh["seed"]) == (20, 5)
@@ -252,8 +252,8 @@ def test_injected_nan_stops_with_the_step_and_keeps_the_checkpoint(small_config,
   with pytest.raises(errors.Diverged, match="became nan at step 15.*checkpoint \\(step 10\\)"):
     train.train_and_evaluate(config)
   assert errors.Diverged.exit_code == 4
-  assert checkpoint_steps(config.workdir) == [10]
-  assert not os.path.exists(os.path.join(config.workdir, run_record.RESULTS_FILE))
+  assert checkpoint_steps(config.output.workdir) == [10]
+  assert not os.path.exists(os.path.join(config.output.workdir, run_record.RESULTS_FILE))
 
 
 @pytest.mark.parametrize("api", config_lib.APIS)
@@ -264,11 +264,11 @@ def test_exports_reload_and_reproduce_the_test_accuracy(api, finished_runs):
   config, results = finished_runs[api]
   assert results["test_examples"] == 1000
   for export_format in ("keras", "saved_model"):
-    figures = evaluate.evaluate_export(config.workdir, export_format)
+    figures = evaluate.evaluate_export(config.output.workdir, export_format)
     assert figures["num_examples"] == 1000
     assert figures["test_accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-6)
     assert figures["test_loss"] == pytest.approx(results["test_loss"], rel=1e-5)
-  model = export.load_keras_model(config.workdir)
+  model = export.load_keras_model(config.output.workdir)
   assert model.count_params() == 203_530
 
 
@@ -278,12 +278,13 @@ def test_trainer_evaluate_reproduces_a_bfloat16_runs_figures_over_the_whole_test
   # --eval_steps=2 limits only the evaluations during training; results.json and
   # trainer.evaluate both cover the 10,000 test images, in a graph (eagerly, bfloat16 rounds
   # differently: 0.7786 against 0.7790 for this run before).
-  config = config_lib.Config(model="cnn", dataset="fashion_mnist", data_dir=fashion_mnist_dir,
+  config = config_lib.Config.from_flags(
+      model="cnn", dataset="fashion_mnist", data_dir=fashion_mnist_dir,
                              epochs=1, max_steps_per_epoch=100, eval_steps=2,
                              precision="mixed_bfloat16", progress="none",
                              workdir=str(tmp_path / "cnn"))
   results = train.train_and_evaluate(config)
-  figures = evaluate.evaluate_export(config.workdir)
+  figures = evaluate.evaluate_export(config.output.workdir)
   assert results["test_examples"] == figures["num_examples"] == 10_000
   assert figures["test_accuracy"] == results["test_accuracy"]
   assert figures["test_loss"] == pytest.approx(results["test_loss"], rel=1e-5)

@@ -13,7 +13,7 @@ from trainer import errors
 from trainer.records import checkpointing
 from trainer import train
 
-CLUSTER_CONFIG = config_lib.Config(strategy="multi_worker_mirrored",
+CLUSTER_CONFIG = config_lib.Config.from_flags(strategy="multi_worker_mirrored",
                                    worker_hosts=("127.0.0.1:1", "127.0.0.1:2"), task_index=1)
 
 

@@ -40,7 +40,7 @@ def server(tmp_path_factory):
   profiled) and "long" (2 epochs), otherwise the same settings."""
   pytest.importorskip("xprof", reason="the [profile] extra is not installed")
   logdir = tmp_path_factory.mktemp("tensorboard")
-  small = config_lib.Config(dataset="synthetic", epochs=1, batch_size=64,
+  small = config_lib.Config.from_flags(dataset="synthetic", epochs=1, batch_size=64,
                             max_steps_per_epoch=20, strategy="default", log_every=10)
   train.train_and_evaluate(small.replace(workdir=str(logdir / "short"), profile_steps=(5, 8)))
   train.train_and_evaluate(small.replace(workdir=str(logdir / "long"), epochs=2))
@@ -92,7 +92,7 @@ def test_runs_that_differ_in_strategy_and_seed_differ_in_hparams_only_in_what_th
   # num_replicas or jit_compile (resolved) would come before seed and strategy.
   def entry(strategy, num_replicas, **changes):
     settings = config_lib.RunSettings(
-        config=config_lib.Config(dataset="synthetic", strategy=strategy, **changes),
+        config=config_lib.Config.from_flags(dataset="synthetic", strategy=strategy, **changes),
         strategy=strategy,
         num_replicas=num_replicas, precision="float32", precision_reason="auto", device="CPU",
         is_chief=True)

@@ -55,10 +55,10 @@ def test_shards_train_to_the_same_weights_as_their_idx_files_in_memory(fashion_s
                                                                       fashion_shards, tmp_path):
   common = dict(epochs=1, batch_size=64, strategy="default", log_every=20,
                 progress="none")
-  from_idx = train.train_and_evaluate(config_lib.Config(
+  from_idx = train.train_and_evaluate(config_lib.Config.from_flags(
       dataset="fashion_mnist", data_dir=str(fashion_subset / "idx"),
       workdir=str(tmp_path / "idx"), **common))
-  from_shards = train.train_and_evaluate(config_lib.Config(
+  from_shards = train.train_and_evaluate(config_lib.Config.from_flags(
       data_dir=fashion_shards, workdir=str(tmp_path / "shards"), **common))
   assert from_shards["dataset"] == "tfrecord:fashion"
   assert from_shards["weights_sha256"] == from_idx["weights_sha256"]
@@ -69,8 +69,8 @@ def test_streamed_shards_give_the_same_batches_from_any_step(fashion_shards):
   # Streamed, an epoch's order is files shuffled by (seed, epoch), an interleave and a seeded
   # shuffle buffer: not the in-memory order, but the same at every call, so a resumed run
   # skips to exactly the batches an uninterrupted run trains on.
-  pipeline = input_pipeline.make_input_pipeline(config_lib.Config(
-      data_dir=fashion_shards, batch_size=100, memory_limit_mb=1, max_steps_per_epoch=6))
+  pipeline = input_pipeline.make_input_pipeline(config_lib.Config.from_flags(
+      data_dir=fashion_shards, batch_size=100, memory_limit_mb=1).data, max_steps_per_epoch=6)
   assert pipeline.stream is not None and pipeline.train is None
   whole = [labels.numpy() for _, labels in pipeline.training_batches(0, 2)]
   for start in (4, 6, 9):
@@ -83,8 +83,8 @@ def test_shards_without_a_record_are_counted_and_their_classes_read_from_the_lab
     fashion_shards, tmp_path):
   shards = copy_shards(fashion_shards, tmp_path / "shards")
   os.remove(os.path.join(shards, "dataset.json"))
-  pipeline = input_pipeline.make_input_pipeline(config_lib.Config(data_dir=shards,
-                                                                  batch_size=100))
+  pipeline = input_pipeline.make_input_pipeline(config_lib.Config.from_flags(data_dir=shards,
+                                                                  batch_size=100).data)
   assert pipeline.num_classes == 10 and pipeline.steps_per_epoch == 40
 
 
@@ -107,8 +107,8 @@ def test_label_offset_takes_labels_that_start_at_1(fashion_shards, tmp_path):
       labels.value[0] += 1
     _relabel(path, path + ".new", plus_one)
     os.replace(path + ".new", path)
-  pipeline = input_pipeline.make_input_pipeline(config_lib.Config(
-      data_dir=shards, batch_size=100, label_offset=1))
+  pipeline = input_pipeline.make_input_pipeline(config_lib.Config.from_flags(
+      data_dir=shards, batch_size=100, label_offset=1).data)
   assert pipeline.num_classes == 10
   assert pipeline.train.labels.min() == 0 and pipeline.train.labels.max() == 9
 
@@ -145,7 +145,7 @@ def test_a_bad_shard_is_named_before_training(fashion_shards, tmp_path, how, mes
   path = _damage(shards, how)
   with pytest.raises(errors.UserError, match=re.escape(path) + ".*" + message
                      if how != "label out of range" else message):
-    input_pipeline.make_input_pipeline(config_lib.Config(data_dir=shards))
+    input_pipeline.make_input_pipeline(config_lib.Config.from_flags(data_dir=shards).data)
 
 
 @pytest.mark.slow
@@ -172,8 +172,8 @@ def test_fewer_files_than_workers_are_sharded_by_data_enough_by_file(fashion_sha
 
 
 def test_a_worker_sharded_by_file_holds_only_its_own_files_in_memory(fashion_shards):
-  pipelines = [input_pipeline.make_input_pipeline(config_lib.Config(
-      data_dir=fashion_shards, batch_size=64), index, 2) for index in range(2)]
+  pipelines = [input_pipeline.make_input_pipeline(config_lib.Config.from_flags(
+      data_dir=fashion_shards, batch_size=64).data, index, 2) for index in range(2)]
   for pipeline in pipelines:
     assert pipeline.sharding == "file" and pipeline.train_batch_size == 32
     assert len(pipeline.train.labels) == 2000  # Its two files of 1,000.

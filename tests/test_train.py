@@ -31,7 +31,8 @@ def _scalar_steps(folder: str, tag: str):
 @pytest.mark.parametrize("api", config_lib.APIS)
 @pytest.mark.slow
 def test_each_api_learns_fashion_mnist_in_one_epoch(api, fashion_mnist_dir, tmp_path):
-  config = config_lib.Config(api=api, dataset="fashion_mnist", data_dir=fashion_mnist_dir,
+  config = config_lib.Config.from_flags(
+      api=api, dataset="fashion_mnist", data_dir=fashion_mnist_dir,
                              epochs=1, strategy="default", workdir=str(tmp_path))
   results = train.train_and_evaluate(config)
   assert results["test_accuracy"] >= 0.80
@@ -47,7 +48,7 @@ def test_each_api_learns_synthetic_data(api, finished_runs):
 
 @pytest.mark.slow
 def test_mirrored_over_two_cpu_devices_matches_the_default_strategy(fashion_mnist_dir, tmp_path):
-  base = config_lib.Config(dataset="fashion_mnist", data_dir=fashion_mnist_dir, epochs=1,
+  base = config_lib.Config.from_flags(dataset="fashion_mnist", data_dir=fashion_mnist_dir, epochs=1,
                            batch_size=64, max_steps_per_epoch=100, log_every=20, jit_compile=False,
                            precision="float32")
   single = train.train_and_evaluate(base.replace(strategy="default", workdir=str(tmp_path / "1")))
@@ -97,15 +98,15 @@ def test_mixed_float16_under_mirrored_uses_loss_scaling(small_config):
 
 def test_tensorboard_holds_scalars_hparams_and_config(finished_runs):
   config, results = finished_runs["functional"]
-  train_dir, eval_dir = (os.path.join(config.workdir, name) for name in ("train", "eval"))
+  train_dir, eval_dir = (os.path.join(config.output.workdir, name) for name in ("train", "eval"))
   assert [step for step, _ in _scalar_steps(train_dir, "loss")] == list(range(10, 201, 10))
   for tag in ("accuracy", "examples_per_sec", "step_time_ms"):
     assert _scalar_steps(train_dir, tag), tag
   assert [step for step, _ in _scalar_steps(eval_dir, "accuracy")] == [100, 200]
   assert _scalar_steps(eval_dir, "loss")[-1][1] == pytest.approx(results["test_loss"])
 
-  run = _events(config.workdir)
-  assert _scalar_steps(config.workdir, "test_accuracy")[-1][1] == pytest.approx(
+  run = _events(config.output.workdir)
+  assert _scalar_steps(config.output.workdir, "test_accuracy")[-1][1] == pytest.approx(
       results["test_accuracy"])
   hparams_content = run.PluginTagToContent("hparams")
   session = plugin_data_pb2.HParamsPluginData.FromString(
@@ -118,14 +119,14 @@ def test_tensorboard_holds_scalars_hparams_and_config(finished_runs):
   assert values["epochs"] == "2" and values["jit_compile"] == "auto"
   assert values["device"].startswith("CPU: ")
   # The trial id: the run's folder name first, then where it is.
-  parent, name = os.path.split(os.path.abspath(config.workdir))
+  parent, name = os.path.split(os.path.abspath(config.output.workdir))
   assert session.group_name == f"{name} ({parent})"
   assert {"config", "environment"} <= set(run.Tags()["tensors"])
 
 
 def test_results_json_has_every_field(finished_runs):
   config, returned = finished_runs["functional"]
-  results = run_record.read_results(config.workdir)
+  results = run_record.read_results(config.output.workdir)
   assert results == returned
   assert sorted(results) == sorted(run_record.FIELDS)
   assert results["schema_version"] == run_record.SCHEMA_VERSION
@@ -137,12 +138,12 @@ def test_batch_size_not_divisible_by_replicas_is_refused_before_training(small_c
   with pytest.raises(errors.UserError, match="--batch_size=63 cannot be split evenly across 2"):
     train.train_and_evaluate(small_config.replace(batch_size=63, strategy="mirrored",
                                                   cpu_devices=2))
-  assert not os.path.exists(small_config.workdir)
+  assert not os.path.exists(small_config.output.workdir)
 
 
 def test_a_workdir_holding_something_else_is_not_touched(small_config):
-  os.makedirs(small_config.workdir)
-  precious = os.path.join(small_config.workdir, "notes.txt")
+  os.makedirs(small_config.output.workdir)
+  precious = os.path.join(small_config.output.workdir, "notes.txt")
   with open(precious, "w") as f:
     f.write("keep me")
   with pytest.raises(errors.UserError, match="holds no run of this trainer.*--overwrite"):
@@ -156,6 +157,6 @@ def test_calls_sized_by_time_train_the_same_weights_as_fixed_calls(small_config)
   # 25 then) give bit-identical weights.
   digests = {train.train_and_evaluate(small_config.replace(
       max_steps_per_epoch=300, log_every=100, deterministic=True, steps_per_loop=steps,
-      num_test_examples=500, workdir=f"{small_config.workdir}-{steps}"))["weights_sha256"]
+      num_test_examples=500, workdir=f"{small_config.output.workdir}-{steps}"))["weights_sha256"]
              for steps in (0, 100, 7)}
   assert len(digests) == 1

@@ -43,9 +43,9 @@ def evaluate_export(workdir: str, export_format: str = "keras", data_dir=None,
     raise errors.UserError(f"{workdir} holds no best model: only a run with --keep_best keeps "
                            f"one, in {exports}.")
   config = _saved_config(run_config, data_dir)
-  pipeline = input_pipeline.make_input_pipeline(config)
+  pipeline = input_pipeline.make_input_pipeline(config.data)  # Evaluated whole below.
   if export_format == "keras":
-    model = _load_keras_model(exports, config)
+    model = _load_keras_model(exports, config.model)
     # In a graph, as the trainer evaluates: eager bfloat16 kernels round differently (a cnn
     # under mixed_bfloat16 measured 0.7786 eagerly against the run's 0.7790).
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -71,25 +71,26 @@ def _saved_config(run_config: dict, data_dir):
   """The Config a run was made with, from its config.json; `data_dir` replaces its data_dir."""
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   values = {name: run_config[name] for name in config_lib.SETTINGS if name in run_config}
-  return config_lib.Config(**{**values, "data_dir": data_dir or values.get("data_dir")})
+  return config_lib.Config.from_flags(
+      **{**values, "data_dir": data_dir or values.get("data_dir")})
 
 
-def _load_keras_model(workdir: str, config):
+def _load_keras_model(workdir: str, model):
   """Loads model.keras; for the user's own model, with the layers and models its module defines,
   as Keras needs their classes to rebuild it."""
   from trainer import errors  # pylint: disable=g-import-not-at-top
   from trainer.models import own_model  # pylint: disable=g-import-not-at-top
   from trainer.records import export  # pylint: disable=g-import-not-at-top
-  if not config.own_model:
+  if not model.own_model:
     return export.load_keras_model(workdir)
   try:
-    custom_objects, why = own_model.load_function(config.model).custom_objects(), ""
+    custom_objects, why = own_model.load_function(model.name).custom_objects(), ""
   except errors.UserError as e:
     custom_objects, why = {}, f" ({e})"
   try:
     return export.load_keras_model(workdir, custom_objects)
   except Exception as e:  # pylint: disable=broad-except  # Keras raises several kinds here.
-    location = config.model.rsplit(":", 1)[0]
+    location = model.name.rsplit(":", 1)[0]
     raise errors.UserError(
         f"{workdir}/model.keras holds your model, whose classes come from {location}{why}; "
         f"Keras needs them to rebuild it ({str(e).split('. ')[0]}). Run from the folder the run "

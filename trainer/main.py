@@ -75,8 +75,8 @@ def _define_count_or_auto(name: str, default: int, help: str) -> None:  # pylint
                serializer=flags.ArgumentSerializer())
 
 
-# One flag per Config field (tests/test_config.py checks both ways), grouped by job as --help
-# shows them.
+# One flag per Config field (config.FLAG_FIELDS; tests/test_config.py checks both ways), grouped
+# by job as --help shows them.
 _group("Model")
 _define(flags.DEFINE_string, "model")
 _define(flags.DEFINE_enum, "api", enum_values=config_lib.APIS)
@@ -153,7 +153,7 @@ def config_from_flags() -> config_lib.Config:
     except ValueError:
       raise errors.UserError(f"--{name}={','.join(values[name])} must be a comma-separated list "
                              "of integers, e.g. 64,64.") from None
-  return config_lib.Config(**values)
+  return config_lib.Config.from_flags(**values)
 
 
 HELP_ARGUMENTS = ("-h", "-help", "--help", "-helpshort", "--helpshort", "-?")
@@ -200,11 +200,11 @@ def _run() -> None:
     # Imported after flag parsing so that --help answers without loading TensorFlow, and inside
     # shown_as_one_line: TensorFlow takes seconds to import, a likely moment for Ctrl-C.
     config = config_from_flags()
-    keras_backend.select(config)  # Before the first import of Keras.
+    keras_backend.select(config.runtime)  # Before the first import of Keras.
     from trainer.distribute import cluster
     from trainer import train
     train.train_and_evaluate(config, start_time=_PROCESS_START)
-    cluster.leave_cluster(config)
+    cluster.leave_cluster(config.runtime)
 
 
 if __name__ == "__main__":

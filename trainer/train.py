@@ -25,7 +25,6 @@ from trainer.data import input_pipeline
 from trainer.distribute import runtime as runtime_lib
 from trainer import errors
 from trainer.loop import controller as controller_lib
-from trainer.loop import optimization
 from trainer.loop import preemption
 from trainer.loop import profiling
 from trainer.loop import progress
@@ -54,10 +53,12 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     settings = runtime.settings
 
     # ---------------------------------------------------------------- Input.
-    build_model = factory.model_builder(config)  # Imports the user's model: fails before data.
+    # Imports the user's model: fails before the data loads.
+    build_model = factory.model_builder(config.model, config.data.seed)
     clock.mark("runtime")
-    pipeline = input_pipeline.make_input_pipeline(config, settings.input_index,
-                                                  settings.num_inputs)
+    pipeline = input_pipeline.make_input_pipeline(
+        config.data, settings.input_index, settings.num_inputs,
+        max_steps_per_epoch=config.loop.max_steps_per_epoch, eval_steps=config.loop.eval_steps)
     clock.mark("data")
     runtime.heartbeat()
     built = {}  # The task, once it exists, for the out-of-memory message.
@@ -66,18 +67,18 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     # ---------------------------------------------------------------- Task and checkpoint.
     task = built["task"] = _make_task(settings, runtime, pipeline, build_model)
     hparams = run_record.hparams(settings, task.api, pipeline)
-    meter = throughput.ThroughputMeter(config.batch_size, start_time,
+    meter = throughput.ThroughputMeter(config.data.batch_size, start_time,
                                        input_wait=lambda: task.input_wait_s)
     checkpointer, best = _open_checkpointer(stack, settings, task, pipeline, meter, start_time)
-    step = 0 if config.overwrite else checkpointer.restore_latest()
+    step = 0 if config.output.overwrite else checkpointer.restore_latest()
     plan = _loop_plan(settings, pipeline.steps_per_epoch, task.max_pack, step)
     # Every worker restored the chief's step, so all leave here together; a worker that went on
     # alone would wait for the others in its first collective op.
-    if step >= plan.total_steps and run_record.has_results(config.workdir):
+    if step >= plan.total_steps and run_record.has_results(config.output.workdir):
       if settings.is_chief:
-        print(f"{config.workdir} already finished all {plan.total_steps} steps; add --epochs "
-              "to train further.", flush=True)
-      return run_record.read_results(config.workdir)
+        print(f"{config.output.workdir} already finished all {plan.total_steps} steps; add "
+              "--epochs to train further.", flush=True)
+      return run_record.read_results(config.output.workdir)
 
     # ---------------------------------------------------------------- Workdir.
     writer = _open_workdir(stack, settings, plan, step, hparams)
@@ -85,14 +86,15 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
 
     # ---------------------------------------------------------------- Training loop.
     # One dataset for the whole run: the next epoch is prepared while this one trains.
-    task.start_training(pipeline.training_batches(step, config.epochs, plan.pack), plan.pack,
+    task.start_training(pipeline.training_batches(step, config.loop.epochs, plan.pack), plan.pack,
                         per_process=pipeline.sharding == "file")
-    profiler = profiling.ProfileWindow(config.profile_steps, config.workdir, settings.is_chief)
+    profiler = profiling.ProfileWindow(config.output.profile_steps, config.output.workdir,
+                                       settings.is_chief)
     stack.callback(profiler.stop)
     with preemption.StopRequests() as stop_requests:
       outcome = controller_lib.Controller(
           task, plan, meter, writer, checkpointer,
-          progress.EpochProgress(plan.steps_per_epoch, config.epochs, config.progress,
+          progress.EpochProgress(plan.steps_per_epoch, config.loop.epochs, config.output.progress,
                                  settings.is_chief),
           stop_requests, runtime.heartbeat, profiler, best).run(step)
 
@@ -105,7 +107,7 @@ def _open_runtime(stack: contextlib.ExitStack,
                   config: config_lib.Config) -> runtime_lib.Runtime:
   """Opens the runtime (devices, cluster, strategy; keras.distribution on JAX) on `stack` and,
   on the chief, takes the workdir and checks that the run may start there; returns it."""
-  if config.backend == "jax":
+  if config.runtime.backend == "jax":
     from trainer.distribute import jax_runtime  # pylint: disable=g-import-not-at-top
     runtime = stack.enter_context(jax_runtime.open_runtime(config))
   else:
@@ -113,26 +115,27 @@ def _open_runtime(stack: contextlib.ExitStack,
   settings = runtime.settings
   if settings.is_chief:
     # The one writer of the workdir from here to the end; other workers write only scratch.
-    stack.enter_context(workdir_lock.locked(config.workdir))
-    workdir_lib.check_can_start(config.workdir, settings.run_config(), config.overwrite)
-  peak = optimization.peak_learning_rate(config)
-  scaled = (f" = {config.learning_rate:g} x {config.batch_size}/"
-            f"{optimization.LINEAR_SCALING_BATCH}" if config.lr_scaling == "linear" else "")
+    stack.enter_context(workdir_lock.locked(config.output.workdir))
+    workdir_lib.check_can_start(config.output.workdir, settings.run_config(),
+                                config.output.overwrite)
+  peak = config.peak_learning_rate
+  scaled = (f" = {config.optim.learning_rate:g} x {config.data.batch_size}/"
+            f"{config_lib.LINEAR_SCALING_BATCH}" if config.optim.lr_scaling == "linear" else "")
   logging.info("Keras on %s; strategy %s with %d replica%s on %s; precision %s (%s); %s steps "
-               "per loop, XLA %s; %s, peak learning rate %g%s.", config.backend,
+               "per loop, XLA %s; %s, peak learning rate %g%s.", config.runtime.backend,
                settings.strategy, settings.num_replicas,
                "" if settings.num_replicas == 1 else "s", settings.device,
                settings.precision, settings.precision_reason,
                (f"up to {settings.steps_per_loop}, about {schedule.AUTO_CALL_SECONDS:g} s of"
                 if settings.calls_sized_by_time else settings.steps_per_loop),
-               "on" if settings.jit_compile else "off", config.optimizer, peak, scaled)
+               "on" if settings.jit_compile else "off", config.optim.optimizer, peak, scaled)
   return runtime
 
 
 def _make_task(settings: config_lib.RunSettings, runtime: runtime_lib.Runtime,
                pipeline: input_pipeline.InputPipeline, build_model: factory.ModelBuilder):
   """The backend's task: both give the controller `train_loop` and `evaluate`."""
-  if settings.config.backend == "jax":
+  if settings.config.runtime.backend == "jax":
     from trainer.loop import jax_task  # pylint: disable=g-import-not-at-top
     return jax_task.JaxTask(settings, pipeline, build_model)
   return task_lib.Task(settings, runtime.strategy, pipeline, build_model)
@@ -145,7 +148,7 @@ def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
   Called only once the input has loaded and the checkpoint is known, so bad input leaves nothing
   behind; a run with no checkpoint yet starts clean, with its config.json and HParams entry.
   """
-  workdir = settings.config.workdir
+  workdir = settings.config.output.workdir
   if settings.is_chief and step == 0:
     workdir_lib.start_afresh(workdir, settings.run_config())
   writer = stack.enter_context(summaries.RunWriter(workdir, enabled=settings.is_chief))
@@ -172,7 +175,7 @@ def _open_checkpointer(stack: contextlib.ExitStack, settings: config_lib.RunSett
   with task.scope():
     best = _best_model(settings, task, pipeline)
     checkpointer = checkpointing.Checkpointer(
-        config.workdir, settings.is_chief, config.keep_checkpoints,
+        config.output.workdir, settings.is_chief, config.output.keep_checkpoints,
         this_process=lambda: {**meter.totals(), "wall_time_s": time.time() - start_time},
         **_trackables(task, best))
   stack.callback(checkpointer.close)
@@ -189,20 +192,21 @@ def _best_model(settings: config_lib.RunSettings, task: task_lib.Task,
                 pipeline: input_pipeline.InputPipeline) -> Optional[best_model.BestModel]:
   """The keeper of WORKDIR/best/ under --keep_best, else None."""
   config = settings.config
-  if config.keep_best == "none":
+  if config.output.keep_best == "none":
     return None
 
   def write_exports(folder: str) -> None:
     with _exported_weights(task, config):
       export.export_model(task.model, folder, pipeline.image_shape)
 
-  return best_model.BestModel(config.workdir, config.keep_best, config.export_ema,
+  return best_model.BestModel(config.output.workdir, config.output.keep_best,
+                              config.output.export_ema,
                               settings.is_chief, write_exports)
 
 
 def _exported_weights(task: task_lib.Task, config: config_lib.Config):
   """The weights the exports hold: the moving average's under --export_ema, else the model's."""
-  if task.ema is not None and config.export_ema:
+  if task.ema is not None and config.output.export_ema:
     return task.ema.swapped()
   return contextlib.nullcontext()
 
@@ -212,12 +216,13 @@ def _loop_plan(settings: config_lib.RunSettings, steps_per_epoch: int, max_pack:
   """The run's boundaries, with the largest pack that fits them from `start_step` on."""
   config = settings.config
   return schedule.LoopPlan(
-      steps_per_epoch=steps_per_epoch, epochs=config.epochs, log_every=config.log_every,
-      checkpoint_every=config.checkpoint_every, steps_per_loop=settings.steps_per_loop,
-      pack=schedule.pack_size(max_pack, start_step, steps_per_epoch, config.log_every,
-                              config.checkpoint_every, config.profile_steps,
-                              config.eval_every),
-      profile_steps=config.profile_steps, eval_every=config.eval_every,
+      steps_per_epoch=steps_per_epoch, epochs=config.loop.epochs,
+      log_every=config.output.log_every,
+      checkpoint_every=config.output.checkpoint_every, steps_per_loop=settings.steps_per_loop,
+      pack=schedule.pack_size(max_pack, start_step, steps_per_epoch, config.output.log_every,
+                              config.output.checkpoint_every, config.output.profile_steps,
+                              config.loop.eval_every),
+      profile_steps=config.output.profile_steps, eval_every=config.loop.eval_every,
       timed=settings.calls_sized_by_time)
 
 
@@ -256,7 +261,7 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
   results = run_record.RunResults(
       **hparams, image_shape=list(pipeline.image_shape), num_classes=pipeline.num_classes,
       data_sharding=pipeline.sharding,
-      from_logits=task.from_logits, epochs=config.epochs, params=task.model.count_params(),
+      from_logits=task.from_logits, epochs=config.loop.epochs, params=task.model.count_params(),
       steps=outcome.step, steps_per_epoch=plan.steps_per_epoch,
       steps_per_loop=settings.steps_per_loop, steps_per_xla_call=plan.pack,
       jit_compile=settings.jit_compile, tf_version=tf.__version__,
@@ -284,10 +289,10 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
                                        "examples_per_sec": results.examples_per_sec})
   if settings.is_chief:
     with _exported_weights(task, config):
-      exports = export.export_model(task.model, config.workdir, pipeline.image_shape)
+      exports = export.export_model(task.model, config.output.workdir, pipeline.image_shape)
     results = dataclasses.replace(results, exports=exports)
-    run_record.write_results(config.workdir, results)
-    advice = throughput.input_bound_advice(results.input_wait_share, config.data_service)
+    run_record.write_results(config.output.workdir, results)
+    advice = throughput.input_bound_advice(results.input_wait_share, config.data.data_service)
     if advice:  # Just above the summary block, which stays the last lines.
       print(advice, flush=True)
     print(_summary(settings, task.api, results, untimed=not totals["timed_seconds"]), flush=True)
@@ -305,15 +310,15 @@ def _summary(settings: config_lib.RunSettings, api: str, results: run_record.Run
                    "apart)")
   resumed = (f" over {results.processes} processes" if results.processes > 1 else "")
   return "\n".join([
-      f"Done: {run_record.model_label(config.model, api)} on {settings.strategy} "
+      f"Done: {run_record.model_label(config.model.name, api)} on {settings.strategy} "
       f"x{settings.num_replicas} ({settings.precision}, {settings.device})",
       f"  test accuracy {results.test_accuracy:.4f}, loss {results.test_loss:.4f} "
       f"({_test_examples_covered(results)})",
       f"  {results.examples_per_sec:,.0f} examples/s, {results.wall_time_s:.1f} s{resumed}"
       f"{first_step}",
       *_loss_scaling_line(results),
-      f"  {config.workdir}: results.json, model.keras, saved_model/; "
-      f"tensorboard --logdir {config.workdir}"])
+      f"  {config.output.workdir}: results.json, model.keras, saved_model/; "
+      f"tensorboard --logdir {config.output.workdir}"])
 
 
 def _test_examples_covered(results: run_record.RunResults) -> str:
@@ -344,12 +349,13 @@ def _out_of_memory_reported(config: config_lib.Config, pipeline: input_pipeline.
     if "task" in built:
       params = built["task"].model.count_params()
     else:
-      params = factory.parameter_count(config, pipeline.image_shape, pipeline.num_classes)
-    model = f"the model ({params:,} parameters)" if params else f"the model ({config.model})"
+      params = factory.parameter_count(config.model, pipeline.image_shape, pipeline.num_classes)
+    model = (f"the model ({params:,} parameters)" if params
+             else f"the model ({config.model.name})")
     allocation = re.search(r"OOM when allocating tensor with shape\[[^\]]*\]", str(e))
     detail = allocation.group(0) if allocation else type(e).__name__
     raise errors.UserError(
-        f"Out of memory: {model} with --batch_size={config.batch_size} does not fit in this "
-        f"machine's memory ({detail}). Use a smaller --batch_size or a smaller model"
-        + (" (--hidden_units)" if config.model in ("mlp", "cnn") else "") + ".") from None
+        f"Out of memory: {model} with --batch_size={config.data.batch_size} does not fit in "
+        f"this machine's memory ({detail}). Use a smaller --batch_size or a smaller model"
+        + (" (--hidden_units)" if config.model.name in ("mlp", "cnn") else "") + ".") from None
 

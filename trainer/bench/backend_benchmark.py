@@ -66,7 +66,7 @@ def main(argv) -> None:
   import tempfile  # pylint: disable=g-import-not-at-top
   from trainer.distribute import keras_backend  # pylint: disable=g-import-not-at-top
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
-  keras_backend.select(config_lib.Config(backend=FLAGS.backend))  # Before Keras loads.
+  keras_backend.select(config_lib.RuntimeConfig(backend=FLAGS.backend))  # Before Keras loads.
   from trainer.bench import model_benchmark  # pylint: disable=g-import-not-at-top
   workloads = [model_benchmark.Workload(**{**w, "image_shape": tuple(w["image_shape"])})
                for w in json.loads(FLAGS.workloads)]

@@ -87,7 +87,7 @@ def harness_batches(data_dir: str, image_size: Sequence[int], batch_size: int,
   and what it holds."""
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  pipeline = input_pipeline.make_input_pipeline(config_lib.Config(
+  pipeline = input_pipeline.make_input_pipeline(config_lib.DataConfig(
       data_dir=data_dir, image_size=tuple(image_size), augment="crop_flip",
       batch_size=batch_size, memory_limit_mb=0.001 if streamed else 0.0))
   held = "encoded" if pipeline.encoded else "decoded"

@@ -67,7 +67,7 @@ def timed_steps_for(workload: Workload, ceiling_examples_per_sec: float,
 
 def settings_for(workload: Workload, strategy: str = "default") -> config_lib.Config:
   """The harness's Config for `workload`: its defaults but for the model, data and length."""
-  return config_lib.Config(
+  return config_lib.Config.from_flags(
       model=workload.model, dataset="synthetic", image_shape=workload.image_shape,
       num_classes=NUM_CLASSES, batch_size=workload.batch_size, strategy=strategy,
       # auto is what a user gets: mirrored over every GPU, default on a CPU.

@@ -346,46 +346,46 @@ class InputPipeline:
     return tf.reshape(images, (batch_size, *self.image_shape)), labels
 
 
-def _load(config: config_lib.Config, input_index: int, num_inputs: int) -> sources.Loaded:
-  """Reads the real dataset that `config` names, from --data_dir or through tfds."""
-  limit = sources.memory_limit_bytes(config.memory_limit_mb)
-  if config.data_dir:
-    data_dir = os.path.expanduser(config.data_dir)
+def _load(data: config_lib.DataConfig, input_index: int, num_inputs: int) -> sources.Loaded:
+  """Reads the real dataset that `data` names, from --data_dir or through tfds."""
+  limit = sources.memory_limit_bytes(data.memory_limit_mb)
+  if data.data_dir:
+    data_dir = os.path.expanduser(data.data_dir)
     if not os.path.isdir(data_dir):
-      raise errors.UserError(f"--data_dir={config.data_dir} is not a folder.")
+      raise errors.UserError(f"--data_dir={data.data_dir} is not a folder.")
     if tfrecords.is_tfrecord_folder(data_dir):
-      _refuse_dataset_name(config, "holds TFRecord shards")
-      _refuse_folder_flags(config, "TFRecord shards")
-      return sources.load_tfrecords(data_dir, config.label_offset, config.image_size,
-                                    config.seed, limit, input_index, num_inputs)
-    if config.label_offset:
+      _refuse_dataset_name(data, "holds TFRecord shards")
+      _refuse_folder_flags(data, "TFRecord shards")
+      return sources.load_tfrecords(data_dir, data.label_offset, data.image_size,
+                                    data.seed, limit, input_index, num_inputs)
+    if data.label_offset:
       raise errors.UserError("--label_offset applies to TFRecord shards (train-* and "
                              "validation-* files); this --data_dir holds none. Leave it out.")
     if image_folder.is_image_folder(data_dir):
-      _refuse_dataset_name(config, "is a folder of images")
-      return sources.load_image_folder(data_dir, config.image_size, config.validation_split,
-                                       config.seed, limit)
-    _refuse_folder_flags(config, "--data_dir with IDX files")
-    return sources.load_idx(data_dir, config.dataset, config.image_size)
-  _refuse_folder_flags(config, f"--dataset={config.dataset or 'mnist'}")
-  return sources.load_tfds(config.dataset or "mnist", config.tfds_data_dir,
-                           config.image_size, config.seed, limit)
+      _refuse_dataset_name(data, "is a folder of images")
+      return sources.load_image_folder(data_dir, data.image_size, data.validation_split,
+                                       data.seed, limit)
+    _refuse_folder_flags(data, "--data_dir with IDX files")
+    return sources.load_idx(data_dir, data.dataset, data.image_size)
+  _refuse_folder_flags(data, f"--dataset={data.dataset or 'mnist'}")
+  return sources.load_tfds(data.dataset or "mnist", data.tfds_data_dir,
+                           data.image_size, data.seed, limit)
 
 
-def _refuse_dataset_name(config: config_lib.Config, what: str) -> None:
-  if config.dataset:
+def _refuse_dataset_name(data: config_lib.DataConfig, what: str) -> None:
+  if data.dataset:
     raise errors.UserError(
-        f"--data_dir={config.data_dir} {what}, named by the folder; --dataset={config.dataset} "
+        f"--data_dir={data.data_dir} {what}, named by the folder; --dataset={data.dataset} "
         "names a tensorflow-datasets dataset. Leave --dataset out.")
 
 
-def _refuse_folder_flags(config: config_lib.Config, source: str) -> None:
-  if config.validation_split is not None:
+def _refuse_folder_flags(data: config_lib.DataConfig, source: str) -> None:
+  if data.validation_split is not None:
     raise errors.UserError(f"--validation_split applies to a folder of images, not to {source}, "
                            "which has its own test split. Leave it out.")
 
 
-def _normalization(config: config_lib.Config, loaded: sources.Loaded):
+def _normalization(data: config_lib.DataConfig, loaded: sources.Loaded):
   """Per-channel (mean, std) on the [0, 1] scale for --normalize, the same on every process:
   as the converter recorded them, else from the training split in memory, else from the first
   NORMALIZATION_EXAMPLES of a stream in its epoch-0 order.
@@ -393,7 +393,7 @@ def _normalization(config: config_lib.Config, loaded: sources.Loaded):
   Workers that each read only their own training files and have no recorded statistics take
   them from the first test examples instead, which every worker reads alike.
   """
-  if not config.normalize:
+  if not data.normalize:
     return None
   if loaded.recorded_normalization is not None:
     return loaded.recorded_normalization
@@ -410,7 +410,7 @@ def _normalization(config: config_lib.Config, loaded: sources.Loaded):
     images = np.concatenate([batch.numpy() for batch in examples.take(
         NORMALIZATION_EXAMPLES).map(
             lambda image_bytes: preprocessing.evaluation_image(
-                image_bytes, loaded.image_shape, config.eval_crop),
+                image_bytes, loaded.image_shape, data.eval_crop),
             num_parallel_calls=tf.data.AUTOTUNE).batch(256)])
     return preprocessing.channel_statistics(images, scale=1.0)
   if split is not None:
@@ -421,51 +421,52 @@ def _normalization(config: config_lib.Config, loaded: sources.Loaded):
   return preprocessing.channel_statistics(images)
 
 
-def make_input_pipeline(config: config_lib.Config, input_index: int = 0,
-                        num_inputs: int = 1) -> InputPipeline:
-  """Loads the dataset that `config` names and returns the pipeline that batches it, for
+def make_input_pipeline(data: config_lib.DataConfig, input_index: int = 0, num_inputs: int = 1,
+                        max_steps_per_epoch: int = 0, eval_steps: int = 0) -> InputPipeline:
+  """Loads the dataset that `data` names and returns the pipeline that batches it, for
   process `input_index` of the `num_inputs` that read training data (the workers of a cluster:
-  TFRecord shards are then split among them by file)."""
-  if config.data_service:
-    service.check_reachable(config.data_service)  # Before the data loads: seconds, not minutes.
-  if config.dataset == "synthetic":
-    if config.augment != "none" or config.normalize:
+  TFRecord shards are then split among them by file), with epochs of at most
+  `max_steps_per_epoch` steps and evaluations during training of `eval_steps` batches (0: all)."""
+  if data.data_service:
+    service.check_reachable(data.data_service)  # Before the data loads: seconds, not minutes.
+  if data.dataset == "synthetic":
+    if data.augment != "none" or data.normalize:
       raise errors.UserError("--augment and --normalize apply to real images; synthetic data "
                              "measures compute. Leave them out.")
-    num_test = config.num_test_examples or SYNTHETIC_TEST_BATCHES * config.batch_size
-    loaded = sources.Loaded("synthetic", tuple(config.image_shape) or IMAGE_SHAPE,
-                            config.num_classes or NUM_CLASSES, SYNTHETIC_TRAIN_SIZE, num_test)
+    num_test = data.num_test_examples or SYNTHETIC_TEST_BATCHES * data.batch_size
+    loaded = sources.Loaded("synthetic", tuple(data.image_shape) or IMAGE_SHAPE,
+                            data.num_classes or NUM_CLASSES, SYNTHETIC_TRAIN_SIZE, num_test)
   else:
-    loaded = _load(config, input_index, num_inputs)
+    loaded = _load(data, input_index, num_inputs)
   if loaded.train is not None or loaded.stream is not None:
     logging.info("%s", loaded.describe())
-  if config.data_service:
-    service.check_servable(config.data_service, loaded.stream is not None,
+  if data.data_service:
+    service.check_servable(data.data_service, loaded.stream is not None,
                            loaded.held_bytes if loaded.train is not None else 0)
-    service.log_guarantees(config.data_service)
+    service.log_guarantees(data.data_service)
   if loaded.sharding != "none":
     logging.info("Training data sharded by %s over %d workers: %s.", loaded.sharding, num_inputs,
                  "each reads only its own files" if loaded.sharding == "file"
                  else "each keeps its slice of every batch")
-  batch = config.batch_size
+  batch = data.batch_size
   steps_per_epoch = loaded.num_train // batch
   if steps_per_epoch == 0:
     raise errors.UserError(
         f"--batch_size={batch} is larger than the {loaded.num_train} training examples.")
-  if config.max_steps_per_epoch:
-    steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+  if max_steps_per_epoch:
+    steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
   num_test = loaded.num_test
-  if config.num_test_examples:
-    num_test = min(num_test, config.num_test_examples)
-  if config.eval_steps:
-    num_test = min(num_test, config.eval_steps * batch)
+  if data.num_test_examples:
+    num_test = min(num_test, data.num_test_examples)
+  if eval_steps:
+    num_test = min(num_test, eval_steps * batch)
   return InputPipeline(
-      global_batch_size=batch, seed=config.seed, steps_per_epoch=steps_per_epoch,
+      global_batch_size=batch, seed=data.seed, steps_per_epoch=steps_per_epoch,
       eval_steps=-(-num_test // batch), num_test_examples=num_test,
       image_shape=tuple(int(size) for size in loaded.image_shape),
       num_classes=int(loaded.num_classes), name=loaded.name, train=loaded.train,
-      test=loaded.test, stream=loaded.stream, augment=config.augment,
-      normalization=_normalization(config, loaded), sharding=loaded.sharding,
+      test=loaded.test, stream=loaded.stream, augment=data.augment,
+      normalization=_normalization(data, loaded), sharding=loaded.sharding,
       num_inputs=num_inputs, test_split_size=loaded.num_test,
-      final_test_limit=config.num_test_examples, encoded=loaded.encoded,
-      eval_crop=config.eval_crop, data_service=config.data_service)
+      final_test_limit=data.num_test_examples, encoded=loaded.encoded,
+      eval_crop=data.eval_crop, data_service=data.data_service)

@@ -193,7 +193,7 @@ def peer_failures_reported(who: Optional[str]):
         "become unreachable. Restart the whole cluster.") from None
 
 
-def leave_cluster(config) -> None:
+def leave_cluster(runtime) -> None:
   """Ends a finished multi-worker process so that no worker logs a spurious error.
 
   Each worker's coordination agent sends heartbeats to the chief's service: a worker still
@@ -203,15 +203,15 @@ def leave_cluster(config) -> None:
   (they have written all they write), while the chief waits a second before exiting: no
   worker outlives the service it reports to.
   """
-  if config.strategy != "multi_worker_mirrored" or config.backend == "jax":
+  if runtime.strategy != "multi_worker_mirrored" or runtime.backend == "jax":
     return  # JAX's distributed client leaves the cluster at exit on its own.
   from tensorflow.python.eager import context  # pylint: disable=g-import-not-at-top
-  tf_config = tf_config_from_environment(config.worker_hosts, config.task_index)
+  tf_config = tf_config_from_environment(runtime.worker_hosts, runtime.task_index)
   task, jobs = tf_config["task"], tf_config["cluster"]
   chief = task["type"] == "chief" or (task["type"] == "worker" and task["index"] == 0
                                       and "chief" not in jobs)
   try:
-    context.context().wait_at_barrier("trainer-finished", int(config.worker_timeout * 1000))
+    context.context().wait_at_barrier("trainer-finished", int(runtime.worker_timeout * 1000))
   except Exception:  # pylint: disable=broad-except
     return  # A peer is gone already: nothing to wait for.
   if chief:

@@ -30,32 +30,35 @@ from trainer.distribute import watchdog as watchdog_lib
 
 @contextlib.contextmanager
 def open_runtime(config: config_lib.Config) -> Iterator[runtime_lib.Runtime]:
-  """Sets up JAX's devices and Keras's distribution for `config`; yields the Runtime."""
+  """Sets up JAX's devices and Keras's distribution for `config` (its runtime section; the batch
+  for its check); yields the Runtime."""
+  runtime = config.runtime
   import jax  # pylint: disable=g-import-not-at-top
   import keras  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
-  if config.deterministic:
+  if runtime.deterministic:
     tf.config.experimental.enable_op_determinism()  # The input pipeline's ops.
   task = None
   input_index, num_inputs = 0, 1
   with contextlib.ExitStack() as stack:
     heartbeat = lambda: None
-    if config.strategy == "multi_worker_mirrored":
-      tf_config = cluster.tf_config_from_environment(config.worker_hosts, config.task_index)
+    if runtime.strategy == "multi_worker_mirrored":
+      tf_config = cluster.tf_config_from_environment(runtime.worker_hosts, runtime.task_index)
       task = cluster.describe_task(tf_config)
       input_index, num_inputs = cluster.input_position(tf_config)
-      watchdog = watchdog_lib.ProgressWatchdog(config.worker_timeout, task)
+      watchdog = watchdog_lib.ProgressWatchdog(runtime.worker_timeout, task)
       stack.callback(watchdog.stop)
       heartbeat = watchdog.beat
       _join_cluster(jax, keras, cluster.worker_addresses(tf_config), input_index, num_inputs)
       heartbeat()
-    strategy = _strategy_name(config.strategy, len(jax.local_devices()))
+    strategy = _strategy_name(runtime.strategy, len(jax.local_devices()))
     devices = jax.devices() if strategy != "default" else jax.devices()[:1]
     if strategy in ("mirrored", "multi_worker_mirrored"):
       keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
       stack.callback(keras.distribution.set_distribution, None)  # The next run starts clean.
-    distribution.check_batch_size(config.batch_size, len(devices), config.grad_accum_steps)
-    policy, reason = _precision(config, jax)
+    distribution.check_batch_size(config.data.batch_size, len(devices),
+                                  config.optim.grad_accum_steps)
+    policy, reason = _precision(runtime.precision, jax)
     settings = config_lib.RunSettings(
         config=config, strategy=strategy, num_replicas=len(devices), precision=policy,
         precision_reason=reason, device=_describe(jax), is_chief=jax.process_index() == 0,
@@ -84,11 +87,11 @@ def _join_cluster(jax, keras, addresses, process_id: int, num_processes: int) ->
         "worker runs with the same --worker_hosts (or TF_CONFIG).") from None
 
 
-def _precision(config: config_lib.Config, jax):
+def _precision(requested: str, jax):
   """auto on JAX: the GPU rule (precision.gpu_precision); float32 on CPUs, where the bfloat16
   measurements behind TensorFlow's choice were of oneDNN's kernels, not XLA's."""
-  if config.precision != "auto":
-    return config.precision, "asked for with --precision"
+  if requested != "auto":
+    return requested, "asked for with --precision"
   capabilities = [tuple(int(part) for part in device.compute_capability.split("."))
                   for device in jax.devices() if device.platform == "gpu"
                   and getattr(device, "compute_capability", None)]

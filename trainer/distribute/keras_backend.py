@@ -17,24 +17,24 @@ from trainer import errors
 _HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
 
 
-def select(config: config_lib.Config) -> None:
-  """Makes `config.backend` the backend Keras loads with; refuses one that cannot load."""
+def select(runtime: config_lib.RuntimeConfig) -> None:
+  """Makes `runtime.backend` the backend Keras loads with; refuses one that cannot load."""
   loaded = sys.modules.get("keras")
   if loaded is not None:
     current = loaded.backend.backend()
-    if current != config.backend:
+    if current != runtime.backend:
       raise errors.UserError(
-          f"--backend={config.backend}: Keras is already loaded with {current} in this "
+          f"--backend={runtime.backend}: Keras is already loaded with {current} in this "
           "process, and keeps its first backend. Run the trainer in a process of its own.")
     return
   jax_installed = importlib.util.find_spec("jax") is not None
-  if config.backend == "jax" and not jax_installed:
+  if runtime.backend == "jax" and not jax_installed:
     raise errors.UserError("--backend=jax needs JAX, which is not installed: pip install -e "
                            "'.[jax]' (GPUs: '.[jax-cuda]'), or leave --backend out.")
-  os.environ["KERAS_BACKEND"] = config.backend
-  if config.backend == "jax" and config.cpu_devices > 1:
+  os.environ["KERAS_BACKEND"] = runtime.backend
+  if runtime.backend == "jax" and runtime.cpu_devices > 1:
     os.environ["XLA_FLAGS"] = with_host_devices(os.environ.get("XLA_FLAGS", ""),
-                                                config.cpu_devices)
+                                                runtime.cpu_devices)
   if jax_installed:
     # TensorFlow imports JAX too where it is installed (tf.lite tries `from jax import jit`),
     # and a Ctrl-C while jaxlib's native module initialises crashed the process (SIGSEGV in

@@ -30,15 +30,17 @@ class Runtime:
 
 @contextlib.contextmanager
 def open_runtime(config: config_lib.Config) -> Iterator[Runtime]:
-  """Sets up devices and the strategy for `config`; yields the Runtime."""
-  hardware.configure_gpu_memory(config.gpu_memory_growth)  # Before anything touches a GPU.
-  if config.deterministic:
+  """Sets up devices and the strategy for `config` (its runtime section; the batch and the model
+  for their checks); yields the Runtime."""
+  runtime = config.runtime
+  hardware.configure_gpu_memory(runtime.gpu_memory_growth)  # Before anything touches a GPU.
+  if runtime.deterministic:
     tf.config.experimental.enable_op_determinism()
-  hardware.split_cpu(config.cpu_devices)
+  hardware.split_cpu(runtime.cpu_devices)
   tf_config = task = None
   input_index, num_inputs = 0, 1
-  if config.strategy == "multi_worker_mirrored":
-    tf_config = cluster.tf_config_from_environment(config.worker_hosts, config.task_index)
+  if runtime.strategy == "multi_worker_mirrored":
+    tf_config = cluster.tf_config_from_environment(runtime.worker_hosts, runtime.task_index)
     task = cluster.describe_task(tf_config)
     input_index, num_inputs = cluster.input_position(tf_config)
   with contextlib.ExitStack() as stack:
@@ -46,17 +48,17 @@ def open_runtime(config: config_lib.Config) -> Iterator[Runtime]:
     if task:
       # A worker whose peers never come (or die) blocks inside TensorFlow; the watchdog bounds
       # that.
-      watchdog = watchdog_lib.ProgressWatchdog(config.worker_timeout, task)
+      watchdog = watchdog_lib.ProgressWatchdog(runtime.worker_timeout, task)
       stack.callback(watchdog.stop)
       heartbeat = watchdog.beat
     stack.enter_context(cluster.peer_failures_reported(task))
-    strategy = distribution.make_strategy(config.strategy, tf_config)
+    strategy = distribution.make_strategy(runtime.strategy, tf_config)
     heartbeat()
-    distribution.check_batch_size(config.batch_size, strategy.num_replicas_in_sync,
-                                  config.grad_accum_steps)
+    distribution.check_batch_size(config.data.batch_size, strategy.num_replicas_in_sync,
+                                  config.optim.grad_accum_steps)
     # XLA as on one replica, so every strategy of the same settings gets the same precision.
     policy, reason = precision_lib.resolve_precision(
-        config.precision, config.model, xla=config_lib.compiles_with_xla(config, 1))
+        runtime.precision, config.model.name, xla=config_lib.compiles_with_xla(config, 1))
     settings = config_lib.RunSettings(
         config=config, strategy=distribution.strategy_name(strategy),
         num_replicas=strategy.num_replicas_in_sync, precision=policy, precision_reason=reason,

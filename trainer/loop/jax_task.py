@@ -73,23 +73,24 @@ class JaxTask:
   def __init__(self, settings: config_lib.RunSettings, pipeline: input_pipeline.InputPipeline,
                build_model: factory.ModelBuilder):
     self._settings = settings
-    config = settings.config
+    config, optim = settings.config, settings.config.optim
     built = build_model(pipeline.image_shape, pipeline.num_classes, settings.precision)
     self.model, self.api, self.from_logits = built.model, built.api, built.from_logits
-    self.learning_rate = optimization.learning_rate_schedule(config, pipeline.steps_per_epoch)
+    self.learning_rate = optimization.learning_rate_schedule(
+        optim, config.peak_learning_rate, config.loop.epochs, pipeline.steps_per_epoch)
     self.loss_scaling = precision_lib.uses_loss_scaling(settings.precision)
     self.optimizer = optimization.make_optimizer(
-        config, self.learning_rate, self.model.trainable_variables,
+        optim, self.learning_rate, self.model.trainable_variables,
         loss_scaling=self.loss_scaling)
     trainable = self.model.trainable_variables
     decayed = ({id(v) for v in optimization.decayed_variables(trainable)}
-               if config.optimizer == "sgd" and config.weight_decay else set())
+               if optim.optimizer == "sgd" and optim.weight_decay else set())
     self._l2_indices = [index for index, v in enumerate(trainable) if id(v) in decayed]
-    self.ema = WeightAverage(trainable, config.ema_decay) if config.ema_decay else None
+    self.ema = WeightAverage(trainable, optim.ema_decay) if optim.ema_decay else None
     self._loss_fn, self._train_loss_fn = optimization.loss_functions(
-        self.from_logits, config.label_smoothing, pipeline.num_classes)
+        self.from_logits, optim.label_smoothing, pipeline.num_classes)
     distribution = keras.distribution.distribution()
-    self._data_sharding = (distribution.get_data_layout((config.batch_size,)).backend_layout
+    self._data_sharding = (distribution.get_data_layout((config.data.batch_size,)).backend_layout
                            if distribution is not None else None)
     self._eval_dataset = pipeline.eval_dataset()
     whole = pipeline.final_test_split()
@@ -146,7 +147,7 @@ class JaxTask:
     loss, correct, examples, norms, steps = (float(value) for value in jax.device_get(self._sums))
     metrics = {"loss": loss / max(examples, 1.0), "accuracy": correct / max(examples, 1.0),
                "learning_rate": float(self.learning_rate(self.optimizer.iterations.value))}
-    if self._settings.config.clip_norm:
+    if self._settings.config.optim.clip_norm:
       metrics["gradient_norm"] = norms / max(steps, 1.0)
     if self.loss_scaling:
       metrics["loss_scale"] = self.loss_scale
@@ -267,17 +268,17 @@ class JaxTask:
     outputs = keras.ops.cast(outputs, "float32")
     per_example_loss = self._train_loss_fn(labels, outputs)
     config = self._settings.config
-    loss = keras.ops.sum(per_example_loss) / config.batch_size
+    loss = keras.ops.sum(per_example_loss) / config.data.batch_size
     if self._l2_indices:
       loss += optimization.l2_loss([trainable[index] for index in self._l2_indices],
-                                   config.weight_decay, config.grad_accum_steps)
+                                   config.optim.weight_decay, config.optim.grad_accum_steps)
     return loss * scale, (per_example_loss, outputs, non_trainable)
 
   def _gradients(self, trainable, non_trainable, images, labels, scale):
     # The batch's gradient, as --grad_accum_steps micro-batches one after another (a scan: one
     # micro-batch's activations alive at a time) whose gradients are summed.
     grad_fn = jax.grad(self._loss, has_aux=True)
-    steps = self._settings.config.grad_accum_steps
+    steps = self._settings.config.optim.grad_accum_steps
     if steps == 1:
       return grad_fn(trainable, non_trainable, images, labels, scale)
     micro_images = images.reshape((steps, -1) + images.shape[1:])
@@ -305,7 +306,7 @@ class JaxTask:
     gradients, (per_example_loss, outputs, non_trainable) = self._gradients(
         trainable, non_trainable, images, labels, scale)
     norm = jnp.zeros([], jnp.float32)
-    if config.clip_norm:  # The optimizer clips (global_clipnorm); this records the norm.
+    if config.optim.clip_norm:  # The optimizer clips (global_clipnorm); this records the norm.
       norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in gradients)) / scale
     skipped_before = self._skipped(optimizer_values)
     trainable, optimizer_values = self.optimizer.stateless_apply(optimizer_values, gradients,

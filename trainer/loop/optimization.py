@@ -29,14 +29,6 @@ from trainer import config as config_lib
 from trainer import errors
 
 STEP_DROP = 0.1  # --lr_schedule=step multiplies by this at each of --lr_drops.
-LINEAR_SCALING_BATCH = 256  # --lr_scaling=linear: the batch --learning_rate is given for.
-
-
-def peak_learning_rate(config: config_lib.Config) -> float:
-  """--learning_rate, times global batch / 256 under --lr_scaling=linear."""
-  if config.lr_scaling == "linear":
-    return config.learning_rate * config.batch_size / LINEAR_SCALING_BATCH
-  return config.learning_rate
 
 
 @keras.saving.register_keras_serializable(package="trainer")
@@ -81,22 +73,24 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "drop_steps": list(self.drop_steps)}
 
 
-def learning_rate_schedule(config: config_lib.Config, steps_per_epoch: int) -> WarmupSchedule:
-  """The schedule of `config` for epochs of `steps_per_epoch`; refuses one that cannot run."""
-  total_steps = config.epochs * steps_per_epoch
-  warmup_steps = config.warmup_steps or config.warmup_epochs * steps_per_epoch
+def learning_rate_schedule(optim: config_lib.OptimConfig, peak_learning_rate: float,
+                           epochs: int, steps_per_epoch: int) -> WarmupSchedule:
+  """The schedule of `optim` from `peak_learning_rate` (config.Config.peak_learning_rate) for
+  `epochs` of `steps_per_epoch`; refuses one that cannot run."""
+  total_steps = epochs * steps_per_epoch
+  warmup_steps = optim.warmup_steps or optim.warmup_epochs * steps_per_epoch
   if warmup_steps >= total_steps:
     raise errors.UserError(
         f"The warm-up ({warmup_steps} steps) is as long as the run ({total_steps} steps: "
-        f"{config.epochs} epochs of {steps_per_epoch}). Shorten --warmup_steps or "
+        f"{epochs} epochs of {steps_per_epoch}). Shorten --warmup_steps or "
         "--warmup_epochs, or train for more --epochs.")
-  if config.lr_drops and max(config.lr_drops) >= config.epochs:
+  if optim.lr_drops and max(optim.lr_drops) >= epochs:
     raise errors.UserError(
-        f"--lr_drops={','.join(map(str, config.lr_drops))} drops the learning rate at or past "
-        f"the last epoch ({config.epochs}); give epochs between 1 and {config.epochs - 1}.")
-  return WarmupSchedule(peak_learning_rate(config), total_steps, warmup_steps,
-                        config.lr_schedule, [epoch * steps_per_epoch
-                                             for epoch in config.lr_drops])
+        f"--lr_drops={','.join(map(str, optim.lr_drops))} drops the learning rate at or past "
+        f"the last epoch ({epochs}); give epochs between 1 and {epochs - 1}.")
+  return WarmupSchedule(peak_learning_rate, total_steps, warmup_steps,
+                        optim.lr_schedule, [epoch * steps_per_epoch
+                                            for epoch in optim.lr_drops])
 
 
 def no_decay_variables(variables: Sequence[tf.Variable]) -> List[tf.Variable]:
@@ -168,37 +162,37 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     return trainable_variables, [scope.get_current_value(v) for v in self.variables]
 
 
-def make_optimizer(config: config_lib.Config, schedule: WarmupSchedule,
+def make_optimizer(optim: config_lib.OptimConfig, schedule: WarmupSchedule,
                    variables: Sequence[tf.Variable],
                    gradient_norm: Optional[keras.metrics.Mean] = None,
                    loss_scaling: bool = False) -> keras.optimizers.Optimizer:
-  """The --optimizer of `config`, for gradients summed over replicas by the caller; adam's and
+  """The --optimizer of `optim`, for gradients summed over replicas by the caller; adam's and
   adamw's decoupled weight decay kept off `no_decay_variables` (sgd's is `l2_loss`, added to
   the loss); under --clip_norm the summed gradient clipped, its norm before clipping recorded
   in `gradient_norm` (on JAX: Keras's global_clipnorm on the global gradient, the norm recorded
   by the task); with `loss_scaling`, wrapped in dynamic loss scaling and built."""
-  decoupled: Optional[float] = (config.weight_decay or None) if config.optimizer != "sgd" else None
-  if config.optimizer == "sgd":
-    optimizer_class, settings = keras.optimizers.SGD, dict(momentum=config.momentum,
-                                                           nesterov=config.nesterov)
-  elif config.optimizer == "adamw" and decoupled:
+  decoupled: Optional[float] = (optim.weight_decay or None) if optim.optimizer != "sgd" else None
+  if optim.optimizer == "sgd":
+    optimizer_class, settings = keras.optimizers.SGD, dict(momentum=optim.momentum,
+                                                           nesterov=optim.nesterov)
+  elif optim.optimizer == "adamw" and decoupled:
     optimizer_class, settings = keras.optimizers.AdamW, dict(weight_decay=decoupled)
   else:  # AdamW without decay is Adam.
     optimizer_class, settings = keras.optimizers.Adam, dict(weight_decay=decoupled)
   if keras.backend.backend() == "tensorflow":
-    optimizer_class = _taking_summed_gradients(optimizer_class, config.clip_norm, gradient_norm)
-  elif config.clip_norm:
+    optimizer_class = _taking_summed_gradients(optimizer_class, optim.clip_norm, gradient_norm)
+  elif optim.clip_norm:
     # JAX's gradient is the global batch's already (one SPMD step), so Keras's own clipping of
     # the global norm clips the sum, after loss scaling's unscaling.
-    settings["global_clipnorm"] = config.clip_norm
+    settings["global_clipnorm"] = optim.clip_norm
   optimizer = optimizer_class(schedule, **settings)
   excluded = no_decay_variables(variables)
   if decoupled:
     optimizer.exclude_from_weight_decay(var_list=excluded)
-  if config.weight_decay:
+  if optim.weight_decay:
     logging.info("Weight decay %g (%s) on %d variables; not on %d biases and normalisation "
-                 "parameters: %s", config.weight_decay,
-                 "L2 in the loss" if config.optimizer == "sgd" else "decoupled",
+                 "parameters: %s", optim.weight_decay,
+                 "L2 in the loss" if optim.optimizer == "sgd" else "decoupled",
                  len(variables) - len(excluded), len(excluded),
                  errors.summarized([variable.path for variable in excluded]))
   if loss_scaling:

@@ -37,29 +37,30 @@ class Task:
   def __init__(self, settings: config_lib.RunSettings, strategy: tf.distribute.Strategy,
                pipeline: input_pipeline.InputPipeline, build_model: factory.ModelBuilder):
     self._settings, self._strategy = settings, strategy
-    config = settings.config
+    config, optim = settings.config, settings.config.optim
     with strategy.scope():
       built = build_model(pipeline.image_shape, pipeline.num_classes, settings.precision)
       self.model = built.model
       self.api = built.api  # As detected for the user's own model.
       self.from_logits = built.from_logits
-      self.learning_rate = optimization.learning_rate_schedule(config, pipeline.steps_per_epoch)
-      self._gradient_norm = keras.metrics.Mean("gradient_norm") if config.clip_norm else None
+      self.learning_rate = optimization.learning_rate_schedule(
+          optim, config.peak_learning_rate, config.loop.epochs, pipeline.steps_per_epoch)
+      self._gradient_norm = keras.metrics.Mean("gradient_norm") if optim.clip_norm else None
       self.loss_scaling = precision_lib.uses_loss_scaling(settings.precision)
       self.optimizer = optimization.make_optimizer(
-          config, self.learning_rate, self.model.trainable_variables, self._gradient_norm,
+          optim, self.learning_rate, self.model.trainable_variables, self._gradient_norm,
           loss_scaling=self.loss_scaling)
       self._l2_variables = (optimization.decayed_variables(self.model.trainable_variables)
-                            if config.optimizer == "sgd" and config.weight_decay else [])
+                            if optim.optimizer == "sgd" and optim.weight_decay else [])
       # The weights' moving average (--ema_decay), or None; the checkpoint holds it.
       self.ema = (averaging.WeightAverage(strategy, self.model.trainable_variables,
-                                          config.ema_decay) if config.ema_decay else None)
+                                          optim.ema_decay) if optim.ema_decay else None)
       self._train_loss = keras.metrics.Mean("loss")
       self._train_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
       self._eval_loss = keras.metrics.Mean("loss")
       self._eval_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
     self._loss_fn, self._train_loss_fn = optimization.loss_functions(
-        self.from_logits, config.label_smoothing, pipeline.num_classes)
+        self.from_logits, optim.label_smoothing, pipeline.num_classes)
     # Variables each replica updates in its own copy during a step, averaged after it
     # (BatchNorm's moving statistics of the ResNets: see resnet._assign_this_replicas_copy).
     self._replica_averaged = distribution.replica_averaged(self.model.non_trainable_variables)
@@ -119,7 +120,7 @@ class Task:
     """
     if per_process:
       distributed = distribution.distribute_per_process(self._strategy, dataset,
-                                                        self._settings.config.batch_size)
+                                                        self._settings.config.data.batch_size)
     else:
       distributed = distribution.distribute_dataset(self._strategy, dataset)
     self._iterator = iter(distributed)
@@ -240,11 +241,11 @@ class Task:
       outputs = self._outputs(images, training=True)
       per_example_loss = self._train_loss_fn(labels, outputs)
       # Divide by the GLOBAL batch: the optimizer sums gradients across replicas.
-      loss = tf.reduce_sum(per_example_loss) / self._settings.config.batch_size
+      loss = tf.reduce_sum(per_example_loss) / self._settings.config.data.batch_size
       if self._l2_variables:
         loss += optimization.l2_loss(
-            self._l2_variables, self._settings.config.weight_decay,
-            self._settings.num_replicas * self._settings.config.grad_accum_steps)
+            self._l2_variables, self._settings.config.optim.weight_decay,
+            self._settings.num_replicas * self._settings.config.optim.grad_accum_steps)
       scaled_loss = self.optimizer.scale_loss(loss)
     gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
     return gradients, per_example_loss, outputs
@@ -253,7 +254,7 @@ class Task:
     # The replica's batch as --grad_accum_steps micro-batches, one after another in an in-graph
     # loop: only one micro-batch's activations are alive at a time. Each micro-batch's loss is
     # divided by the global batch already, so the sum of their gradients is the batch's.
-    steps = self._settings.config.grad_accum_steps
+    steps = self._settings.config.optim.grad_accum_steps
     if steps == 1:
       return self._forward_backward(images, labels)
     micro_images = tf.reshape(images, tf.concat([[steps, -1], tf.shape(images)[1:]], 0))
@@ -326,7 +327,7 @@ class Task:
       # One replica: XLA fuses whole steps (optimizer update and metrics included) into one call.
       train_pack = tf.function(train_pack, jit_compile=True)
 
-    clock = _loop_clock(self._settings.config.deterministic)
+    clock = _loop_clock(self._settings.config.runtime.deterministic)
 
     @tf.function
     def train_loop(iterator, num_packs):

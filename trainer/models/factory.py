@@ -32,27 +32,28 @@ def build_model(network: str, api: str, image_shape: Sequence[int], num_classes:
   return simple.build_model(api, hidden_units, seed, precision, image_shape, num_classes, network)
 
 
-def model_builder(config: config_lib.Config) -> ModelBuilder:
-  """Returns what builds the model of `config` for (image_shape, num_classes, precision).
+def model_builder(model: config_lib.ModelConfig, seed: int) -> ModelBuilder:
+  """Returns what builds `model` with initial weights from `seed` for (image_shape, num_classes,
+  precision).
 
   The user's own module is imported here, and an application's name checked, so a --model that
   names nothing fails before any data loads.
   """
-  if config_lib.brings_its_own_api(config.model):
-    function = (applications.load_function(config.model) if config.application
-                else own_model.load_function(config.model))
+  if config_lib.brings_its_own_api(model.name):
+    function = (applications.load_function(model.name) if model.application
+                else own_model.load_function(model.name))
     return lambda image_shape, num_classes, precision: own_model.build(
-        function, image_shape, num_classes, precision, config.seed)
+        function, image_shape, num_classes, precision, seed)
   return lambda image_shape, num_classes, precision: own_model.BuiltModel(
-      build_model(config.model, config.api, image_shape, num_classes, config.seed, precision,
-                  config.hidden_units, config.sync_batchnorm),
-      api=config.api, from_logits=False)
+      build_model(model.name, model.api, image_shape, num_classes, seed, precision,
+                  model.hidden_units, model.sync_batchnorm),
+      api=model.api, from_logits=False)
 
 
-def parameter_count(config: config_lib.Config, image_shape: Sequence[int],
+def parameter_count(model: config_lib.ModelConfig, image_shape: Sequence[int],
                     num_classes: int) -> Optional[int]:
   """The parameter count of the built-in mlp or cnn, computed without building it (for a model
   too large to build); None for every other model."""
-  if config.model not in simple.LAYERS:
+  if model.name not in simple.LAYERS:
     return None
-  return simple.parameter_count(config.model, image_shape, num_classes, config.hidden_units)
+  return simple.parameter_count(model.name, image_shape, num_classes, model.hidden_units)

@@ -100,11 +100,12 @@ def hparams(settings: config_lib.RunSettings, api: str, pipeline) -> dict:
   """The HPARAMS of a run, known once its model is built: `api` as built or detected, the
   dataset's name from its input_pipeline.InputPipeline."""
   config = settings.config
-  return {"model": config.model, "api": api, "backend": config.backend,
+  return {"model": config.model.name, "api": api, "backend": config.runtime.backend,
           "strategy": settings.strategy,
           "num_replicas": settings.num_replicas, "precision": settings.precision,
-          "device": settings.device, "global_batch_size": config.batch_size,
-          "dataset": pipeline.name, "hidden_units": config.hidden_units, "seed": config.seed}
+          "device": settings.device, "global_batch_size": config.data.batch_size,
+          "dataset": pipeline.name, "hidden_units": config.model.hidden_units,
+          "seed": config.data.seed}
 
 
 RECIPE = ("optimizer", "momentum", "nesterov", "weight_decay", "learning_rate", "lr_scaling",
@@ -116,11 +117,11 @@ RECIPE = ("optimizer", "momentum", "nesterov", "weight_decay", "learning_rate", 
 def recipe(config: config_lib.Config, steps_per_epoch: int) -> Dict[str, object]:
   """results.json's `recipe`: the RECIPE settings of `config`, with the peak learning rate
   (after --lr_scaling) and the warm-up in steps (after --warmup_epochs)."""
-  from trainer.loop import optimization  # pylint: disable=g-import-not-at-top
-  values = {name: getattr(config, name) for name in RECIPE}
-  values["lr_drops"] = list(config.lr_drops)
-  values["learning_rate"] = optimization.peak_learning_rate(config)
-  values["warmup_steps"] = config.warmup_steps or config.warmup_epochs * steps_per_epoch
+  flat = config.to_flags()
+  values = {name: flat[name] for name in RECIPE}
+  values["lr_drops"] = list(config.optim.lr_drops)
+  values["learning_rate"] = config.peak_learning_rate
+  values["warmup_steps"] = config.optim.warmup_steps or config.optim.warmup_epochs * steps_per_epoch
   return values
 
 
@@ -147,10 +148,10 @@ def hparams_entry(settings: config_lib.RunSettings, hparams: dict) -> dict:
   a batch of 64 would read 64.000 and a learning rate of 0.001 0.0010000. Lists become text.
   """
   config = settings.config
-  entry = {name: value for name, value in config.to_dict().items()
+  entry = {name: value for name, value in config.to_flags().items()
            if name not in _NOT_HPARAMS and name != "batch_size"}
   entry.update({name: value for name, value in hparams.items() if name not in _DERIVED})
-  entry["steps_per_loop"] = config.steps_per_loop or None  # 0 is auto.
+  entry["steps_per_loop"] = config.loop.steps_per_loop or None  # 0 is auto.
   shown = {}
   for name, value in sorted(entry.items()):
     if isinstance(value, bool):
