@@ -103,7 +103,7 @@ def _no_space(*args, **kwargs):
 
 @pytest.mark.parametrize("patched, what", [
     # config.json is the first file a run writes: json.dump fails inside the atomic writer.
-    ("trainer.records.workdir.json.dump", "config.json"),
+    ("trainer.safe_files.json.dump", "config.json"),
     ("tensorflow.summary.scalar", "TensorBoard events"),
     ("tensorflow.train.CheckpointManager.save", "checkpoint of step 10"),
     ("keras.Model.save", "model.keras export"),

@@ -38,10 +38,10 @@ from absl import app
 from absl import flags
 
 from trainer import console
+from trainer import safe_files
 from trainer.bench import input_benchmark
 from trainer.bench import timing
 from trainer.loop import startup
-from trainer.records import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PEERS = ("plain_fit", "tuned_fit", "minimal_loop", "harness")
@@ -648,7 +648,7 @@ def main(argv):
       record = run_benchmark(FLAGS.data_dir, [int(b) for b in FLAGS.batch_sizes],
                              FLAGS.strategies, FLAGS.repeats, FLAGS.accuracy_repeats, FLAGS.tiny,
                              root)
-  workdir_lib.write_json(FLAGS.output, record, sort_keys=False)  # Rows stay in table order.
+  safe_files.write_json(FLAGS.output, record, sort_keys=False)  # Rows stay in table order.
   report = format_quick_report(record) if FLAGS.quick else format_report(record)
   print("\n" + report)
   if FLAGS.report:

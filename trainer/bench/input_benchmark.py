@@ -64,7 +64,7 @@ def write_jpeg_shards(output: str, count: int, seed: int = 0, num_shards: int = 
   (train-* and test-*), as trainer.tfrecords writes them; returns the bytes of JPEG written."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer.data import tfrecords  # pylint: disable=g-import-not-at-top
-  from trainer.records import workdir  # pylint: disable=g-import-not-at-top
+  from trainer import safe_files  # pylint: disable=g-import-not-at-top
   os.makedirs(output, exist_ok=True)
   rng = np.random.default_rng(seed)
   encoded = [tf.io.encode_jpeg(imagenet_like_image(rng), quality=JPEG_QUALITY).numpy()
@@ -73,9 +73,9 @@ def write_jpeg_shards(output: str, count: int, seed: int = 0, num_shards: int = 
   num_test = max(1, count // 10)
   files = {**tfrecords.write_split(output, "train", encoded.__getitem__, labels, num_shards),
            **tfrecords.write_split(output, "test", encoded.__getitem__, labels[:num_test], 1)}
-  workdir.write_json(os.path.join(output, tfrecords.METADATA_FILE),
-                     {"num_classes": NUM_CLASSES, "files": files,
-                      "class_names": [str(label) for label in range(NUM_CLASSES)]})
+  safe_files.write_json(os.path.join(output, tfrecords.METADATA_FILE),
+                        {"num_classes": NUM_CLASSES, "files": files,
+                         "class_names": [str(label) for label in range(NUM_CLASSES)]})
   return sum(len(image) for image in encoded)
 
 
@@ -226,7 +226,7 @@ def main(config) -> dict:
   """Runs the input benchmark for the benchmark's parsed flags `config`; prints the report."""
   import tempfile  # pylint: disable=g-import-not-at-top
   from trainer import errors  # pylint: disable=g-import-not-at-top
-  from trainer.records import workdir  # pylint: disable=g-import-not-at-top
+  from trainer import safe_files  # pylint: disable=g-import-not-at-top
   image_size = [int(side) for side in config.image_size]
   with errors.shown_as_one_line():
     if config.make_jpegs:
@@ -238,7 +238,7 @@ def main(config) -> dict:
     with tempfile.TemporaryDirectory(prefix="input-benchmark-") as root:
       record = run_input_benchmark(config.data_dir, image_size, config.input_batches,
                                    config.repeats, config.input_model, root)
-  workdir.write_json(config.output, record, sort_keys=False)
+  safe_files.write_json(config.output, record, sort_keys=False)
   print("\n" + format_input_report(record))
   print(f"\nWritten to {config.output}")
   return record

@@ -27,7 +27,7 @@ from trainer.data import idx_files
 from trainer.data import image_folder
 from trainer.data import preprocessing
 from trainer import errors
-from trainer.records import workdir as workdir_lib
+from trainer import safe_files
 
 IMAGE_KEY = "image/encoded"
 LABEL_KEY = "image/class/label"
@@ -288,7 +288,7 @@ def write_split(output: str, split: str, encoded_images, labels, num_shards: int
   for shard in range(num_shards):
     name = f"{split}-{shard:05d}-of-{num_shards:05d}"
     path = os.path.join(output, name)
-    with workdir_lib.writing(f"the shard {path}", path, partial=[path + ".tmp"]):
+    with safe_files.writing(f"the shard {path}", path, partial=[path + ".tmp"]):
       with tf.io.TFRecordWriter(path + ".tmp") as writer:
         for index in range(bounds[shard], bounds[shard + 1]):
           writer.write(_example(encoded_images(index), labels[index]))
@@ -332,5 +332,5 @@ def convert(data_dir: str, output: str, num_shards: int, validation_split=None) 
   if mean is not None:
     # What --normalize standardises with, so that every worker of a cluster uses the same.
     metadata.update(mean=list(mean), std=list(std))
-  workdir_lib.write_json(os.path.join(output, METADATA_FILE), metadata)
+  safe_files.write_json(os.path.join(output, METADATA_FILE), metadata)
   return metadata

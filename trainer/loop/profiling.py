@@ -12,7 +12,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from trainer.records import workdir as workdir_lib
+from trainer import safe_files
 
 PROFILE_DIR = os.path.join("plugins", "profile")
 
@@ -40,7 +40,7 @@ class ProfileWindow:
     """Stops and writes the profile, if one is running (also on every way out of a run)."""
     if self._running:
       self._running = False
-      with workdir_lib.writing("the profile", os.path.join(self._logdir, PROFILE_DIR)):
+      with safe_files.writing("the profile", os.path.join(self._logdir, PROFILE_DIR)):
         _profiler()[1]()
 
 

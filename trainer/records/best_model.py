@@ -15,6 +15,7 @@ from typing import Callable, Dict, Optional
 
 import tensorflow as tf
 
+from trainer import safe_files
 from trainer.records import workdir as workdir_lib
 
 BEST_FILE = "best.json"
@@ -66,10 +67,10 @@ class BestModel(tf.Module):
     staging, old = self._folder + ".tmp", self._folder + ".old"
     for leftover in (staging, old):
       shutil.rmtree(leftover, ignore_errors=True)
-    with workdir_lib.writing(f"best model of step {step}", self._folder, partial=[staging]):
+    with safe_files.writing(f"best model of step {step}", self._folder, partial=[staging]):
       os.makedirs(staging)
       self._write_exports(staging)
-      workdir_lib.write_json(os.path.join(staging, BEST_FILE), {
+      safe_files.write_json(os.path.join(staging, BEST_FILE), {
           "step": step, "metric": self._metric + self._suffix,
           "test_accuracy": accuracy, "test_loss": loss})
       if os.path.isdir(self._folder):

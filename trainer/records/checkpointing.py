@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import errors
+from trainer import safe_files
 from trainer.records import workdir as workdir_lib
 
 
@@ -127,7 +128,7 @@ class Checkpointer:
     directory = self._manager.directory
     # TensorFlow writes each file under a temporary name and the index last, so a failed save
     # leaves the checkpoints before it readable, and only its own temporary files behind.
-    with workdir_lib.writing(f"checkpoint of step {step}", directory,
+    with safe_files.writing(f"checkpoint of step {step}", directory,
                              partial=[os.path.join(directory, f"ckpt-{step}.*"),
                                       os.path.join(directory, "*_temp*")]):
       self._manager.save(checkpoint_number=step)

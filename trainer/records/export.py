@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 
 # Imported to register the built-in models' own classes, which load_keras_model needs.
+from trainer import safe_files
 from trainer.models import factory  # pylint: disable=unused-import
 from trainer.records import workdir as workdir_lib
 
@@ -19,14 +20,14 @@ def export_model(model: keras.Model, workdir: str, image_shape: Sequence[int]) -
   The SavedModel's `serve` takes float32 images of `image_shape` in [0, 1], batched.
   """
   keras_path = os.path.join(workdir, workdir_lib.KERAS_FILE)
-  with workdir_lib.writing("model.keras export", keras_path, partial=[keras_path + ".tmp.keras"]):
+  with safe_files.writing("model.keras export", keras_path, partial=[keras_path + ".tmp.keras"]):
     model.save(keras_path + ".tmp.keras")
     os.replace(keras_path + ".tmp.keras", keras_path)
 
   saved_model_path = os.path.join(workdir, workdir_lib.SAVED_MODEL_DIR)
   staging = saved_model_path + ".tmp"
   shutil.rmtree(staging, ignore_errors=True)
-  with workdir_lib.writing("SavedModel export", saved_model_path, partial=[staging]):
+  with safe_files.writing("SavedModel export", saved_model_path, partial=[staging]):
     # The signature is given, not inferred: a subclassed model without build() has no record
     # of the shape it was called with.
     model.export(staging, format="tf_saved_model", verbose=False, input_signature=[

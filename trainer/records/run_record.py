@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 
 from trainer import config as config_lib
 from trainer import errors
+from trainer import safe_files
 from trainer.records import workdir as workdir_lib
 
 # 2 added model, image_shape, num_classes, from_logits and processes; 3 added startup_s; 4 added
@@ -186,7 +187,7 @@ def model_label(model: str, api: str) -> str:
 def write_results(workdir: str, results: RunResults) -> str:
   """Writes workdir/results.json through a rename, so a reader never sees half of it."""
   path = os.path.join(workdir, RESULTS_FILE)
-  workdir_lib.write_json(path, results.to_dict())
+  safe_files.write_json(path, results.to_dict())
   return path
 
 
@@ -197,7 +198,7 @@ def has_results(workdir: str) -> bool:
 
 def read_results(workdir: str) -> dict:
   """Returns the results.json of the run in `workdir` as a dict of RunResults fields."""
-  results = workdir_lib.read_json(os.path.join(workdir, RESULTS_FILE))
+  results = safe_files.read_json(os.path.join(workdir, RESULTS_FILE))
   if results is None:
     raise errors.UserError(f"{workdir} holds no {RESULTS_FILE}: the run has not finished.")
   return results

@@ -17,6 +17,7 @@ from typing import Dict, Mapping
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
+from trainer import safe_files
 from trainer.records import workdir as workdir_lib
 
 
@@ -34,7 +35,7 @@ class RunWriter:
         path = os.path.join(workdir, folder)
         self._last_step[name] = last_logged_step(path)
         self._folders[name] = path
-        with workdir_lib.writing("TensorBoard events", path):
+        with safe_files.writing("TensorBoard events", path):
           self._writers[name] = tf.summary.create_file_writer(path)
 
   def scalars(self, writer: str, step: int, values: Mapping[str, float]) -> None:
@@ -44,7 +45,7 @@ class RunWriter:
     """
     if not self._enabled or step <= self._last_step[writer]:
       return
-    with workdir_lib.writing("TensorBoard events", self._folders[writer]):
+    with safe_files.writing("TensorBoard events", self._folders[writer]):
       with self._writers[writer].as_default(step=step):
         for name, value in values.items():
           tf.summary.scalar(name, value)
@@ -63,7 +64,7 @@ class RunWriter:
     """
     if not self._enabled:
       return
-    with workdir_lib.writing("HParams entry", self._folders["run"]):
+    with safe_files.writing("HParams entry", self._folders["run"]):
       with self._writers["run"].as_default(step=0):
         hparams_api.hparams(dict(hparams), trial_id=trial_id)
         tf.summary.text("config", _markdown_table(config))
@@ -72,7 +73,7 @@ class RunWriter:
 
   def close(self) -> None:
     for name, writer in self._writers.items():
-      with workdir_lib.writing("TensorBoard events", self._folders[name]):
+      with safe_files.writing("TensorBoard events", self._folders[name]):
         writer.close()
 
   def __enter__(self) -> "RunWriter":

@@ -1,4 +1,4 @@
-"""A run's folder: its layout, JSON files written atomically, and whether a run may start there.
+"""A run's folder: its layout, its config.json, and whether a run may start there.
 
   WORKDIR/
     events.out.tfevents.*   HParams entry, final metrics, config text (trainer.records.summaries)
@@ -15,16 +15,13 @@ A workdir is never overwritten silently: one that holds something else, or a run
 settings, is refused unless --overwrite.
 """
 
-import contextlib
-import errno
-import glob
 import json
-import math
 import os
 import shutil
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
 from trainer import errors
+from trainer import safe_files
 
 TRAIN_DIR = "train"
 EVAL_DIR = "eval"
@@ -57,85 +54,9 @@ _MATH_DEFAULTS = {"backend": "tensorflow", "model": "mlp", "sync_batchnorm": Fal
                   "keep_best": "none"}
 
 
-def is_disk_full(error: BaseException) -> bool:
-  """True for an error that says the disk has no space left, from Python or TensorFlow."""
-  return (getattr(error, "errno", None) == errno.ENOSPC
-          or "No space left on device" in str(error))
-
-
-@contextlib.contextmanager
-def writing(what: str, path: str, partial: Sequence[str] = ()) -> Iterator[None]:
-  """Turns a full disk while writing `what` to `path` into a DiskFull that says so.
-
-  `partial` names files or folders the failed write may have left half-written: they are
-  removed, so the space they took comes back and nothing half-written looks like a result.
-  """
-  try:
-    yield
-  except KeyboardInterrupt:
-    _remove(partial)  # Ctrl-C mid-write: nothing half-written stays to look like a result.
-    raise
-  except Exception as e:  # pylint: disable=broad-except  # OSError, or TensorFlow's own errors.
-    if not is_disk_full(e):
-      raise
-    _remove(partial)
-    raise errors.DiskFull(
-        f"The disk is full: writing the {what} to {path} failed. Everything written before "
-        "is intact (the last good checkpoint included): free some space and rerun the same "
-        "command to resume.") from None
-
-
-def _remove(patterns: Sequence[str]) -> None:
-  for pattern in patterns:
-    for name in glob.glob(pattern):
-      shutil.rmtree(name, ignore_errors=True) if os.path.isdir(name) else os.remove(name)
-
-
-def write_json(path: str, values: Mapping[str, object], sort_keys: bool = True) -> None:
-  """Writes `values` as JSON to `path` through a rename, so a reader never sees half a file."""
-  with writing(os.path.basename(path), path, partial=[path + ".tmp"]):
-    with open(path + ".tmp", "w") as f:
-      # Strict JSON: a figure that is not finite (a loss of a process that trained no step)
-      # is null, never NaN, which other JSON readers refuse.
-      json.dump(_finite(dict(values)), f, indent=2, sort_keys=sort_keys, allow_nan=False)
-      f.write("\n")
-    os.replace(path + ".tmp", path)
-
-
-def _finite(value):
-  """`value` with every NaN or infinite float, however deeply nested, made None."""
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  if isinstance(value, dict):
-    return {key: _finite(item) for key, item in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_finite(item) for item in value]
-  return value
-
-
-def read_json(path: str) -> Optional[dict]:
-  """Returns the JSON object in `path`, or None if there is no such file.
-
-  A damaged file (cut short, edited by hand) is a UserError that names it.
-  """
-  if not os.path.isfile(path):
-    return None
-  try:
-    with open(path) as f:
-      values = json.load(f)
-  except (ValueError, UnicodeDecodeError) as e:
-    raise errors.UserError(
-        f"{path} is damaged and cannot be read ({e}). Restore it from a backup, or add "
-        "--overwrite to start the run in its folder afresh.") from None
-  if not isinstance(values, dict):
-    raise errors.UserError(f"{path} is damaged: it holds no JSON object. Restore it from a "
-                           "backup, or add --overwrite to start the run in its folder afresh.")
-  return values
-
-
 def read_run_config(workdir: str) -> Optional[dict]:
   """Returns the saved settings of the run in `workdir`, or None if it has none."""
-  return read_json(os.path.join(workdir, CONFIG_FILE))
+  return safe_files.read_json(os.path.join(workdir, CONFIG_FILE))
 
 
 def check_same_math(saved: Mapping[str, object], current: Mapping[str, object],
@@ -165,7 +86,7 @@ def record_changes(workdir: str, run_config: Mapping[str, object], step: int) ->
   changes = [{"step": step, "setting": name, "was": saved[name], "now": value}
              for name, value in current.items() if name in saved and saved[name] != value]
   if changes:
-    write_json(os.path.join(workdir, CONFIG_FILE),
+    safe_files.write_json(os.path.join(workdir, CONFIG_FILE),
                {**current, CHANGES_KEY: saved.get(CHANGES_KEY, []) + changes})
   return [f"{change['setting']} {change['was']!r} -> {change['now']!r}" for change in changes]
 
@@ -195,7 +116,7 @@ def start_afresh(workdir: str, run_config: Mapping[str, object]) -> None:
       shutil.rmtree(path)
     else:
       os.remove(path)
-  write_json(os.path.join(workdir, CONFIG_FILE), run_config)
+  safe_files.write_json(os.path.join(workdir, CONFIG_FILE), run_config)
 
 
 def _contents(workdir: str) -> list:
