@@ -40,6 +40,7 @@ from absl import flags
 from trainer import console
 from trainer import safe_files
 from trainer.bench import input_benchmark
+from trainer.bench import machine as machine_lib
 from trainer.bench import timing
 from trainer.loop import startup
 
@@ -49,19 +50,7 @@ STEPS_PER_CALL = 100  # tuned_fit's steps_per_execution, minimal_loop's steps pe
 
 
 
-# ---------------------------------------------------------------- The machine.
-def machine() -> dict:
-  """The CPU, its vector extensions, and whether TensorFlow's oneDNN kernels are on."""
-  from trainer.distribute import hardware  # pylint: disable=g-import-not-at-top
-  extensions = sorted(hardware.cpu_flags() & {
-      "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
-      "amx_bf16", "amx_int8"})
-  # TensorFlow turns oneDNN on by default on x86 Linux; TF_ENABLE_ONEDNN_OPTS=0 turns it off.
-  onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1 (default)")
-  return {"cpu": hardware.cpu_model(), "cores": os.cpu_count(), "extensions": extensions,
-          "tf_enable_onednn_opts": onednn}
-
-
+# ---------------------------------------------------------------- The ceiling.
 def matmul_ceiling(tiny: bool, dtype: str = "float32", quick: bool = False) -> dict:
   """The best matmul rate (FLOP/s) in `dtype` of this machine over a few shapes, with and
   without XLA.
@@ -420,7 +409,7 @@ def run_benchmark(data_dir: str, batch_sizes: Sequence[int], strategies: Sequenc
     # The float32 big square is the ceiling measured here: it bounds float32 rows only.
     row["shares"] = model_benchmark.shares(
         row, ceiling["flops_per_sec"] if row["precision"] == "float32" else None)
-  return {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "tiny": tiny,
+  return {"date": time.strftime("%Y-%m-%d"), "machine": machine_lib.machine(), "tiny": tiny,
           "device": hardware.describe_devices(), "tf_version": tf.__version__,
           "keras_version": keras.__version__, "flops_per_example": flops_per_example,
           "ceiling": ceiling, "throughput": rows, "time_to_accuracy": accuracy,
@@ -477,7 +466,7 @@ def run_quick(root: str, log_dir: Optional[str] = None) -> dict:
     row["shares"] = model_benchmark.shares(row, square and square["flops_per_sec"])
   measure_other_backends(rows, root, log_dir or os.path.join(root, "logs"),
                          on_gpus=bool(hardware.gpus()))
-  return {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
+  return {"date": time.strftime("%Y-%m-%d"), "machine": machine_lib.machine(),
           "gpus": hardware.describe_gpus(), "device": hardware.describe_devices(),
           "tf_version": tf.__version__, "keras_version": keras.__version__,
           "ceilings": found, "models": rows}

@@ -25,6 +25,8 @@ from typing import Callable, Dict, Sequence
 from absl import flags
 import numpy as np
 
+from trainer.bench import machine
+
 INPUT_BATCH = 128
 WARMUP_BATCHES = 2
 JPEG_QUALITY = 90
@@ -161,7 +163,6 @@ def model_alone(model: str, image_size: Sequence[int], root: str) -> float:
 def run_input_benchmark(data_dir: str, image_size: Sequence[int], num_batches: int, rounds: int,
                         model: str, root: str, batch_size: int = INPUT_BATCH) -> dict:
   """The rows (median over interleaved `rounds`), the machine, and the verdict."""
-  from trainer.bench import benchmark  # pylint: disable=g-import-not-at-top
   harness, held = harness_batches(data_dir, image_size, batch_size, num_batches)
   streamed, held_streamed = harness_batches(data_dir, image_size, batch_size, num_batches,
                                             streamed=True)
@@ -183,7 +184,7 @@ def run_input_benchmark(data_dir: str, image_size: Sequence[int], num_batches: i
   if model:
     rate = model_alone(model, image_size, root)
     rows["model"] = {"images_per_sec": rate, "per_core": rate / cores, "model": model}
-  return {"machine": benchmark.machine(), "data_dir": data_dir, "image_size": list(image_size),
+  return {"machine": machine.machine(), "data_dir": data_dir, "image_size": list(image_size),
           "cores": cores, "rows": rows,
           "harness_vs_reference": _ratio(measured["harness"], measured["reference"]),
           "streamed_vs_reference": _ratio(measured["harness_streamed"], measured["reference"])}
@@ -196,10 +197,10 @@ def _ratio(ours: Sequence[float], theirs: Sequence[float]) -> float:
 
 def format_input_report(record: dict) -> str:
   """The rows as Markdown, with the bottleneck named."""
-  machine, rows = record["machine"], record["rows"]
+  described, rows = record["machine"], record["rows"]
   lines = [f"Input pipeline, {record['image_size'][0]}x{record['image_size'][1]}, "
-           f"{record['data_dir']}: {machine['cpu']}, {record['cores']} cores, "
-           f"{' '.join(machine['extensions'])}",
+           f"{record['data_dir']}: {described['cpu']}, {record['cores']} cores, "
+           f"{' '.join(described['extensions'])}",
            "", "| row | images/s | per core |", "|---|---|---|"]
   for name, row in rows.items():
     label = {"harness": f"harness training pipeline ({row.get('held', '')})",
