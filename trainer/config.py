@@ -571,20 +571,21 @@ def shown_default(name: str) -> str:
   return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def compiles_with_xla(config: Config, num_replicas: int) -> bool:
-  """Whether the train step of `config` on `num_replicas` replicas runs under XLA (--jit_compile,
-  or auto's choice)."""
+def compiles_with_xla(jit_compile: Optional[bool], model: str, batch_size: int,
+                      num_replicas: int) -> bool:
+  """Whether the train step of `model` at global `batch_size` on `num_replicas` replicas runs
+  under XLA (--jit_compile, or auto's choice when it is None). Values, not a Config: a device
+  plan asks it of settings that are not a run's yet."""
   # Several replicas compile only forward and backward (see trainer.loop.task); one compiles all.
-  if config.loop.jit_compile is not None:
-    return config.loop.jit_compile
+  if jit_compile is not None:
+    return jit_compile
   # Only the mlp by default: XLA's CPU convolutions ran the cnn 18x slower than TensorFlow's
   # oneDNN kernels (380 against 6,929 examples/s on a 2-core AVX-512 VM), and no better in
   # bfloat16 (2-core Intel Xeon with AMX, 2026-12-03: cnn batch 256 65 against 6,775; resnet18
   # 32x32x3 batch 128 in float32 did not finish 10 steps in 7 minutes against 68/s). Only below
   # XLA_MAX_BATCH: small steps gain most from fusing whole steps into one call, large ones
   # are matmuls, which oneDNN runs faster than XLA's CPU dots.
-  return (num_replicas == 1 and config.model.name == "mlp"
-          and config.data.batch_size < XLA_MAX_BATCH)
+  return num_replicas == 1 and model == "mlp" and batch_size < XLA_MAX_BATCH
 
 
 @dataclasses.dataclass(frozen=True)
@@ -616,7 +617,8 @@ class RunSettings:
   def jit_compile(self) -> bool:
     if self.config.runtime.backend == "jax":
       return True  # JAX compiles every step with XLA.
-    return compiles_with_xla(self.config, self.num_replicas)
+    return compiles_with_xla(self.config.loop.jit_compile, self.config.model.name,
+                             self.config.data.batch_size, self.num_replicas)
 
   def run_config(self) -> dict:
     """config.json: the user's settings with the strategy, precision and replicas resolved."""

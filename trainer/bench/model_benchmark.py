@@ -83,7 +83,8 @@ def resolved(workload: Workload) -> config_lib.RunSettings:
   from trainer.distribute import precision  # pylint: disable=g-import-not-at-top
   config = settings_for(workload)
   policy, reason = precision.resolve_precision(
-      "auto", workload.model, config_lib.compiles_with_xla(config, 1))
+      "auto", workload.model, config_lib.compiles_with_xla(
+          config.loop.jit_compile, workload.model, config.data.batch_size, 1))
   return config_lib.RunSettings(config=config, strategy="default", num_replicas=1,
                                 precision=policy, precision_reason=reason, device="",
                                 is_chief=True)

@@ -71,8 +71,7 @@ class DeviceFacts:
 
 @dataclasses.dataclass(frozen=True)
 class PlanRequest:
-  """The settings a device plan depends on, named as Config names them (so
-  config.compiles_with_xla reads its jit_compile, model and batch_size as a Config's)."""
+  """The settings a device plan depends on, named as their flags."""
 
   backend: str = "tensorflow"
   strategy: str = "auto"
@@ -88,6 +87,11 @@ class PlanRequest:
   optimizer: str = "adam"
   momentum: float = 0.9
   ema_decay: float = 0.0
+
+
+def _compiles_with_xla(request: PlanRequest, num_replicas: int) -> bool:
+  return config_lib.compiles_with_xla(request.jit_compile, request.model, request.batch_size,
+                                      num_replicas)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +158,7 @@ def make_device_plan(facts: DeviceFacts, request: PlanRequest,
   num_replicas = {"default": 1, "one_device": 1, "mirrored": local_devices,
                   "multi_worker_mirrored": local_devices * workers}[strategy]
   distribution.check_batch_size(request.batch_size, num_replicas, request.grad_accum_steps)
-  xla = backend == "jax" or config_lib.compiles_with_xla(request, num_replicas)
+  xla = backend == "jax" or _compiles_with_xla(request, num_replicas)
   precision, reason = _precision(facts, request, on_gpu)
   if backend == "tensorflow" and on_gpu:
     _refuse_untrusted_xla_on_gpus(request, footprint, xla, num_replicas)
@@ -208,7 +212,7 @@ def _precision(facts: DeviceFacts, request: PlanRequest, on_gpu: bool) -> Tuple[
     return precision_lib.JAX_CPU_PRECISION
   # XLA as on one replica, so every strategy of the same settings gets the same precision.
   return precision_lib.cpu_precision(facts.cpu_bfloat16, request.model,
-                                     config_lib.compiles_with_xla(request, 1))
+                                     _compiles_with_xla(request, 1))
 
 
 def _refuse_untrusted_xla_on_gpus(request: PlanRequest,

@@ -58,7 +58,8 @@ def open_runtime(config: config_lib.Config) -> Iterator[Runtime]:
                                   config.optim.grad_accum_steps)
     # XLA as on one replica, so every strategy of the same settings gets the same precision.
     policy, reason = precision_lib.resolve_precision(
-        runtime.precision, config.model.name, xla=config_lib.compiles_with_xla(config, 1))
+        runtime.precision, config.model.name, xla=config_lib.compiles_with_xla(
+            config.loop.jit_compile, config.model.name, config.data.batch_size, 1))
     settings = config_lib.RunSettings(
         config=config, strategy=distribution.strategy_name(strategy),
         num_replicas=strategy.num_replicas_in_sync, precision=policy, precision_reason=reason,
