@@ -28,10 +28,11 @@ AUGMENTATIONS = ("none", "flip", "crop_flip")  # trainer.data.augment's.
 KEEP_BEST = ("none", "accuracy", "loss")
 PROGRESS = ("auto", "bar", "lines", "none")
 
-# The most steps of an automatically sized call: measured no faster beyond 100 on a 2-core CPU.
+# The most steps of an automatically sized call: longer calls measured no faster
+# (docs/measurements.md).
 AUTO_STEPS_PER_LOOP = 100
-# The mlp's examples/s with XLA on / off (Fashion-MNIST, one replica, 2-core AVX-512/AMX VM):
-# batch 128 157k / 81k, 512 226k / 211k, 1024 233-241k / 245k, 4096 252-254k / 317-319k.
+# From this batch on the mlp's step is large matmuls, which oneDNN runs faster than XLA's CPU
+# dots (docs/measurements.md, "XLA on CPUs").
 XLA_MAX_BATCH = 1024
 
 
@@ -579,10 +580,8 @@ def compiles_with_xla(jit_compile: Optional[bool], model: str, batch_size: int,
   # Several replicas compile only forward and backward (see trainer.loop.task); one compiles all.
   if jit_compile is not None:
     return jit_compile
-  # Only the mlp by default: XLA's CPU convolutions ran the cnn 18x slower than TensorFlow's
-  # oneDNN kernels (380 against 6,929 examples/s on a 2-core AVX-512 VM), and no better in
-  # bfloat16 (2-core Intel Xeon with AMX, 2026-12-03: cnn batch 256 65 against 6,775; resnet18
-  # 32x32x3 batch 128 in float32 did not finish 10 steps in 7 minutes against 68/s). Only below
+  # Only the mlp by default: XLA's CPU convolutions are many times slower than TensorFlow's
+  # oneDNN kernels, in bfloat16 too (docs/measurements.md, "XLA on CPUs"). Only below
   # XLA_MAX_BATCH: small steps gain most from fusing whole steps into one call, large ones
   # are matmuls, which oneDNN runs faster than XLA's CPU dots.
   return num_replicas == 1 and model == "mlp" and batch_size < XLA_MAX_BATCH

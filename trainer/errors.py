@@ -20,7 +20,7 @@ DIVERGED = 4
 DISK_FULL = 5
 WATCHDOG_KILLED = 128 + signal.SIGKILL
 
-# The one table of exit codes; README's table says the same (a test checks).
+# The one table of exit codes; docs/troubleshooting.md's table says the same (a test checks).
 EXIT_CODES = {
     FINISHED: "finished",
     BUG_OR_USAGE: "absl usage error (a bad flag value) or a bug (with traceback)",

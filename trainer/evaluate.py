@@ -46,8 +46,8 @@ def evaluate_export(workdir: str, export_format: str = "keras", data_dir=None,
   pipeline = input_pipeline.make_input_pipeline(config.data)  # Evaluated whole below.
   if export_format == "keras":
     model = _load_keras_model(exports, config.model)
-    # In a graph, as the trainer evaluates: eager bfloat16 kernels round differently (a cnn
-    # under mixed_bfloat16 measured 0.7786 eagerly against the run's 0.7790).
+    # In a graph, as the trainer evaluates: eager bfloat16 kernels round differently, so the
+    # accuracy would differ from results.json's.
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     predict = tf.function(lambda images: model(images, training=False))
   else:

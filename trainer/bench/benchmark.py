@@ -473,7 +473,7 @@ def run_quick(root: str, log_dir: Optional[str] = None) -> dict:
 
 
 # On CPUs the other backends time the mlp and the cnn only: XLA's CPU convolutions, which JAX
-# uses, are 10-100x slower than TensorFlow's oneDNN ones, so a resnet there takes many minutes.
+# uses, are far slower than TensorFlow's oneDNN ones, so a resnet there takes many minutes.
 CPU_BACKEND_MODELS = ("mlp", "cnn")
 
 
@@ -523,7 +523,7 @@ def format_backends(record: dict) -> List[str]:
                  + " |")
   if any(len(row.get("backends", {})) < len(backends) for row in record["models"].values()):
     lines.append("- Not timed on the other backends on CPUs: the resnets (XLA's CPU "
-                 "convolutions are 10-100x slower than oneDNN's).")
+                 "convolutions are far slower than oneDNN's).")
   return lines
 
 

@@ -1,7 +1,7 @@
 """`python -m trainer.benchmark --input --data_dir=DIR`: is the input pipeline fast enough?
 
-Three rows, measured interleaved in rounds on the same cores (this class of shared VM drifts by
-+-30% over minutes, so only figures of one run compare):
+Three rows, measured interleaved in rounds on the same cores (a shared VM drifts over minutes,
+so only figures of one run compare):
 
   harness     the training pipeline a run builds (InputPipeline.training_batches with
               --augment=crop_flip) iterated alone: images/s and per core; held in memory as a

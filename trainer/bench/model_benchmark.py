@@ -158,7 +158,7 @@ def measure_tuned_fit(workload: Workload, harness: config_lib.RunSettings,
   """
   from trainer.distribute import hardware  # pylint: disable=g-import-not-at-top
   one_device = fit_can_compile(strategy)
-  # XLA's CPU convolutions are 100x slower (trainer.config.compiles_with_xla): on CPUs the
+  # XLA's CPU convolutions are far slower (trainer.config.compiles_with_xla): on CPUs the
   # convnets' better of the two is known without minutes of waiting for it.
   jit_both = jit_both and (workload.model == "mlp" or bool(hardware.gpus()))
   choices = ((False, True) if jit_both else (harness.jit_compile,)) if one_device else (False,)

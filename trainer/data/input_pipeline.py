@@ -35,14 +35,9 @@ SYNTHETIC_POOL_BATCHES = 16
 # ImageNet-shaped batch of 256 is 154 MB, so such a pool is 3 batches).
 CACHE_BYTES = 512 * 2**20
 NORMALIZATION_EXAMPLES = 10_000  # A stream's per-channel statistics come from its first ones.
-# Images decoded and cropped at once from their originals: tf.data's AUTOTUNE. Measured on
-# 224x224 crops of 300-500 px JPEGs (trainer.benchmark --input), 2-core AMD EPYC (AVX-512 +
-# AVX512_BF16, no AMX), shared and noisy, 6 interleaved rounds in one process, medians of each
-# round's ratio to the Model Garden-style reference: AUTOTUNE 1.16x in memory and 1.12x
-# streamed; a fixed 2x the cores 1.06x and 1.01x (though 2x won in a map over bytes alone).
-# Each image is flipped and scaled in the same map: flipping and scaling the batch after it
-# instead halved the rate (506 vs 885 images/s), since tf.data runs a batch's ops on one thread.
-# Keeping the order (needed for resume) cost about 10% in a map alone (885 vs 993).
+# Images decoded and cropped at once from their originals: tf.data's AUTOTUNE, which beat a
+# fixed 2x the cores. Each image is flipped and scaled in the same map, since tf.data runs a
+# batch's ops on one thread; the order is kept, as resuming needs (docs/measurements.md, "Data: image folders, input pipeline, data service").
 PARALLEL_DECODES = tf.data.AUTOTUNE
 Split = sources.Split
 
@@ -239,8 +234,8 @@ class InputPipeline:
                      skipped: tf.Tensor) -> tf.data.Dataset:
     """One epoch's batches: a permutation seeded by (seed, epoch), gathered and scaled at once.
 
-    Gathering the whole epoch in one op makes serving a batch a slice: on a 2-core machine that
-    measured about 13% faster than gathering batch by batch. Encoded images are gathered as
+    Gathering the whole epoch in one op makes serving a batch a slice, cheaper than a gather per
+    batch. Encoded images are gathered as
     bytes and prepared one by one, after the first `skipped` examples.
     """
     order = sources.epoch_order(len(self.train.labels), self.seed, epoch)

@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from trainer import errors
 
-# tf.data itself retries an unreachable dispatcher: a run had not ended after the test's 60 s.
+# tf.data itself retries an unreachable dispatcher for minutes: a short connect says so at once.
 REACHABLE_TIMEOUT_S = 3.0
 # The whole training split goes inside the dataset's graph to every worker, and a graph holds
 # at most 2 GB.

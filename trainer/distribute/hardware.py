@@ -26,8 +26,7 @@ def split_cpu(num_devices: int, share_threads: bool = True) -> None:
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
     # The devices' ops run at once, each on the one intra-op pool: with a thread per core for
-    # each, they oversubscribe the cores. A share each ran resnet18 (32x32x3, batch 128,
-    # bfloat16) under mirrored x2 at 157-165 examples/s against 150 (2-core AMX Xeon).
+    # each, they oversubscribe the cores, so each gets its share (docs/measurements.md).
     if share_threads:
       tf.config.threading.set_intra_op_parallelism_threads(
           max(1, (os.cpu_count() or 1) // num_devices))

@@ -5,17 +5,9 @@ from typing import Optional, Tuple
 from trainer.distribute import hardware
 
 # The built-in models that train faster in mixed_bfloat16 on a CPU with bfloat16 matrix
-# instructions, which oneDNN uses for convolutions and matmuls. Examples/s float32 / bfloat16,
-# harness on synthetic data, 2-core Intel Xeon VM with AMX-BF16, two runs each (2026-12-03):
-#   cnn batch 256                  8,158 7,448 / 17,662 15,987   (2.2x)
-#   resnet18 32x32x3 batch 128     75 74 / 119 116; with the fused BatchNorm 84 / 183
-#   mlp batch 1024 (XLA off)       208,913 202,145 / 306,836 286,213   (1.4x)
-#   mlp batch 256 (XLA off)        89,616 105,545 / 139,553 130,436   (1.4x)
-#   mlp batch 256 mirrored x2      65,311 / 77,601   (1.2x, but kept float32 like one replica's)
-#   mlp batch 256 (XLA on)         156,599 160,061 / 145,840 143,146   (0.9x: XLA's fused step
-#                                  gains nothing from bfloat16's narrower matmuls)
-# resnet34 and resnet50 are resnet18's blocks (resnet50 224x224 batch 32: 6.3 / 8.0 on an AMD
-# AVX512_BF16 VM, before the fused BatchNorm).
+# instructions, which oneDNN uses for convolutions and matmuls; the mlp only without XLA, whose
+# fused step gains nothing from bfloat16's narrower matmuls (docs/measurements.md, "bfloat16 on
+# CPUs"). resnet34 and resnet50 are resnet18's blocks.
 BFLOAT16_FASTER_ON_CPU = ("cnn", "resnet18", "resnet34", "resnet50")
 # auto on JAX's CPU devices: the bfloat16 measurements above were of oneDNN's kernels, not XLA's.
 JAX_CPU_PRECISION = ("float32", "auto: JAX on CPU (its bfloat16 speed is not measured here)")

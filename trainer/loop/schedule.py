@@ -64,11 +64,9 @@ def pack_size(max_pack: int, start_step: int, steps_per_epoch: int, log_every: i
 def pack_limit(platform: str, has_convolutions: bool) -> int:
   """The most steps one compiled call may scan over, from where it runs and what it computes.
 
-  Measured on a 2-core AMD EPYC (AVX2, 2026-12-04): packing the mlp's steps 25 to a call ran
-  1.7x faster at batch 128 (51,881 against 30,196 examples/s, the same weights), but XLA's CPU
-  convolutions inside a loop ran the cnn 11x slower at batch 256 (44 against 477 examples/s,
-  and 59 s to compile against 4). So convnets on CPUs take one step a call; everything else,
-  and every model on accelerators (not measured here), takes packs.
+  Packing speeds up the mlp's steps, but XLA's CPU convolutions inside a loop are many times
+  slower and long to compile (docs/measurements.md, "JAX backend"). So convnets on CPUs take
+  one step a call; everything else, and every model on accelerators, takes packs.
   """
   if platform == "cpu" and has_convolutions:
     return 1

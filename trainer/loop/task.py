@@ -70,9 +70,8 @@ class Task:
       self._forward_backward = tf.function(self._forward_backward_eager, jit_compile=True)
     self._predict = self._predict_eager
     if settings.precision == "mixed_float16":
-      # Outside XLA, float16 matmuls crawl on a CPU: one evaluation of 10,000 examples took
-      # 27 s without it and 0.13 s under it (2-core AVX-512 VM). float32 and bfloat16 measured
-      # the same either way, so they keep the plain graph.
+      # Outside XLA, float16 matmuls crawl on a CPU; float32 and bfloat16 run as fast either
+      # way, so they keep the plain graph (docs/measurements.md).
       self._predict = tf.function(self._predict_eager, jit_compile=True)
     self._eval_dataset = distribution.distribute_dataset(strategy, pipeline.eval_dataset())
     whole = pipeline.final_test_split()

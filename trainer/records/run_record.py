@@ -1,8 +1,8 @@
 """The record of a run: one schema for results.json, the HParams entry and what compare reads.
 
-`RunResults` is that schema, one key per fact (README's "results.json" section lists every field;
-a test keeps the two in step). Its first fields, `HPARAMS`, describe what ran and are written to
-TensorBoard's HParams entry when a run starts; the rest are known when it ends.
+`RunResults` is that schema, one key per fact (docs/benchmarking.md's "results.json" section lists
+every field; a test keeps the two in step). Its first fields, `HPARAMS`, describe what ran and are
+written to TensorBoard's HParams entry when a run starts; the rest are known when it ends.
 """
 
 import dataclasses
