@@ -37,7 +37,8 @@ CACHE_BYTES = 512 * 2**20
 NORMALIZATION_EXAMPLES = 10_000  # A stream's per-channel statistics come from its first ones.
 # Images decoded and cropped at once from their originals: tf.data's AUTOTUNE, which beat a
 # fixed 2x the cores. Each image is flipped and scaled in the same map, since tf.data runs a
-# batch's ops on one thread; the order is kept, as resuming needs (docs/measurements.md, "Data: image folders, input pipeline, data service").
+# batch's ops on one thread; the order is kept, as resuming needs (docs/measurements.md,
+# "Data: image folders, input pipeline, data service").
 PARALLEL_DECODES = tf.data.AUTOTUNE
 Split = sources.Split
 
