@@ -14,7 +14,7 @@ from trainer import compare
 from trainer.data import input_pipeline
 from trainer import errors
 from trainer import evaluate
-from trainer.loop import task as task_lib
+from trainer.backends.tensorflow import task as task_lib
 from trainer.records import run_record
 from trainer.records import workdir as workdir_lib
 from trainer.records import workdir_lock

@@ -21,7 +21,7 @@ from tests.processes import ROOT
 from trainer.data import input_pipeline
 from trainer import errors
 from trainer.loop import preemption
-from trainer.loop import task as task_lib
+from trainer.backends.tensorflow import task as task_lib
 from trainer.records import checkpointing
 from trainer import train
 

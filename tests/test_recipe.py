@@ -12,8 +12,8 @@ import tensorflow as tf
 from trainer import config as config_lib
 from trainer.distribute import distribution
 from trainer import errors
-from trainer.loop import averaging
-from trainer.loop import task as task_lib
+from trainer.backends.tensorflow import averaging
+from trainer.backends.tensorflow import task as task_lib
 from trainer.records import best_model
 from trainer.records import export
 from trainer import train

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer.distribute import distribution
-from trainer.distribute import runtime
+from trainer.backends.tensorflow import runtime
 from trainer import errors
 from trainer.records import checkpointing
 from trainer import train

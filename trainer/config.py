@@ -577,7 +577,8 @@ def compiles_with_xla(jit_compile: Optional[bool], model: str, batch_size: int,
   """Whether the train step of `model` at global `batch_size` on `num_replicas` replicas runs
   under XLA (--jit_compile, or auto's choice when it is None). Values, not a Config: a device
   plan asks it of settings that are not a run's yet."""
-  # Several replicas compile only forward and backward (see trainer.loop.task); one compiles all.
+  # Several replicas compile only forward and backward (see trainer.backends.tensorflow.task);
+  # one compiles all.
   if jit_compile is not None:
     return jit_compile
   # Only the mlp by default: XLA's CPU convolutions are many times slower than TensorFlow's

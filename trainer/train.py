@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer.data import input_pipeline
-from trainer.distribute import runtime as runtime_lib
+from trainer.backends.tensorflow import runtime as runtime_lib
 from trainer import errors
 from trainer.loop import controller as controller_lib
 from trainer.loop import preemption
@@ -30,7 +30,7 @@ from trainer.loop import profiling
 from trainer.loop import progress
 from trainer.loop import schedule
 from trainer.loop import startup
-from trainer.loop import task as task_lib
+from trainer.backends.tensorflow import task as task_lib
 from trainer.loop import throughput
 from trainer.models import factory
 from trainer.records import best_model
@@ -108,7 +108,7 @@ def _open_runtime(stack: contextlib.ExitStack,
   """Opens the runtime (devices, cluster, strategy; keras.distribution on JAX) on `stack` and,
   on the chief, takes the workdir and checks that the run may start there; returns it."""
   if config.runtime.backend == "jax":
-    from trainer.distribute import jax_runtime  # pylint: disable=g-import-not-at-top
+    from trainer.backends.jax import runtime as jax_runtime  # pylint: disable=g-import-not-at-top
     runtime = stack.enter_context(jax_runtime.open_runtime(config))
   else:
     runtime = stack.enter_context(runtime_lib.open_runtime(config))
@@ -136,7 +136,7 @@ def _make_task(settings: config_lib.RunSettings, runtime: runtime_lib.Runtime,
                pipeline: input_pipeline.InputPipeline, build_model: factory.ModelBuilder):
   """The backend's task: both give the controller `train_loop` and `evaluate`."""
   if settings.config.runtime.backend == "jax":
-    from trainer.loop import jax_task  # pylint: disable=g-import-not-at-top
+    from trainer.backends.jax import task as jax_task  # pylint: disable=g-import-not-at-top
     return jax_task.JaxTask(settings, pipeline, build_model)
   return task_lib.Task(settings, runtime.strategy, pipeline, build_model)
 

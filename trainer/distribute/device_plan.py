@@ -10,7 +10,7 @@ compiled call may pack, the export's platforms, and the memory of a step against
 the unit tests and a user read the plan of any GPU machine without one. A setting the machine
 cannot run is refused here, as a UserError of one line.
 
-auto's choices are those the runtimes make (distribution.make_strategy, jax_runtime,
+auto's choices are those the runtimes make (distribution.make_strategy, backends/jax/runtime,
 precision.resolve_precision), so a run planned here trains as before.
 """
 
@@ -270,7 +270,8 @@ def _collective(backend: str, on_gpu: bool, num_replicas: int, workers: int,
 def _pack_steps(request: PlanRequest, footprint: memory_estimate.ModelFootprint, on_gpu: bool,
                 xla: bool, num_replicas: int, strategy: str, workers: int) -> int:
   """The most steps one compiled call runs: JAX's schedule.pack_limit; on TensorFlow packs only
-  under XLA on one replica (loop/task.Task.max_pack); either bounded by PACK_HOST_BYTES."""
+  under XLA on one replica (backends/tensorflow/task.Task.max_pack); either bounded by
+  PACK_HOST_BYTES."""
   if request.backend == "jax":
     limit = schedule.pack_limit("gpu" if on_gpu else "cpu",
                                 schedule.has_convolutions(footprint.layer_kinds))

@@ -24,7 +24,7 @@ from trainer.distribute import cluster
 from trainer.distribute import distribution
 from trainer.distribute import hardware
 from trainer.distribute import precision as precision_lib
-from trainer.distribute import runtime as runtime_lib
+from trainer.backends.tensorflow import runtime as runtime_lib
 from trainer.distribute import watchdog as watchdog_lib
 
 

@@ -22,7 +22,7 @@ from trainer import config as config_lib
 from trainer.data import input_pipeline
 from trainer.distribute import distribution
 from trainer.distribute import precision as precision_lib
-from trainer.loop import averaging
+from trainer.backends.tensorflow import averaging
 from trainer.loop import optimization
 from trainer.loop import schedule
 from trainer.models import factory

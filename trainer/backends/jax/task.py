@@ -1,4 +1,5 @@
-"""The learning problem of a run on Keras's JAX backend, behind the same seam as loop/task.py.
+"""The learning problem of a run on Keras's JAX backend, behind the same seam as
+backends/tensorflow/task.py.
 
 The controller, plan, meter, progress, checkpointer and records see `train_loop(num_steps)` and
 `evaluate()` as from the TensorFlow task. A step is one jitted function of the state (the
@@ -46,7 +47,7 @@ def _has_convolutions(model: keras.Model) -> bool:
 class WeightAverage:
   """The moving average of the trainable weights (--ema_decay) as arrays the step updates:
   average -= (1 - decay) * (average - weight), from the initial weights, as
-  loop/averaging.WeightAverage on TensorFlow."""
+  backends/tensorflow/averaging.WeightAverage."""
 
   def __init__(self, variables: Sequence[keras.Variable], decay: float):
     self._variables, self.decay = list(variables), float(decay)

@@ -1,0 +1,1 @@
+"""One home per Keras backend: tensorflow/ and jax/, each its runtime and task."""

@@ -1,0 +1,1 @@
+"""Keras on TensorFlow: the runtime (tf.distribute strategies) and the task."""
