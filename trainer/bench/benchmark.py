@@ -39,50 +39,14 @@ from absl import flags
 
 from trainer import console
 from trainer import safe_files
+from trainer.bench import ceiling as ceiling_lib
 from trainer.bench import input_benchmark
 from trainer.bench import machine as machine_lib
-from trainer.bench import timing
 from trainer.loop import startup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PEERS = ("plain_fit", "tuned_fit", "minimal_loop", "harness")
 STEPS_PER_CALL = 100  # tuned_fit's steps_per_execution, minimal_loop's steps per call.
-
-
-
-# ---------------------------------------------------------------- The ceiling.
-def matmul_ceiling(tiny: bool, dtype: str = "float32", quick: bool = False) -> dict:
-  """The best matmul rate (FLOP/s) in `dtype` of this machine over a few shapes, with and
-  without XLA.
-
-  Shapes: two large squares (what vendors' peaks assume) and the blog model's first layer at
-  batch 4096, so the ceiling is a rate this machine reaches, not a spec sheet's; `quick` times
-  the 2048 square alone.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  shapes = ([(256, 256, 256)] if tiny else [(2048, 2048, 2048)] if quick else
-            [(1024, 1024, 1024), (2048, 2048, 2048), (4096, 784, 256)])
-  rates = {}
-  for m, k, n in shapes:
-    a = tf.cast(tf.random.uniform([m, k]), dtype)
-    b = tf.cast(tf.random.uniform([k, n]), dtype)
-    for jit in (False, True):
-      matmul = tf.function(tf.linalg.matmul, jit_compile=jit)
-
-      @tf.function
-      def repeat(count, matmul=matmul, a=a, b=b):
-        total = tf.constant(0.0)
-        for _ in tf.range(count):
-          # Reads the product, so nothing is skipped.
-          total += tf.cast(matmul(a, b)[0, 0], tf.float32)
-        return total
-
-      seconds = timing.seconds_per_iteration(
-          lambda count, repeat=repeat: repeat(tf.constant(count)).numpy(),
-          min_call_seconds=0.001 if tiny else timing.MIN_CALL_SECONDS)
-      rates[f"{m}x{k}x{n}" + (" XLA" if jit else "")] = 2 * m * k * n / seconds
-  best_shape = max(rates, key=rates.get)
-  return {"flops_per_sec": rates[best_shape], "best": best_shape, "by_shape": rates}
 
 
 # ---------------------------------------------------------------- The peers.
@@ -395,7 +359,7 @@ def run_benchmark(data_dir: str, batch_sizes: Sequence[int], strategies: Sequenc
     images, labels = images[:4096], labels[:4096]
   flops_per_example = flops.train_step_flops(blog_model(), False, (28, 28, 1), 32) / 32
   print(f"FLOPs per example: {flops_per_example:,.0f}", flush=True)
-  ceiling = matmul_ceiling(tiny)
+  ceiling = ceiling_lib.matmul_ceiling(tiny)
   print(f"fp32 ceiling: {ceiling['flops_per_sec'] / 1e9:,.1f} GFLOP/s", flush=True)
   rows = throughput((images, labels), data_dir, batch_sizes, strategies, repeats, tiny, root)
   accuracy = time_to_accuracy(data_dir, accuracy_repeats, tiny, root) if accuracy_repeats else {}
@@ -434,7 +398,7 @@ def ceilings(tiny: bool, quick: bool) -> dict:
   from trainer.distribute import hardware  # pylint: disable=g-import-not-at-top
   from trainer.distribute import precision  # pylint: disable=g-import-not-at-top
   capabilities = hardware.gpu_compute_capabilities()
-  found = {"float32": matmul_ceiling(tiny, "float32", quick)}
+  found = {"float32": ceiling_lib.matmul_ceiling(tiny, "float32", quick)}
   found["float32"]["math"] = float32_math(
       capabilities, tf.config.experimental.tensor_float_32_execution_enabled())
   if capabilities:
@@ -442,7 +406,7 @@ def ceilings(tiny: bool, quick: bool) -> dict:
   else:
     low = "bfloat16" if hardware.cpu_bfloat16() else "float32"
   if low != "float32":
-    found[low] = matmul_ceiling(tiny, low, quick)
+    found[low] = ceiling_lib.matmul_ceiling(tiny, low, quick)
   return found
 
 

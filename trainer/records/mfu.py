@@ -9,7 +9,7 @@ ran, and goodput where the rest of the time went.
 
 The peak is an argument with its source: a GPU's datasheet dense peak at the run's precision,
 or, on CPUs, which have no such figure that a framework reaches, the matmul ceiling measured on
-this machine (trainer.bench.benchmark.matmul_ceiling: the best rate of a large square matmul,
+this machine (trainer.bench.ceiling.matmul_ceiling: the best rate of a large square matmul,
 with and without XLA). A measured ceiling is not a datasheet peak, so CPU and GPU MFU are not
 the same measure; `peak_source` says which it is. The ceiling takes seconds to measure, so it is
 measured once per machine and kept in the user's cache folder (`cpu_peak`).
@@ -92,8 +92,8 @@ def cpu_peak(precision: str, measure: Optional[Callable[[str], dict]] = None,
 
 
 def _measure_matmul_ceiling(dtype: str) -> dict:
-  from trainer.bench import benchmark  # pylint: disable=g-import-not-at-top
-  return benchmark.matmul_ceiling(tiny=False, dtype=dtype, quick=True)
+  from trainer.bench import ceiling  # pylint: disable=g-import-not-at-top
+  return ceiling.matmul_ceiling(tiny=False, dtype=dtype, quick=True)
 
 
 def _read_entry(path: str, machine: Mapping[str, object]) -> Optional[dict]:
