@@ -1,5 +1,7 @@
 """Start-up phases add up to the time to the first step; FLOPs come from the compiled step."""
 
+import keras
+
 from trainer.bench import flops
 from trainer.loop import startup
 from trainer.models import simple
@@ -69,3 +71,47 @@ def test_the_mlp_step_costs_what_its_layers_do_without_the_first_input_gradient(
   # removes: 2 x (784 x 256 x 2 + 256 x 10 x 3) FLOPs per example.
   model = simple.build_model("functional", network="mlp")
   assert flops.train_step_flops(model, False, (28, 28, 1), 16) == 16 * 818_176
+
+
+def test_only_what_the_result_depends_on_counts_in_both_backends_text():
+  # TensorFlow writes names with a `%`, JAX's lowered text without; the dot nothing uses (an
+  # input gradient no one asked for) is not arithmetic the step does once XLA has optimised it.
+  tensorflow_text = """
+HloModule step
+
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %sum = f32[] add(f32[] %x, f32[] %y)
+}
+
+ENTRY %main (p0: f32[32,784], p1: f32[784,256]) -> (f32[784,256]) {
+  %p0 = f32[32,784]{1,0} parameter(0)
+  %p1 = f32[784,256]{1,0} parameter(1)
+  %used = f32[784,256]{1,0} dot(f32[32,784]{1,0} %p0, f32[32,784]{1,0} %p0), \
+lhs_contracting_dims={0}, rhs_contracting_dims={0}
+  %unused = f32[32,256]{1,0} dot(f32[32,784]{1,0} %p0, f32[784,256]{1,0} %p1), \
+lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %zero = f32[] constant(0)
+  %reduced = f32[784]{0} reduce(%used, %zero), dimensions={1}, to_apply=%add
+  ROOT %out = (f32[784,256]{1,0}) tuple(f32[784,256]{1,0} %used)
+}
+"""
+  used = 2 * 784 * 256 * 32
+  assert flops.count_hlo_flops(tensorflow_text) == used
+  assert flops.count_hlo_flops(tensorflow_text.replace("%", "")) == used
+
+
+def test_a_strided_convolutions_gradients_cost_what_the_convolution_does():
+  # XLA writes a strided convolution's input gradient as a convolution over the gradient
+  # dilated by the stride (lhs_dilate); the holes are not multiplied. Two strided
+  # convolutions: forward, the weights' gradients, and the second's input gradient.
+  model = keras.Sequential([
+      keras.Input((16, 16, 3)), keras.layers.Conv2D(8, 3, strides=2, padding="same"),
+      keras.layers.Conv2D(16, 3, strides=2, padding="same"), keras.layers.Flatten(),
+      keras.layers.Dense(10)])
+  first = 2 * 8 * 8 * 8 * 3 * 3 * 3  # Output 8x8x8, a 3x3x3 window, per example.
+  second = 2 * 4 * 4 * 16 * 3 * 3 * 8
+  dense = 2 * 4 * 4 * 16 * 10
+  per_example = 3 * (first + second + dense) - first
+  assert flops.train_step_flops(model, True, (16, 16, 3), 4) == 4 * per_example
