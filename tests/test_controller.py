@@ -1,6 +1,7 @@
 """The outer loop with a fake task: what happens at each boundary, in order, and how it stops."""
 
 import contextlib
+import itertools
 import math
 import signal
 
@@ -11,6 +12,8 @@ from trainer.loop import controller
 from trainer.loop import preemption
 from trainer.loop import schedule
 from trainer.loop import throughput
+from trainer.records import events as events_lib
+from trainer.records import goodput
 
 
 class Recorder:
@@ -26,9 +29,11 @@ class FakeTask:
     self._recorder, self._losses, self._on_call = recorder, losses or {}, on_call
     self.calls = 0
     self.whole_split = []  # Of each evaluation: whether it covered the whole test split.
+    self.input_wait_s = 0.0
 
   def train_loop(self, num_steps):
     self.calls += 1
+    self.input_wait_s += 0.25  # Each call waits a quarter of a second for its batches.
     self._recorder.events.append(("train", num_steps))
     if self._on_call:
       self._on_call(self.calls)
@@ -114,6 +119,25 @@ class FakeProfiler:
     self._recorder.events.append(("after call", end_step))
 
 
+class FakeEvents:
+
+  def __init__(self, recorder):
+    self._recorder = recorder
+
+  def call(self, first_step, last_step, seconds, input_wait_seconds):
+    self._recorder.events.append(("logged call", first_step, last_step, seconds,
+                                  input_wait_seconds))
+
+  def first_step(self, step, time_to_first_step_s):
+    self._recorder.events.append(("logged first step", step))
+
+  def checkpoint(self, step, seconds):
+    self._recorder.events.append(("logged checkpoint", step, seconds))
+
+  def evaluation(self, step, seconds):
+    self._recorder.events.append(("logged evaluation", step))
+
+
 class FakeBest:
 
   def __init__(self, recorder):
@@ -123,14 +147,17 @@ class FakeBest:
     self._recorder.events.append(("best?", step))
 
 
-def run(plan, start_step=0, losses=None, on_call=None, stop=None, profile=False, best=False):
+def run(plan, start_step=0, losses=None, on_call=None, stop=None, profile=False, best=False,
+        events=None, clock=None):
   recorder = Recorder()
   task = FakeTask(recorder, losses, on_call)
   loop = controller.Controller(
       task, plan, throughput.ThroughputMeter(8, 0.0), FakeWriter(recorder),
       FakeCheckpointer(recorder), FakeProgress(recorder), stop or FakeStopRequests(),
       profiler=FakeProfiler(recorder) if profile else None,
-      best=FakeBest(recorder) if best else None)
+      best=FakeBest(recorder) if best else None,
+      events=FakeEvents(recorder) if events is True else events,
+      **({"clock": clock} if clock else {}))
   recorder.task = task
   return recorder, loop, lambda: loop.run(start_step)
 
@@ -295,3 +322,46 @@ def test_auto_sized_calls_follow_the_measured_step_time():
   sizes = [event[1] for event in recorder.events if event[0] == "train"]
   assert sizes[:3] == [1, 1, 3] and sum(sizes) == 40
   assert max(0.4 * size for size in sizes) <= schedule.AUTO_CALL_SECONDS
+
+
+def ticks(step=1.0):
+  """A clock that moves `step` seconds at every read."""
+  counter = itertools.count()
+  return lambda: step * next(counter)
+
+
+def test_each_call_checkpoint_and_evaluation_is_logged_with_the_time_of_its_own_work():
+  recorder, _, go = run(PLAN, events=True, clock=ticks())
+  go()
+  logged = [event for event in recorder.events if event[0].startswith("logged")]
+  calls = [event[1:] for event in logged if event[0] == "logged call"]
+  # Steps first..last, one clock tick (the call alone), the input wait the call added.
+  assert calls == [(1, 1, 1.0, 0.25), (2, 2, 1.0, 0.25), (3, 3, 1.0, 0.25), (4, 4, 1.0, 0.25),
+                   (5, 6, 1.0, 0.25), (7, 8, 1.0, 0.25)]
+  assert logged[:2] == [("logged call", 1, 1, 1.0, 0.25), ("logged first step", 1)]
+  assert [event[1:] for event in logged if event[0] == "logged checkpoint"] == [
+      (3, 1.0), (4, 1.0), (6, 1.0), (8, 1.0)]
+  assert [event[1] for event in logged if event[0] == "logged evaluation"] == [4, 8]
+  # Each is logged once its work is done: the save of step 3 before its log line.
+  assert recorder.events.index(("save", 3)) + 1 == recorder.events.index(
+      ("logged checkpoint", 3, 1.0))
+
+
+def test_a_diverged_call_is_logged_too():
+  recorder, _, go = run(PLAN, losses={3: (1, math.nan)}, events=True, clock=ticks())
+  with pytest.raises(errors.Diverged):
+    go()
+  calls = [event[1:3] for event in recorder.events if event[0] == "logged call"]
+  assert calls == [(1, 1), (2, 2), (3, 3)]  # Its time was spent, and its step is lost.
+
+
+def test_the_loops_log_makes_a_goodput_of_every_step_kept_once(tmp_path):
+  clock = ticks(0.5)
+  with events_lib.EventLog(str(tmp_path), clock=clock) as log:
+    log.process_start(0, started=clock())
+    _, _, go = run(PLAN, events=log, clock=clock)
+    go()
+  figures = goodput.goodput(events_lib.read_events(log.path))
+  assert (figures["processes"], figures["productive_steps"], figures["lost_steps"]) == (1, 8, 0)
+  assert figures["input_wait_s"] == pytest.approx(6 * 0.25)
+  assert sum(figures[part] for part in goodput.PARTS) == pytest.approx(figures["wall_s"])

@@ -11,6 +11,7 @@ import pytest
 from trainer import errors
 from trainer.records import events as events_lib
 from trainer.records import goodput as goodput_lib
+from trainer.records import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -275,6 +276,20 @@ def test_only_the_chief_writes(tmp_path):
   with events_lib.EventLog(str(tmp_path), enabled=False) as log:
     log.process_start(0, started=0.0)
   assert os.listdir(str(tmp_path)) == []
+
+
+def test_a_fresh_start_keeps_the_runs_log_and_overwrite_deletes_it(tmp_path):
+  # A process killed before its first checkpoint leaves a run that restarts from step 0: its
+  # log is all that is left of that process. --overwrite starts another run.
+  workdir = str(tmp_path)
+  for name in (events_lib.EVENTS_FILE, "config.json"):
+    with open(os.path.join(workdir, name), "w") as f:
+      f.write("{}\n")
+  os.makedirs(os.path.join(workdir, "train"))
+  workdir_lib.start_afresh(workdir, {"model": "mlp"}, overwrite=False)
+  assert sorted(os.listdir(workdir)) == ["config.json", events_lib.EVENTS_FILE]
+  workdir_lib.start_afresh(workdir, {"model": "mlp"}, overwrite=True)
+  assert os.listdir(workdir) == ["config.json"]
 
 
 # A process that logs events until it is killed, saying after each how many it has written.

@@ -150,7 +150,7 @@ def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
   """
   workdir = settings.config.output.workdir
   if settings.is_chief and step == 0:
-    workdir_lib.start_afresh(workdir, settings.run_config())
+    workdir_lib.start_afresh(workdir, settings.run_config(), settings.config.output.overwrite)
   writer = stack.enter_context(summaries.RunWriter(workdir, enabled=settings.is_chief))
   if step == 0:
     writer.run_info(run_record.hparams_entry(settings, hparams), run_record.trial_id(workdir),

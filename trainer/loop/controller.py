@@ -53,6 +53,23 @@ class _NoProfile:
     pass
 
 
+class _NoEvents:
+  """The event log of a process that keeps none (records.events.EventLog's interface)."""
+
+  def call(self, first_step: int, last_step: int, seconds: float,
+           input_wait_seconds: float) -> None:
+    pass
+
+  def first_step(self, step: int, time_to_first_step_s: float) -> None:
+    pass
+
+  def checkpoint(self, step: int, seconds: float) -> None:
+    pass
+
+  def evaluation(self, step: int, seconds: float) -> None:
+    pass
+
+
 class _NoBest:
   """The best-model keeper of a run without --keep_best."""
 
@@ -65,12 +82,13 @@ class Controller:
 
   def __init__(self, task, plan: schedule.LoopPlan, meter, writer, checkpointer, progress,
                stop_requests, heartbeat: Callable[[], None] = lambda: None, profiler=None,
-               best=None, clock: Callable[[], float] = time.perf_counter):
+               best=None, events=None, clock: Callable[[], float] = time.perf_counter):
     self._task, self._plan, self._meter, self._writer = task, plan, meter, writer
     self._checkpointer, self._progress, self._stop = checkpointer, progress, stop_requests
     self._heartbeat = heartbeat
     self._profiler = profiler or _NoProfile()
     self._best = best or _NoBest()
+    self._events = events or _NoEvents()
     self._clock = clock
     self._step = 0
     # The last evaluation chunk's start (clock, batches done) and its seconds per batch.
@@ -109,14 +127,17 @@ class Controller:
       self._stop_if_requested(step)
       call = self._plan.next_call(step, first, self._meter.seconds_per_step)
       self._profiler.before_call(step)
-      bad_step = self._task.train_loop(call.num_steps)
+      bad_step = self._timed_call(step, call)
       self._heartbeat()  # The loop above has finished: the compiled call returns a value.
       self._profiler.after_call(call.end_step)
       metrics = self._task.train_metrics()
       self._check_finite(step, call, bad_step, metrics["loss"])
-      train_loss, step, first = metrics["loss"], call.end_step, False
+      train_loss, step = metrics["loss"], call.end_step
       self._step = step
       self._meter.record(call.num_steps)
+      if first:
+        self._events.first_step(step, self._meter.time_to_first_step_s)
+        first = False
       self._after_call(call, metrics)
       if call.evaluate:
         with self._meter.paused():
@@ -127,6 +148,15 @@ class Controller:
       evaluation = self._evaluate(step)
     self._stop_if_requested(step)  # A signal during the last evaluation or save.
     return Outcome(step, train_loss, evaluation)
+
+  def _timed_call(self, step: int, call: schedule.Call) -> int:
+    """The task's call of steps step+1..call.end_step, logged with its seconds and its input
+    wait (a diverged call too: its time was spent); returns train_loop's bad step."""
+    started, waited = self._clock(), self._task.input_wait_s
+    bad_step = self._task.train_loop(call.num_steps)
+    self._events.call(step + 1, call.end_step, self._clock() - started,
+                      self._task.input_wait_s - waited)
+    return bad_step
 
   def _stop_if_requested(self, step: int) -> None:
     signal_number, here = self._agreed_stop()
@@ -179,8 +209,10 @@ class Controller:
   def _evaluate(self, step: int) -> Dict[str, float]:
     """The task's evaluation in chunks, stopped (saved, then raised) between two of them; the
     run's last covers the whole test split (--eval_steps limits only those before)."""
+    started = self._clock()
     figures = self._task.evaluate(self._next_eval_chunk,
                                   whole_split=step >= self._plan.total_steps)
+    self._events.evaluation(step, self._clock() - started)  # Cut short or not.
     if figures is None:  # A stop request cut it short; a resume here evaluates again.
       signal_number, here = self._agreed_stop()
       self._save(step)
@@ -200,7 +232,9 @@ class Controller:
 
   def _save(self, step: int) -> None:
     with self._stop.held():  # A second Ctrl-C waits for the checkpoint to be whole.
+      started = self._clock()
       self._checkpointer.save(step)
+      self._events.checkpoint(step, self._clock() - started)
     self._heartbeat()
 
 

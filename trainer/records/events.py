@@ -39,8 +39,10 @@ from typing import Callable, List, Optional
 from absl import logging
 
 from trainer import errors
+from trainer import safe_files
+from trainer.records import workdir as workdir_lib
 
-EVENTS_FILE = "events.jsonl"
+EVENTS_FILE = workdir_lib.EVENTS_FILE
 STOP_REASONS = ("finished", "preempted", "interrupted", "error")
 
 
@@ -89,8 +91,9 @@ class EventLog:
     if self._file is None:
       return
     line = json.dumps({"event": event, "time": self._clock(), **fields})
-    self._file.write(line.encode() + b"\n")
-    self._file.flush()
+    with safe_files.writing("event log", self.path):
+      self._file.write(line.encode() + b"\n")
+      self._file.flush()
 
   def process_start(self, step: int, started: float) -> None:
     """This process begins; it started (time.time()) at `started` and resumes from `step`."""

@@ -5,6 +5,7 @@
     train/  eval/           TensorBoard scalars
     checkpoints/            model, optimizer and step (trainer.records.checkpointing)
     config.json             the settings a resume must match
+    events.jsonl            what each process of the run did, and when (trainer.records.events)
     trainer.log             every attempt's output, when trainer.sweep ran it
     results.json            the record of a finished run (trainer.records.run_record)
     model.keras  saved_model/   the exports (trainer.records.export)
@@ -31,6 +32,7 @@ RESULTS_FILE = "results.json"
 KERAS_FILE = "model.keras"
 LOCK_FILE = ".lock"  # trainer.records.workdir_lock's; never part of the run's content.
 LOG_FILE = "trainer.log"  # trainer.sweep's record of each attempt; kept across them.
+EVENTS_FILE = "events.jsonl"  # trainer.records.events's; a fresh start keeps it (start_afresh).
 SAVED_MODEL_DIR = "saved_model"
 BEST_DIR = "best"
 
@@ -103,14 +105,19 @@ def check_can_start(workdir: str, run_config: Mapping[str, object], overwrite: b
   check_same_math(saved, run_config, workdir)
 
 
-def start_afresh(workdir: str, run_config: Mapping[str, object]) -> None:
+def start_afresh(workdir: str, run_config: Mapping[str, object], overwrite: bool) -> None:
   """Empties `workdir` (checked by check_can_start) and records the run's settings in it.
 
   The lock file stays (the run holds it, see trainer.records.workdir_lock), and so does a
-  sweep's log.
+  sweep's log. So does the event log unless `overwrite`: a run starts afresh at step 0 after a
+  process killed before its first checkpoint, which was one of the run's processes, and its
+  events are all that is left of it.
   """
   os.makedirs(workdir, exist_ok=True)
+  kept = () if overwrite else (EVENTS_FILE,)
   for name in _contents(workdir):
+    if name in kept:
+      continue
     path = os.path.join(workdir, name)
     if os.path.isdir(path) and not os.path.islink(path):
       shutil.rmtree(path)
