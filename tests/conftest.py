@@ -1,7 +1,10 @@
 """Shared test fixtures: two logical CPU devices, the real Fashion-MNIST files, a small config,
 and one finished run per API for the tests that only read a run's outputs."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # `import jax` (Keras imports it wherever JAX is installed) sets TF_CPP_MIN_LOG_LEVEL=1 when it
 # is unset, and every process a test starts would inherit it: TensorFlow's WARNING lines then
@@ -15,6 +18,7 @@ import tensorflow as tf
 from tests import datasets
 from trainer import config as config_lib
 from trainer.data import idx_files
+from trainer.records import mfu
 
 FASHION_MNIST_DIR = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 
@@ -22,6 +26,18 @@ FASHION_MNIST_DIR = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fas
 # multi-replica tests need two of them. Single-device code simply uses the first.
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+# A run's MFU on a CPU is measured against the machine's matmul ceiling, which its first run
+# measures (seconds) and keeps in the user's cache folder. The suite's runs, in this process and
+# in the processes it starts, read one written here instead, in a cache folder of the session's
+# own: no test measures it or touches the user's. The figure is above what any CPU reaches, so
+# an MFU against it stays within (0, 1]; the FLOP counts themselves are tested exactly.
+TEST_CPU_CEILING = 1e13
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="trainer-tests-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
+for _precision in mfu.COMPUTE_DTYPES:
+  mfu.cpu_peak(_precision, measure=lambda dtype: {"flops_per_sec": TEST_CPU_CEILING,
+                                                  "best": "the test suite's figure"})
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,8 +9,10 @@ import sys
 import pytest
 
 from trainer import errors
+from trainer import train
 from trainer.records import events as events_lib
 from trainer.records import goodput as goodput_lib
+from trainer.records import run_record
 from trainer.records import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -326,3 +328,34 @@ def test_a_process_killed_with_sigkill_leaves_every_line_it_wrote(tmp_path):
   assert "stop" not in [event["event"] for event in events]
   figures = goodput_lib.goodput(events)  # Killed: everything after step 0 is lost.
   assert figures["lost_steps"] == len(events) - 1 and figures["processes"] == 1
+
+
+# ---------------------------------------------------------------- A real run's records.
+def test_an_uninterrupted_runs_goodput_keeps_every_step_and_accounts_every_second(
+    finished_runs):
+  config, results = finished_runs["functional"]
+  figures = results["goodput"]
+  assert figures["processes"] == results["processes"] == 1
+  assert (figures["lost_steps"], figures["lost_s"]) == (0, 0.0)
+  assert figures["productive_steps"] == results["steps"] == 200
+  assert_parts_add_up(figures)
+  assert 0 < figures["fraction"] < 1
+  assert figures["fraction"] == pytest.approx(figures["productive_s"] / figures["wall_s"])
+  # One process, no gaps: its life is the run's wall time.
+  assert results["wall_time_s"] == pytest.approx(figures["wall_s"])
+  events = events_lib.read_events(os.path.join(config.output.workdir, events_lib.EVENTS_FILE))
+  assert events[0]["event"] == "process_start" and events[0]["step"] == 0
+  assert events[-1] == {**events[-1], "event": "stop", "why": "finished", "step": 200}
+  assert [event["phase"] for event in events if event["event"] == "startup_phase"] == [
+      "imports", "runtime", "data", "model"]
+
+
+def test_the_summary_says_the_goodput_what_was_lost_and_the_biggest_other_part(finished_runs):
+  _, results = finished_runs["functional"]
+  [line] = train._goodput_line(run_record.RunResults(**results))  # pylint: disable=protected-access
+  figures = results["goodput"]
+  others = {part: figures[part] for part in goodput_lib.PARTS
+            if part not in ("productive_s", "lost_s")}
+  biggest = max(others, key=others.get)
+  assert line.startswith(f"  goodput {figures['fraction']:.0%}: ")
+  assert "nothing lost" in line and line.endswith(f", {others[biggest]:.1f} s")

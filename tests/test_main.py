@@ -22,8 +22,10 @@ def test_a_preset_with_overrides_runs_mirrored_from_the_command_line(fashion_mni
       "mirrored", 2, "subclass")
   # The preset's batch size is kept; its epochs and steps are overridden by later flags.
   assert (results["global_batch_size"], results["epochs"], results["steps"]) == (64, 1, 50)
-  summary = result.stdout.splitlines()[-4:]  # The summary block comes last.
-  assert summary[0].startswith("Done: ") and "test accuracy" in summary[1]
+  lines = result.stdout.splitlines()
+  summary = lines[max(i for i, line in enumerate(lines) if line.startswith("Done: ")):]
+  assert "test accuracy" in summary[1]  # The summary block comes last.
+  assert summary[3].startswith("  goodput ") and summary[4].startswith("  MFU ")
   # --num_test_examples bounds the last evaluation, and every record says so.
   assert "(the first 300 of 10,000 test examples)" in summary[1]
   assert (results["test_examples"], results["test_split_examples"]) == (300, 10_000)

@@ -6,6 +6,8 @@ import os
 import pytest
 
 from trainer.records import mfu as mfu_lib
+from trainer.records import run_record
+from trainer import train
 
 
 def test_mfu_is_the_step_flops_over_the_peak_of_every_device():
@@ -52,3 +54,41 @@ def test_the_cache_folder_is_the_users():
   assert mfu_lib.cache_folder({"XDG_CACHE_HOME": "/c"}) == "/c/keras-distributed-trainer"
   assert mfu_lib.cache_folder({}) == os.path.join(os.path.expanduser("~"), ".cache",
                                                   "keras-distributed-trainer")
+
+
+def test_a_gpu_peak_is_its_datasheets_at_the_runs_precision_and_an_unknown_gpu_has_none():
+  peak = mfu_lib.device_peak("mixed_bfloat16", ["NVIDIA H100 80GB HBM3"] * 8)
+  assert peak.flops_per_device == 989.5e12 and not peak.per_machine
+  assert peak.source.startswith("datasheet dense peak of the H100-80GB at mixed_bfloat16 (")
+  unknown = mfu_lib.device_peak("float32", ["NVIDIA GeForce GTX 1080"])
+  assert unknown.flops_per_device is None and "GTX 1080" in unknown.source
+  assert mfu_lib.mfu(1e9, 100, 10.0, unknown, 8) == {
+      "mfu": None, "peak_flops": None, "peak_source": unknown.source}
+  mixed = mfu_lib.device_peak("float32", ["NVIDIA A100-SXM4-40GB", "NVIDIA L4"])
+  assert mixed.flops_per_device is None and "2 kinds" in mixed.source
+  cpu = mfu_lib.device_peak("float32", [], cpu=lambda precision: mfu_lib.Peak(
+      1e11, "ceiling", per_machine=True))
+  assert cpu == mfu_lib.Peak(1e11, "ceiling", per_machine=True)
+
+
+def test_a_runs_mfu_is_its_kept_steps_flops_over_the_peak_it_names(finished_runs):
+  for _, results in finished_runs.values():
+    # The mlp at batch 64: forward, the weights' gradients and the second layer's input
+    # gradient, 2 x (784 x 256 x 2 + 256 x 10 x 3) FLOPs an example, in every API.
+    assert results["flops_per_step"] == 64 * 818_176
+    figures = results["goodput"]
+    assert results["mfu"] == pytest.approx(
+        results["flops_per_step"] * figures["productive_steps"] / figures["productive_s"]
+        / results["peak_flops"])
+    assert 0 < results["mfu"] <= 1
+    # conftest's ceiling for the suite, of one machine, named as a measured one is.
+    assert results["peak_flops"] == 1e13
+    assert results["peak_source"].startswith(
+        "measured float32 matmul ceiling of this CPU (the test suite's figure, ")
+
+
+def test_the_summary_gives_the_mfu_and_its_peak(finished_runs):
+  _, results = finished_runs["functional"]
+  [line] = train._mfu_line(run_record.RunResults(**results))  # pylint: disable=protected-access
+  assert line == (f"  MFU {results['mfu']:.1%} of 10 TFLOP/s, the measured float32 matmul "
+                  "ceiling of this CPU")

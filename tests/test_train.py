@@ -108,6 +108,11 @@ def test_tensorboard_holds_scalars_hparams_and_config(finished_runs):
   run = _events(config.output.workdir)
   assert _scalar_steps(config.output.workdir, "test_accuracy")[-1][1] == pytest.approx(
       results["test_accuracy"])
+  # The run's goodput and MFU, written when it ends.
+  for tag, value in (("goodput/fraction", results["goodput"]["fraction"]),
+                     ("goodput/lost_steps", 0), ("goodput/processes", 1),
+                     ("mfu", results["mfu"])):
+    assert _scalar_steps(config.output.workdir, tag) == [(200, pytest.approx(value, rel=1e-6))], tag
   hparams_content = run.PluginTagToContent("hparams")
   session = plugin_data_pb2.HParamsPluginData.FromString(
       hparams_content["_hparams_/session_start_info"]).session_start_info

@@ -602,6 +602,7 @@ class RunSettings:
   task: Optional[str] = None  # e.g. "worker 1 of 2 (127.0.0.1:2223)"; None on one host.
   input_index: int = 0  # Which of the processes that read training data this one is.
   num_inputs: int = 1  # How many processes read training data: the workers of a cluster.
+  hosts: int = 1  # The machines the workers run on: a CPU's measured ceiling is a machine's.
 
   @property
   def steps_per_loop(self) -> int:

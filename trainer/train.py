@@ -2,8 +2,10 @@
 
 It reads top to bottom in stages (runtime, input, task and checkpoint, workdir, the loop, export
 and results) and owns no stage itself: each lives in its own module. Everything it opens sits in
-one ExitStack, so the watchdog, the checkpointer's scratch folder and the TensorBoard writers
-are closed on every way out: success, bad input, a diverged loss, a signal, a lost peer.
+one ExitStack, so the watchdog, the checkpointer's scratch folder, the TensorBoard writers and
+the event log are closed on every way out: success, bad input, a diverged loss, a signal, a lost
+peer. The chief's event log (records.events) says what each process of the run did; the run's
+goodput and MFU come from it at the end.
 
 A run resumes: rerunning the same command on its workdir continues from the newest checkpoint,
 step-exact (the batches after it are exactly those an uninterrupted run would see).
@@ -14,7 +16,7 @@ import dataclasses
 import re
 import sys
 import time
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from absl import logging
 import keras
@@ -35,7 +37,10 @@ from trainer.loop import throughput
 from trainer.models import factory
 from trainer.records import best_model
 from trainer.records import checkpointing
+from trainer.records import events as events_lib
 from trainer.records import export
+from trainer.records import goodput as goodput_lib
+from trainer.records import mfu as mfu_lib
 from trainer.records import run_record
 from trainer.records import summaries
 from trainer.records import workdir as workdir_lib
@@ -49,7 +54,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
   clock.mark("imports")
   with contextlib.ExitStack() as stack:
     # ---------------------------------------------------------------- Runtime.
-    runtime = _open_runtime(stack, config)
+    runtime, peak = _open_runtime(stack, config)
     settings = runtime.settings
 
     # ---------------------------------------------------------------- Input.
@@ -83,6 +88,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     # ---------------------------------------------------------------- Workdir.
     writer = _open_workdir(stack, settings, plan, step, hparams)
     clock.mark("model")
+    events = _open_event_log(stack, settings, step, start_time, clock)
 
     # ---------------------------------------------------------------- Training loop.
     # One dataset for the whole run: the next epoch is prepared while this one trains.
@@ -96,17 +102,18 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
           task, plan, meter, writer, checkpointer,
           progress.EpochProgress(plan.steps_per_epoch, config.loop.epochs, config.output.progress,
                                  settings.is_chief),
-          stop_requests, runtime.heartbeat, profiler, best).run(step)
+          stop_requests, runtime.heartbeat, profiler, best, events).run(step)
 
     # ---------------------------------------------------------------- Export and results.
     return _finish(settings, plan, task, pipeline, hparams, outcome, meter, writer, checkpointer,
-                   start_time, clock, best)
+                   start_time, clock, best, events, peak)
 
 
-def _open_runtime(stack: contextlib.ExitStack,
-                  config: config_lib.Config) -> runtime_lib.Runtime:
+def _open_runtime(stack: contextlib.ExitStack, config: config_lib.Config
+                  ) -> Tuple[runtime_lib.Runtime, Optional[mfu_lib.Peak]]:
   """Opens the runtime (devices, cluster, strategy; keras.distribution on JAX) on `stack` and,
-  on the chief, takes the workdir and checks that the run may start there; returns it."""
+  on the chief, takes the workdir and checks that the run may start there; returns it, and on
+  the chief the peak of one of its devices, which MFU is measured against."""
   if config.runtime.backend == "jax":
     from trainer.backends.jax import runtime as jax_runtime  # pylint: disable=g-import-not-at-top
     runtime = stack.enter_context(jax_runtime.open_runtime(config))
@@ -118,18 +125,48 @@ def _open_runtime(stack: contextlib.ExitStack,
     stack.enter_context(workdir_lock.locked(config.output.workdir))
     workdir_lib.check_can_start(config.output.workdir, settings.run_config(),
                                 config.output.overwrite)
-  peak = config.peak_learning_rate
+  # Only the chief records MFU; on a CPU its first run measures the ceiling once.
+  peak = mfu_lib.device_peak(settings.precision, _gpu_names()) if settings.is_chief else None
+  learning_rate = config.peak_learning_rate
   scaled = (f" = {config.optim.learning_rate:g} x {config.data.batch_size}/"
             f"{config_lib.LINEAR_SCALING_BATCH}" if config.optim.lr_scaling == "linear" else "")
   logging.info("Keras on %s; strategy %s with %d replica%s on %s; precision %s (%s); %s steps "
-               "per loop, XLA %s; %s, peak learning rate %g%s.", config.runtime.backend,
+               "per loop, XLA %s; %s, peak learning rate %g%s%s.", config.runtime.backend,
                settings.strategy, settings.num_replicas,
                "" if settings.num_replicas == 1 else "s", settings.device,
                settings.precision, settings.precision_reason,
                (f"up to {settings.steps_per_loop}, about {schedule.AUTO_CALL_SECONDS:g} s of"
                 if settings.calls_sized_by_time else settings.steps_per_loop),
-               "on" if settings.jit_compile else "off", config.optim.optimizer, peak, scaled)
-  return runtime
+               "on" if settings.jit_compile else "off", config.optim.optimizer, learning_rate,
+               scaled, _peak_shown(peak))
+  return runtime, peak
+
+
+def _peak_shown(peak: Optional[mfu_lib.Peak]) -> str:
+  """The start line's word on the peak MFU is measured against (nothing off the chief)."""
+  if peak is None:
+    return ""
+  if peak.flops_per_device is None:
+    return f"; MFU: {peak.source}"
+  where = "a machine" if peak.per_machine else "a device"
+  return f"; MFU against {_flops_per_second(peak.flops_per_device)} {where} ({peak.named})"
+
+
+def _flops_per_second(flops: float) -> str:
+  """1.5e11 as "150 GFLOP/s", 9.9e14 as "990 TFLOP/s"."""
+  for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G")):
+    if flops >= scale:
+      return f"{flops / scale:,.3g} {prefix}FLOP/s"
+  return f"{flops / 1e6:,.3g} MFLOP/s"
+
+
+def _gpu_names() -> List[str]:
+  """The names of the GPUs this process trains on (none on a CPU): TensorFlow's, or JAX's."""
+  if keras.backend.backend() == "jax":
+    import jax  # pylint: disable=g-import-not-at-top
+    return [device.device_kind for device in jax.devices() if device.platform == "gpu"]
+  return [tf.config.experimental.get_device_details(gpu).get("device_name", "unknown")
+          for gpu in tf.config.list_physical_devices("GPU")]
 
 
 def _make_task(settings: config_lib.RunSettings, runtime: runtime_lib.Runtime,
@@ -162,6 +199,19 @@ def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
                  f" with changed settings, recorded in config.json: {', '.join(changes)}"
                  if changes else "")
   return writer
+
+
+def _open_event_log(stack: contextlib.ExitStack, settings: config_lib.RunSettings, step: int,
+                    start_time: float, clock: startup.StartupClock) -> events_lib.EventLog:
+  """The run's event log (the chief's; closed by `stack`, which writes why the process stopped),
+  opened once the workdir is ready, with this process's start and start-up phases so far."""
+  events = stack.enter_context(events_lib.EventLog(settings.config.output.workdir,
+                                                   enabled=settings.is_chief))
+  events.process_start(step, started=start_time)
+  for phase, seconds in clock.phases(None).items():
+    if seconds is not None:  # first_step: the controller logs the first call's end.
+      events.startup_phase(phase, seconds)
+  return events
 
 
 def _open_checkpointer(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
@@ -249,8 +299,10 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
             outcome: controller_lib.Outcome, meter: throughput.ThroughputMeter,
             writer: summaries.RunWriter, checkpointer: checkpointing.Checkpointer,
             start_time: float, clock: startup.StartupClock,
-            best: Optional[best_model.BestModel]) -> dict:
-  """Records the run: final scalars, and on the chief the exports and results.json."""
+            best: Optional[best_model.BestModel], events: events_lib.EventLog,
+            peak: Optional[mfu_lib.Peak]) -> dict:
+  """Records the run: on the chief the exports, its goodput and MFU, the final scalars and
+  results.json."""
   config = settings.config
   weights_digest = task.weights_sha256()
   totals = checkpointer.totals()  # Over every process that trained the run.
@@ -285,18 +337,57 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
       ema_weights_sha256=task.ema_weights_sha256(),
       skipped_steps=task.skipped_steps, loss_scale=task.loss_scale,
       **(best.results() if best else {}))
-  writer.scalars("run", outcome.step, {"test_accuracy": outcome.test_accuracy,
-                                       "examples_per_sec": results.examples_per_sec})
   if settings.is_chief:
     with _exported_weights(task, config):
       exports = export.export_model(task.model, config.output.workdir, pipeline.image_shape)
-    results = dataclasses.replace(results, exports=exports)
+    flops_per_step = _training_flops(task, pipeline.image_shape)
+    events.stop("finished")  # The end of the run's wall time: what follows takes milliseconds.
+    results = dataclasses.replace(results, exports=exports,
+                                  **_goodput_and_mfu(settings, events, flops_per_step, peak))
+    writer.scalars("run", outcome.step, _final_scalars(results))
     run_record.write_results(config.output.workdir, results)
     advice = throughput.input_bound_advice(results.input_wait_share, config.data.data_service)
     if advice:  # Just above the summary block, which stays the last lines.
       print(advice, flush=True)
     print(_summary(settings, task.api, results, untimed=not totals["timed_seconds"]), flush=True)
   return results.to_dict()
+
+
+def _training_flops(task: task_lib.Task, image_shape) -> Optional[int]:
+  """A training step's FLOPs (the task counts them from its HLO); None, with a warning, for a
+  step that cannot be counted: MFU is then left out, and the rest of the record stays."""
+  try:
+    return task.training_flops_per_step(image_shape)
+  except Exception as e:  # pylint: disable=broad-except
+    # A user's layer that XLA cannot express fails in many ways; none of them is the run's.
+    logging.warning("MFU is left out: the training step's FLOPs could not be counted (%s: %s).",
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+    return None
+
+
+def _goodput_and_mfu(settings: config_lib.RunSettings, events: events_lib.EventLog,
+                     flops_per_step: Optional[int], peak: mfu_lib.Peak) -> dict:
+  """results.json's goodput and MFU fields from the run's event log, with `processes` and
+  `wall_time_s` counted from it too: every process it holds, and their lives without the
+  gaps between them."""
+  figures = goodput_lib.goodput(events_lib.read_events(events.path))
+  devices = settings.hosts if peak.per_machine else settings.num_replicas  # A GPU a replica.
+  return {"goodput": figures, "processes": figures["processes"],
+          "wall_time_s": figures["wall_s"] - figures["between_processes_s"],
+          "flops_per_step": flops_per_step,
+          **mfu_lib.mfu(flops_per_step, figures["productive_steps"], figures["productive_s"],
+                        peak, devices)}
+
+
+def _final_scalars(results: run_record.RunResults) -> Dict[str, float]:
+  """The run's last scalars in TensorBoard (the HParams entry's metrics): test accuracy,
+  examples/s, MFU, and under goodput/ each part of the wall time and the fraction kept."""
+  scalars = {"test_accuracy": results.test_accuracy,
+             "examples_per_sec": results.examples_per_sec}
+  if results.mfu is not None:
+    scalars["mfu"] = results.mfu
+  scalars.update({f"goodput/{name}": value for name, value in results.goodput.items()})
+  return scalars
 
 
 def _summary(settings: config_lib.RunSettings, api: str, results: run_record.RunResults,
@@ -316,6 +407,8 @@ def _summary(settings: config_lib.RunSettings, api: str, results: run_record.Run
       f"({_test_examples_covered(results)})",
       f"  {results.examples_per_sec:,.0f} examples/s, {results.wall_time_s:.1f} s{resumed}"
       f"{first_step}",
+      *_goodput_line(results),
+      *_mfu_line(results),
       *_loss_scaling_line(results),
       f"  {config.output.workdir}: results.json, model.keras, saved_model/; "
       f"tensorboard --logdir {config.output.workdir}"])
@@ -327,6 +420,42 @@ def _test_examples_covered(results: run_record.RunResults) -> str:
   if results.test_examples == results.test_split_examples:
     return f"all {results.test_examples:,} test examples"
   return f"the first {results.test_examples:,} of {results.test_split_examples:,} test examples"
+
+
+# How the summary names goodput's parts.
+_PART_NAMES = {"startup_s": "start-up", "compile_s": "compiling", "input_wait_s": "input wait",
+               "checkpoint_s": "checkpoints", "evaluation_s": "evaluation",
+               "between_processes_s": "between processes", "other_s": "other work"}
+
+
+def _goodput_line(results: run_record.RunResults) -> List[str]:
+  """The summary's goodput: the share of the wall time in kept steps, what was lost, and the
+  biggest of the other parts."""
+  figures = results.goodput
+  if not figures:
+    return []
+  lost = (f", {figures['lost_s']:.1f} s lost ({errors.plural(figures['lost_steps'], 'step')} "
+          "trained again)" if figures["lost_steps"] else ", nothing lost")
+  biggest = max(_PART_NAMES, key=lambda part: figures[part])
+  return [f"  goodput {figures['fraction']:.0%}: {figures['productive_s']:.1f} s of "
+          f"{figures['wall_s']:.1f} s in steps kept{lost}; the most of the rest: "
+          f"{_PART_NAMES[biggest]}, {figures[biggest]:.1f} s"]
+
+
+def _mfu_line(results: run_record.RunResults) -> List[str]:
+  """The summary's MFU and the peak it is measured against, or why there is none."""
+  if results.peak_source is None:
+    return []
+  if results.mfu is None:
+    if results.peak_flops is None:
+      why = results.peak_source.split(" (", 1)[0]
+    elif results.flops_per_step is None:
+      why = "the step's FLOPs could not be counted (see the warning above)"
+    else:
+      why = "no step of the run was kept"
+    return [f"  MFU unknown: {why}"]
+  return [f"  MFU {results.mfu:.1%} of {_flops_per_second(results.peak_flops)}, the "
+          f"{results.peak_source.split(' (', 1)[0]}"]
 
 
 def _loss_scaling_line(results: run_record.RunResults) -> List[str]:

@@ -416,6 +416,12 @@ def host_position(worker_addresses: Sequence[str], task_index: int) -> Tuple[int
   return hosts.count(mine), hosts[:task_index].count(mine)
 
 
+def host_count(worker_addresses: Sequence[str]) -> int:
+  """How many machines `worker_addresses` ("host:port" each) name, loopback names as one; 1
+  without a cluster."""
+  return len({_host(address) for address in worker_addresses}) or 1
+
+
 def _host(address: str) -> str:
   host = address.rsplit(":", 1)[0] if address.count(":") == 1 or "]" in address else address
   return "localhost" if host in _LOOPBACK or host.startswith("127.") else host

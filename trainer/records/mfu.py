@@ -7,12 +7,13 @@ The productive steps and seconds are goodput's (trainer.records.goodput): steps 
 without compiling or input wait, so MFU says how well the steps used the hardware while they
 ran, and goodput where the rest of the time went.
 
-The peak is an argument with its source: a GPU's datasheet dense peak at the run's precision,
-or, on CPUs, which have no such figure that a framework reaches, the matmul ceiling measured on
-this machine (trainer.bench.ceiling.matmul_ceiling: the best rate of a large square matmul,
-with and without XLA). A measured ceiling is not a datasheet peak, so CPU and GPU MFU are not
-the same measure; `peak_source` says which it is. The ceiling takes seconds to measure, so it is
-measured once per machine and kept in the user's cache folder (`cpu_peak`).
+The peak is an argument with its source (`device_peak` finds it): a GPU's datasheet dense peak
+at the run's precision (trainer.distribute.gpu_specs), or, on CPUs, which have no such figure
+that a framework reaches, the matmul ceiling measured on this machine
+(trainer.bench.ceiling.matmul_ceiling: the best rate of a large square matmul, with and without
+XLA). A measured ceiling is not a datasheet peak, so CPU and GPU MFU are not the same measure;
+`peak_source` says which it is. The ceiling takes seconds to measure, so it is measured once per
+machine and kept in the user's cache folder (`cpu_peak`).
 """
 
 import dataclasses
@@ -21,7 +22,7 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Callable, Dict, Iterable, Mapping, Optional
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence
 
 from absl import logging
 
@@ -33,24 +34,53 @@ COMPUTE_DTYPES = {"float32": "float32", "mixed_float16": "float16",
 
 @dataclasses.dataclass(frozen=True)
 class Peak:
-  """A device's peak FLOP/s at the run's precision, and where the figure comes from."""
+  """A device's peak FLOP/s at the run's precision, and where the figure comes from (or, with
+  no figure, why there is none)."""
 
-  flops_per_device: float
+  flops_per_device: Optional[float]
   source: str
+  # A CPU's measured ceiling is its whole machine's (its matmuls use every core), so a run's
+  # devices are its machines there, not its logical CPU devices.
+  per_machine: bool = False
+
+  @property
+  def named(self) -> str:
+    """The source without its details (the parenthesis): what a summary line says."""
+    return self.source.split(" (", 1)[0]
 
 
-def mfu(flops_per_step: float, steps: int, productive_s: float, peak: Peak,
+def mfu(flops_per_step: Optional[float], steps: int, productive_s: float, peak: Peak,
         devices: int) -> Dict[str, Optional[float]]:
-  """results.json's `mfu` (None where no step was kept), `peak_flops` (of all `devices`) and
-  `peak_source`.
+  """results.json's `mfu` (None where no step was kept, or the FLOPs or the peak are unknown),
+  `peak_flops` (of all `devices`; None when unknown) and `peak_source`.
 
-  On CPUs the measured ceiling is the whole machine's (its matmuls use every core), so
-  `devices` is the number of machines, not of logical CPU devices.
+  `devices` are what the peak is of: GPUs, or machines for a CPU's ceiling (Peak.per_machine).
   """
-  peak_flops = peak.flops_per_device * devices
+  peak_flops = peak.flops_per_device * devices if peak.flops_per_device else None
   utilisation = (flops_per_step * steps / productive_s / peak_flops
-                 if steps and productive_s > 0 and peak_flops > 0 else None)
+                 if flops_per_step and steps and productive_s > 0 and peak_flops else None)
   return {"mfu": utilisation, "peak_flops": peak_flops, "peak_source": peak.source}
+
+
+def device_peak(precision: str, gpu_names: Sequence[str],
+                cpu: Optional[Callable[[str], Peak]] = None) -> Peak:
+  """The peak of one of the run's devices at `precision` (the Keras dtype policy): its GPUs'
+  datasheet dense peak (trainer.distribute.gpu_specs) where it runs on `gpu_names`, else
+  `cpu(precision)`, the CPU's measured ceiling. GPUs the table does not hold, or of several
+  kinds, have no peak: Peak(None, why)."""
+  if not gpu_names:
+    return (cpu or cpu_peak)(precision)
+  from trainer.distribute import gpu_specs  # pylint: disable=g-import-not-at-top
+  kinds = sorted(set(gpu_names))
+  if len(kinds) > 1:
+    return Peak(None, f"no one peak: the run's GPUs are of {len(kinds)} kinds "
+                      f"({', '.join(kinds)}); MFU left out")
+  spec = gpu_specs.identify(kinds[0])
+  if spec is None:
+    return Peak(None, f"no datasheet peak for {kinds[0]} in trainer/distribute/gpu_specs.py "
+                      "(a row there with its dense peaks gives MFU); MFU left out")
+  return Peak(gpu_specs.peak_flops(spec, precision),
+              f"datasheet dense peak of the {spec.name} at {precision} ({spec.source})")
 
 
 def cache_folder(environ: Mapping[str, str] = os.environ) -> str:
@@ -82,13 +112,15 @@ def cpu_peak(precision: str, measure: Optional[Callable[[str], dict]] = None,
   path = os.path.join(folder or cache_folder(), f"cpu_peak-{key}.json")
   entry = _read_entry(path, machine)
   if entry is None:
+    logging.info("Measuring this CPU's %s matmul ceiling for MFU, once (kept in %s).", dtype,
+                 path)
     ceiling = (measure or _measure_matmul_ceiling)(dtype)
     entry = {**machine, "flops_per_sec": ceiling["flops_per_sec"], "shape": ceiling["best"],
              "measured": datetime.date.today().isoformat()}
     _write_entry(path, entry)
   return Peak(entry["flops_per_sec"],
               f"measured {dtype} matmul ceiling of this CPU ({entry['shape']}, "
-              f"{cores} cores, {entry['measured']}; {path})")
+              f"{cores} cores, {entry['measured']}; {path})", per_machine=True)
 
 
 def _measure_matmul_ceiling(dtype: str) -> dict:

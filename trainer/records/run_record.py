@@ -17,8 +17,10 @@ from trainer.records import workdir as workdir_lib
 # 2 added model, image_shape, num_classes, from_logits and processes; 3 added startup_s; 4 added
 # data_sharding; 5 added recipe, the moving average's and the best model's fields; 6 added
 # test_examples, input_wait_share, skipped_steps and loss_scale; 7 added backend; 8 added
-# test_split_examples (--num_test_examples can bound the last evaluation on any data).
-SCHEMA_VERSION = 8
+# test_split_examples (--num_test_examples can bound the last evaluation on any data); 9 added
+# goodput, flops_per_step, mfu, peak_flops and peak_source, and counts processes and wall_time_s
+# from the event log (a process killed before its first checkpoint counts).
+SCHEMA_VERSION = 9
 RESULTS_FILE = workdir_lib.RESULTS_FILE
 
 # What ran: results.json's first fields, and the keys compare groups runs by (with seed). The
@@ -87,6 +89,14 @@ class RunResults:
   # Updates skipped for a non-finite gradient (float16 loss scaling), and the scale at the end.
   skipped_steps: int = 0
   loss_scale: Optional[float] = None
+  # Where the run's wall time went, over every process (records.goodput, from events.jsonl).
+  goodput: Optional[Dict[str, float]] = None
+  # Model FLOPs utilisation (records.mfu): a step's training FLOPs over the global batch, the
+  # kept steps' FLOP/s over the peak of all the run's devices, that peak and where it is from.
+  flops_per_step: Optional[int] = None
+  mfu: Optional[float] = None
+  peak_flops: Optional[float] = None
+  peak_source: Optional[str] = None
   exports: Dict[str, str] = dataclasses.field(default_factory=dict)
   schema_version: int = SCHEMA_VERSION
 

@@ -21,6 +21,7 @@ import tensorflow as tf
 from trainer import config as config_lib
 from trainer import errors
 from trainer.distribute import cluster
+from trainer.distribute import device_plan
 from trainer.distribute import distribution
 from trainer.distribute import hardware
 from trainer.distribute import precision as precision_lib
@@ -39,13 +40,14 @@ def open_runtime(config: config_lib.Config) -> Iterator[runtime_lib.Runtime]:
   if runtime.deterministic:
     tf.config.experimental.enable_op_determinism()  # The input pipeline's ops.
   task = None
-  input_index, num_inputs = 0, 1
+  input_index, num_inputs, hosts = 0, 1, 1
   with contextlib.ExitStack() as stack:
     heartbeat = lambda: None
     if runtime.strategy == "multi_worker_mirrored":
       tf_config = cluster.tf_config_from_environment(runtime.worker_hosts, runtime.task_index)
       task = cluster.describe_task(tf_config)
       input_index, num_inputs = cluster.input_position(tf_config)
+      hosts = device_plan.host_count(cluster.worker_addresses(tf_config))
       watchdog = watchdog_lib.ProgressWatchdog(runtime.worker_timeout, task)
       stack.callback(watchdog.stop)
       heartbeat = watchdog.beat
@@ -62,7 +64,7 @@ def open_runtime(config: config_lib.Config) -> Iterator[runtime_lib.Runtime]:
     settings = config_lib.RunSettings(
         config=config, strategy=strategy, num_replicas=len(devices), precision=policy,
         precision_reason=reason, device=_describe(jax), is_chief=jax.process_index() == 0,
-        task=task, input_index=input_index, num_inputs=num_inputs)
+        task=task, input_index=input_index, num_inputs=num_inputs, hosts=hosts)
     logging.info("Keras on JAX %s over %s.", jax.__version__,
                  errors.summarized([str(device) for device in devices]))
     yield runtime_lib.Runtime(None, settings, heartbeat)

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import config as config_lib
+from trainer.bench import flops
 from trainer.data import input_pipeline
 from trainer.distribute import precision as precision_lib
 from trainer.loop import optimization
@@ -199,6 +200,21 @@ class JaxTask:
 
   def ema_weights_sha256(self) -> Optional[str]:
     return _sha256(self.ema.averages) if self.ema is not None else None
+
+  def training_flops_per_step(self, image_shape: Sequence[int]) -> int:
+    """FLOPs of one training step over the global batch, counted as task.Task counts them on
+    TensorFlow (trainer.bench.flops): the dots and convolutions of the loss's gradient over the
+    whole batch, from the HLO JAX lowers it to (not compiled). The optimizer's update has no
+    dot, and micro-batches (--grad_accum_steps) do the same arithmetic as the batch; the step
+    itself scans them, which a count of each instruction once would see as one."""
+    batch = self._settings.config.data.batch_size
+    images = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
+    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    gradients = jax.jit(jax.grad(self._loss, has_aux=True))
+    lowered = gradients.lower([v.value for v in self.model.trainable_variables],
+                              [v.value for v in self.model.non_trainable_variables], images,
+                              labels, 1.0)
+    return flops.count_hlo_flops(lowered.as_text(dialect="hlo"))
 
   def scope(self):
     """Where the checkpoint's variables are made: anywhere, on JAX."""

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer.distribute import cluster
+from trainer.distribute import device_plan
 from trainer.distribute import distribution
 from trainer.distribute import hardware
 from trainer.distribute import precision as precision_lib
@@ -38,11 +39,12 @@ def open_runtime(config: config_lib.Config) -> Iterator[Runtime]:
     tf.config.experimental.enable_op_determinism()
   hardware.split_cpu(runtime.cpu_devices)
   tf_config = task = None
-  input_index, num_inputs = 0, 1
+  input_index, num_inputs, hosts = 0, 1, 1
   if runtime.strategy == "multi_worker_mirrored":
     tf_config = cluster.tf_config_from_environment(runtime.worker_hosts, runtime.task_index)
     task = cluster.describe_task(tf_config)
     input_index, num_inputs = cluster.input_position(tf_config)
+    hosts = device_plan.host_count(cluster.worker_addresses(tf_config))
   with contextlib.ExitStack() as stack:
     heartbeat = lambda: None
     if task:
@@ -64,5 +66,5 @@ def open_runtime(config: config_lib.Config) -> Iterator[Runtime]:
         config=config, strategy=distribution.strategy_name(strategy),
         num_replicas=strategy.num_replicas_in_sync, precision=policy, precision_reason=reason,
         device=hardware.describe_devices(), is_chief=distribution.is_chief(strategy),
-        task=task, input_index=input_index, num_inputs=num_inputs)
+        task=task, input_index=input_index, num_inputs=num_inputs, hosts=hosts)
     yield Runtime(strategy, settings, heartbeat)

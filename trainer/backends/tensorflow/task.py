@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from trainer import config as config_lib
+from trainer.bench import flops
 from trainer.data import input_pipeline
 from trainer.distribute import distribution
 from trainer.distribute import precision as precision_lib
@@ -233,6 +234,13 @@ class Task:
   def ema_weights_sha256(self) -> Optional[str]:
     """A digest of the moving average's weights, or None without --ema_decay."""
     return _sha256(self.ema.averages) if self.ema is not None else None
+
+  def training_flops_per_step(self, image_shape: Sequence[int]) -> int:
+    """FLOPs of one training step over the global batch: the dots and convolutions of its
+    forward and backward passes, counted from their HLO (trainer.bench.flops), as JaxTask
+    counts them on JAX."""
+    return flops.train_step_flops(self.model, self.from_logits, image_shape,
+                                  self._settings.config.data.batch_size)
 
   # ---------------------------------------------------------------- Compiled steps.
   def _forward_backward_eager(self, images, labels):
