@@ -99,7 +99,9 @@ def test_report_writes_table_csv_plots_and_the_noise_verdict(tiny_runs, tmp_path
   assert [row["api"] for row in rows] == ["functional", "subclass"]
   for row in rows:
     assert 0 < float(row["test_accuracy_mean"]) <= 1 and float(row["examples_per_sec_median"]) > 0
-  for picture in ("accuracy_per_epoch.png", "throughput.png"):
+    assert 0 < float(row["goodput_median"]) < 1 and 0 < float(row["mfu_median"]) <= 1
+  assert "| goodput (median) | MFU (median) |" in table
+  for picture in ("accuracy_per_epoch.png", "throughput.png", "goodput.png"):
     assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -270,3 +272,28 @@ def test_sweep_runs_a_resnet_in_every_api_and_a_keras_application_once():
   accepts = sweep.FLAGS["models"].validators[0].checker
   assert accepts(["resnet50", "applications.ResNet50", "mlp", "nets.py:build"])
   assert not accepts(["resnet101"])
+
+
+def _goodput(wall, **parts):
+  figures = dict.fromkeys(compare.GOODPUT_PARTS, 0.0)
+  figures.update(parts, wall_s=wall, fraction=parts.get("productive_s", 0.0) / wall)
+  return figures
+
+
+def test_the_goodput_plot_stacks_each_configurations_parts_to_its_whole_time(tmp_path):
+  # Two seeds of one configuration (their seconds pooled) and one run of another; a run
+  # recorded before goodput existed is left out of its configuration's bar.
+  runs = [{**run_of("functional", 0, 0.8), "goodput": _goodput(10.0, productive_s=6.0,
+                                                               startup_s=4.0)},
+          {**run_of("functional", 1, 0.8), "goodput": _goodput(30.0, productive_s=12.0,
+                                                               lost_s=3.0, startup_s=15.0)},
+          run_of("functional", 2, 0.8),
+          {**run_of("subclass", 0, 0.8), "goodput": _goodput(5.0, productive_s=5.0)}]
+  rows = compare.summarize(runs, 0.5)
+  drawn = compare.plot_goodput(rows, str(tmp_path / "goodput.png"))
+  assert drawn["shares"] == {
+      "functional": {**dict.fromkeys(compare.GOODPUT_PARTS, 0.0), "productive_s": 0.45,
+                     "lost_s": 0.075, "startup_s": 0.475},
+      "subclass": {**dict.fromkeys(compare.GOODPUT_PARTS, 0.0), "productive_s": 1.0}}
+  assert drawn["cut"] == []
+  assert [row["goodput_median"] for row in rows] == [0.5, 1.0]  # Of 0.6 and 0.4; of 1.0.

@@ -5,11 +5,13 @@
 
 Reads every run under --logdir (its results.json, and its TensorBoard events through
 tensorboard's own event reader), groups runs that differ only by seed and writes, into
---output_dir (default LOGDIR/report): report.md, report.csv, accuracy_per_epoch.png and
-throughput.png. The report states whether accuracy differences between APIs exceed seed-to-seed
-noise, by a Welch t-test for each pair of APIs; runs on several Keras backends (a sweep with
---backends=tensorflow,jax) are grouped by backend, and each other backend is set against
-TensorFlow: its speed, and whether it trains to the same accuracy.
+--output_dir (default LOGDIR/report): report.md, report.csv, accuracy_per_epoch.png,
+throughput.png and goodput.png (where each configuration's time went). The report states
+whether accuracy differences between APIs exceed seed-to-seed noise, by a Welch t-test for each
+pair of APIs; runs on several Keras backends (a sweep with --backends=tensorflow,jax) are grouped
+by backend, and each other backend is set against TensorFlow: its speed, and whether it trains to
+the same accuracy. Each configuration's goodput and MFU are the medians of its runs' (runs
+recorded before they existed have none).
 """
 
 import csv
@@ -25,6 +27,7 @@ from absl import flags
 from absl import logging
 
 from trainer import errors
+from trainer.records import goodput as goodput_lib
 from trainer.records import run_record
 
 flags.DEFINE_string("logdir", None, "Folder of runs, as written by trainer.sweep.", required=True)
@@ -106,9 +109,19 @@ def summarize(runs: Sequence[dict], target_accuracy: float) -> List[dict]:
         "examples_per_sec_min": min(run["examples_per_sec"] for run in members),
         "examples_per_sec_max": max(run["examples_per_sec"] for run in members),
         "seconds_to_target_median": (statistics.median(times) if None not in times else None),
+        "goodput_median": _median_of(run.get("goodput", {}).get("fraction")
+                                     for run in members),
+        "mfu_median": _median_of(run.get("mfu") for run in members),
         "accuracies": accuracies,
+        "runs": members,
     })
   return rows
+
+
+def _median_of(values) -> Optional[float]:
+  """The median of the figures runs have (runs recorded before a figure existed have none)."""
+  known = [value for value in values if value is not None]
+  return statistics.median(known) if known else None
 
 
 def _configuration(run: dict) -> tuple:
@@ -196,8 +209,9 @@ def write_table(rows: Sequence[dict], target_accuracy: float, statements: Sequen
                 path: str, backend_statements: Sequence[str] = ()) -> str:
   """Writes the Markdown report; returns its text."""
   header = ("| model | api | backend | strategy | precision | device | batch | seeds | test "
-            f"accuracy (mean ± std) | examples/s (median) | s to {target_accuracy:.2f} (median) |")
-  lines = [header, "|" + "---|" * 11]
+            f"accuracy (mean ± std) | examples/s (median) | s to {target_accuracy:.2f} (median) "
+            "| goodput (median) | MFU (median) |")
+  lines = [header, "|" + "---|" * 13]
   for row in rows:
     to_target = ("not reached" if row["seconds_to_target_median"] is None
                  else f"{row['seconds_to_target_median']:.1f}")
@@ -206,7 +220,12 @@ def write_table(rows: Sequence[dict], target_accuracy: float, statements: Sequen
         f"{row['precision']} | "
         f"{row['device']} | "
         f"{row['global_batch_size']} | {row['seeds']} | {row['test_accuracy_mean']:.4f} ± "
-        f"{row['test_accuracy_std']:.4f} | {row['examples_per_sec_median']:,.0f} | {to_target} |")
+        f"{row['test_accuracy_std']:.4f} | {row['examples_per_sec_median']:,.0f} | {to_target} | "
+        f"{_percent(row['goodput_median'])} | {_percent(row['mfu_median'])} |")
+  lines += ["", "Goodput: the share of the runs' wall time (every process, start to end) spent in "
+            "training steps whose results were kept; goodput.png shows where the rest went. "
+            "MFU: the model's training FLOP/s over the devices' peak (results.json's "
+            "peak_source: a datasheet's on GPUs, a measured matmul ceiling on CPUs)."]
   lines += ["", "Do the APIs differ beyond seed noise?", *statements]
   if backend_statements:
     lines += ["", "Each Keras backend against TensorFlow:", *backend_statements]
@@ -216,9 +235,14 @@ def write_table(rows: Sequence[dict], target_accuracy: float, statements: Sequen
   return text
 
 
+def _percent(share: Optional[float]) -> str:
+  return "-" if share is None else f"{share:.1%}"
+
+
 def write_csv(rows: Sequence[dict], path: str) -> None:
   columns = [*GROUP_KEYS, "seeds", "test_accuracy_mean", "test_accuracy_std",
-             "examples_per_sec_median", "seconds_to_target_median"]
+             "examples_per_sec_median", "seconds_to_target_median", "goodput_median",
+             "mfu_median"]
   with open(path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
@@ -316,6 +340,59 @@ def plot_throughput(rows: Sequence[dict], path: str) -> dict:
   return {"whiskers": whiskers, "title": title, "cut": cut}
 
 
+# goodput.png's parts, bottom up, with the names its legend gives them.
+GOODPUT_PARTS = {"productive_s": "productive (steps kept)", "lost_s": "lost (steps trained again)",
+                 "startup_s": "start-up", "compile_s": "compiling", "input_wait_s": "input wait",
+                 "checkpoint_s": "checkpoints", "evaluation_s": "evaluation",
+                 "between_processes_s": "between processes", "other_s": "other"}
+
+
+def goodput_shares(runs: Sequence[dict]) -> Optional[Dict[str, float]]:
+  """Each goodput part's share of the wall time of `runs` together (seconds summed over the
+  runs, so a longer seed weighs more), or None where no run recorded its goodput."""
+  recorded = [run["goodput"] for run in runs if run.get("goodput")]
+  wall = sum(goodput["wall_s"] for goodput in recorded)
+  if not wall:
+    return None
+  return {part: sum(goodput[part] for goodput in recorded) / wall for part in goodput_lib.PARTS}
+
+
+def plot_goodput(rows: Sequence[dict], path: str) -> dict:
+  """One stacked bar per configuration: where its runs' wall time went, part by part (shares
+  of the wall time, over its seeds). Returns the "shares" drawn, by configuration label, and
+  the texts "cut" by the figure's edge."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  drawn = [(row, goodput_shares(row["runs"])) for row in rows]
+  drawn = [(row, shares) for row, shares in drawn if shares is not None]
+  varying = _varying_keys([row for row, _ in drawn]) if len(drawn) > 1 else []
+  labels = [_label(row, varying) if varying else run_record.model_label(row["model"], row["api"])
+            for row, _ in drawn]
+  width, height = FIGURE_INCHES
+  figure, axes = pyplot.subplots(figsize=(max(width, 2.2 * len(drawn)), height),
+                                 dpi=FIGURE_DPI)
+  bottoms = [0.0] * len(drawn)
+  colours = pyplot.get_cmap("tab10")
+  for index, (part, name) in enumerate(GOODPUT_PARTS.items()):
+    heights = [100 * shares[part] for _, shares in drawn]
+    axes.bar(range(len(drawn)), heights, bottom=bottoms, label=name, color=colours(index))
+    bottoms = [bottom + height for bottom, height in zip(bottoms, heights)]
+  axes.set_xticks(range(len(drawn)), [label.replace(", ", "\n") for label in labels],
+                  fontsize=FONT_SIZE - 2)
+  axes.tick_params(axis="y", labelsize=FONT_SIZE - 1)
+  axes.set_ylim(0, 100)
+  axes.set_ylabel("share of wall time, % (all processes, seeds summed)", fontsize=FONT_SIZE)
+  axes.set_title("Where each configuration's time went (goodput: the bottom part)",
+                 fontsize=FONT_SIZE)
+  axes.legend(fontsize=FONT_SIZE - 3, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+  figure.tight_layout()
+  figure.savefig(path)
+  cut = _texts_outside(figure, axes)
+  pyplot.close(figure)
+  return {"shares": dict(zip(labels, (shares for _, shares in drawn))), "cut": cut}
+
+
 def _texts_outside(figure, axes) -> List[str]:
   """The axis labels, title and tick labels that do not fit inside the saved figure."""
   renderer = figure.canvas.get_renderer()
@@ -344,7 +421,7 @@ FIGURE_INCHES, FIGURE_DPI, FONT_SIZE = (12, 8), 100, 13
 
 def build_report(logdir: str, output_dir: str, target_accuracy: float = 0.85,
                  alpha: float = 0.05) -> dict:
-  """Writes report.md, report.csv and the two PNGs; returns their paths and the rows."""
+  """Writes report.md, report.csv and the three PNGs; returns their paths and the rows."""
   runs = load_runs(logdir)
   if not runs:
     raise errors.UserError(
@@ -353,12 +430,13 @@ def build_report(logdir: str, output_dir: str, target_accuracy: float = 0.85,
   os.makedirs(output_dir, exist_ok=True)
   rows = summarize(runs, target_accuracy)
   paths = {name: os.path.join(output_dir, name) for name in (
-      "report.md", "report.csv", "accuracy_per_epoch.png", "throughput.png")}
+      "report.md", "report.csv", "accuracy_per_epoch.png", "throughput.png", "goodput.png")}
   text = write_table(rows, target_accuracy, compare_apis(runs, alpha), paths["report.md"],
                      compare_backends(runs, alpha))
   write_csv(rows, paths["report.csv"])
   plot_accuracy(runs, paths["accuracy_per_epoch.png"])
   plot_throughput(rows, paths["throughput.png"])
+  plot_goodput(rows, paths["goodput.png"])
   return {"paths": paths, "rows": rows, "text": text, "num_runs": len(runs)}
 
 
