@@ -15,7 +15,9 @@ from tests.processes import ROOT
 from trainer import config as config_lib
 from trainer import errors
 from trainer import evaluate
+from trainer.bench import flops
 from trainer.distribute import keras_backend
+from trainer.models import factory
 from trainer.records import run_record
 from trainer.records import workdir as workdir_lib
 
@@ -123,6 +125,22 @@ def test_resnet18_steps_identically_in_the_three_apis(jax_runs):
   results = [jax_runs[f"resnet18_{api}"] for api in config_lib.APIS]
   assert [r["steps"] for r in results] == [3, 3, 3]
   assert len({r["weights_sha256"] for r in results}) == 1
+
+
+@pytest.mark.slow
+def test_a_steps_flops_are_counted_as_on_tensorflow_and_make_an_mfu_against_the_named_peak(
+    jax_runs):
+  # The mlp at batch 128 in every API and over two devices (the global batch's), as
+  # test_mfu.py's TensorFlow runs count it; resnet18 as TensorFlow counts the same model.
+  for name in ("mlp_functional", "mlp_subclass", "mlp_mirrored"):
+    assert jax_runs[name]["flops_per_step"] == 128 * 818_176, name
+  model = factory.build_model("resnet18", "functional", (32, 32, 3), 10)
+  assert jax_runs["resnet18_functional"]["flops_per_step"] == flops.train_step_flops(
+      model, False, (32, 32, 3), 8)
+  for name in ("mlp_functional", "mlp_mirrored", "resnet18_subclass"):
+    results = jax_runs[name]
+    assert 0 < results["mfu"] <= 1 and results["peak_flops"] == 1e13  # conftest's, one machine.
+    assert results["goodput"]["processes"] == 1 and results["goodput"]["lost_steps"] == 0
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from trainer.data import input_pipeline
 from trainer.distribute import cluster
 from trainer import errors
 from trainer import train
+from trainer.records import events as events_lib
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import launch_local  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -124,6 +125,13 @@ def test_sigterm_to_one_worker_stops_all_at_one_step_and_the_rerun_is_bit_identi
       workdir=str(tmp_path / "straight")))
   assert resumed["steps"] == 120
   assert resumed["weights_sha256"] == straight["weights_sha256"]
+  # The chief's log covers the run: the preempted cluster was one process, the rerun another;
+  # a clean stop saved where it stopped, so nothing was trained twice.
+  events = events_lib.read_events(str(tmp_path / "run" / events_lib.EVENTS_FILE))
+  assert [event["why"] for event in events if event["event"] == "stop"] == [
+      "preempted", "finished"]
+  assert resumed["processes"] == resumed["goodput"]["processes"] == 2
+  assert resumed["goodput"]["lost_steps"] == 0
 
 
 @pytest.mark.slow
@@ -194,6 +202,10 @@ def test_killing_a_worker_stops_the_other_within_the_bound(tmp_path):
   assert workers[0].returncode != 0
   assert time.monotonic() - killed_at < 30 + 10
   assert "error: worker 0 of 2" in output
+  # Only the chief keeps the event log; its process ended in an error when the worker died.
+  assert not os.path.exists(tmp_path / "1" / events_lib.EVENTS_FILE)
+  events = events_lib.read_events(str(tmp_path / "0" / events_lib.EVENTS_FILE))
+  assert events[-1]["event"] == "stop" and events[-1]["why"] == "error"
 
 
 @pytest.mark.slow

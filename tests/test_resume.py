@@ -22,7 +22,9 @@ from trainer import config as config_lib
 from trainer.data import input_pipeline
 from trainer import errors
 from trainer import evaluate
+from trainer.records import events as events_lib
 from trainer.records import export
+from trainer.records import goodput as goodput_lib
 from trainer.records import run_record
 from trainer.records import summaries
 from trainer.records import workdir as workdir_lib
@@ -54,19 +56,50 @@ def wait_for_checkpoint(process, workdir, at_least: int, timeout: float = 120) -
     time.sleep(0.02)
 
 
+def wait_for_a_call_between_checkpoints(process, workdir, after: int, checkpoint_steps,
+                                        timeout: float = 120) -> int:
+  """Waits until the run's event log holds a checkpoint of step `after` or later and, as its
+  last event, a call that ended past it at a step no checkpoint falls on (`checkpoint_steps`
+  says which do), so a kill now loses the steps since that checkpoint. Returns the call's last
+  step."""
+  path = os.path.join(str(workdir), events_lib.EVENTS_FILE)
+  deadline = time.monotonic() + timeout
+  while True:
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    assert time.monotonic() < deadline, "no call between checkpoints in time"
+    events = [json.loads(line) for line in _whole_lines(path)]
+    saved = [event["step"] for event in events if event["event"] == "checkpoint"]
+    last = events[-1] if events else {}
+    if (saved and max(saved) >= after and last.get("event") == "call"
+        and last["last_step"] > max(saved) and not checkpoint_steps(last["last_step"])):
+      return last["last_step"]
+    time.sleep(0.01)
+
+
+def _whole_lines(path) -> list:
+  if not os.path.exists(path):
+    return []
+  with open(path, "rb") as f:
+    return [line for line in f.read().split(b"\n")[:-1]]  # The last one may be half written.
+
+
 # 3 epochs; checkpoints every 100 steps and at each epoch's end.
 RESUMABLE_FLAGS = ("--dataset=fashion_mnist", "--epochs=3", "--batch_size=64",
                    "--checkpoint_every=100", "--log_every=50", "--deterministic")
 
 
-def _run_straight_and_killed(flags, tmp_path, kill_after: int) -> str:
+def _run_straight_and_killed(flags, tmp_path, kill_after: int, checkpoint_steps=None) -> str:
   """Trains `flags` straight through in tmp_path/straight and, at the same time, in
-  tmp_path/killed: kill -9 once a checkpoint of step `kill_after` or later exists, then rerun to
-  the end. Returns the straight run's stderr."""
+  tmp_path/killed: kill -9 once a checkpoint of step `kill_after` or later exists (and, given
+  `checkpoint_steps`, which steps checkpoints fall on, once a call has ended between two
+  checkpoints after it), then rerun to the end. Returns the straight run's stderr."""
   straight = start_trainer(*flags, f"--workdir={tmp_path / 'straight'}")
   killed_dir = tmp_path / "killed"
   killed = start_trainer(*flags, f"--workdir={killed_dir}")
-  wait_for_checkpoint(killed, killed_dir, at_least=kill_after)
+  if checkpoint_steps:
+    wait_for_a_call_between_checkpoints(killed, killed_dir, kill_after, checkpoint_steps)
+  else:
+    wait_for_checkpoint(killed, killed_dir, at_least=kill_after)
   killed.kill()  # SIGKILL: its workdir lock goes with it, so the rerun below can take it.
   killed.wait()
   assert not os.path.exists(killed_dir / run_record.RESULTS_FILE)
@@ -102,7 +135,9 @@ def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_flags, steps_p
            f"--max_steps_per_epoch={steps_per_epoch}", f"--eval_every={eval_every}",
            *strategy_flags)
   killed_dir = tmp_path / "killed"
-  _run_straight_and_killed(flags, tmp_path, kill_after=steps_per_epoch + 100)  # In epoch 2.
+  _run_straight_and_killed(  # In epoch 2, between two checkpoints.
+      flags, tmp_path, kill_after=steps_per_epoch + 100,
+      checkpoint_steps=lambda step: step % 100 == 0 or step % steps_per_epoch == 0)
 
   total_steps = 3 * steps_per_epoch
   expected = run_record.read_results(tmp_path / "straight")
@@ -118,6 +153,7 @@ def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_flags, steps_p
       export.load_keras_model(str(tmp_path / "straight" / "best")))
   # TensorBoard: every logged step once, in order, across the kill.
   assert logged_steps(killed_dir / "train") == list(range(50, total_steps + 1, 50))
+  _assert_the_kills_goodput(got, expected, killed_dir)
   assert logged_steps(killed_dir / "eval", "accuracy_ema") == list(
       range(eval_every, total_steps + 1, eval_every))
 
@@ -143,6 +179,57 @@ def test_sigkill_mid_epoch_with_per_example_crops_then_rerun_ends_bit_identical(
   assert got["weights_sha256"] == expected["weights_sha256"]
   assert got["test_accuracy"] == expected["test_accuracy"]
   assert expected["input_wait_share"] > 0  # Measured under --deterministic too.
+
+
+def _assert_the_kills_goodput(got, expected, killed_dir) -> None:
+  """Two processes; the steps the killed one trained after its last checkpoint (up to its last
+  logged call) lost; every second in one part; less than all of it kept."""
+  figures = got["goodput"]
+  assert figures["processes"] == got["processes"] == 2
+  events = events_lib.read_events(os.path.join(str(killed_dir), events_lib.EVENTS_FILE))
+  starts = [index for index, event in enumerate(events) if event["event"] == "process_start"]
+  killed = events[starts[0]:starts[1]]
+  last_checkpoint = max(event["step"] for event in killed if event["event"] == "checkpoint")
+  last_call = [event for event in killed if event["event"] == "call"][-1]["last_step"]
+  assert events[starts[1]]["step"] == last_checkpoint  # The rerun resumed from it.
+  assert "stop" not in [event["event"] for event in killed]  # kill -9 leaves no stop.
+  assert figures["lost_steps"] == last_call - last_checkpoint > 0
+  assert figures["productive_steps"] == got["steps"]
+  assert sum(figures[part] for part in goodput_lib.PARTS) == pytest.approx(figures["wall_s"])
+  assert 0 < figures["fraction"] < 1 and figures["lost_s"] > 0
+  assert got["wall_time_s"] == pytest.approx(figures["wall_s"] - figures["between_processes_s"])
+  assert expected["goodput"]["lost_steps"] == 0 and expected["goodput"]["processes"] == 1
+
+
+@pytest.mark.slow
+def test_a_process_killed_before_its_first_checkpoint_is_one_of_the_runs_processes(
+    small_config, monkeypatch):
+  # The first process diverges at step 7, before the epoch's end (its one checkpoint): the rerun
+  # starts afresh from step 0, and the run's log keeps the first process and its lost steps.
+  original = input_pipeline.InputPipeline.training_batches
+
+  def poisoned(self, start_step, num_epochs, pack=1):
+    batches = original(self, start_step, num_epochs).enumerate(start_step).map(
+        lambda index, batch: (tf.where(index == 6, np.nan, batch[0]), batch[1]))
+    return batches.batch(pack, drop_remainder=True) if pack > 1 else batches
+
+  config = small_config.replace(checkpoint_every=0, steps_per_loop=4)
+  monkeypatch.setattr(input_pipeline.InputPipeline, "training_batches", poisoned)
+  with pytest.raises(errors.Diverged, match="step 7"):
+    train.train_and_evaluate(config)
+  monkeypatch.undo()
+  assert checkpoint_steps(config.output.workdir) == []
+  results = train.train_and_evaluate(config)
+  figures = results["goodput"]
+  assert results["processes"] == figures["processes"] == 2
+  events = events_lib.read_events(os.path.join(config.output.workdir, events_lib.EVENTS_FILE))
+  assert [event["why"] for event in events if event["event"] == "stop"] == ["error", "finished"]
+  # Every step the first process trained, up to the end of the call that diverged, is lost.
+  first_calls = [event for event in events[:events.index(
+      [event for event in events if event["event"] == "process_start"][1])]
+                 if event["event"] == "call"]
+  assert figures["lost_steps"] == first_calls[-1]["last_step"] >= 7
+  assert figures["productive_steps"] == results["steps"] == 20
 
 
 def _digest(model) -> str:
