@@ -133,3 +133,20 @@ def fashion_subset(fashion_mnist_dir, tmp_path_factory):
   return root
 
 
+@pytest.fixture(scope="session")
+def tiny_tfds(tmp_path_factory) -> str:
+  """A tfds data_dir holding "tiny_shapes": 12x10 colour images in 3 classes, prepared."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  rng = np.random.default_rng(0)
+
+  def split(count):
+    return tf.data.Dataset.from_tensor_slices({
+        "image": rng.integers(0, 256, (count, 12, 10, 3), dtype=np.uint8),
+        "label": rng.integers(0, 3, count)})
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name="tiny_shapes", version="1.0.0", data_dir=data_dir,
+      features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(12, 10, 3)),
+                                           "label": tfds.features.ClassLabel(num_classes=3)}),
+      split_datasets={"train": split(300), "test": split(50)})
+  return data_dir

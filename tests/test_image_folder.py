@@ -124,25 +124,6 @@ def test_flags_that_do_not_fit_the_data_are_refused(tmp_path):
   assert config_lib.Config.from_flags(num_test_examples=100).data.num_test_examples == 100
 
 
-@pytest.fixture(scope="module")
-def tiny_tfds(tmp_path_factory) -> str:
-  """A tfds data_dir holding "tiny_shapes": 12x10 colour images in 3 classes, prepared."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  rng = np.random.default_rng(0)
-
-  def split(count):
-    return tf.data.Dataset.from_tensor_slices({
-        "image": rng.integers(0, 256, (count, 12, 10, 3), dtype=np.uint8),
-        "label": rng.integers(0, 3, count)})
-  tfds.dataset_builders.store_as_tfds_dataset(
-      name="tiny_shapes", version="1.0.0", data_dir=data_dir,
-      features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(12, 10, 3)),
-                                           "label": tfds.features.ClassLabel(num_classes=3)}),
-      split_datasets={"train": split(300), "test": split(50)})
-  return data_dir
-
-
 # Above 64 px the images are held as tfds stored them (PNG bytes) and cropped per example.
 @pytest.mark.parametrize("memory_limit_mb, image_size", [(0, ()), (0.01, (16, 16)),
                                                          (0, (72, 72)), (0.01, (72, 72))])

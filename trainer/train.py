@@ -93,7 +93,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     # ---------------------------------------------------------------- Training loop.
     # One dataset for the whole run: the next epoch is prepared while this one trains.
     task.start_training(pipeline.training_batches(step, config.loop.epochs, plan.pack), plan.pack,
-                        per_process=pipeline.sharding == "file")
+                        per_process=pipeline.per_process)
     profiler = profiling.ProfileWindow(config.output.profile_steps, config.output.workdir,
                                        settings.is_chief)
     stack.callback(profiler.stop)

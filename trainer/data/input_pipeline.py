@@ -1,8 +1,12 @@
 """tf.data input: real images (trainer.data.sources) or synthetic data, in global batches.
 
-Every dataset yields whole global batches; tf.distribute splits them across replicas (and, with
-the DATA shard policy, across workers). Each epoch's order is a permutation seeded by (seed, epoch),
-so the batches from any global step on can be rebuilt exactly.
+One process yields whole global batches, which tf.distribute splits across its replicas. Under
+several workers each yields only its part of every global batch, chosen before anything is
+decoded: its slice of the global batch (sharding "data": the rows a single process would give
+its replicas, so every step trains on the same examples, worker by worker, as one process), or
+a batch of its own files (sharding "file": TFRecord shards, enough files for every worker).
+Each epoch's order is a permutation seeded by (seed, epoch), so the batches from any global step
+on can be rebuilt exactly.
 """
 
 import dataclasses
@@ -80,8 +84,11 @@ class InputPipeline:
   # Per-channel (mean, std) of the training split on the [0, 1] scale, or None: subtracted and
   # divided out of training and test images alike.
   normalization: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
-  sharding: str = "none"  # sources.Loaded.sharding: "file" makes the batches this process's.
+  # How the processes share the training data (see the module docstring): "none" (one
+  # process), "data" (each makes its slice of every global batch) or "file" (its own files).
+  sharding: str = "none"
   num_inputs: int = 1  # Processes that read training data.
+  input_index: int = 0  # This process among them.
   test_split_size: int = 0  # Every test example; 0: num_test_examples, the whole split.
   # --num_test_examples: the run's last evaluation covers the first this many of the test split,
   # in its order; 0 covers it whole.
@@ -107,12 +114,38 @@ class InputPipeline:
     return self.train is None and self.stream is None
 
   @property
+  def per_process(self) -> bool:
+    """True when each training element is this process's part of the global batch."""
+    return self.sharding != "none"
+
+  @property
   def train_batch_size(self) -> int:
-    """Examples per training element: the global batch, or this process's part of it when each
-    process reads only its own files."""
-    if self.sharding == "file":
+    """Examples per training element: the global batch, or this process's part of it."""
+    if self.per_process:
       return self.global_batch_size // self.num_inputs
     return self.global_batch_size
+
+  @property
+  def _rows(self) -> Tuple[int, int]:
+    """(first row, rows a step) of the epoch's order that this process's batches come from:
+    its slice of each global batch, or, reading only its own files, all of its own order."""
+    if self.sharding == "data":
+      return self.input_index * self.train_batch_size, self.global_batch_size
+    return 0, self.train_batch_size
+
+  def _positions(self, num_steps, first_step=0) -> tf.Tensor:
+    """This process's positions in the epoch's order over `num_steps` steps from `first_step`:
+    the seeds of its examples' crops (preprocessing.example_seed) and what it gathers."""
+    first, stride = self._rows
+    steps = tf.range(first_step, first_step + num_steps, dtype=tf.int64)
+    return tf.reshape(steps[:, None] * stride + first
+                      + tf.range(self.train_batch_size, dtype=tf.int64)[None, :], [-1])
+
+  def _mine(self, position: tf.Tensor) -> tf.Tensor:
+    """Whether the example at `position` of the epoch's order is in this process's slice."""
+    first, stride = self._rows
+    column = position % stride
+    return tf.logical_and(column >= first, column < first + self.train_batch_size)
 
   def _normalized(self, images: tf.Tensor) -> tf.Tensor:
     if self.normalization is None:
@@ -126,9 +159,9 @@ class InputPipeline:
 
   def _training_batch(self, epoch, step, images, labels):
     """One training batch of uint8 images made ready: scaled, augmented with the batch's own
-    seed (seed, epoch, step in the epoch), normalised."""
+    seed (seed, epoch, step in the epoch) as the rows of the global batch they are, normalised."""
     images = augment.augment_batch(_scale(images), augment.batch_seed(self.seed, epoch, step),
-                                   self.augment)
+                                   self.augment, rows=self._rows)
     return self._normalized(images), labels
 
   @property
@@ -177,22 +210,22 @@ class InputPipeline:
       # A few batches drawn once and cycled: serving them costs a copy, so synthetic runs
       # measure compute alone, at any image size.
       pool = tf.data.Dataset.range(self._synthetic_pool_batches()).map(
-          lambda index: self._synthetic_batch([self.seed, 0, index]))
+          lambda index: self._synthetic_rows([self.seed, 0, index]))
       dataset = pool.cache().repeat().skip(start_step).take(num_steps)
+    elif self.stream is not None:
+      # Records before the start step, and other processes' records, are skipped undecoded.
+      epochs = [self._streamed_epoch(epoch, steps_into_it if epoch == first_epoch else 0)
+                for epoch in range(first_epoch, num_epochs)]
+      dataset = functools.reduce(tf.data.Dataset.concatenate, epochs)
     else:
       # Encoded images skip the examples before the start step undecoded; decoded batches are
       # slices of the epoch's gather, cheap to skip whole.
       skipped = steps_into_it * self.train_batch_size if self.encoded else 0
-      if self.stream is not None:
-        epochs = [self._streamed_epoch(epoch, skipped if epoch == first_epoch else 0)
-                  for epoch in range(first_epoch, num_epochs)]
-        dataset = functools.reduce(tf.data.Dataset.concatenate, epochs)
-      else:
-        images, labels = self._tensors[:2]  # Made here, eagerly: flat_map traces its function.
-        dataset = tf.data.Dataset.range(first_epoch, num_epochs).flat_map(
-            lambda epoch: self._epoch_batches(
-                epoch, images, labels,
-                tf.where(epoch == first_epoch, tf.constant(skipped, tf.int64), 0)))
+      images, labels = self._tensors[:2]  # Made here, eagerly: flat_map traces its function.
+      dataset = tf.data.Dataset.range(first_epoch, num_epochs).flat_map(
+          lambda epoch: self._epoch_batches(
+              epoch, images, labels,
+              tf.where(epoch == first_epoch, tf.constant(skipped, tf.int64), 0)))
       if not self.encoded:
         dataset = dataset.skip(steps_into_it)
     if pack > 1:
@@ -210,7 +243,7 @@ class InputPipeline:
     if self.synthetic:
       pool_batches = self._synthetic_pool_batches()
       return tf.data.Dataset.range(start_step, tf.int64.max).map(
-          lambda step: self._synthetic_batch([self.seed, 0, step % pool_batches]))
+          lambda step: self._synthetic_rows([self.seed, 0, step % pool_batches]))
     images, labels = self._tensors[:2]  # Eager here: flat_map traces its function.
     return tf.data.Dataset.range(start_step, tf.int64.max).flat_map(
         lambda step: self._batch_of_step(step, images, labels))
@@ -219,13 +252,11 @@ class InputPipeline:
                      labels: tf.Tensor) -> tf.data.Dataset:
     """A dataset of the one batch of global `step`, as _epoch_batches makes it."""
     epoch, step_in_epoch = step // self.steps_per_epoch, step % self.steps_per_epoch
-    first = step_in_epoch * self.train_batch_size
-    taken = sources.epoch_order(len(self.train.labels), self.seed, epoch)[
-        first:first + self.train_batch_size]
+    positions = self._positions(1, step_in_epoch)
+    taken = tf.gather(sources.epoch_order(len(self.train.labels), self.seed, epoch), positions)
     if self.encoded:
       return self._encoded_batches(epoch, tf.data.Dataset.from_tensor_slices((
-          first + tf.range(self.train_batch_size, dtype=tf.int64), tf.gather(images, taken),
-          tf.gather(labels, taken))))
+          positions, tf.gather(images, taken), tf.gather(labels, taken))))
     batch = tf.gather(images, taken), tf.gather(labels, taken)
     if self._plain:
       return tf.data.Dataset.from_tensors((_scale(batch[0]), batch[1]))
@@ -240,14 +271,13 @@ class InputPipeline:
     bytes and prepared one by one, after the first `skipped` examples.
     """
     order = sources.epoch_order(len(self.train.labels), self.seed, epoch)
+    positions = self._positions(self.steps_per_epoch)  # This process's share alone.
+    taken = tf.gather(order, positions)
     if self.encoded:
-      taken = order[:self.steps_per_epoch * self.train_batch_size]
       examples = tf.data.Dataset.from_tensor_slices((
-          tf.range(tf.size(taken, out_type=tf.int64)), tf.gather(images, taken),
-          tf.gather(labels, taken)))
+          positions, tf.gather(images, taken), tf.gather(labels, taken)))
       return self._encoded_batches(epoch, examples.skip(skipped))
-    batches = tf.reshape(order[:self.steps_per_epoch * self.train_batch_size],
-                         [self.steps_per_epoch, self.train_batch_size])
+    batches = tf.reshape(taken, [self.steps_per_epoch, self.train_batch_size])
     if self._plain:
       return tf.data.Dataset.from_tensor_slices((
           _scale(tf.gather(images, batches)), tf.gather(labels, batches)))
@@ -257,14 +287,22 @@ class InputPipeline:
             lambda step, batch: self._training_batch(epoch, step, *batch),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-  def _streamed_epoch(self, epoch: int, skipped: int = 0) -> tf.data.Dataset:
+  def _streamed_epoch(self, epoch: int, skipped_steps: int = 0) -> tf.data.Dataset:
+    """One epoch's batches of a stream from step `skipped_steps` on. Its records are numbered
+    by their position in the epoch; this process keeps its own (its slice of each global
+    batch) and those from the start step on before decoding any."""
+    stride = self._rows[1]
+    records = self.stream.train_records(epoch).take(self.steps_per_epoch * stride).enumerate()
+    if self.sharding == "data":
+      records = records.filter(lambda position, record: self._mine(position))
+    records = records.skip(skipped_steps * self.train_batch_size)
     if self.encoded:
-      examples = self.stream.train_examples(epoch).take(
-          self.steps_per_epoch * self.train_batch_size).enumerate()
-      return self._encoded_batches(epoch, examples.skip(skipped).map(
-          lambda position, example: (position, *example)))
-    return self.stream.train_examples(epoch).batch(
-        self.train_batch_size, drop_remainder=True).take(self.steps_per_epoch).enumerate().map(
+      return self._encoded_batches(epoch, records.map(
+          lambda position, record: (position, *self.stream.decode(record)),
+          num_parallel_calls=PARALLEL_DECODES, deterministic=True))
+    return records.map(lambda position, record: self.stream.decode(record),
+                       num_parallel_calls=PARALLEL_DECODES, deterministic=True).batch(
+        self.train_batch_size, drop_remainder=True).enumerate(skipped_steps).map(
             lambda step, batch: self._training_batch(epoch, step, *batch),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
@@ -314,6 +352,14 @@ class InputPipeline:
       # Scaled once; a streamed test split, or a large one, is made again at each evaluation.
       dataset = dataset.cache()
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
+
+  def _synthetic_rows(self, key) -> Tuple[tf.Tensor, tf.Tensor]:
+    """This process's rows of the synthetic global batch of `key`."""
+    images, labels = self._synthetic_batch(key)
+    if self.sharding != "data":
+      return images, labels
+    first, width = self._rows[0], self.train_batch_size
+    return images[first:first + width], labels[first:first + width]
 
   def _synthetic_pool_batches(self) -> int:
     return min(SYNTHETIC_POOL_BATCHES, self.steps_per_epoch,
@@ -440,10 +486,12 @@ def make_input_pipeline(data: config_lib.DataConfig, input_index: int = 0, num_i
     service.check_servable(data.data_service, loaded.stream is not None,
                            loaded.held_bytes if loaded.train is not None else 0)
     service.log_guarantees(data.data_service)
-  if loaded.sharding != "none":
-    logging.info("Training data sharded by %s over %d workers: %s.", loaded.sharding, num_inputs,
-                 "each reads only its own files" if loaded.sharding == "file"
-                 else "each keeps its slice of every batch")
+  sharding = loaded.sharding if loaded.sharding == "file" else (
+      "data" if num_inputs > 1 else "none")
+  if sharding != "none":
+    logging.info("Training data sharded by %s over %d workers: %s.", sharding, num_inputs,
+                 "each reads only its own files" if sharding == "file"
+                 else "each decodes only its slice of every global batch")
   batch = data.batch_size
   steps_per_epoch = loaded.num_train // batch
   if steps_per_epoch == 0:
@@ -462,7 +510,7 @@ def make_input_pipeline(data: config_lib.DataConfig, input_index: int = 0, num_i
       image_shape=tuple(int(size) for size in loaded.image_shape),
       num_classes=int(loaded.num_classes), name=loaded.name, train=loaded.train,
       test=loaded.test, stream=loaded.stream, augment=data.augment,
-      normalization=_normalization(data, loaded), sharding=loaded.sharding,
-      num_inputs=num_inputs, test_split_size=loaded.num_test,
+      normalization=_normalization(data, loaded), sharding=sharding,
+      num_inputs=num_inputs, input_index=input_index, test_split_size=loaded.num_test,
       final_test_limit=data.num_test_examples, encoded=loaded.encoded,
       eval_crop=data.eval_crop, data_service=data.data_service)

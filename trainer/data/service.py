@@ -25,9 +25,11 @@ What that keeps and what it does not:
   reads its journal back and the run goes on (tried by hand: a 2-minute wait, then the run
   finished).
 - No job name: every trainer process gets its own job. A shared job hands each batch to whichever
-  reader asks first, while the workers of a multi-worker run train in lockstep and each needs a
-  whole batch for every step (each keeps its slice, as it does locally); and a named job that a
-  resumed run joined again would continue where the old reader stopped, not at the checkpoint.
+  reader asks first, while the workers of a multi-worker run train in lockstep and each needs its
+  own part of every step; and a named job that a resumed run joined again would continue where
+  the old reader stopped, not at the checkpoint. Each job makes only its trainer's slice of each
+  global batch (InputPipeline.batches_by_step is this process's), so the service's work is one
+  global batch a step, whatever the number of trainer processes.
 """
 
 import socket

@@ -95,13 +95,29 @@ def holds_encoded(stored_sizes, resize: Sequence[int]) -> bool:
 
 
 class Stream:
-  """A dataset read from disk at every epoch; both methods give unbatched (uint8 image, label)."""
+  """A dataset read from disk at every epoch.
 
-  def train_examples(self, epoch: int) -> tf.data.Dataset:
+  `train_records(epoch)` gives the epoch's examples undecoded (a file's path, a record, a tfds
+  example), so that a worker can keep its own before paying for any decoding; `decode` turns
+  one into (image, label): uint8 pixels of the size trained on, or the image's encoded bytes
+  when the images are held encoded. `test_examples` gives the test split decoded.
+  """
+
+  def train_records(self, epoch: int) -> tf.data.Dataset:
+    raise NotImplementedError
+
+  def decode(self, record) -> Tuple[tf.Tensor, tf.Tensor]:
     raise NotImplementedError
 
   def test_examples(self) -> tf.data.Dataset:
     raise NotImplementedError
+
+  def train_examples(self, epoch: int) -> tf.data.Dataset:
+    """The epoch's training examples decoded, in order."""
+    # Numbered first, so that a record of several parts reaches `decode` as one.
+    return self.train_records(epoch).enumerate().map(
+        lambda position, record: self.decode(record), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True)
 
 
 def memory_limit_bytes(limit_mb: float) -> int:
@@ -189,19 +205,21 @@ class _FolderStream(Stream):
   def __init__(self, folder: image_folder.ImageFolder, files: _ImageFiles, seed: int):
     self._folder, self._files, self._seed = folder, files, seed
 
-  def train_examples(self, epoch: int) -> tf.data.Dataset:
+  def train_records(self, epoch: int) -> tf.data.Dataset:
     split = self._folder.train
     order = epoch_order(len(split.labels), self._seed, epoch)
-    return self._examples(tf.gather(split.paths.astype(str), order), tf.gather(split.labels,
-                                                                               order))
+    return tf.data.Dataset.from_tensor_slices((tf.gather(split.paths.astype(str), order),
+                                               tf.gather(split.labels, order)))
+
+  def decode(self, record):
+    path, label = record
+    return self._files.load(path), label
 
   def test_examples(self) -> tf.data.Dataset:
-    return self._examples(self._folder.test.paths.astype(str), self._folder.test.labels)
-
-  def _examples(self, paths, labels) -> tf.data.Dataset:
-    return tf.data.Dataset.from_tensor_slices((paths, labels)).map(
-        lambda path, label: (self._files.load(path), label), num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True)
+    return tf.data.Dataset.from_tensor_slices((
+        self._folder.test.paths.astype(str), self._folder.test.labels)).map(
+            lambda *record: self.decode(record), num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True)
 
 
 def load_image_folder(data_dir: str, resize: Sequence[int], validation_split: Optional[float],
@@ -244,12 +262,15 @@ class _ShardStream(Stream):
   def __init__(self, shards: tfrecords.Shards, resize: bool, seed: int, encoded: bool = False):
     self._shards, self._resize, self._seed, self._encoded = shards, resize, seed, encoded
 
-  def train_examples(self, epoch: int) -> tf.data.Dataset:
+  def train_records(self, epoch: int) -> tf.data.Dataset:
     files = self._shards.train_files
     order = epoch_order(len(files), self._seed, epoch).numpy()
-    return tfrecords.examples([files[index] for index in order], self._shards, self._resize,
-                              shuffle_buffer=STREAM_SHUFFLE_BUFFER,
-                              shuffle_seed=_epoch_seed(self._seed, epoch), encoded=self._encoded)
+    return tfrecords.records([files[index] for index in order],
+                             shuffle_buffer=STREAM_SHUFFLE_BUFFER,
+                             shuffle_seed=_epoch_seed(self._seed, epoch))
+
+  def decode(self, record):
+    return tfrecords.decode_record(record, self._shards, self._resize, self._encoded)
 
   def test_examples(self) -> tf.data.Dataset:
     return tfrecords.examples(self._shards.test_files, self._shards, self._resize,
@@ -284,29 +305,36 @@ def load_tfrecords(data_dir: str, label_offset: int, resize: Sequence[int], seed
 # ---------------------------------------------------------------- tensorflow-datasets.
 class _TfdsStream(Stream):
   """A tfds dataset read through tfds at every epoch: files shuffled by (seed, epoch), then a
-  shuffle buffer of STREAM_SHUFFLE_BUFFER examples with the same seed."""
+  shuffle buffer of STREAM_SHUFFLE_BUFFER examples with the same seed. The images are read as
+  their stored bytes and decoded in `decode`, after a worker has kept its own."""
 
   def __init__(self, builder, keys: Tuple[str, str], test_split: str, resize: Sequence[int],
-               seed: int, encoded: bool = False):
+               seed: int, image_shape: Tuple[int, int, int], encoded: bool = False):
     self._builder, self._keys, self._test_split = builder, keys, test_split
     self._resize, self._seed, self._encoded = resize, seed, encoded
+    self._image_shape = image_shape
 
-  def train_examples(self, epoch: int) -> tf.data.Dataset:
+  def train_records(self, epoch: int) -> tf.data.Dataset:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     epoch_seed = _epoch_seed(self._seed, epoch)
     dataset = self._builder.as_dataset(
-        split="train", shuffle_files=True, decoders=_decoders(self._keys, self._encoded),
+        split="train", shuffle_files=True, decoders=_decoders(self._keys, encoded=True),
         read_config=tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16))
-    dataset = dataset.shuffle(STREAM_SHUFFLE_BUFFER, seed=epoch_seed)
-    return dataset.map(self._prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # The shuffle buffer holds encoded images: the same order as decoded ones, in less memory.
+    return dataset.shuffle(STREAM_SHUFFLE_BUFFER, seed=epoch_seed).map(
+        lambda example: (example[self._keys[0]], tf.cast(example[self._keys[1]], tf.int32)))
+
+  def decode(self, record):
+    image_bytes, label = record
+    if self._encoded:
+      return image_bytes, label
+    return preprocessing.decode(image_bytes, self._image_shape, bool(self._resize)), label
 
   def test_examples(self) -> tf.data.Dataset:
     return self._builder.as_dataset(
         split=self._test_split, decoders=_decoders(self._keys, self._encoded)).map(
-            self._prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-  def _prepare(self, example):
-    return _example(example, self._keys, () if self._encoded else self._resize)
+            lambda example: _example(example, self._keys, () if self._encoded else self._resize),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _example(example: dict, keys: Tuple[str, str], resize: Sequence[int]):
@@ -409,7 +437,7 @@ def load_tfds(name: str, tfds_data_dir: Optional[str], resize: Sequence[int], se
                   num_test, encoded=encoded, encoded_bytes=encoded_bytes)
   if loaded.held_bytes > limit_bytes:
     return dataclasses.replace(loaded, stream=_TfdsStream(builder, keys, test_split, resize,
-                                                          seed, encoded))
+                                                          seed, image_shape, encoded))
   splits = []
   for split in ("train", test_split):
     dataset = builder.as_dataset(split=split, decoders=_decoders(keys, encoded)).map(

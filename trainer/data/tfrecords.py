@@ -224,31 +224,42 @@ def _check_label(label: int, num_classes: int, label_offset: int, path: str) -> 
         "--label_offset=1 for shards whose labels start at 1.")
 
 
-def examples(files: Sequence[str], shards: Shards, resize: bool,
-             parallel_files: int = INTERLEAVE_FILES, shuffle_buffer: int = 0,
-             shuffle_seed: int = 0, encoded: bool = False) -> tf.data.Dataset:
-  """Decoded (uint8 image, label) of `files`: a parallel interleave over the files (one record
-  of each in turn; with `parallel_files` 1, file order then record order), an optional seeded
-  shuffle of the encoded records (smaller than decoded images), and a parallel decode. The
-  same arguments give the same order: tf.data keeps it with deterministic=True. With `encoded`
-  the images stay JPEG or PNG bytes, for a per-example transform of the original."""
+def records(files: Sequence[str], parallel_files: int = INTERLEAVE_FILES,
+            shuffle_buffer: int = 0, shuffle_seed: int = 0) -> tf.data.Dataset:
+  """The serialized records of `files`: a parallel interleave over the files (one record of
+  each in turn; with `parallel_files` 1, file order then record order), then an optional seeded
+  shuffle of the records (encoded: smaller than decoded images). The same arguments give the
+  same order: tf.data keeps it with deterministic=True."""
   files_dataset = tf.data.Dataset.from_tensor_slices(list(files))
   if parallel_files > 1:
-    records = files_dataset.interleave(
+    serialized = files_dataset.interleave(
         tf.data.TFRecordDataset, cycle_length=min(parallel_files, len(files)), block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   else:
-    records = files_dataset.flat_map(tf.data.TFRecordDataset)
+    serialized = files_dataset.flat_map(tf.data.TFRecordDataset)
   if shuffle_buffer:
-    records = records.shuffle(shuffle_buffer, seed=shuffle_seed)
-  offset = shards.label_offset
+    serialized = serialized.shuffle(shuffle_buffer, seed=shuffle_seed)
+  return serialized
 
-  def decoded(record):
-    image_bytes, label = parse_example(record, offset)
-    return preprocessing.decode(image_bytes, shards.image_shape, resize), label
 
-  return records.map(lambda record: parse_example(record, offset) if encoded else decoded(record),
-                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+def decode_record(record: tf.Tensor, shards: Shards, resize: bool,
+                  encoded: bool = False) -> Tuple[tf.Tensor, tf.Tensor]:
+  """(uint8 image, label) of one record; with `encoded`, the image's JPEG or PNG bytes."""
+  image_bytes, label = parse_example(record, shards.label_offset)
+  if encoded:
+    return image_bytes, label
+  return preprocessing.decode(image_bytes, shards.image_shape, resize), label
+
+
+def examples(files: Sequence[str], shards: Shards, resize: bool,
+             parallel_files: int = INTERLEAVE_FILES, shuffle_buffer: int = 0,
+             shuffle_seed: int = 0, encoded: bool = False) -> tf.data.Dataset:
+  """Decoded (uint8 image, label) of `files`' `records`, in their order, decoded in parallel.
+  With `encoded` the images stay JPEG or PNG bytes, for a per-example transform of the
+  original."""
+  return records(files, parallel_files, shuffle_buffer, shuffle_seed).map(
+      lambda record: decode_record(record, shards, resize, encoded),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def load_split(files: Sequence[str], counts: Sequence[int], shards: Shards,

@@ -136,7 +136,8 @@ class JaxTask:
         asked = time.perf_counter()
         images, labels = next(self._iterator)
         self.input_wait_s += time.perf_counter() - asked
-        state, flag = train(state, self._global(images, packed), self._global(labels, packed))
+        state, flag = train(state, self._global(images, packed, self._per_process),
+                            self._global(labels, packed, self._per_process))
         flags.append(flag)
     finally:
       self._set_state(state)
@@ -253,13 +254,15 @@ class JaxTask:
     if self.ema is not None:
       self.ema.averages = list(averages)
 
-  def _global(self, array: np.ndarray, packed: bool = False) -> jax.Array:
-    """This process's batch (or its share of the global batch) as one array over the devices,
-    split along the batch axis (the second of a pack)."""
+  def _global(self, array: np.ndarray, packed: bool = False,
+              per_process: bool = False) -> jax.Array:
+    """This process's batch as one array over the devices, split along the batch axis (the
+    second of a pack): `array` is this process's part of the global batch already when
+    `per_process`, else the global batch, of which this process keeps its share."""
     if self._data_sharding is None:
       return jnp.asarray(array)
     axis = 1 if packed else 0
-    if jax.process_count() > 1 and not self._per_process:
+    if jax.process_count() > 1 and not per_process:
       share = array.shape[axis] // jax.process_count()
       array = np.take(array, np.arange(share) + jax.process_index() * share, axis=axis)
     sharding = self._data_sharding

@@ -115,8 +115,8 @@ class Task:
   def start_training(self, dataset: tf.data.Dataset, pack: int, per_process: bool = False) -> None:
     """Sets the batches that train_loop consumes: one element a step, or a pack of `pack`.
 
-    With `per_process`, each element is this process's part of the global batch (TFRecord shards
-    split among workers by file), not the global batch.
+    With `per_process`, each element is this process's part of the global batch (its slice, or
+    a batch of its own files), not the global batch.
     """
     if per_process:
       distributed = distribution.distribute_per_process(self._strategy, dataset,
