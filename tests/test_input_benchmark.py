@@ -35,5 +35,11 @@ def test_the_rows_are_measured_on_shards_and_reported(tmp_path):
   assert rows["harness"]["held"] == "encoded, in memory"
   assert rows["harness_streamed"]["held"] == "encoded, streamed"
   assert all(row["images_per_sec"] > 0 for row in rows.values())
+  # What the process obtained of the cores, and its images per CPU second: comparable across
+  # processes on a machine shared with other work, where images/s alone is not.
+  assert all(0 < row["cores_obtained"] <= record["cores"] + 0.5 for row in rows.values())
+  assert all(row["per_cpu_second"] == pytest.approx(
+      row["images_per_sec"] / row["cores_obtained"], rel=0.5) for row in rows.values())
   report = input_benchmark.format_input_report(record)
   assert "harness / reference" in report and "reference (Model Garden-style)" in report
+  assert "| cores obtained | per CPU second |" in report

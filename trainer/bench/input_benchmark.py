@@ -12,7 +12,10 @@ so only figures of one run compare):
   model       the harness training --input_model on synthetic data of the same shape: what the
               model alone takes, without input
 
-and which of input and model is the bottleneck, by how much. `--make_jpegs=N` first writes N
+and which of input and model is the bottleneck, by how much. Each row also says how many cores
+the process obtained while it ran (its CPU seconds over the wall seconds) and its images per CPU
+second: on a machine shared with other work, a process gets a share of the cores that grows with
+its runnable threads, so images/s compares processes only together with what they obtained. `--make_jpegs=N` first writes N
 ImageNet-like JPEGs (300-500 px a side, quality 90) into --data_dir as TFRecord shards, for a
 machine without ImageNet.
 """
@@ -20,7 +23,7 @@ machine without ImageNet.
 import os
 import statistics
 import time
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Sequence, Tuple
 
 from absl import flags
 import numpy as np
@@ -140,16 +143,17 @@ def reference_batches(data_dir: str, image_size: Sequence[int], batch_size: int)
 
 
 def images_per_second(dataset, batch_size: int, num_batches: int,
-                      warmup: int = WARMUP_BATCHES) -> float:
+                      warmup: int = WARMUP_BATCHES) -> Tuple[float, float]:
   """Images/s of iterating `dataset` for `num_batches` batches after `warmup` (tf.data fills
-  its buffers and autotunes during those)."""
+  its buffers and autotunes during those), and the cores this process obtained meanwhile."""
   iterator = iter(dataset)
   for _ in range(warmup):
     next(iterator)
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   for _ in range(num_batches):
     next(iterator)
-  return num_batches * batch_size / (time.perf_counter() - start)
+  seconds = time.perf_counter() - start
+  return num_batches * batch_size / seconds, (time.process_time() - cpu_start) / seconds
 
 
 def model_alone(model: str, image_size: Sequence[int], root: str) -> float:
@@ -166,18 +170,24 @@ def run_input_benchmark(data_dir: str, image_size: Sequence[int], num_batches: i
   harness, held = harness_batches(data_dir, image_size, batch_size, num_batches)
   streamed, held_streamed = harness_batches(data_dir, image_size, batch_size, num_batches,
                                             streamed=True)
-  peers: Dict[str, Callable[[], float]] = {
+  peers: Dict[str, Callable[[], Tuple[float, float]]] = {
       "harness": lambda: images_per_second(harness, batch_size, num_batches),
       "harness_streamed": lambda: images_per_second(streamed, batch_size, num_batches),
       "reference": lambda: images_per_second(
           reference_batches(data_dir, image_size, batch_size), batch_size, num_batches)}
   measured = {name: [] for name in peers}
+  obtained = {name: [] for name in peers}
   for _ in range(rounds):
     for name, measure in peers.items():
-      measured[name].append(measure())
+      rate, cores_used = measure()
+      measured[name].append(rate)
+      obtained[name].append(cores_used)
   cores = len(os.sched_getaffinity(0))
   rows = {name: {"images_per_sec": statistics.median(values), "rounds": values,
-                 "per_core": statistics.median(values) / cores}
+                 "per_core": statistics.median(values) / cores,
+                 "cores_obtained": statistics.median(obtained[name]),
+                 "per_cpu_second": statistics.median(
+                     rate / max(used, 1e-9) for rate, used in zip(values, obtained[name]))}
           for name, values in measured.items()}
   rows["harness"]["held"] = held
   rows["harness_streamed"]["held"] = held_streamed
@@ -201,13 +211,17 @@ def format_input_report(record: dict) -> str:
   lines = [f"Input pipeline, {record['image_size'][0]}x{record['image_size'][1]}, "
            f"{record['data_dir']}: {described['cpu']}, {record['cores']} cores, "
            f"{' '.join(described['extensions'])}",
-           "", "| row | images/s | per core |", "|---|---|---|"]
+           "", "| row | images/s | per core | cores obtained | per CPU second |",
+           "|---|---|---|---|---|"]
   for name, row in rows.items():
     label = {"harness": f"harness training pipeline ({row.get('held', '')})",
              "harness_streamed": f"harness training pipeline ({row.get('held', '')})",
              "reference": "reference (Model Garden-style)",
              "model": f"{row.get('model', '')} alone, synthetic data"}[name]
-    lines.append(f"| {label} | {row['images_per_sec']:,.0f} | {row['per_core']:,.0f} |")
+    obtained = (f"{row['cores_obtained']:.2f} | {row['per_cpu_second']:,.0f}"
+                if "cores_obtained" in row else "- | -")
+    lines.append(f"| {label} | {row['images_per_sec']:,.0f} | {row['per_core']:,.0f} | "
+                 f"{obtained} |")
   lines += ["", f"harness / reference: {record['harness_vs_reference']:.2f}x in memory, "
                 f"{record['streamed_vs_reference']:.2f}x streamed (the median of each "
                 "interleaved round's ratio)"]
