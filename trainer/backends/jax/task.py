@@ -260,7 +260,8 @@ class JaxTask:
     second of a pack): `array` is this process's part of the global batch already when
     `per_process`, else the global batch, of which this process keeps its share."""
     if self._data_sharding is None:
-      return jnp.asarray(array)
+      # device_put takes a CPU's host array as it is; jnp.asarray would copy it.
+      return jax.device_put(array)
     axis = 1 if packed else 0
     if jax.process_count() > 1 and not per_process:
       share = array.shape[axis] // jax.process_count()
