@@ -195,6 +195,7 @@ def test_jax_packs_steps_except_convnets_on_cpus():
   assert plan(cpu(), backend="jax").pack_steps == schedule.MAX_PACK
   assert plan(cpu(), CNN, backend="jax").pack_steps == 1
   assert plan(gpus(1), CNN, backend="jax").pack_steps == schedule.MAX_PACK
+  assert plan(cpu(), backend="jax", batch_size=1024).pack_steps == 5  # schedule.CPU_PACK_BYTES
 
 
 def test_a_pack_is_bounded_by_the_host_bytes_it_stacks():

@@ -103,6 +103,15 @@ def test_pack_size_divides_every_boundary_and_the_start():
   assert schedule.pack_size(1, 0, 1875, 100, 1000) == 1  # Several replicas: no packs.
 
 
+def test_jax_packs_on_cpus_stay_within_the_bytes_the_allocator_reuses():
+  mnist_batch = 4 * 28 * 28  # float32 bytes of one example.
+  assert schedule.pack_limit("cpu", False, 128 * mnist_batch) == schedule.MAX_PACK
+  assert schedule.pack_limit("cpu", False, 1024 * mnist_batch) == 5  # 16 MB, not 80.
+  assert schedule.pack_limit("cpu", False, 8192 * mnist_batch) == 1
+  assert schedule.pack_limit("cpu", True, 128 * mnist_batch) == 1  # XLA's CPU convolutions.
+  assert schedule.pack_limit("gpu", False, 1024 * mnist_batch) == schedule.MAX_PACK
+
+
 def test_a_pack_that_would_cut_a_boundary_is_refused():
   with pytest.raises(ValueError, match="must divide"):
     schedule.LoopPlan(steps_per_epoch=300, epochs=1, log_every=50, checkpoint_every=70,

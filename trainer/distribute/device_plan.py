@@ -269,18 +269,18 @@ def _collective(backend: str, on_gpu: bool, num_replicas: int, workers: int,
 
 def _pack_steps(request: PlanRequest, footprint: memory_estimate.ModelFootprint, on_gpu: bool,
                 xla: bool, num_replicas: int, strategy: str, workers: int) -> int:
-  """The most steps one compiled call runs: JAX's schedule.pack_limit; on TensorFlow packs only
-  under XLA on one replica (backends/tensorflow/task.Task.max_pack); either bounded by
-  PACK_HOST_BYTES."""
+  """The most steps one compiled call runs: JAX's schedule.pack_limit (on CPUs within its
+  CPU_PACK_BYTES); on TensorFlow packs only under XLA on one replica
+  (backends/tensorflow/task.Task.max_pack); either bounded by PACK_HOST_BYTES."""
+  # A worker stacks its own part of each global batch, as float32.
+  batch_bytes = 4 * footprint.input_per_example * (request.batch_size // workers)
   if request.backend == "jax":
     limit = schedule.pack_limit("gpu" if on_gpu else "cpu",
-                                schedule.has_convolutions(footprint.layer_kinds))
+                                schedule.has_convolutions(footprint.layer_kinds), batch_bytes)
   elif xla and num_replicas == 1 and strategy != "multi_worker_mirrored":
     limit = schedule.MAX_PACK
   else:
     limit = 1
-  # A worker stacks its own part of each global batch, as float32.
-  batch_bytes = 4 * footprint.input_per_example * (request.batch_size // workers)
   return max(1, min(limit, PACK_HOST_BYTES // max(1, batch_bytes)))
 
 

@@ -20,6 +20,10 @@ MAX_PACK = 25  # Steps per XLA call at most; see pack_size.
 # calls is noise (it is ~1 ms), short enough that Ctrl-C, SIGTERM and the progress line never
 # wait long. A call of a slow model still runs at least one pack.
 AUTO_CALL_SECONDS = 1.5
+# The most bytes a CPU pack stacks: glibc serves an allocation above its mmap threshold (32 MiB
+# at most) from fresh pages, which the copy into it then faults in one by one; below, a freed
+# pack's memory is reused. See pack_limit.
+CPU_PACK_BYTES = 16 * 2**20
 
 
 def is_due(step: int, every: int) -> bool:
@@ -61,15 +65,20 @@ def pack_size(max_pack: int, start_step: int, steps_per_epoch: int, log_every: i
   return max(k for k in range(1, max_pack + 1) if common % k == 0)
 
 
-def pack_limit(platform: str, has_convolutions: bool) -> int:
-  """The most steps one compiled call may scan over, from where it runs and what it computes.
+def pack_limit(platform: str, has_convolutions: bool, batch_bytes: int) -> int:
+  """The most steps one compiled call may scan over, from where it runs, what it computes and
+  the bytes of the batch this process stacks for each step (`batch_bytes`).
 
   Packing speeds up the mlp's steps, but XLA's CPU convolutions inside a loop are many times
   slower and long to compile (docs/measurements.md, "JAX backend"). So convnets on CPUs take
-  one step a call; everything else, and every model on accelerators, takes packs.
+  one step a call; everything else, and every model on accelerators, takes packs. On CPUs a pack
+  also stays within CPU_PACK_BYTES: a larger stack is a fresh mapping each call, faulted in page
+  by page, which cost the mlp more than its packs saved.
   """
-  if platform == "cpu" and has_convolutions:
-    return 1
+  if platform == "cpu":
+    if has_convolutions:
+      return 1
+    return max(1, min(MAX_PACK, CPU_PACK_BYTES // max(1, batch_bytes)))
   return MAX_PACK
 
 

@@ -111,7 +111,9 @@ class JaxTask:
     self.input_wait_s = 0.0
     # Steps per compiled call: a scan over a pack of batches (schedule.pack_size), on every
     # strategy, since one SPMD program holds the gradient sum too; see schedule.pack_limit.
-    self.max_pack = schedule.pack_limit(jax.devices()[0].platform, _has_convolutions(self.model))
+    self.max_pack = schedule.pack_limit(
+        jax.devices()[0].platform, _has_convolutions(self.model),
+        batch_bytes=4 * pipeline.train_batch_size * int(np.prod(pipeline.image_shape)))
 
   # ---------------------------------------------------------------- The controller's seam.
   def start_training(self, dataset: tf.data.Dataset, pack: int, per_process: bool = False) -> None:
