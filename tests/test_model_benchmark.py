@@ -113,30 +113,66 @@ def test_each_peers_output_goes_to_its_own_log_and_the_console_keeps_the_figures
   assert rows["mlp/32"]["peers"]["harness"]["examples_per_sec"] > 0
 
 
-def test_the_backend_table_puts_each_backend_beside_tensorflow_and_names_what_it_left_out():
-  rows = {"mlp/1024": _row("mlp", 1000.0, 800.0, 400.0, 3000.0, 2e5),
-          "resnet18/128": _row("resnet18", 120.0, 100.0, 60.0, 300.0, 1.5e9, "mixed_bfloat16")}
-  rows["mlp/1024"]["backends"] = {"jax": {
-      "harness": {"examples_per_sec": 1500.0, "precision": "float32"},
-      "fit": {"examples_per_sec": 1200.0}}}
-  rows["resnet18/128"]["backends"] = {}
-  lines = benchmark.format_backends({"models": rows})
-  assert lines[0] == ("| model | batch | tensorflow harness | tensorflow fit | jax harness | "
-                      "jax fit | jax / tensorflow (harness) |")
-  assert lines[2] == "| mlp | 128 | 1,000.0 | 800.0 | 1,500.0 | 1,200.0 | 1.50x |"
-  assert lines[3] == "| resnet18 | 128 | 120.0 | 100.0 | - | - | - |"
-  assert "Not timed on the other backends on CPUs: the resnets" in lines[4]
-  assert benchmark.format_backends({"models": {"mlp/1024": _row("mlp", 1.0, 1.0, 1.0, 1.0,
-                                                                1.0)}}) == []
+def _backend_row(model, precision, reason, rates):
+  return {"model": model, "batch_size": 128, "precision": precision, "precision_reason": reason,
+          "strategy": "default", "peers": {
+              backend: {"harness": {"examples_per_sec": harness}, "fit": {"examples_per_sec": fit}}
+              for backend, (harness, fit) in rates.items()}}
+
+
+def test_the_backend_table_puts_every_backend_of_a_row_at_its_one_precision():
+  models = {"mlp/128": _row("mlp", 1.0, 1.0, 1.0, 1.0, 1.0, "mixed_bfloat16"),
+            "resnet18/128": _row("resnet18", 1.0, 1.0, 1.0, 1.0, 1.0, "mixed_bfloat16")}
+  backends = {"mlp/128": _backend_row("mlp", "float32", "the reason", {
+      "tensorflow": (1000.0, 800.0), "jax": (1500.0, 1200.0)})}
+  lines = benchmark.format_backends({"models": models, "backends": backends})
+  assert lines[0] == ("| model | batch | precision | tensorflow harness | tensorflow fit | "
+                      "jax harness | jax fit | jax / tensorflow (harness) |")
+  # The TensorFlow figures are the backend table's own, at float32, not the model table's.
+  assert lines[2] == "| mlp | 128 | float32 | 1,000.0 | 800.0 | 1,500.0 | 1,200.0 | 1.50x |"
+  assert lines[3] == ("- Every backend of a row on one device (the default strategy), at the "
+                      "row's precision: mlp: the reason.")
+  assert lines[4].startswith("- Not timed across backends on CPUs: resnet18 (XLA's CPU")
+  assert benchmark.format_backends({"models": models}) == []  # No other backend installed.
+
+
+def test_the_backend_table_runs_before_the_benchmarks_process_takes_a_device(monkeypatch,
+                                                                              tmp_path):
+  # TensorFlow keeps a GPU's memory until its process ends: the backends' own processes must
+  # have finished before this one's first ceiling starts its devices.
+  calls = []
+  monkeypatch.setattr(benchmark, "measure_backends",
+                      lambda log_dir, root: calls.append("backends") or {})
+  monkeypatch.setattr(benchmark, "ceilings", lambda tiny, quick: calls.append("device") or {})
+  monkeypatch.setattr(model_benchmark, "run_workloads",
+                      lambda *args, **kwargs: calls.append("models") or {})
+  assert benchmark.run_quick(str(tmp_path))["backends"] == {}
+  assert calls == ["backends", "device", "models"]
+
+
+@pytest.mark.parametrize("capabilities, bfloat16, model, xla, expected", [
+    ((), "AMX-BF16", "cnn", False, "float32"),  # TensorFlow's auto: mixed_bfloat16; JAX's: float32.
+    ((), "AVX512_BF16", "mlp", False, "float32"),
+    ((), None, "cnn", False, "float32"),  # No bfloat16 instructions: float32 on both.
+    (((8, 0), (9, 0)), None, "resnet50", False, "mixed_bfloat16"),  # GPUs: one rule for both.
+    (((7, 0),), None, "mlp", True, "mixed_float16"),
+])
+def test_the_backend_tables_precision_is_one_that_every_backend_runs(capabilities, bfloat16,
+                                                                     model, xla, expected):
+  precision, reason = benchmark.shared_precision(model, xla, capabilities, bfloat16)
+  assert precision == expected
+  assert ("tensorflow" in reason) == (bfloat16 is not None and not capabilities)
 
 
 @pytest.mark.slow
 def test_another_backend_is_timed_in_a_process_of_its_own(tmp_path, capfd):
   from trainer.bench import backend_benchmark  # pylint: disable=g-import-not-at-top
   rows = backend_benchmark.measure_backend("jax", model_benchmark.TINY_WORKLOADS[:1],
-                                           str(tmp_path / "logs"), str(tmp_path / "jax.json"))
+                                           {"mlp/32": "mixed_bfloat16"}, str(tmp_path / "logs"),
+                                           str(tmp_path / "jax.json"))
   peers = rows["mlp/32"]
-  assert peers["harness"]["precision"] == "float32"  # JAX's choice on CPUs.
+  assert peers["harness"]["precision"] == "mixed_bfloat16"  # The row's, not JAX's auto.
+  assert peers["harness"]["strategy"] == "default" and peers["harness"]["replicas"] == 1
   assert peers["harness"]["examples_per_sec"] > 0 and peers["fit"]["examples_per_sec"] > 0
-  assert capfd.readouterr().out.startswith("  mlp/32 on jax: harness ")
+  assert capfd.readouterr().out.startswith("  mlp/32 on jax (mixed_bfloat16): harness ")
   assert "Epoch" in (tmp_path / "logs" / "mlp-32-jax.log").read_text()

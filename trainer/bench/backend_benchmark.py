@@ -1,15 +1,20 @@
-"""The harness and Keras's fit on another Keras backend, for benchmark --quick's backend table.
+"""The harness and Keras's fit on each Keras backend, for benchmark --quick's backend table.
 
-  python -m trainer.bench.backend_benchmark --backend=jax --workloads=JSON --output=FILE \
-      --run_logs=DIR
+  python -m trainer.bench.backend_benchmark --backend=jax --workloads=JSON --precisions=JSON \
+      --output=FILE --run_logs=DIR [--window_seconds=S]
 
-Keras keeps the backend of its first import, so each backend other than the benchmark's own
-(TensorFlow) is measured in a process of its own: this module, started by `measure_backend`.
-It times the same workloads with the same timed steps as the TensorFlow rows:
-  harness   trainer.train.train_and_evaluate on that backend, default flags
-  fit       Keras's fit of the same model, compiled (jit) with steps_per_execution as the
-            harness's steps per call: the tuned fit of that backend
-and writes {workload name: {"harness": {...}, "fit": {...}}} as JSON.
+Keras keeps the backend of its first import, so every backend, TensorFlow too, is measured in a
+process of its own: this module, started by `measure_backend`. Each workload runs at the one
+explicit precision the table gives its row, under the default strategy (one device), on every
+backend alike:
+  harness   trainer.train.train_and_evaluate on that backend at that precision
+  fit       Keras's fit of the same model and precision, with steps_per_execution as the
+            harness's steps per call and XLA as the harness ran (always, on JAX): the tuned fit
+            of that backend
+and it writes {workload name: {"harness": {...}, "fit": {...}}} as JSON. With --window_seconds
+(TensorFlow's process, which runs first) each workload's timed steps are sized from its own
+ceiling at that precision (model_benchmark.timed_steps_for) and written beside its peers, so
+the other backends time the same steps.
 """
 
 import dataclasses
@@ -17,7 +22,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Dict, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -26,15 +31,18 @@ from trainer.bench import sub_run_log
 
 
 def measure_backend(backend: str, workloads: Sequence["model_benchmark.Workload"],
-                    log_dir: str, output: str) -> Dict[str, dict]:
-  """Runs this module for `backend` in a process of its own; returns its rows. It prints one
-  line per workload; each run's output goes to log_dir/MODEL-BATCH-BACKEND.log, the process's
-  own start-up chatter to log_dir/backend-BACKEND.log."""
+                    precisions: Mapping[str, str], log_dir: str, output: str,
+                    window_seconds: Optional[float] = None) -> Dict[str, dict]:
+  """Runs this module for `backend` in a process of its own, each workload at
+  precisions[workload.name]; returns its rows. It prints one line per workload; each run's
+  output goes to log_dir/MODEL-BATCH-BACKEND.log, the process's own start-up chatter to
+  log_dir/backend-BACKEND.log."""
   os.makedirs(log_dir, exist_ok=True)
   log_path = os.path.join(log_dir, f"backend-{backend}.log")
   command = [sys.executable, "-m", "trainer.bench.backend_benchmark", f"--backend={backend}",
              f"--workloads={json.dumps([dataclasses.asdict(w) for w in workloads])}",
-             f"--output={output}", f"--run_logs={log_dir}"]
+             f"--precisions={json.dumps(dict(precisions))}", f"--output={output}",
+             f"--run_logs={log_dir}", f"--window_seconds={window_seconds or 0}"]
   sys.stdout.flush()
   with open(log_path, "w") as log:
     done = subprocess.run(command, stderr=log, env={**os.environ, "KERAS_BACKEND": backend},
@@ -46,19 +54,28 @@ def measure_backend(backend: str, workloads: Sequence["model_benchmark.Workload"
     return json.load(f)
 
 
-def _measure(workload, backend: str, root: str) -> dict:
+def _measure(workload, backend: str, precision: str, root: str) -> dict:
   from trainer import train  # pylint: disable=g-import-not-at-top
   from trainer.bench import model_benchmark  # pylint: disable=g-import-not-at-top
   config = model_benchmark.settings_for(workload).replace(
-      backend=backend, workdir=os.path.join(root, workload.model))
+      backend=backend, precision=precision, workdir=os.path.join(root, workload.model))
   results = train.train_and_evaluate(config)
   startup = results["startup_s"]
   harness = {"examples_per_sec": results["examples_per_sec"],
              "first_step_s": startup["model"] + startup["first_step"],
-             "precision": results["precision"]}
-  fit = model_benchmark.measure_fit(workload, results["precision"], True,
+             "precision": results["precision"], "jit_compile": results["jit_compile"],
+             "strategy": results["strategy"], "replicas": results["num_replicas"]}
+  fit = model_benchmark.measure_fit(workload, precision, results["jit_compile"],
                                     workload.warmup_steps)
-  return {"harness": harness, "fit": fit}
+  return {"harness": harness, "fit": {**fit, "jit_compile": results["jit_compile"]}}
+
+
+def _sized(workload, precision: str, window_seconds: float):
+  """`workload` with its timed steps sized from its own ceiling at `precision`."""
+  from trainer.bench import model_benchmark  # pylint: disable=g-import-not-at-top
+  ceiling = model_benchmark.measure_ceiling(workload, precision)
+  return dataclasses.replace(workload, timed_steps=model_benchmark.timed_steps_for(
+      workload, ceiling["examples_per_sec"], window_seconds))
 
 
 def main(argv) -> None:
@@ -70,13 +87,18 @@ def main(argv) -> None:
   from trainer.bench import model_benchmark  # pylint: disable=g-import-not-at-top
   workloads = [model_benchmark.Workload(**{**w, "image_shape": tuple(w["image_shape"])})
                for w in json.loads(FLAGS.workloads)]
+  precisions = json.loads(FLAGS.precisions)
   rows = {}
   with tempfile.TemporaryDirectory(prefix="backend-benchmark-") as root:
     for workload in workloads:
+      precision = precisions[workload.name]
       log_name = f"{workload.name.replace('/', '-')}-{FLAGS.backend}.log"
       with sub_run_log.captured(os.path.join(FLAGS.run_logs, log_name)):
-        rows[workload.name] = _measure(workload, FLAGS.backend, root)
-      print(f"  {workload.name} on {FLAGS.backend}: harness "
+        if FLAGS.window_seconds:
+          workload = _sized(workload, precision, FLAGS.window_seconds)
+        rows[workload.name] = {**_measure(workload, FLAGS.backend, precision, root),
+                               "timed_steps": workload.timed_steps}
+      print(f"  {workload.name} on {FLAGS.backend} ({precision}): harness "
             f"{rows[workload.name]['harness']['examples_per_sec']:,.1f}, fit "
             f"{rows[workload.name]['fit']['examples_per_sec']:,.1f} examples/s", flush=True)
   with open(FLAGS.output, "w") as f:
@@ -87,6 +109,9 @@ FLAGS = flags.FLAGS
 if __name__ == "__main__":
   flags.DEFINE_string("backend", "jax", "The Keras backend to measure.")
   flags.DEFINE_string("workloads", "[]", "The workloads, as JSON (model_benchmark.Workload).")
+  flags.DEFINE_string("precisions", "{}", "Each workload's precision, as JSON by its name.")
   flags.DEFINE_string("output", "backend.json", "Where to write the rows as JSON.")
   flags.DEFINE_string("run_logs", "backend-logs", "Where each run's output goes.")
+  flags.DEFINE_float("window_seconds", 0.0, "Size each workload's timed steps to last this long "
+                     "at its own ceiling (TensorFlow only); 0: its own count.")
   app.run(main)

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -422,6 +422,9 @@ def run_quick(root: str, log_dir: Optional[str] = None) -> dict:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer.bench import model_benchmark  # pylint: disable=g-import-not-at-top
   from trainer.distribute import hardware  # pylint: disable=g-import-not-at-top
+  # The backend table first, each backend in a process of its own, while this process holds no
+  # device memory: TensorFlow keeps a GPU's memory until its process ends.
+  backends = measure_backends(log_dir or os.path.join(root, "logs"), root)
   found = ceilings(tiny=False, quick=True)
   if not hardware.gpus():
     # The same measurement a run's MFU takes on a CPU: kept where runs find it, so no timed
@@ -441,12 +444,10 @@ def run_quick(root: str, log_dir: Optional[str] = None) -> dict:
     # The big square of the row's own precision; none where that was not measured.
     square = found.get(row["precision"].replace("mixed_", ""))
     row["shares"] = model_benchmark.shares(row, square and square["flops_per_sec"])
-  measure_other_backends(rows, root, log_dir or os.path.join(root, "logs"),
-                         on_gpus=bool(hardware.gpus()))
   return {"date": time.strftime("%Y-%m-%d"), "machine": machine_lib.machine(),
           "gpus": hardware.describe_gpus(), "device": hardware.describe_devices(),
           "tf_version": tf.__version__, "keras_version": keras.__version__,
-          "ceilings": found, "models": rows}
+          "ceilings": found, "models": rows, "backends": backends}
 
 
 # On CPUs the other backends time the mlp and the cnn only: XLA's CPU convolutions, which JAX
@@ -462,50 +463,88 @@ def installed_backends() -> List[str]:
           if name != "tensorflow" and importlib.util.find_spec(name) is not None]
 
 
-def measure_other_backends(rows: Dict[str, dict], root: str, log_dir: str,
-                           on_gpus: bool) -> None:
-  """Adds row["backends"][NAME] = {"harness", "fit"} for each other installed backend, timed
-  over the same steps as the row's TensorFlow peers, each backend in a process of its own."""
+def shared_precision(model: str, xla: bool, capabilities: Sequence[tuple],
+                     cpu_bfloat16: Optional[str]) -> Tuple[str, str]:
+  """The one explicit precision every backend runs a row of the backend table at, and why:
+  what auto picks on both backends where they agree (GPUs, by compute capability), else
+  float32, which both run (CPUs with bfloat16 instructions, where TensorFlow's auto takes
+  mixed_bfloat16 for some models and JAX's float32). auto itself is not changed."""
+  from trainer.distribute import precision  # pylint: disable=g-import-not-at-top
+  if capabilities:
+    return precision.gpu_precision(capabilities)[0], "auto's choice on both backends"
+  tensorflows = precision.cpu_precision(cpu_bfloat16, model, xla)[0]
+  jaxs = precision.JAX_CPU_PRECISION[0]
+  if tensorflows == jaxs:
+    return jaxs, "auto's choice on both backends"
+  return "float32", (f"float32 runs on both, where auto takes {tensorflows} on tensorflow and "
+                     f"{jaxs} on jax")
+
+
+def measure_backends(log_dir: str, root: str) -> Dict[str, dict]:
+  """The backend table's rows, {workload name: row}: each workload at one explicit precision
+  (shared_precision) under the default strategy, the harness and the tuned fit on TensorFlow
+  and on each other installed backend, each backend in a process of its own; none when no
+  other backend is installed. TensorFlow's process sizes the timed windows, the others time
+  the same steps."""
+  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   from trainer.bench import backend_benchmark  # pylint: disable=g-import-not-at-top
   from trainer.bench import model_benchmark  # pylint: disable=g-import-not-at-top
-  workloads = [dataclasses.replace(w, timed_steps=rows[w.name]["timed_steps"])
-               for w in model_benchmark.QUICK_WORKLOADS
-               if w.name in rows and (on_gpus or w.model in CPU_BACKEND_MODELS)]
-  for backend in installed_backends():
-    measured = backend_benchmark.measure_backend(backend, workloads, log_dir,
-                                                 os.path.join(root, f"{backend}.json"))
+  from trainer.distribute import hardware  # pylint: disable=g-import-not-at-top
+  others = installed_backends()
+  if not others:
+    return {}
+  capabilities = hardware.gpu_compute_capabilities()  # Physical devices: no memory taken.
+  workloads = [w for w in model_benchmark.QUICK_WORKLOADS
+               if capabilities or w.model in CPU_BACKEND_MODELS]
+  rows = {}
+  for workload in workloads:
+    xla = config_lib.compiles_with_xla(None, workload.model, workload.batch_size, 1)
+    policy, reason = shared_precision(workload.model, xla, capabilities, hardware.cpu_bfloat16())
+    rows[workload.name] = {"model": workload.model, "batch_size": workload.batch_size,
+                           "precision": policy, "precision_reason": reason,
+                           "strategy": "default", "peers": {}}
+  precisions = {name: row["precision"] for name, row in rows.items()}
+  for backend in ["tensorflow", *others]:
+    measured = backend_benchmark.measure_backend(
+        backend, workloads, precisions, log_dir, os.path.join(root, f"{backend}.json"),
+        window_seconds=model_benchmark.WINDOW_SECONDS if backend == "tensorflow" else None)
     for name, peers in measured.items():
-      rows[name].setdefault("backends", {})[backend] = peers
+      rows[name]["timed_steps"] = peers.pop("timed_steps")
+      rows[name]["peers"][backend] = peers
+    if backend == "tensorflow":  # The others time the steps TensorFlow's ceilings sized.
+      workloads = [dataclasses.replace(w, timed_steps=rows[w.name]["timed_steps"])
+                   for w in workloads]
+  return rows
 
 
 def format_backends(record: dict) -> List[str]:
-  """The per-model table across Keras backends: the harness and the tuned fit on each."""
-  backends = sorted({b for row in record["models"].values() for b in row.get("backends", {})})
-  if not backends:
+  """The per-model table across Keras backends: the harness and the tuned fit on each, every
+  backend of a row at the row's one precision and on one device."""
+  rows = record.get("backends") or {}
+  if not rows:
     return []
-  names = ["tensorflow", *backends]
-  lines = ["| model | batch | " + " | ".join(f"{b} harness | {b} fit" for b in names)
-           + " | " + " | ".join(f"{b} / tensorflow (harness)" for b in backends) + " |",
-           "|" + "---|" * (2 + 3 * len(backends) + 2)]
-  for row in record["models"].values():
-    measured = {"tensorflow": {"harness": row["peers"]["harness"],
-                               "fit": row["peers"]["tuned_fit"]}, **row.get("backends", {})}
-    cells = [f"{measured[b][p]['examples_per_sec']:,.1f}" + _precision_if_other(
-                 measured[b]["harness"].get("precision"), row["precision"])
-             if b in measured else "-" for b in names for p in ("harness", "fit")]
-    tf_rate = row["peers"]["harness"]["examples_per_sec"]
-    ratios = [f"{measured[b]['harness']['examples_per_sec'] / tf_rate:.2f}x"
-              if b in measured else "-" for b in backends]
-    lines.append(f"| {row['model']} | {row['batch_size']} | " + " | ".join(cells + ratios)
-                 + " |")
-  if any(len(row.get("backends", {})) < len(backends) for row in record["models"].values()):
-    lines.append("- Not timed on the other backends on CPUs: the resnets (XLA's CPU "
-                 "convolutions are far slower than oneDNN's).")
+  others = sorted({b for row in rows.values() for b in row["peers"]} - {"tensorflow"})
+  names = ["tensorflow", *others]
+  lines = ["| model | batch | precision | " + " | ".join(f"{b} harness | {b} fit" for b in names)
+           + " | " + " | ".join(f"{b} / tensorflow (harness)" for b in others) + " |",
+           "|" + "---|" * (3 + 2 * len(names) + len(others))]
+  for row in rows.values():
+    rates = {b: {p: peers["examples_per_sec"] for p, peers in row["peers"][b].items()}
+             for b in row["peers"]}
+    cells = [f"{rates[b][p]:,.1f}" if b in rates else "-"
+             for b in names for p in ("harness", "fit")]
+    ratios = [f"{rates[b]['harness'] / rates['tensorflow']['harness']:.2f}x"
+              if b in rates and "tensorflow" in rates else "-" for b in others]
+    lines.append(f"| {row['model']} | {row['batch_size']} | {row['precision']} | "
+                 + " | ".join(cells + ratios) + " |")
+  lines.append("- Every backend of a row on one device (the default strategy), at the row's "
+               "precision: " + "; ".join(f"{row['model']}: {row['precision_reason']}"
+                                          for row in rows.values()) + ".")
+  left_out = [row["model"] for name, row in record.get("models", {}).items() if name not in rows]
+  if left_out:
+    lines.append(f"- Not timed across backends on CPUs: {', '.join(left_out)} (XLA's CPU "
+                 "convolutions, which JAX uses, are 10-100x slower than oneDNN's).")
   return lines
-
-
-def _precision_if_other(precision: Optional[str], tensorflows: str) -> str:
-  return f" ({precision})" if precision and precision != tensorflows else ""
 
 
 def format_models(record: dict) -> List[str]:
@@ -561,8 +600,8 @@ def format_quick_report(record: dict) -> str:
   lines += format_models(record)
   backend_lines = format_backends(record)
   if backend_lines:
-    lines += ["", "Keras backends (examples/s; fit: compiled, the harness's steps per "
-              "execution):", ""] + backend_lines
+    lines += ["", "Keras backends (examples/s; fit: Keras's fit with the harness's steps per "
+              "execution, XLA as the harness ran):", ""] + backend_lines
   reasons = {row["precision_reason"] for row in record["models"].values()}
   lines += [""] + [f"- precision {reason}" for reason in sorted(reasons)]
   return "\n".join(lines)
@@ -584,9 +623,10 @@ def define_flags() -> None:
   flags.DEFINE_boolean("quick", False, "About 5 minutes on 2 CPU cores, any machine (CPU or GPUs): "
                        "the machine, its ceilings, and one row per model (mlp, cnn, resnet18, "
                        "resnet50 on synthetic data) for the harness, a tuned fit and fit's "
-                       "defaults; then the harness and fit on every other installed Keras "
-                       "backend (JAX: the mlp and cnn on CPUs, every model on GPUs). Run it "
-                       "first on a new machine.")
+                       "defaults; where another Keras backend is installed, first the harness "
+                       "and a tuned fit on TensorFlow and on each of them, one device and one "
+                       "precision per model for all (JAX: the mlp and cnn on CPUs, every model "
+                       "on GPUs). Run it first on a new machine.")
   flags.DEFINE_string("output", "benchmark.json", "Where to write the JSON results.")
   flags.DEFINE_string("report", "", "Where to write the printed report as Markdown too "
                       "(docs/benchmark.md comes from it); empty: not written.")
