@@ -37,6 +37,20 @@ def test_the_cpu_ceiling_is_measured_once_per_machine_and_precision(tmp_path):
   assert mfu_lib.cpu_peak("mixed_bfloat16", measure, **machine) == first
 
 
+def test_the_ceiling_is_measured_under_op_determinism():
+  # A --deterministic run on a machine without a cached ceiling measures it with op determinism
+  # on, which refuses unseeded random ops.
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests.processes import ROOT  # pylint: disable=g-import-not-at-top
+  result = subprocess.run(
+      [sys.executable, "-c", "import tensorflow as tf; tf.config.experimental."
+       "enable_op_determinism(); from trainer.bench import ceiling; "
+       "print(ceiling.matmul_ceiling(tiny=True)['flops_per_sec'] > 0)"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.stdout.strip() == "True", result.stderr[-1000:]
+
+
 def test_a_damaged_cache_is_measured_again(tmp_path):
   machine = dict(folder=str(tmp_path), cpu="AMD EPYC", flags={"avx2"}, cores=2)
   mfu_lib.cpu_peak("float32", lambda dtype: {"flops_per_sec": 1e10, "best": "s"}, **machine)

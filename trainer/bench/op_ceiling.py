@@ -96,7 +96,8 @@ def time_ops(ops: Sequence[HeavyOp], jit_compile: bool = False, calls: int = 5,
   warm-up, each holding passes for at least `min_call_seconds`), and its FLOPs:
   {"seconds", "flops"}."""
   def variable(shape, dtype):
-    return tf.Variable(tf.cast(tf.random.uniform(shape, -1.0, 1.0), dtype), trainable=False)
+    return tf.Variable(tf.cast(tf.random.stateless_uniform(shape, [0, 0], -1.0, 1.0), dtype),
+                       trainable=False)
 
   # Inputs, kernels and output gradients made once, in the op's dtype: the timed step holds
   # nothing but the ops and their gradients.
