@@ -37,6 +37,7 @@ def test_the_cpu_ceiling_is_measured_once_per_machine_and_precision(tmp_path):
   assert mfu_lib.cpu_peak("mixed_bfloat16", measure, **machine) == first
 
 
+@pytest.mark.slow
 def test_the_ceiling_is_measured_under_op_determinism():
   # A --deterministic run on a machine without a cached ceiling measures it with op determinism
   # on, which refuses unseeded random ops.
