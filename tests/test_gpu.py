@@ -56,7 +56,7 @@ def test_an_overflow_on_the_second_gpu_only_is_skipped_on_every_gpu(fashion_subs
 
 def test_sigkill_on_gpus_then_rerun_ends_bit_identical(fashion_mnist_dir, tmp_path):
   test_resume.test_sigkill_mid_epoch_then_rerun_ends_bit_identical(
-      ("--strategy=auto",), 200, fashion_mnist_dir, tmp_path)
+      ("--strategy=auto", "--batch_size=64"), (50,), fashion_mnist_dir, tmp_path)
 
 
 def test_the_quick_benchmark_measures_the_gpus(tmp_path):

@@ -48,61 +48,22 @@ def start_trainer(*flags):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_checkpoint(process, workdir, at_least: int, timeout: float = 120) -> None:
-  deadline = time.monotonic() + timeout
-  while not [s for s in checkpoint_steps(workdir) if s >= at_least]:
-    assert process.poll() is None, process.communicate()[1][-3000:]
-    assert time.monotonic() < deadline, "no checkpoint in time"
-    time.sleep(0.02)
-
-
-def wait_for_a_call_between_checkpoints(process, workdir, after: int, checkpoint_steps,
-                                        timeout: float = 120) -> int:
-  """Waits until the run's event log holds a checkpoint of step `after` or later and, as its
-  last event, a call that ended past it at a step no checkpoint falls on (`checkpoint_steps`
-  says which do), so a kill now loses the steps since that checkpoint. Returns the call's last
-  step."""
-  path = os.path.join(str(workdir), events_lib.EVENTS_FILE)
-  deadline = time.monotonic() + timeout
-  while True:
-    assert process.poll() is None, process.communicate()[1][-3000:]
-    assert time.monotonic() < deadline, "no call between checkpoints in time"
-    events = [json.loads(line) for line in _whole_lines(path)]
-    saved = [event["step"] for event in events if event["event"] == "checkpoint"]
-    last = events[-1] if events else {}
-    if (saved and max(saved) >= after and last.get("event") == "call"
-        and last["last_step"] > max(saved) and not checkpoint_steps(last["last_step"])):
-      return last["last_step"]
-    time.sleep(0.01)
-
-
-def _whole_lines(path) -> list:
-  if not os.path.exists(path):
-    return []
-  with open(path, "rb") as f:
-    return [line for line in f.read().split(b"\n")[:-1]]  # The last one may be half written.
-
-
-# 3 epochs; checkpoints every 100 steps and at each epoch's end.
-RESUMABLE_FLAGS = ("--dataset=fashion_mnist", "--epochs=3", "--batch_size=64",
-                   "--checkpoint_every=100", "--log_every=50", "--deterministic")
-
-
-def _run_straight_and_killed(flags, tmp_path, kill_after: int, checkpoint_steps=None) -> str:
+def _run_straight_and_killed(flags, tmp_path, kill_at) -> str:
   """Trains `flags` straight through in tmp_path/straight and, at the same time, in
-  tmp_path/killed: kill -9 once a checkpoint of step `kill_after` or later exists (and, given
-  `checkpoint_steps`, which steps checkpoints fall on, once a call has ended between two
-  checkpoints after it), then rerun to the end. Returns the straight run's stderr."""
+  tmp_path/killed: kill -9 once it has logged each step of `kill_at` in turn (rerun after each
+  kill), then rerun to the end. Returns the straight run's stderr."""
   straight = start_trainer(*flags, f"--workdir={tmp_path / 'straight'}")
   killed_dir = tmp_path / "killed"
-  killed = start_trainer(*flags, f"--workdir={killed_dir}")
-  if checkpoint_steps:
-    wait_for_a_call_between_checkpoints(killed, killed_dir, kill_after, checkpoint_steps)
-  else:
-    wait_for_checkpoint(killed, killed_dir, at_least=kill_after)
-  killed.kill()  # SIGKILL: its workdir lock goes with it, so the rerun below can take it.
-  killed.wait()
-  assert not os.path.exists(killed_dir / run_record.RESULTS_FILE)
+  for step in kill_at:
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "tests.killed_at_step", str(step), *flags,
+         f"--workdir={killed_dir}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    _, killed_err = killed.communicate(timeout=240)
+    # SIGKILL: its workdir lock goes with it, so the rerun can take it.
+    assert killed.returncode == -signal.SIGKILL, killed_err[-3000:]
+    assert checkpoint_steps(killed_dir)[-1] < step  # The steps since were trained and lost.
+    assert not os.path.exists(killed_dir / run_record.RESULTS_FILE)
   resumed = start_trainer(*flags, f"--workdir={killed_dir}")
   _, resumed_err = resumed.communicate(timeout=240)
   _, straight_err = straight.communicate(timeout=240)
@@ -114,86 +75,88 @@ def _run_straight_and_killed(flags, tmp_path, kill_after: int, checkpoint_steps=
 # Every setting of the training recipe at once: each keeps state across the kill (momentum, the
 # schedule's step, the moving average, the best so far) or changes where boundaries fall.
 RECIPE_FLAGS = ("--optimizer=sgd", "--nesterov", "--learning_rate=0.05", "--weight_decay=1e-4",
-                "--warmup_steps=50", "--lr_schedule=cosine", "--label_smoothing=0.1",
+                "--warmup_steps=30", "--lr_schedule=cosine", "--label_smoothing=0.1",
                 "--clip_norm=2.0", "--grad_accum_steps=2", "--ema_decay=0.99",
                 "--keep_best=accuracy")
+# 3 epochs of 40 steps: a checkpoint and an evaluation every 20 steps, the scalars every 10.
+RESUMABLE_FLAGS = ("--epochs=3", "--max_steps_per_epoch=40", "--checkpoint_every=20",
+                   "--eval_every=20", "--log_every=10", "--deterministic", *RECIPE_FLAGS)
+TOTAL_STEPS = 120
 
 
-# Mirrored over 2 devices and JAX run one step per call, so they get shorter epochs; the default
-# strategy needs the longer ones to still be training when it is killed. The default run augments and
-# normalises too: its random crops and flips must follow the step, not the process.
+def _write_shapes(data_dir) -> None:
+  """640 training images (JPEG and PNG) of 96x96, 80 tall and wide test ones."""
+  datasets.write_shape_folder(data_dir, "train", 480, 96, 96, seed=0, extension="jpg")
+  datasets.write_shape_folder(data_dir, "train", 160, 96, 96, seed=1)
+  datasets.write_shape_folder(data_dir, "test", 40, 96, 128, seed=2, extension="jpg")
+  datasets.write_shape_folder(data_dir, "test", 40, 128, 96, seed=3)
+
+
+# The default strategy trains the mlp on images cropped from their originals (JPEG and PNG, held
+# encoded) in packs of steps: each example's box and flip must follow (seed, epoch, its
+# position in the epoch), not the process that drew it; it is killed twice, in epochs 1 and 2.
+# Mirrored and JAX augment and normalise whole batches, which must follow the step. Each kill
+# falls between two checkpoints, after a logged call.
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy_flags, steps_per_epoch", [
-    (("--strategy=default", "--augment=crop_flip", "--normalize"), 400),
-    (("--strategy=mirrored", "--cpu_devices=2"), 200),
-    (("--backend=jax", "--strategy=default", "--augment=crop_flip", "--normalize"), 200)],
+@pytest.mark.parametrize("strategy_flags, kill_at", [
+    (("--strategy=default", "--image_size=72,72", "--augment=crop_flip", "--normalize",
+      "--eval_crop=0.9", "--batch_size=16"), (30, 70)),
+    (("--strategy=mirrored", "--cpu_devices=2", "--augment=crop_flip", "--normalize",
+      "--batch_size=64"), (50,)),
+    (("--backend=jax", "--strategy=default", "--augment=crop_flip", "--normalize",
+      "--batch_size=64"), (50,))],
     ids=["default", "mirrored", "jax"])
-def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_flags, steps_per_epoch,
+def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_flags, kill_at,
                                                          fashion_mnist_dir, tmp_path):
-  eval_every = steps_per_epoch // 2
-  flags = (*RESUMABLE_FLAGS, *RECIPE_FLAGS, f"--data_dir={fashion_mnist_dir}",
-           f"--max_steps_per_epoch={steps_per_epoch}", f"--eval_every={eval_every}",
-           *strategy_flags)
+  if "--image_size=72,72" in strategy_flags:
+    _write_shapes(tmp_path / "shapes")
+    data_flags = (f"--data_dir={tmp_path / 'shapes'}",)
+  else:
+    data_flags = ("--dataset=fashion_mnist", f"--data_dir={fashion_mnist_dir}")
+  flags = (*RESUMABLE_FLAGS, *data_flags, *strategy_flags)
   killed_dir = tmp_path / "killed"
-  _run_straight_and_killed(  # In epoch 2, between two checkpoints.
-      flags, tmp_path, kill_after=steps_per_epoch + 100,
-      checkpoint_steps=lambda step: step % 100 == 0 or step % steps_per_epoch == 0)
+  straight_err = _run_straight_and_killed(flags, tmp_path, kill_at)
 
-  total_steps = 3 * steps_per_epoch
   expected = run_record.read_results(tmp_path / "straight")
   got = run_record.read_results(killed_dir)
-  assert got["steps"] == expected["steps"] == total_steps
-  assert (got["processes"], expected["processes"]) == (2, 1)
-  # Bit-identical weights and moving average; the same best model, known across the kill.
+  assert got["steps"] == expected["steps"] == TOTAL_STEPS
+  assert (got["processes"], expected["processes"]) == (len(kill_at) + 1, 1)
+  # Bit-identical weights and moving average; the same best model, known across the kills.
   for field in ("weights_sha256", "ema_weights_sha256", "test_accuracy", "test_accuracy_ema",
                 "best_step", "best_test_accuracy"):
     assert got[field] == expected[field], field
   assert expected["ema_weights_sha256"] and expected["best_step"]
   assert _digest(export.load_keras_model(str(killed_dir / "best"))) == _digest(
       export.load_keras_model(str(tmp_path / "straight" / "best")))
-  # TensorBoard: every logged step once, in order, across the kill.
-  assert logged_steps(killed_dir / "train") == list(range(50, total_steps + 1, 50))
+  # TensorBoard: every logged step once, in order, across the kills.
+  assert logged_steps(killed_dir / "train") == list(range(10, TOTAL_STEPS + 1, 10))
   _assert_the_kills_goodput(got, expected, killed_dir)
   assert logged_steps(killed_dir / "eval", "accuracy_ema") == list(
-      range(eval_every, total_steps + 1, eval_every))
-
-
-# Images cropped from their originals (JPEG and PNG, held encoded): each example's box and flip
-# must follow (seed, epoch, its position in the epoch), not the process that drew it.
-@pytest.mark.slow
-def test_sigkill_mid_epoch_with_per_example_crops_then_rerun_ends_bit_identical(tmp_path):
-  data_dir = tmp_path / "shapes"
-  datasets.write_shape_folder(data_dir, "train", 640, 96, 96, seed=0, extension="jpg")
-  datasets.write_shape_folder(data_dir, "train", 320, 96, 96, seed=1)
-  datasets.write_shape_folder(data_dir, "test", 40, 96, 128, seed=2, extension="jpg")
-  datasets.write_shape_folder(data_dir, "test", 40, 128, 96, seed=3)
-  flags = (f"--data_dir={data_dir}", "--image_size=72,72", "--augment=crop_flip", "--normalize",
-           "--eval_crop=0.9", "--model=cnn", "--strategy=default", "--epochs=3",
-           "--batch_size=16", "--checkpoint_every=10", "--log_every=10", "--deterministic")
-  killed_dir = tmp_path / "killed"
-  straight_err = _run_straight_and_killed(flags, tmp_path, kill_after=70)  # 60 steps an epoch.
-  assert "held in memory" in straight_err and "encoded" in straight_err
-  expected = run_record.read_results(tmp_path / "straight")
-  got = run_record.read_results(killed_dir)
-  assert got["steps"] == expected["steps"] == 180 and got["processes"] == 2
-  assert got["weights_sha256"] == expected["weights_sha256"]
-  assert got["test_accuracy"] == expected["test_accuracy"]
-  assert expected["input_wait_share"] > 0  # Measured under --deterministic too.
+      range(20, TOTAL_STEPS + 1, 20))
+  if "--image_size=72,72" in strategy_flags:
+    assert "held in memory" in straight_err and "encoded" in straight_err
+    assert expected["input_wait_share"] > 0  # Measured under --deterministic too.
+    assert expected["steps_per_xla_call"] > 1
 
 
 def _assert_the_kills_goodput(got, expected, killed_dir) -> None:
-  """Two processes; the steps the killed one trained after its last checkpoint (up to its last
-  logged call) lost; every second in one part; less than all of it kept."""
+  """A process per kill and the rerun; the steps each killed one trained after its last
+  checkpoint (up to its last logged call) lost; every second in one part; less than all of it
+  kept."""
   figures = got["goodput"]
-  assert figures["processes"] == got["processes"] == 2
+  assert figures["processes"] == got["processes"] >= 2
   events = events_lib.read_events(os.path.join(str(killed_dir), events_lib.EVENTS_FILE))
   starts = [index for index, event in enumerate(events) if event["event"] == "process_start"]
-  killed = events[starts[0]:starts[1]]
-  last_checkpoint = max(event["step"] for event in killed if event["event"] == "checkpoint")
-  last_call = [event for event in killed if event["event"] == "call"][-1]["last_step"]
-  assert events[starts[1]]["step"] == last_checkpoint  # The rerun resumed from it.
-  assert "stop" not in [event["event"] for event in killed]  # kill -9 leaves no stop.
-  assert figures["lost_steps"] == last_call - last_checkpoint > 0
+  lost = 0
+  for start, rerun in zip(starts, starts[1:]):
+    killed = events[start:rerun]
+    last_checkpoint = max(event["step"] for event in killed if event["event"] == "checkpoint")
+    last_call = [event for event in killed if event["event"] == "call"][-1]["last_step"]
+    assert events[rerun]["step"] == last_checkpoint  # The rerun resumed from it.
+    assert "stop" not in [event["event"] for event in killed]  # kill -9 leaves no stop.
+    assert last_call > last_checkpoint
+    lost += last_call - last_checkpoint
+  assert figures["lost_steps"] == lost
   assert figures["productive_steps"] == got["steps"]
   assert sum(figures[part] for part in goodput_lib.PARTS) == pytest.approx(figures["wall_s"])
   assert 0 < figures["fraction"] < 1 and figures["lost_s"] > 0
