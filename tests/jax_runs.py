@@ -6,6 +6,10 @@ RUNS.json holds a list of Config keyword dicts; each run writes its workdir as t
 does. One process serves them all (Keras keeps the backend of its first import, so JAX runs
 cannot share the test process), which saves a JAX start-up per run. The CPU is split into two
 host devices for the process, so `mirrored` runs span two replicas.
+
+A run's dict may also hold "resnet_blocks_per_stage": its ResNet is then built from the same
+builder with that many blocks per stage, for tests that check the ResNets' wiring on JAX, not
+their depth (a deep one's compile is most of such a run).
 """
 
 import json
@@ -16,11 +20,19 @@ def main(path: str) -> None:
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   from trainer.distribute import keras_backend  # pylint: disable=g-import-not-at-top
   with open(path) as f:
-    configs = [config_lib.Config.from_flags(backend="jax", cpu_devices=2, **settings)
-               for settings in json.load(f)]
+    runs = json.load(f)
+  blocks = [settings.pop("resnet_blocks_per_stage", None) for settings in runs]
+  configs = [config_lib.Config.from_flags(backend="jax", cpu_devices=2, **settings)
+             for settings in runs]
   keras_backend.select(configs[0].runtime)
   from trainer import train  # pylint: disable=g-import-not-at-top
-  for config in configs:
+  from trainer.models import resnet  # pylint: disable=g-import-not-at-top
+  specs = dict(resnet.RESNET_SPECS)
+  for config, blocks_per_stage in zip(configs, blocks):
+    resnet.RESNET_SPECS.update(specs)
+    if blocks_per_stage:
+      network = config.model.name
+      resnet.RESNET_SPECS[network] = (specs[network][0], tuple(blocks_per_stage))
     train.train_and_evaluate(config)
 
 
