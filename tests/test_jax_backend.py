@@ -100,7 +100,8 @@ def jax_runs(fashion_mnist_dir, tmp_path_factory) -> dict:
                            precision=precision)
   with open(root / "runs.json", "w") as f:
     json.dump(list(runs.values()), f)
-  done = processes.run_module("tests.jax_runs", str(root / "runs.json"), timeout=600)
+  done = processes.run_module("tests.runs_in_a_process", str(root / "runs.json"),
+                              timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   return {name: {**run_record.read_results(settings["workdir"]), "workdir": settings["workdir"]}
           for name, settings in runs.items()}

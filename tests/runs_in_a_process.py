@@ -1,6 +1,6 @@
 """Trains several runs on Keras's JAX backend in one process of its own.
 
-  python -m tests.jax_runs RUNS.json
+  python -m tests.runs_in_a_process RUNS.json
 
 RUNS.json holds a list of Config keyword dicts; each run writes its workdir as the trainer
 does. One process serves them all (Keras keeps the backend of its first import, so JAX runs
