@@ -1,15 +1,16 @@
-"""Trains several runs on Keras's JAX backend in one process of its own.
+"""Trains several runs in one process of its own.
 
   python -m tests.runs_in_a_process RUNS.json
 
-RUNS.json holds a list of Config keyword dicts; each run writes its workdir as the trainer
-does. One process serves them all (Keras keeps the backend of its first import, so JAX runs
-cannot share the test process), which saves a JAX start-up per run. The CPU is split into two
-host devices for the process, so `mirrored` runs span two replicas.
+RUNS.json holds a list of Config keyword dicts, all on one backend; each run writes its workdir
+as the trainer does. One process serves them all, which saves a start-up per run, for runs that
+cannot share the test process: JAX's (Keras keeps the backend of its first import, and the test
+process has TensorFlow's) and --deterministic ones (op determinism, once on, stays on for the
+rest of a process).
 
 A run's dict may also hold "resnet_blocks_per_stage": its ResNet is then built from the same
-builder with that many blocks per stage, for tests that check the ResNets' wiring on JAX, not
-their depth (a deep one's compile is most of such a run).
+builder with that many blocks per stage, for tests that check the ResNets' wiring, not their
+depth (a deep one's compile is most of such a run).
 """
 
 import json
@@ -22,8 +23,7 @@ def main(path: str) -> None:
   with open(path) as f:
     runs = json.load(f)
   blocks = [settings.pop("resnet_blocks_per_stage", None) for settings in runs]
-  configs = [config_lib.Config.from_flags(backend="jax", cpu_devices=2, **settings)
-             for settings in runs]
+  configs = [config_lib.Config.from_flags(**settings) for settings in runs]
   keras_backend.select(configs[0].runtime)
   from trainer import train  # pylint: disable=g-import-not-at-top
   from trainer.models import resnet  # pylint: disable=g-import-not-at-top

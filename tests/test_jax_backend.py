@@ -99,7 +99,9 @@ def jax_runs(fashion_mnist_dir, tmp_path_factory) -> dict:
     runs[precision] = _mlp("functional", fashion_mnist_dir, root / precision, **short,
                            precision=precision)
   with open(root / "runs.json", "w") as f:
-    json.dump(list(runs.values()), f)
+    # Two host devices for the process, so the mirrored run spans two replicas.
+    json.dump([{"backend": "jax", "cpu_devices": 2, **settings} for settings in runs.values()],
+              f)
   done = processes.run_module("tests.runs_in_a_process", str(root / "runs.json"),
                               timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
