@@ -112,24 +112,20 @@ def own_model_runs(fashion_mnist_dir, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def fashion_subset(fashion_mnist_dir, tmp_path_factory):
-  """4,000 training and 1,000 test images of Fashion-MNIST written twice: as IDX files and as an
-  image folder (train/<label>/, test/<label>/). Both hold the images in the same order (class by
-  class), so the two must give the same batches."""
+  """4,000 training and 1,000 test images of Fashion-MNIST as IDX files under idx/, class by
+  class (the order an image folder lists them in: see fashion_subset_folder)."""
   root = tmp_path_factory.mktemp("fashion_subset")
   train_images, train_labels, test_images, test_labels = idx_files.read_mnist_format(
       fashion_mnist_dir)
   os.makedirs(root / "idx")
-  for split, images, labels, count, stem in (
-      ("train", train_images, train_labels, 4000, "train"),
-      ("test", test_images, test_labels, 1000, "t10k")):
+  for images, labels, count, stem in ((train_images, train_labels, 4000, "train"),
+                                      (test_images, test_labels, 1000, "t10k")):
     order = np.argsort(labels[:count], kind="stable")  # Class by class, as a folder lists them.
     images, labels = images[:count][order], labels[:count][order]
     datasets.write_idx(root / "idx" / f"{stem}-images-idx3-ubyte.gz", images[..., 0],
                        idx_files.IMAGE_MAGIC)
     datasets.write_idx(root / "idx" / f"{stem}-labels-idx1-ubyte.gz", labels.astype(np.uint8),
                        idx_files.LABEL_MAGIC)
-    for label in range(10):
-      datasets.write_images(root / "images" / split / str(label), images[labels == label])
   return root
 
 
@@ -150,3 +146,18 @@ def tiny_tfds(tmp_path_factory) -> str:
                                            "label": tfds.features.ClassLabel(num_classes=3)}),
       split_datasets={"train": split(300), "test": split(50)})
   return data_dir
+
+
+@pytest.fixture(scope="session")
+def fashion_subset_folder(fashion_subset):
+  """fashion_subset's images written again as an image folder under images/ (train/<label>/,
+  test/<label>/), in the IDX files' order, so the two must give the same batches. Apart from
+  fashion_subset: only a slow test needs its 5,000 PNG files."""
+  train_images, train_labels, test_images, test_labels = idx_files.read_mnist_format(
+      str(fashion_subset / "idx"))
+  for split, images, labels in (("train", train_images, train_labels),
+                                ("test", test_images, test_labels)):
+    for label in range(10):
+      datasets.write_images(fashion_subset / "images" / split / str(label),
+                            images[labels == label])
+  return fashion_subset

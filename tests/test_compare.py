@@ -87,6 +87,7 @@ def test_tensorboard_server_serves_the_runs_scalars_and_hparams(tiny_runs, tmp_p
     server.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_report_writes_table_csv_plots_and_the_noise_verdict(tiny_runs, tmp_path):
   report = compare.build_report(str(tiny_runs), str(tmp_path), target_accuracy=0.5)
   assert report["num_runs"] == 4

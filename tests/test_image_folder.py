@@ -24,7 +24,8 @@ def pipeline(**settings) -> input_pipeline.InputPipeline:
 
 @pytest.mark.slow
 def test_an_image_folder_trains_exactly_as_its_idx_files_in_memory_and_streamed(
-    fashion_subset, tmp_path):
+    fashion_subset_folder, tmp_path):
+  fashion_subset = fashion_subset_folder
   common = dict(epochs=1, batch_size=100, max_steps_per_epoch=20, strategy="default",
                 log_every=10)
   from_idx = train.train_and_evaluate(config_lib.Config.from_flags(
