@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import config as config_lib
+from trainer.distribute import device_plan
 from trainer.distribute import distribution
 from trainer.backends.tensorflow import runtime
 from trainer import errors
@@ -37,13 +38,19 @@ def fake_cluster(monkeypatch):
   FakeWatchdog.instances.clear()
   monkeypatch.setattr(runtime.watchdog_lib, "ProgressWatchdog", FakeWatchdog)
   monkeypatch.setattr(distribution, "make_strategy",
-                      lambda name, tf_config: tf.distribute.get_strategy())
+                      lambda name, tf_config, **devices: tf.distribute.get_strategy())
   return FakeWatchdog.instances
+
+
+def one_replica_plan(config: config_lib.Config) -> device_plan.DevicePlan:
+  """The plan of `config` on one worker of one CPU: the default strategy's single replica."""
+  return device_plan.plan_run(config, device_plan.DeviceFacts(host_memory_bytes=2**34))
 
 
 def test_the_watchdog_stops_when_the_run_fails(fake_cluster):
   with pytest.raises(errors.UserError, match="cannot be split"):
-    with runtime.open_runtime(CLUSTER_CONFIG.replace(batch_size=3, cpu_devices=1)) as opened:
+    config = CLUSTER_CONFIG.replace(batch_size=3, cpu_devices=1)
+    with runtime.open_runtime(config, one_replica_plan(config)) as opened:
       del opened  # Unused: the body fails.
       raise errors.UserError("--batch_size=3 cannot be split")
   assert fake_cluster[0].stopped and fake_cluster[0].beats >= 1
@@ -51,7 +58,7 @@ def test_the_watchdog_stops_when_the_run_fails(fake_cluster):
 
 def test_a_lost_peer_becomes_a_cluster_error_naming_this_worker(fake_cluster):
   with pytest.raises(errors.ClusterError, match=r"worker 1 of 2 \(127.0.0.1:2\) lost contact"):
-    with runtime.open_runtime(CLUSTER_CONFIG) as opened:
+    with runtime.open_runtime(CLUSTER_CONFIG, one_replica_plan(CLUSTER_CONFIG)) as opened:
       assert opened.settings.task == "worker 1 of 2 (127.0.0.1:2)"
       raise tf.errors.UnavailableError(None, None, "Socket closed")
   assert fake_cluster[0].stopped

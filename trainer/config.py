@@ -603,6 +603,8 @@ class RunSettings:
   input_index: int = 0  # Which of the processes that read training data this one is.
   num_inputs: int = 1  # How many processes read training data: the workers of a cluster.
   hosts: int = 1  # The machines the workers run on: a CPU's measured ceiling is a machine's.
+  # The run's device_plan.DevicePlan (None where a caller resolves a Config by hand).
+  device_plan: Optional[object] = None
 
   @property
   def steps_per_loop(self) -> int:
@@ -616,8 +618,9 @@ class RunSettings:
 
   @property
   def jit_compile(self) -> bool:
-    if self.config.runtime.backend == "jax":
-      return True  # JAX compiles every step with XLA.
+    """The step under XLA: the device plan's decision (JAX compiles every step)."""
+    if self.device_plan is not None:
+      return self.device_plan.xla
     return compiles_with_xla(self.config.loop.jit_compile, self.config.model.name,
                              self.config.data.batch_size, self.num_replicas)
 

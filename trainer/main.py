@@ -46,21 +46,6 @@ from trainer.distribute import keras_backend
 from trainer import errors
 
 
-# --help's groups: (title, [flag names]) in the order they are defined below.
-_GROUPS = []
-
-
-def _group(title: str) -> None:
-  """Starts the --help group that the flags defined next belong to."""
-  _GROUPS.append((title, []))
-
-
-def _define(define, name: str, **kwargs) -> None:
-  """Defines --name with the default and help text that config.Config declares for it."""
-  define(name, config_lib.default(name), help=config_lib.help_text(name), **kwargs)
-  _GROUPS[-1][1].append(name)
-
-
 class _CountOrAuto(flags.IntegerParser):
   """A count that also reads "auto" as 0, the value that lets the harness choose."""
 
@@ -70,83 +55,134 @@ class _CountOrAuto(flags.IntegerParser):
     return super().parse(argument)
 
 
-def _define_count_or_auto(name: str, default: int, help: str) -> None:  # pylint: disable=redefined-builtin
-  flags.DEFINE(_CountOrAuto(lower_bound=0), name, default, help,
+def _define_count_or_auto(name: str, default: int, help: str,  # pylint: disable=redefined-builtin
+                          flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  flags.DEFINE(_CountOrAuto(lower_bound=0), name, default, help, flag_values,
                serializer=flags.ArgumentSerializer())
 
 
-# One flag per Config field (config.FLAG_FIELDS; tests/test_config.py checks both ways), grouped
-# by job as --help shows them.
-_group("Model")
-_define(flags.DEFINE_string, "model")
-_define(flags.DEFINE_enum, "api", enum_values=config_lib.APIS)
-_define(flags.DEFINE_integer, "hidden_units", lower_bound=1)
-_define(flags.DEFINE_boolean, "sync_batchnorm")
-_group("Data")
-_define(flags.DEFINE_string, "dataset")
-_define(flags.DEFINE_string, "data_dir")
-_define(flags.DEFINE_integer, "label_offset", lower_bound=0)
-_define(flags.DEFINE_string, "tfds_data_dir")
-_define(flags.DEFINE_list, "image_size")
-_define(flags.DEFINE_float, "validation_split")
-_define(flags.DEFINE_list, "image_shape")
-_define(flags.DEFINE_integer, "num_classes", lower_bound=0)
-_define(flags.DEFINE_integer, "num_test_examples", lower_bound=0)
-_define(flags.DEFINE_enum, "augment", enum_values=config_lib.AUGMENTATIONS)
-_define(flags.DEFINE_float, "eval_crop")
-_define(flags.DEFINE_boolean, "normalize")
-_define(flags.DEFINE_float, "memory_limit_mb", lower_bound=0.0)
-_define(flags.DEFINE_string, "data_service")
-_group("Recipe: optimisation and evaluation")
-_define(flags.DEFINE_integer, "epochs", lower_bound=1)
-_define(flags.DEFINE_integer, "batch_size", lower_bound=1)
-_define(flags.DEFINE_enum, "optimizer", enum_values=config_lib.OPTIMIZERS)
-_define(flags.DEFINE_float, "momentum")
-_define(flags.DEFINE_boolean, "nesterov")
-_define(flags.DEFINE_float, "weight_decay")
-_define(flags.DEFINE_float, "learning_rate", lower_bound=0.0)
-_define(flags.DEFINE_enum, "lr_scaling", enum_values=config_lib.LR_SCALINGS)
-_define(flags.DEFINE_integer, "warmup_steps")
-_define(flags.DEFINE_integer, "warmup_epochs")
-_define(flags.DEFINE_enum, "lr_schedule", enum_values=config_lib.LR_SCHEDULES)
-_define(flags.DEFINE_list, "lr_drops")
-_define(flags.DEFINE_float, "label_smoothing")
-_define(flags.DEFINE_float, "clip_norm")
-_define(flags.DEFINE_integer, "grad_accum_steps")
-_define(flags.DEFINE_float, "ema_decay")
-_define(flags.DEFINE_boolean, "export_ema")
-_define(flags.DEFINE_enum, "keep_best", enum_values=config_lib.KEEP_BEST)
-_define(flags.DEFINE_integer, "seed", lower_bound=0)
-_define(flags.DEFINE_integer, "max_steps_per_epoch", lower_bound=0)
-_define(flags.DEFINE_integer, "eval_steps", lower_bound=0)
-_define(flags.DEFINE_integer, "eval_every")
-_group("Distribution and precision")
-_define(flags.DEFINE_string, "backend")  # A string: $KERAS_BACKEND may hold any name.
-_define(flags.DEFINE_enum, "strategy", enum_values=config_lib.STRATEGIES)
-_define(flags.DEFINE_boolean, "gpu_memory_growth")
-_define(flags.DEFINE_integer, "cpu_devices", lower_bound=1)
-_define(flags.DEFINE_enum, "precision", enum_values=config_lib.PRECISIONS)
-_define(flags.DEFINE_list, "worker_hosts")
-_define(flags.DEFINE_integer, "task_index", lower_bound=0)
-_define(flags.DEFINE_float, "worker_timeout", lower_bound=1.0)
-_define(_define_count_or_auto, "steps_per_loop")
-_define(flags.DEFINE_boolean, "jit_compile")
-_group("Output")
-_define(flags.DEFINE_string, "workdir")
-_define(flags.DEFINE_integer, "log_every", lower_bound=1)
-_define(flags.DEFINE_enum, "progress", enum_values=config_lib.PROGRESS)
-_define(flags.DEFINE_integer, "checkpoint_every", lower_bound=0)
-_define(flags.DEFINE_integer, "keep_checkpoints", lower_bound=1)
-_define(flags.DEFINE_list, "profile_steps")
-_define(flags.DEFINE_boolean, "overwrite")
-_define(flags.DEFINE_boolean, "deterministic")
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> list:
+  """Defines every flag of the trainer on `flag_values` (trainer.plan takes them too); returns
+  --help's groups, (title, [flag names]) in the order they are defined."""
+  groups = []
 
+  def group(title: str) -> None:
+    groups.append((title, []))
+
+  def define(define_flag, name: str, **kwargs) -> None:
+    # The default and help text that config.Config declares for it.
+    define_flag(name, config_lib.default(name), help=config_lib.help_text(name),
+                flag_values=flag_values, **kwargs)
+    groups[-1][1].append(name)
+
+  # One flag per Config field (config.FLAG_FIELDS; tests/test_config.py checks both ways), grouped
+  # by job as --help shows them.
+  group("Model")
+  define(flags.DEFINE_string, "model")
+  define(flags.DEFINE_enum, "api", enum_values=config_lib.APIS)
+  define(flags.DEFINE_integer, "hidden_units", lower_bound=1)
+  define(flags.DEFINE_boolean, "sync_batchnorm")
+  group("Data")
+  define(flags.DEFINE_string, "dataset")
+  define(flags.DEFINE_string, "data_dir")
+  define(flags.DEFINE_integer, "label_offset", lower_bound=0)
+  define(flags.DEFINE_string, "tfds_data_dir")
+  define(flags.DEFINE_list, "image_size")
+  define(flags.DEFINE_float, "validation_split")
+  define(flags.DEFINE_list, "image_shape")
+  define(flags.DEFINE_integer, "num_classes", lower_bound=0)
+  define(flags.DEFINE_integer, "num_test_examples", lower_bound=0)
+  define(flags.DEFINE_enum, "augment", enum_values=config_lib.AUGMENTATIONS)
+  define(flags.DEFINE_float, "eval_crop")
+  define(flags.DEFINE_boolean, "normalize")
+  define(flags.DEFINE_float, "memory_limit_mb", lower_bound=0.0)
+  define(flags.DEFINE_string, "data_service")
+  group("Recipe: optimisation and evaluation")
+  define(flags.DEFINE_integer, "epochs", lower_bound=1)
+  define(flags.DEFINE_integer, "batch_size", lower_bound=1)
+  define(flags.DEFINE_enum, "optimizer", enum_values=config_lib.OPTIMIZERS)
+  define(flags.DEFINE_float, "momentum")
+  define(flags.DEFINE_boolean, "nesterov")
+  define(flags.DEFINE_float, "weight_decay")
+  define(flags.DEFINE_float, "learning_rate", lower_bound=0.0)
+  define(flags.DEFINE_enum, "lr_scaling", enum_values=config_lib.LR_SCALINGS)
+  define(flags.DEFINE_integer, "warmup_steps")
+  define(flags.DEFINE_integer, "warmup_epochs")
+  define(flags.DEFINE_enum, "lr_schedule", enum_values=config_lib.LR_SCHEDULES)
+  define(flags.DEFINE_list, "lr_drops")
+  define(flags.DEFINE_float, "label_smoothing")
+  define(flags.DEFINE_float, "clip_norm")
+  define(flags.DEFINE_integer, "grad_accum_steps")
+  define(flags.DEFINE_float, "ema_decay")
+  define(flags.DEFINE_boolean, "export_ema")
+  define(flags.DEFINE_enum, "keep_best", enum_values=config_lib.KEEP_BEST)
+  define(flags.DEFINE_integer, "seed", lower_bound=0)
+  define(flags.DEFINE_integer, "max_steps_per_epoch", lower_bound=0)
+  define(flags.DEFINE_integer, "eval_steps", lower_bound=0)
+  define(flags.DEFINE_integer, "eval_every")
+  group("Distribution and precision")
+  define(flags.DEFINE_string, "backend")  # A string: $KERAS_BACKEND may hold any name.
+  define(flags.DEFINE_enum, "strategy", enum_values=config_lib.STRATEGIES)
+  define(flags.DEFINE_boolean, "gpu_memory_growth")
+  define(flags.DEFINE_integer, "cpu_devices", lower_bound=1)
+  define(flags.DEFINE_enum, "precision", enum_values=config_lib.PRECISIONS)
+  define(flags.DEFINE_list, "worker_hosts")
+  define(flags.DEFINE_integer, "task_index", lower_bound=0)
+  define(flags.DEFINE_float, "worker_timeout", lower_bound=1.0)
+  define(_define_count_or_auto, "steps_per_loop")
+  define(flags.DEFINE_boolean, "jit_compile")
+  group("Output")
+  define(flags.DEFINE_string, "workdir")
+  define(flags.DEFINE_integer, "log_every", lower_bound=1)
+  define(flags.DEFINE_enum, "progress", enum_values=config_lib.PROGRESS)
+  define(flags.DEFINE_integer, "checkpoint_every", lower_bound=0)
+  define(flags.DEFINE_integer, "keep_checkpoints", lower_bound=1)
+  define(flags.DEFINE_list, "profile_steps")
+  define(flags.DEFINE_boolean, "overwrite")
+  define(flags.DEFINE_boolean, "deterministic")
+  return groups
+
+
+def define_machine_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """trainer.plan's own flags: the machine a plan is for, when it is not this one (GPU memory in
+  GiB as cards are sold), and where to write the plan."""
+  from trainer.distribute import gpu_specs
+  flags.DEFINE_integer("gpus_per_worker", 0, "GPUs each worker uses (as "
+                       "scripts/launch_local.py --gpus_per_worker); 0: the CPU.", lower_bound=0,
+                       flag_values=flag_values)
+  flags.DEFINE_integer("workers", 1, "Workers (hosts) in the cluster; more than 1 plans "
+                       "--strategy=multi_worker_mirrored.", lower_bound=1, flag_values=flag_values)
+  flags.DEFINE_string("compute_capability", None, "The GPUs' compute capability, X.Y.",
+                      flag_values=flag_values)
+  flags.DEFINE_float("gpu_memory_gb", None, "Each GPU's memory in GiB, as cards are sold: 16, "
+                     "40, 80.", lower_bound=0.0, flag_values=flag_values)
+  flags.DEFINE_string("gpu", None, "A named GPU, its capability and memory from one table: "
+                      f"{', '.join(spec.name for spec in gpu_specs.GPUS)}.",
+                      flag_values=flag_values)
+  flags.DEFINE_string("json", None, "Also write the plan to this file as JSON.",
+                      flag_values=flag_values)
+
+
+def machine_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict:
+  """define_machine_flags's parsed values as device_plan.assumed_facts takes them."""
+  capability = flag_values["compute_capability"].value
+  if capability is not None:
+    major, _, minor = capability.partition(".")
+    if not (major.isdigit() and minor.isdigit()):
+      raise errors.UserError(f"--compute_capability={capability} must be X.Y, e.g. 8.0.")
+    capability = (int(major), int(minor))
+  return {"gpus_per_worker": flag_values["gpus_per_worker"].value,
+          "workers": flag_values["workers"].value, "compute_capability": capability,
+          "gpu_memory_gb": flag_values["gpu_memory_gb"].value, "gpu": flag_values["gpu"].value}
+
+
+_GROUPS = define_flags()
 FLAGS = flags.FLAGS
 
 
-def config_from_flags() -> config_lib.Config:
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib.Config:
   """Returns the immutable Config that the parsed flags describe."""
-  values = {name: FLAGS[name].value for name in config_lib.SETTINGS}
+  values = {name: flag_values[name].value for name in config_lib.SETTINGS}
   for name in ("image_size", "image_shape", "profile_steps", "lr_drops"):
     try:
       values[name] = tuple(int(value) for value in values[name])
@@ -201,10 +237,10 @@ def _run() -> None:
     # shown_as_one_line: TensorFlow takes seconds to import, a likely moment for Ctrl-C.
     config = config_from_flags()
     keras_backend.select(config.runtime)  # Before the first import of Keras.
-    from trainer.distribute import cluster
+    from trainer.backends import interface
     from trainer import train
     train.train_and_evaluate(config, start_time=_PROCESS_START)
-    cluster.leave_cluster(config.runtime)
+    interface.get(config.runtime.backend).leave_cluster(config.runtime)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer.data import input_pipeline
-from trainer.backends.tensorflow import runtime as runtime_lib
+from trainer.backends import interface
+from trainer.distribute import device_plan
 from trainer import errors
 from trainer.loop import controller as controller_lib
 from trainer.loop import preemption
@@ -32,7 +33,6 @@ from trainer.loop import profiling
 from trainer.loop import progress
 from trainer.loop import schedule
 from trainer.loop import startup
-from trainer.backends.tensorflow import task as task_lib
 from trainer.loop import throughput
 from trainer.models import factory
 from trainer.records import best_model
@@ -53,8 +53,14 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
   clock = startup.StartupClock(start_time)
   clock.mark("imports")
   with contextlib.ExitStack() as stack:
-    # ---------------------------------------------------------------- Runtime.
-    runtime, peak = _open_runtime(stack, config)
+    # ---------------------------------------------------------------- Device plan and runtime.
+    # Every device decision, made once from facts read before a framework starts its devices;
+    # the runtime and the task follow it (docs/gpu.md).
+    plan = device_plan.plan_run(config)
+    device_plan.apply_environment(plan.environment)
+    logging.info("%s\n%s", device_plan.LOG_HEADING, "\n".join(device_plan.describe(plan)))
+    backend = interface.get(config.runtime.backend)  # The one place that picks it.
+    runtime, peak = _open_runtime(stack, config, backend, plan)
     settings = runtime.settings
 
     # ---------------------------------------------------------------- Input.
@@ -70,7 +76,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     stack.enter_context(_out_of_memory_reported(config, pipeline, built))
 
     # ---------------------------------------------------------------- Task and checkpoint.
-    task = built["task"] = _make_task(settings, runtime, pipeline, build_model)
+    task = built["task"] = backend.make_task(settings, runtime, pipeline, build_model)
     hparams = run_record.hparams(settings, task.api, pipeline)
     meter = throughput.ThroughputMeter(config.data.batch_size, start_time,
                                        input_wait=lambda: task.input_wait_s)
@@ -95,7 +101,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     task.start_training(pipeline.training_batches(step, config.loop.epochs, plan.pack), plan.pack,
                         per_process=pipeline.per_process)
     profiler = profiling.ProfileWindow(config.output.profile_steps, config.output.workdir,
-                                       settings.is_chief)
+                                       settings.is_chief, backend.profiler())
     stack.callback(profiler.stop)
     with preemption.StopRequests() as stop_requests:
       outcome = controller_lib.Controller(
@@ -109,16 +115,14 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
                    start_time, clock, best, events, peak)
 
 
-def _open_runtime(stack: contextlib.ExitStack, config: config_lib.Config
-                  ) -> Tuple[runtime_lib.Runtime, Optional[mfu_lib.Peak]]:
-  """Opens the runtime (devices, cluster, strategy; keras.distribution on JAX) on `stack` and,
-  on the chief, takes the workdir and checks that the run may start there; returns it, and on
-  the chief the peak of one of its devices, which MFU is measured against."""
-  if config.runtime.backend == "jax":
-    from trainer.backends.jax import runtime as jax_runtime  # pylint: disable=g-import-not-at-top
-    runtime = stack.enter_context(jax_runtime.open_runtime(config))
-  else:
-    runtime = stack.enter_context(runtime_lib.open_runtime(config))
+def _open_runtime(stack: contextlib.ExitStack, config: config_lib.Config,
+                  backend: interface.Backend, plan: device_plan.DevicePlan
+                  ) -> Tuple[interface.Runtime, Optional[mfu_lib.Peak]]:
+  """Opens the backend's runtime (devices, cluster, strategy; keras.distribution on JAX) as
+  `plan` says on `stack` and, on the chief, takes the workdir and checks that the run may start
+  there; returns it, and on the chief the peak of one of its devices, which MFU is measured
+  against."""
+  runtime = stack.enter_context(backend.open_runtime(config, plan))
   settings = runtime.settings
   if settings.is_chief:
     # The one writer of the workdir from here to the end; other workers write only scratch.
@@ -126,7 +130,8 @@ def _open_runtime(stack: contextlib.ExitStack, config: config_lib.Config
     workdir_lib.check_can_start(config.output.workdir, settings.run_config(),
                                 config.output.overwrite)
   # Only the chief records MFU; on a CPU its first run measures the ceiling once.
-  peak = mfu_lib.device_peak(settings.precision, _gpu_names()) if settings.is_chief else None
+  peak = (mfu_lib.device_peak(settings.precision, backend.gpu_names()) if settings.is_chief
+          else None)
   learning_rate = config.peak_learning_rate
   scaled = (f" = {config.optim.learning_rate:g} x {config.data.batch_size}/"
             f"{config_lib.LINEAR_SCALING_BATCH}" if config.optim.lr_scaling == "linear" else "")
@@ -158,24 +163,6 @@ def _flops_per_second(flops: float) -> str:
     if flops >= scale:
       return f"{flops / scale:,.3g} {prefix}FLOP/s"
   return f"{flops / 1e6:,.3g} MFLOP/s"
-
-
-def _gpu_names() -> List[str]:
-  """The names of the GPUs this process trains on (none on a CPU): TensorFlow's, or JAX's."""
-  if keras.backend.backend() == "jax":
-    import jax  # pylint: disable=g-import-not-at-top
-    return [device.device_kind for device in jax.devices() if device.platform == "gpu"]
-  return [tf.config.experimental.get_device_details(gpu).get("device_name", "unknown")
-          for gpu in tf.config.list_physical_devices("GPU")]
-
-
-def _make_task(settings: config_lib.RunSettings, runtime: runtime_lib.Runtime,
-               pipeline: input_pipeline.InputPipeline, build_model: factory.ModelBuilder):
-  """The backend's task: both give the controller `train_loop` and `evaluate`."""
-  if settings.config.runtime.backend == "jax":
-    from trainer.backends.jax import task as jax_task  # pylint: disable=g-import-not-at-top
-    return jax_task.JaxTask(settings, pipeline, build_model)
-  return task_lib.Task(settings, runtime.strategy, pipeline, build_model)
 
 
 def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
@@ -215,7 +202,7 @@ def _open_event_log(stack: contextlib.ExitStack, settings: config_lib.RunSetting
 
 
 def _open_checkpointer(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
-                       task: task_lib.Task,
+                       task: interface.Task,
                        pipeline: input_pipeline.InputPipeline,
                        meter: throughput.ThroughputMeter, start_time: float
                        ) -> Tuple[checkpointing.Checkpointer, Optional[best_model.BestModel]]:
@@ -232,13 +219,13 @@ def _open_checkpointer(stack: contextlib.ExitStack, settings: config_lib.RunSett
   return checkpointer, best
 
 
-def _trackables(task: task_lib.Task, best: Optional[best_model.BestModel]) -> dict:
+def _trackables(task: interface.Task, best: Optional[best_model.BestModel]) -> dict:
   """What the checkpoint holds besides the step: the task's state, and the best so far where
   the run keeps it."""
   return {**task.trackables(), **({"best": best} if best is not None else {})}
 
 
-def _best_model(settings: config_lib.RunSettings, task: task_lib.Task,
+def _best_model(settings: config_lib.RunSettings, task: interface.Task,
                 pipeline: input_pipeline.InputPipeline) -> Optional[best_model.BestModel]:
   """The keeper of WORKDIR/best/ under --keep_best, else None."""
   config = settings.config
@@ -247,14 +234,20 @@ def _best_model(settings: config_lib.RunSettings, task: task_lib.Task,
 
   def write_exports(folder: str) -> None:
     with _exported_weights(task, config):
-      export.export_model(task.model, folder, pipeline.image_shape)
+      export.export_model(task.model, folder, pipeline.image_shape, _export_options(settings))
 
   return best_model.BestModel(config.output.workdir, config.output.keep_best,
                               config.output.export_ema,
                               settings.is_chief, write_exports)
 
 
-def _exported_weights(task: task_lib.Task, config: config_lib.Config):
+def _export_options(settings: config_lib.RunSettings) -> dict:
+  """The backend's export options for the platforms the device plan exports for."""
+  return interface.get(settings.config.runtime.backend).export_options(
+      settings.device_plan.export_platforms)
+
+
+def _exported_weights(task: interface.Task, config: config_lib.Config):
   """The weights the exports hold: the moving average's under --export_ema, else the model's."""
   if task.ema is not None and config.output.export_ema:
     return task.ema.swapped()
@@ -280,21 +273,13 @@ def _environment(settings: config_lib.RunSettings, plan: schedule.LoopPlan) -> d
   """The TEXT tab's description of what the run executes on."""
   return {"tf_version": tf.__version__, "keras_version": keras.__version__,
           "backend": keras.backend.backend(), "python_version": sys.version.split()[0],
-          "device": settings.device, "devices": _device_names(),
+          "device": settings.device, "devices": interface.get(keras.backend.backend()).device_names(),
           "num_replicas": settings.num_replicas, "precision_reason": settings.precision_reason,
           "steps_per_loop": settings.steps_per_loop, "jit_compile": settings.jit_compile,
           "steps_per_xla_call": plan.pack}
 
 
-def _device_names() -> List[str]:
-  """The devices the run's steps execute on: TensorFlow's logical devices, or JAX's."""
-  if keras.backend.backend() == "jax":
-    import jax  # pylint: disable=g-import-not-at-top
-    return [str(device) for device in jax.devices()]
-  return [d.name for d in tf.config.list_logical_devices()]
-
-
-def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: task_lib.Task,
+def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: interface.Task,
             pipeline: input_pipeline.InputPipeline, hparams: dict,
             outcome: controller_lib.Outcome, meter: throughput.ThroughputMeter,
             writer: summaries.RunWriter, checkpointer: checkpointing.Checkpointer,
@@ -339,7 +324,8 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
       **(best.results() if best else {}))
   if settings.is_chief:
     with _exported_weights(task, config):
-      exports = export.export_model(task.model, config.output.workdir, pipeline.image_shape)
+      exports = export.export_model(task.model, config.output.workdir, pipeline.image_shape,
+                                    _export_options(settings))
     flops_per_step = _training_flops(task, pipeline.image_shape)
     events.stop("finished")  # The end of the run's wall time: what follows takes milliseconds.
     results = dataclasses.replace(results, exports=exports,
@@ -353,7 +339,7 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: tas
   return results.to_dict()
 
 
-def _training_flops(task: task_lib.Task, image_shape) -> Optional[int]:
+def _training_flops(task: interface.Task, image_shape) -> Optional[int]:
   """A training step's FLOPs (the task counts them from its HLO); None, with a warning, for a
   step that cannot be counted: MFU is then left out, and the rest of the record stays."""
   try:

@@ -92,8 +92,16 @@ class _MultiWorkerCpuReplicas(tf.distribute.MultiWorkerMirroredStrategy):
         self, cluster_resolver=cluster_resolver, communication_options=communication_options))
 
 
-def make_multi_worker_strategy(tf_config: dict) -> tf.distribute.MultiWorkerMirroredStrategy:
-  """Returns MultiWorkerMirroredStrategy over the cluster of `tf_config`.
+# A device plan's collective as tf.distribute names it. AUTO would run RING between GPUs too:
+# it picks NCCL only when asked.
+_IMPLEMENTATIONS = {"NCCL": tf.distribute.experimental.CommunicationImplementation.NCCL,
+                    "RING": tf.distribute.experimental.CommunicationImplementation.RING}
+
+
+def make_multi_worker_strategy(
+    tf_config: dict, collective: str = "RING") -> tf.distribute.MultiWorkerMirroredStrategy:
+  """Returns MultiWorkerMirroredStrategy over the cluster of `tf_config`, all-reducing with
+  `collective` (a device plan's: NCCL between GPUs, RING otherwise).
 
   Blocks until every worker has started; callers guard it with a watchdog.
   """
@@ -101,7 +109,8 @@ def make_multi_worker_strategy(tf_config: dict) -> tf.distribute.MultiWorkerMirr
       tf.train.ClusterSpec(tf_config["cluster"]), task_type=tf_config["task"]["type"],
       task_id=tf_config["task"]["index"], rpc_layer="grpc",
       num_accelerators={"GPU": len(hardware.gpus())})
-  options = tf.distribute.experimental.CommunicationOptions()
+  options = tf.distribute.experimental.CommunicationOptions(
+      implementation=_IMPLEMENTATIONS.get(collective, _IMPLEMENTATIONS["RING"]))
   if not hardware.gpus() and hardware.num_cpu_devices() > 1:
     return _MultiWorkerCpuReplicas(resolver, options)
   return tf.distribute.MultiWorkerMirroredStrategy(resolver, options)
@@ -203,8 +212,8 @@ def leave_cluster(runtime) -> None:
   (they have written all they write), while the chief waits a second before exiting: no
   worker outlives the service it reports to.
   """
-  if runtime.strategy != "multi_worker_mirrored" or runtime.backend == "jax":
-    return  # JAX's distributed client leaves the cluster at exit on its own.
+  if runtime.strategy != "multi_worker_mirrored":
+    return
   from tensorflow.python.eager import context  # pylint: disable=g-import-not-at-top
   tf_config = tf_config_from_environment(runtime.worker_hosts, runtime.task_index)
   task, jobs = tf_config["task"], tf_config["cluster"]

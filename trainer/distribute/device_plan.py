@@ -18,7 +18,11 @@ import dataclasses
 import importlib.util
 import os
 import subprocess
+import sys
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from absl import logging
+import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer import errors
@@ -87,6 +91,12 @@ class PlanRequest:
   optimizer: str = "adam"
   momentum: float = 0.9
   ema_decay: float = 0.0
+
+  @classmethod
+  def from_config(cls, config: config_lib.Config) -> "PlanRequest":
+    """The request of the run that `config` describes."""
+    return cls(**{field.name: config.to_flags()[field.name]
+                  for field in dataclasses.fields(cls)})
 
 
 def _compiles_with_xla(request: PlanRequest, num_replicas: int) -> bool:
@@ -179,7 +189,8 @@ def make_device_plan(facts: DeviceFacts, request: PlanRequest,
       collective=_collective(backend, on_gpu, num_replicas, workers, shared),
       environment=environment,
       pack_steps=_pack_steps(request, footprint, on_gpu, xla, num_replicas, strategy, workers),
-      export_platforms=("cpu", "cuda") if on_gpu or backend == "tensorflow" else ("cpu",),
+      # JAX lowers for every platform named, on any machine: a CPU run's export serves GPUs too.
+      export_platforms=("cpu", "cuda"),
       memory=memory, notes=tuple(notes))
 
 
@@ -304,6 +315,104 @@ def _describe(facts: DeviceFacts, on_gpu: bool, local_devices: int, workers: int
   return f"{cluster}CPU ({facts.cpu_name}){split}"
 
 
+# ---------------------------------------------------------------- A run's plan.
+LOG_HEADING = "Device plan (python -m trainer.plan prints it for any machine):"
+
+
+def plan_run(config: config_lib.Config, facts: Optional[DeviceFacts] = None) -> DevicePlan:
+  """The plan of the run `config` describes on a worker of `facts` (this machine's, read as the
+  run reads them, when None): the data's shape from its headers (data/metadata), the model's
+  footprint built with shapes only. Starts no device, so the plan's environment can still be
+  applied (`apply_environment`)."""
+  from trainer.data import metadata  # pylint: disable=g-import-not-at-top
+  from trainer.models import factory  # pylint: disable=g-import-not-at-top
+  if facts is None:
+    facts = this_workers_facts(config.runtime)
+  image_shape, num_classes = metadata.image_shape_and_classes(config.data)
+  if config_lib.brings_its_own_api(config.model.name):
+    build = factory.model_builder(config.model, config.data.seed)
+    footprint = memory_estimate.footprint_of(
+        lambda: build(image_shape, num_classes, "float32").model)
+  else:  # Functional: its graph of layers gives the activations, whatever --api builds.
+    footprint = memory_estimate.built_in_footprint(config.model.name, image_shape, num_classes,
+                                                   config.model.hidden_units)
+  return make_device_plan(facts, PlanRequest.from_config(config), footprint)
+
+
+def this_workers_facts(runtime: config_lib.RuntimeConfig) -> DeviceFacts:
+  """This machine's facts for this worker of the cluster that --worker_hosts or TF_CONFIG
+  describe (under multi_worker_mirrored)."""
+  if runtime.strategy != "multi_worker_mirrored":
+    return read_facts()
+  from trainer.distribute import cluster  # pylint: disable=g-import-not-at-top
+  tf_config = cluster.tf_config_from_environment(runtime.worker_hosts, runtime.task_index)
+  return read_facts(cluster.worker_addresses(tf_config), cluster.input_position(tf_config)[0])
+
+
+def apply_environment(environment: Mapping[str, str]) -> None:
+  """Sets the plan's variables for TensorFlow and JAX to read as they start their devices (XLA
+  flags merged into the user's own). KERAS_BACKEND is keras_backend.select's. In a process whose
+  devices have started (a notebook, the tests) a variable that would change is left, with a
+  warning: the devices run as they started."""
+  started = devices_started()
+  for name, value in environment.items():
+    if name == "KERAS_BACKEND":
+      continue
+    wanted = (_merged_xla_flags(os.environ.get(name, ""), value) if name == "XLA_FLAGS"
+              else value)
+    if os.environ.get(name) == wanted:
+      continue
+    if started:
+      logging.warning("The device plan sets %s=%s, but this process started its devices "
+                      "before: they keep their settings. Run the trainer in a process of its "
+                      "own.", name, value)
+      continue
+    os.environ[name] = wanted
+
+
+def devices_started() -> bool:
+  """Whether TensorFlow's context or a JAX backend exists in this process."""
+  from tensorflow.python.eager import context  # pylint: disable=g-import-not-at-top
+  if context.context()._context_handle is not None:  # pylint: disable=protected-access
+    return True
+  bridge = sys.modules.get("jax._src.xla_bridge")
+  return bool(bridge is not None and getattr(bridge, "_backends", None))
+
+
+def _merged_xla_flags(current: str, planned: str) -> str:
+  """`current` XLA_FLAGS with the planned flags set, each replacing its own earlier value."""
+  names = {flag.split("=", 1)[0] for flag in planned.split()}
+  kept = [flag for flag in current.split() if flag.split("=", 1)[0] not in names]
+  return " ".join(kept + planned.split())
+
+
+def describe(plan: DevicePlan) -> List[str]:
+  """The plan in a few lines, as a run logs it at start and `trainer.plan` prints it."""
+  memory = plan.memory
+  parts = ", ".join(f"{name.replace('_', ' ')} {_size(value)}"
+                    for name, value in memory.as_dict()["parts"].items())
+  against = ("" if memory.device_bytes is None else
+             f" of {_size(memory.device_bytes)}: {'fits' if memory.fits else 'does not fit'}")
+  environment = " ".join(f"{name}={value}" for name, value in sorted(plan.environment.items()))
+  return [
+      f"{plan.backend} on {plan.devices}: strategy {plan.strategy}, "
+      f"{errors.plural(plan.num_replicas, 'replica')} of {plan.per_replica_batch} examples",
+      f"  precision {plan.precision} ({plan.precision_reason})",
+      f"  XLA {'on' if plan.xla else 'off'}, up to {errors.plural(plan.pack_steps, 'step')} a "
+      f"compiled call; all-reduce {plan.collective}; exported for "
+      f"{', '.join(plan.export_platforms)}",
+      f"  environment: {environment}",
+      f"  memory a device: {_size(memory.per_device_bytes)} ({parts}){against}",
+      *(f"  note: {note}" for note in plan.notes)]
+
+
+def _size(count: Optional[int]) -> str:
+  for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if count >= size:
+      return f"{count / size:.1f} {unit}"
+  return f"{count} B"
+
+
 # ---------------------------------------------------------------- Facts.
 def assumed_facts(gpus_per_worker: int = 0, workers: int = 1,
                   compute_capability: Optional[Tuple[int, int]] = None,
@@ -340,8 +449,10 @@ def read_facts(worker_addresses: Sequence[str] = (), task_index: int = 0) -> Dev
   gpus = visible_gpus(hardware.parse_nvidia_smi(_nvidia_smi(hardware.NVIDIA_SMI_QUERY)),
                       parse_compute_capabilities(_nvidia_smi(NVIDIA_SMI_CAPABILITY_QUERY)),
                       visible)
-  tensorflow_gpus = hardware.gpus()
-  if not gpus and tensorflow_gpus:  # No nvidia-smi: TensorFlow's list, without memory.
+  # TensorFlow's device list starts CUDA, which reads CUDA_VISIBLE_DEVICES once for the
+  # process: asked only where nvidia-smi is not, so the plan can still give each worker its GPUs.
+  tensorflow_cuda = tf.test.is_built_with_cuda()
+  if not gpus and tensorflow_cuda and hardware.gpus():  # No nvidia-smi: TensorFlow's list.
     gpus = [{"id": str(index), "name": "", "compute_capability": tuple(capability),
              "memory_mib": None}
             for index, capability in enumerate(hardware.gpu_compute_capabilities())]
@@ -352,7 +463,7 @@ def read_facts(worker_addresses: Sequence[str] = (), task_index: int = 0) -> Dev
       gpus=len(gpus), gpu_name=gpus[0]["name"] if gpus else "",
       compute_capability=min(capabilities) if capabilities else None,
       gpu_memory_bytes=(min(memories) * 2**20 if memories and None not in memories else None),
-      gpu_ids=tuple(gpu["id"] for gpu in gpus), tensorflow_cuda=bool(tensorflow_gpus),
+      gpu_ids=tuple(gpu["id"] for gpu in gpus), tensorflow_cuda=tensorflow_cuda,
       jax_cuda=any(importlib.util.find_spec(name) is not None
                    for name in ("jax_cuda12_plugin", "jax_cuda13_plugin")),
       cpu_name=hardware.cpu_model(), cpu_bfloat16=hardware.cpu_bfloat16(),

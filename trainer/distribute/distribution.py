@@ -13,18 +13,22 @@ _mirrored_strategies_made = itertools.count(1)
 _KEYS_PER_STRATEGY = 10_000  # Collective group keys one strategy may use.
 
 
-def make_strategy(name: str, tf_config: Optional[dict] = None) -> tf.distribute.Strategy:
+def make_strategy(name: str, tf_config: Optional[dict] = None,
+                  local_devices: Optional[int] = None,
+                  collective: str = "RING") -> tf.distribute.Strategy:
   """Returns the strategy called `name` (one of config.STRATEGIES) over this host's devices.
 
   auto is mirrored over several GPUs (or several logical CPUs from --cpu_devices), one_device on
   a single GPU, and the default strategy otherwise. multi_worker_mirrored spans the cluster of
-  `tf_config` (see trainer.distribute.cluster). Never returns None.
+  `tf_config` (see trainer.distribute.cluster), all-reducing with `collective` (a device
+  plan's: NCCL, RING). `local_devices` (a plan's) limits mirrored to that many of them. Never
+  returns None.
   """
   if name == "multi_worker_mirrored":
-    return cluster.make_multi_worker_strategy(tf_config)
+    return cluster.make_multi_worker_strategy(tf_config, collective)
   gpus = tf.config.list_logical_devices("GPU")
   cpus = tf.config.list_logical_devices("CPU")
-  devices = [d.name for d in (gpus or cpus)]
+  devices = [d.name for d in (gpus or cpus)][:local_devices]
   if name == "auto":
     name = "mirrored" if len(devices) > 1 else ("one_device" if gpus else "default")
   if name == "default":

@@ -3,8 +3,9 @@
 Keras reads KERAS_BACKEND when it is first imported and keeps that backend for the process's
 life, so the trainer chooses it from --backend before importing anything that imports Keras,
 and a process holds one backend (tests run JAX runs as subprocesses). JAX's host devices are
-fixed when JAX starts too: --cpu_devices=N becomes XLA's forced host device count here, the JAX
-counterpart of TensorFlow's logical CPU devices.
+fixed when JAX starts too: --cpu_devices=N becomes XLA's forced host device count
+(`with_host_devices`, in the device plan's environment), the JAX counterpart of TensorFlow's
+logical CPU devices.
 """
 
 import importlib.util
@@ -32,9 +33,6 @@ def select(runtime: config_lib.RuntimeConfig) -> None:
     raise errors.UserError("--backend=jax needs JAX, which is not installed: pip install -e "
                            "'.[jax]' (GPUs: '.[jax-cuda]'), or leave --backend out.")
   os.environ["KERAS_BACKEND"] = runtime.backend
-  if runtime.backend == "jax" and runtime.cpu_devices > 1:
-    os.environ["XLA_FLAGS"] = with_host_devices(os.environ.get("XLA_FLAGS", ""),
-                                                runtime.cpu_devices)
   if jax_installed:
     # TensorFlow imports JAX too where it is installed (tf.lite tries `from jax import jit`),
     # and a Ctrl-C while jaxlib's native module initialises crashed the process (SIGSEGV in

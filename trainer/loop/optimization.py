@@ -165,12 +165,16 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 def make_optimizer(optim: config_lib.OptimConfig, schedule: WarmupSchedule,
                    variables: Sequence[tf.Variable],
                    gradient_norm: Optional[keras.metrics.Mean] = None,
-                   loss_scaling: bool = False) -> keras.optimizers.Optimizer:
+                   loss_scaling: bool = False,
+                   global_gradient: bool = False) -> keras.optimizers.Optimizer:
   """The --optimizer of `optim`, for gradients summed over replicas by the caller; adam's and
   adamw's decoupled weight decay kept off `no_decay_variables` (sgd's is `l2_loss`, added to
   the loss); under --clip_norm the summed gradient clipped, its norm before clipping recorded
   in `gradient_norm` (on JAX: Keras's global_clipnorm on the global gradient, the norm recorded
-  by the task); with `loss_scaling`, wrapped in dynamic loss scaling and built."""
+  by the task); with `loss_scaling`, wrapped in dynamic loss scaling and built.
+  `global_gradient`: the step's gradient is the global batch's already (JAX's one SPMD
+  program), so Keras's own clipping applies; otherwise each replica's gradients are summed
+  first (`_taking_summed_gradients`)."""
   decoupled: Optional[float] = (optim.weight_decay or None) if optim.optimizer != "sgd" else None
   if optim.optimizer == "sgd":
     optimizer_class, settings = keras.optimizers.SGD, dict(momentum=optim.momentum,
@@ -179,11 +183,11 @@ def make_optimizer(optim: config_lib.OptimConfig, schedule: WarmupSchedule,
     optimizer_class, settings = keras.optimizers.AdamW, dict(weight_decay=decoupled)
   else:  # AdamW without decay is Adam.
     optimizer_class, settings = keras.optimizers.Adam, dict(weight_decay=decoupled)
-  if keras.backend.backend() == "tensorflow":
+  if not global_gradient:
     optimizer_class = _taking_summed_gradients(optimizer_class, optim.clip_norm, gradient_norm)
   elif optim.clip_norm:
-    # JAX's gradient is the global batch's already (one SPMD step), so Keras's own clipping of
-    # the global norm clips the sum, after loss scaling's unscaling.
+    # Keras's own clipping of the global norm then clips the sum, after loss scaling's
+    # unscaling.
     settings["global_clipnorm"] = optim.clip_norm
   optimizer = optimizer_class(schedule, **settings)
   excluded = no_decay_variables(variables)

@@ -8,9 +8,7 @@ profiles. A run resumed inside the window does not profile.
 """
 
 import os
-from typing import Sequence
-
-import tensorflow as tf
+from typing import Callable, Sequence, Tuple
 
 from trainer import safe_files
 
@@ -20,15 +18,17 @@ PROFILE_DIR = os.path.join("plugins", "profile")
 class ProfileWindow:
   """Starts the profiler before step A and stops it after step B."""
 
-  def __init__(self, steps: Sequence[int], logdir: str, enabled: bool):
+  def __init__(self, steps: Sequence[int], logdir: str, enabled: bool,
+               profiler: Tuple[Callable[[str], None], Callable[[], None]]):
     self._steps = tuple(steps) if enabled else ()
+    self._start, self._stop = profiler  # The backend's (interface.Backend.profiler).
     self._logdir = logdir
     self._running = False
 
   def before_call(self, step: int) -> None:
     """Called with the global step about to start after `step`."""
     if self._steps and step == self._steps[0] - 1:
-      _profiler()[0](self._logdir)
+      self._start(self._logdir)
       self._running = True
 
   def after_call(self, end_step: int) -> None:
@@ -41,14 +41,5 @@ class ProfileWindow:
     if self._running:
       self._running = False
       with safe_files.writing("the profile", os.path.join(self._logdir, PROFILE_DIR)):
-        _profiler()[1]()
+        self._stop()
 
-
-def _profiler():
-  """(start, stop) of the running backend's profiler: JAX's traces its compiled steps, which
-  TensorFlow's does not see; both write the same plugins/profile layout."""
-  import keras  # pylint: disable=g-import-not-at-top
-  if keras.backend.backend() == "jax":
-    import jax  # pylint: disable=g-import-not-at-top
-    return jax.profiler.start_trace, jax.profiler.stop_trace
-  return tf.profiler.experimental.start, tf.profiler.experimental.stop

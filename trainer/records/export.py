@@ -14,10 +14,12 @@ from trainer.models import factory  # pylint: disable=unused-import
 from trainer.records import workdir as workdir_lib
 
 
-def export_model(model: keras.Model, workdir: str, image_shape: Sequence[int]) -> dict:
+def export_model(model: keras.Model, workdir: str, image_shape: Sequence[int],
+                 options: Optional[dict] = None) -> dict:
   """Writes both exports into `workdir`, each through a rename so none is ever half-written.
 
-  The SavedModel's `serve` takes float32 images of `image_shape` in [0, 1], batched.
+  The SavedModel's `serve` takes float32 images of `image_shape` in [0, 1], batched;
+  `options` are the backend's for model.export (interface.Backend.export_options).
   """
   keras_path = os.path.join(workdir, workdir_lib.KERAS_FILE)
   with safe_files.writing("model.keras export", keras_path, partial=[keras_path + ".tmp.keras"]):
@@ -31,7 +33,7 @@ def export_model(model: keras.Model, workdir: str, image_shape: Sequence[int]) -
     # The signature is given, not inferred: a subclassed model without build() has no record
     # of the shape it was called with.
     model.export(staging, format="tf_saved_model", verbose=False, input_signature=[
-        tf.TensorSpec((None, *image_shape), tf.float32, name="images")])
+        tf.TensorSpec((None, *image_shape), tf.float32, name="images")], **(options or {}))
     shutil.rmtree(saved_model_path, ignore_errors=True)
     os.replace(staging, saved_model_path)
   return {"keras": keras_path, "saved_model": saved_model_path}

@@ -22,17 +22,16 @@ from trainer import config as config_lib
 from trainer import errors
 from trainer.distribute import cluster
 from trainer.distribute import device_plan
-from trainer.distribute import distribution
 from trainer.distribute import hardware
-from trainer.distribute import precision as precision_lib
 from trainer.backends.tensorflow import runtime as runtime_lib
 from trainer.distribute import watchdog as watchdog_lib
 
 
 @contextlib.contextmanager
-def open_runtime(config: config_lib.Config) -> Iterator[runtime_lib.Runtime]:
-  """Sets up JAX's devices and Keras's distribution for `config` (its runtime section; the batch
-  for its check); yields the Runtime."""
+def open_runtime(config: config_lib.Config, plan) -> Iterator[runtime_lib.Runtime]:
+  """Sets up JAX's devices and Keras's distribution for `config` as its device plan says
+  (strategy, replicas, precision; JAX's environment was set from the plan before JAX started);
+  yields the Runtime."""
   runtime = config.runtime
   import jax  # pylint: disable=g-import-not-at-top
   import keras  # pylint: disable=g-import-not-at-top
@@ -51,34 +50,33 @@ def open_runtime(config: config_lib.Config) -> Iterator[runtime_lib.Runtime]:
       watchdog = watchdog_lib.ProgressWatchdog(runtime.worker_timeout, task)
       stack.callback(watchdog.stop)
       heartbeat = watchdog.beat
-      _join_cluster(jax, keras, cluster.worker_addresses(tf_config), input_index, num_inputs)
+      _join_cluster(jax, keras, cluster.worker_addresses(tf_config), input_index, num_inputs,
+                    config.data.seed)
       heartbeat()
-    strategy = _strategy_name(runtime.strategy, len(jax.local_devices()))
-    devices = jax.devices() if strategy != "default" else jax.devices()[:1]
-    if strategy in ("mirrored", "multi_worker_mirrored"):
+    spread = plan.strategy in ("mirrored", "multi_worker_mirrored")
+    # default and one_device run on one device: the first.
+    devices = jax.devices() if spread else jax.devices()[:1]
+    runtime_lib.check_replicas(len(devices), plan)
+    if spread:
       keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
       stack.callback(keras.distribution.set_distribution, None)  # The next run starts clean.
-    distribution.check_batch_size(config.data.batch_size, len(devices),
-                                  config.optim.grad_accum_steps)
-    policy, reason = _precision(runtime.precision, jax)
     settings = config_lib.RunSettings(
-        config=config, strategy=strategy, num_replicas=len(devices), precision=policy,
-        precision_reason=reason, device=_describe(jax), is_chief=jax.process_index() == 0,
-        task=task, input_index=input_index, num_inputs=num_inputs, hosts=hosts)
+        config=config, strategy=plan.strategy, num_replicas=len(devices),
+        precision=plan.precision, precision_reason=plan.precision_reason, device=_describe(jax),
+        is_chief=jax.process_index() == 0, task=task, input_index=input_index,
+        num_inputs=num_inputs, hosts=hosts, device_plan=plan)
     logging.info("Keras on JAX %s over %s.", jax.__version__,
                  errors.summarized([str(device) for device in devices]))
     yield runtime_lib.Runtime(None, settings, heartbeat)
 
 
-def _strategy_name(requested: str, local_devices: int) -> str:
-  if requested == "auto":
-    return "mirrored" if local_devices > 1 else "default"
-  return requested
-
-
-def _join_cluster(jax, keras, addresses, process_id: int, num_processes: int) -> None:
+def _join_cluster(jax, keras, addresses, process_id: int, num_processes: int,
+                  seed: int) -> None:
   """Joins the processes of the cluster: worker 0's address is the coordinator's."""
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # Keras agrees on a seed at join time by a CPU collective unless one is set: the run's own,
+  # set first, spares every process that collective (which hung before a GPU run started).
+  keras.utils.set_random_seed(seed)
   try:
     keras.distribution.initialize(job_addresses=",".join(addresses),
                                   num_processes=num_processes, process_id=process_id)
@@ -87,19 +85,6 @@ def _join_cluster(jax, keras, addresses, process_id: int, num_processes: int) ->
         f"Process {process_id} of {num_processes} could not join the cluster at {addresses[0]}"
         f" ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Check that every "
         "worker runs with the same --worker_hosts (or TF_CONFIG).") from None
-
-
-def _precision(requested: str, jax):
-  """auto on JAX: the GPU rule (precision.gpu_precision); float32 on CPUs, where the bfloat16
-  measurements behind TensorFlow's choice were of oneDNN's kernels, not XLA's."""
-  if requested != "auto":
-    return requested, "asked for with --precision"
-  capabilities = [tuple(int(part) for part in device.compute_capability.split("."))
-                  for device in jax.devices() if device.platform == "gpu"
-                  and getattr(device, "compute_capability", None)]
-  if capabilities:
-    return precision_lib.gpu_precision(capabilities)
-  return precision_lib.JAX_CPU_PRECISION
 
 
 def _describe(jax) -> str:

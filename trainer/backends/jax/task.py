@@ -18,7 +18,6 @@ training step are the global batch's too (as --sync_batchnorm on TensorFlow).
 
 import contextlib
 import hashlib
-import signal
 import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -29,20 +28,13 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import config as config_lib
+from trainer.backends import interface
 from trainer.bench import flops
 from trainer.data import input_pipeline
 from trainer.distribute import precision as precision_lib
 from trainer.loop import optimization
-from trainer.loop import schedule
 from trainer.models import factory
 from trainer.records import checkpointing
-
-_ALL_BATCHES = 2**62
-
-
-def _has_convolutions(model: keras.Model) -> bool:
-  layers = model._flatten_layers()  # pylint: disable=protected-access
-  return schedule.has_convolutions(type(layer).__name__ for layer in layers)
 
 
 class WeightAverage:
@@ -68,7 +60,7 @@ class WeightAverage:
         variable.assign(weight)
 
 
-class JaxTask:
+class JaxTask(interface.TaskPolicy):
   """Builds the model and optimizer (under the run's keras.distribution, if any) and runs
   jitted training and evaluation steps."""
 
@@ -83,7 +75,7 @@ class JaxTask:
     self.loss_scaling = precision_lib.uses_loss_scaling(settings.precision)
     self.optimizer = optimization.make_optimizer(
         optim, self.learning_rate, self.model.trainable_variables,
-        loss_scaling=self.loss_scaling)
+        loss_scaling=self.loss_scaling, global_gradient=True)
     trainable = self.model.trainable_variables
     decayed = ({id(v) for v in optimization.decayed_variables(trainable)}
                if optim.optimizer == "sgd" and optim.weight_decay else set())
@@ -110,10 +102,9 @@ class JaxTask:
     self._per_process = False
     self.input_wait_s = 0.0
     # Steps per compiled call: a scan over a pack of batches (schedule.pack_size), on every
-    # strategy, since one SPMD program holds the gradient sum too; see schedule.pack_limit.
-    self.max_pack = schedule.pack_limit(
-        jax.devices()[0].platform, _has_convolutions(self.model),
-        batch_bytes=4 * pipeline.train_batch_size * int(np.prod(pipeline.image_shape)))
+    # strategy, since one SPMD program holds the gradient sum too; the device plan's
+    # (schedule.pack_limit, bounded by the host bytes a pack stacks).
+    self.max_pack = settings.device_plan.pack_steps
 
   # ---------------------------------------------------------------- The controller's seam.
   def start_training(self, dataset: tf.data.Dataset, pack: int, per_process: bool = False) -> None:
@@ -146,18 +137,11 @@ class JaxTask:
     bad = np.flatnonzero(np.concatenate([np.ravel(flag) for flag in jax.device_get(flags)]))
     return int(bad[0]) + 1 if bad.size else 0
 
-  def train_metrics(self) -> Dict[str, float]:
-    """As task.Task.train_metrics: loss and accuracy since the reset, the learning rate now, the
-    mean gradient norm under --clip_norm, the loss scale and skips under float16."""
+  def _train_figures(self) -> Tuple[float, float, float, Optional[float]]:
+    """(loss, accuracy, learning rate now, mean gradient norm): train_metrics's."""
     loss, correct, examples, norms, steps = (float(value) for value in jax.device_get(self._sums))
-    metrics = {"loss": loss / max(examples, 1.0), "accuracy": correct / max(examples, 1.0),
-               "learning_rate": float(self.learning_rate(self.optimizer.iterations.value))}
-    if self._settings.config.optim.clip_norm:
-      metrics["gradient_norm"] = norms / max(steps, 1.0)
-    if self.loss_scaling:
-      metrics["loss_scale"] = self.loss_scale
-      metrics["skipped_steps"] = self.skipped_steps
-    return metrics
+    return (loss / max(examples, 1.0), correct / max(examples, 1.0),
+            float(self.learning_rate(self.optimizer.iterations.value)), norms / max(steps, 1.0))
 
   @property
   def loss_scale(self) -> Optional[float]:
@@ -170,33 +154,10 @@ class JaxTask:
   def reset_train_metrics(self) -> None:
     self._sums = jnp.zeros([5], jnp.float32)
 
-  def evaluate(self, next_chunk: Optional[Callable[[int], int]] = None,
-               whole_split: bool = False) -> Optional[Dict[str, float]]:
-    """As task.Task.evaluate: the test split's loss and accuracy (and the moving average's),
-    in chunks that `next_chunk` sizes; None when a stop request abandons it."""
-    if next_chunk is None or self._settings.strategy == "multi_worker_mirrored":
-      next_chunk = lambda batches_done: _ALL_BATCHES
-    dataset = self._whole_split if whole_split and self._whole_split else self._eval_dataset
-    figures = self._evaluate_weights(dataset, next_chunk)
-    if figures is None or self.ema is None:
-      return figures
-    with self.ema.swapped():
-      averaged = self._evaluate_weights(dataset, next_chunk)
-    if averaged is None:
-      return None
-    figures.update({f"{name}_ema": value for name, value in averaged.items()})
-    return figures
-
-  def agreed_stop(self, local_signal: int) -> Tuple[int, bool]:
-    """As task.Task.agreed_stop: any process's stop request stops every process at this
-    boundary (one small all-gather)."""
-    if self._settings.strategy != "multi_worker_mirrored":
-      return local_signal, bool(local_signal)
+  def _count_stop_requests(self, flag: int) -> float:
+    """The processes' stop requests summed over the cluster (agreed_stop's all-gather)."""
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    requests = multihost_utils.process_allgather(np.int32(1 if local_signal else 0))
-    if not np.sum(requests):
-      return 0, False
-    return (local_signal or signal.SIGTERM), bool(local_signal)
+    return float(np.sum(multihost_utils.process_allgather(np.int32(flag))))
 
   def weights_sha256(self) -> str:
     return _sha256(variable.value for variable in self.model.weights)
@@ -378,7 +339,7 @@ class JaxTask:
       num_batches = next_chunk(batches_done)
       if num_batches <= 0:
         return None
-      for _ in range(min(num_batches, _ALL_BATCHES)):
+      for _ in range(min(num_batches, interface.ALL_BATCHES)):
         batch = next(batches, None)
         if batch is None:
           exhausted = True

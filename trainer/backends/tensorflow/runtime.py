@@ -12,11 +12,11 @@ from typing import Callable, Iterator
 import tensorflow as tf
 
 from trainer import config as config_lib
+from trainer import errors
 from trainer.distribute import cluster
 from trainer.distribute import device_plan
 from trainer.distribute import distribution
 from trainer.distribute import hardware
-from trainer.distribute import precision as precision_lib
 from trainer.distribute import watchdog as watchdog_lib
 
 
@@ -29,12 +29,22 @@ class Runtime:
   heartbeat: Callable[[], None]  # Call at every sign of progress; a no-op on one host.
 
 
+def check_replicas(started: int, plan) -> None:
+  """Stops a run whose devices are not those its plan counted (a framework that started its
+  devices before the plan's environment was set): the batch split and precision assume them."""
+  if started != plan.num_replicas:
+    raise errors.UserError(
+        f"The device plan counted {errors.plural(plan.num_replicas, 'replica')} ({plan.devices}),"
+        f" but {started} started: this process set up its devices before the plan. Run the "
+        "trainer in a process of its own.")
+
+
 @contextlib.contextmanager
-def open_runtime(config: config_lib.Config) -> Iterator[Runtime]:
-  """Sets up devices and the strategy for `config` (its runtime section; the batch and the model
-  for their checks); yields the Runtime."""
+def open_runtime(config: config_lib.Config, plan) -> Iterator[Runtime]:
+  """Sets up devices and the strategy for `config` as its device plan says (strategy, replicas,
+  precision, the all-reduce; memory growth was set from the plan's environment before
+  TensorFlow started); yields the Runtime."""
   runtime = config.runtime
-  hardware.configure_gpu_memory(runtime.gpu_memory_growth)  # Before anything touches a GPU.
   if runtime.deterministic:
     tf.config.experimental.enable_op_determinism()
   hardware.split_cpu(runtime.cpu_devices)
@@ -54,17 +64,15 @@ def open_runtime(config: config_lib.Config) -> Iterator[Runtime]:
       stack.callback(watchdog.stop)
       heartbeat = watchdog.beat
     stack.enter_context(cluster.peer_failures_reported(task))
-    strategy = distribution.make_strategy(runtime.strategy, tf_config)
+    strategy = distribution.make_strategy(plan.strategy, tf_config,
+                                          local_devices=plan.num_replicas // num_inputs,
+                                          collective=plan.collective)
     heartbeat()
-    distribution.check_batch_size(config.data.batch_size, strategy.num_replicas_in_sync,
-                                  config.optim.grad_accum_steps)
-    # XLA as on one replica, so every strategy of the same settings gets the same precision.
-    policy, reason = precision_lib.resolve_precision(
-        runtime.precision, config.model.name, xla=config_lib.compiles_with_xla(
-            config.loop.jit_compile, config.model.name, config.data.batch_size, 1))
+    check_replicas(strategy.num_replicas_in_sync, plan)
     settings = config_lib.RunSettings(
         config=config, strategy=distribution.strategy_name(strategy),
-        num_replicas=strategy.num_replicas_in_sync, precision=policy, precision_reason=reason,
-        device=hardware.describe_devices(), is_chief=distribution.is_chief(strategy),
-        task=task, input_index=input_index, num_inputs=num_inputs, hosts=hosts)
+        num_replicas=strategy.num_replicas_in_sync, precision=plan.precision,
+        precision_reason=plan.precision_reason, device=hardware.describe_devices(),
+        is_chief=distribution.is_chief(strategy), task=task, input_index=input_index,
+        num_inputs=num_inputs, hosts=hosts, device_plan=plan)
     yield Runtime(strategy, settings, heartbeat)

@@ -11,7 +11,6 @@ checkpoint, stop) falls between updates.
 """
 
 import hashlib
-import signal
 import time
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -19,20 +18,18 @@ import keras
 import tensorflow as tf
 
 from trainer import config as config_lib
+from trainer.backends import interface
+from trainer.backends.tensorflow import averaging
 from trainer.bench import flops
 from trainer.data import input_pipeline
 from trainer.distribute import distribution
 from trainer.distribute import precision as precision_lib
-from trainer.backends.tensorflow import averaging
 from trainer.loop import optimization
-from trainer.loop import schedule
 from trainer.models import factory
 
 
-_ALL_BATCHES = 2**62  # One evaluation call that runs to the end of the test split.
 
-
-class Task:
+class Task(interface.TaskPolicy):
   """Builds the model and optimizer under the strategy and runs training and evaluation steps."""
 
   def __init__(self, settings: config_lib.RunSettings, strategy: tf.distribute.Strategy,
@@ -87,7 +84,7 @@ class Task:
     # Seconds train_loop has spent waiting for the next batch, summed over this process: the
     # input pipeline's share of the loop (throughput.ThroughputMeter reads it).
     self.input_wait_s = 0.0
-    self._count_stop_requests = None
+    self._stop_requests_sum = None
 
   def scope(self):
     """The strategy's scope, where the checkpoint's own variables are made."""
@@ -101,16 +98,9 @@ class Task:
 
   @property
   def max_pack(self) -> int:
-    """How many steps one XLA call may run in an in-graph loop (see schedule.pack_size).
-
-    Only one replica under XLA packs steps: XLA here cannot compile the gradient sum across
-    several replicas, nor multi_worker_mirrored's collective ops.
-    """
-    settings = self._settings
-    if (not settings.jit_compile or settings.num_replicas > 1 or
-        settings.strategy == "multi_worker_mirrored"):
-      return 1
-    return schedule.MAX_PACK
+    """How many steps one XLA call may run in an in-graph loop (see schedule.pack_size): the
+    device plan's (one replica under XLA only, bounded by the host bytes a pack stacks)."""
+    return self._settings.device_plan.pack_steps
 
   def start_training(self, dataset: tf.data.Dataset, pack: int, per_process: bool = False) -> None:
     """Sets the batches that train_loop consumes: one element a step, or a pack of `pack`.
@@ -137,19 +127,12 @@ class Task:
     self.input_wait_s += float(waited)
     return int(bad_step)
 
-  def train_metrics(self) -> Dict[str, float]:
-    """The training loss and accuracy since the last reset, the learning rate now, under
-    --clip_norm the mean gradient norm before clipping, and under loss scaling the scale now
-    and the updates skipped so far for a non-finite gradient."""
-    metrics = {"loss": float(self._train_loss.result()),
-               "accuracy": float(self._train_accuracy.result()),
-               "learning_rate": float(self.learning_rate(self.optimizer.iterations))}
-    if self._gradient_norm is not None:
-      metrics["gradient_norm"] = float(self._gradient_norm.result())
-    if self.loss_scaling:
-      metrics["loss_scale"] = self.loss_scale
-      metrics["skipped_steps"] = self.skipped_steps
-    return metrics
+  def _train_figures(self) -> Tuple[float, float, float, Optional[float]]:
+    """(loss, accuracy, learning rate now, mean gradient norm or None): train_metrics's."""
+    norm = self._gradient_norm
+    return (float(self._train_loss.result()), float(self._train_accuracy.result()),
+            float(self.learning_rate(self.optimizer.iterations)),
+            None if norm is None else float(norm.result()))
 
   @property
   def loss_scale(self) -> Optional[float]:
@@ -167,32 +150,6 @@ class Task:
       if metric is not None:
         metric.reset_state()
 
-  def evaluate(self, next_chunk: Optional[Callable[[int], int]] = None,
-               whole_split: bool = False) -> Optional[Dict[str, float]]:
-    """The loss and accuracy on the test split (its --eval_steps part, unless `whole_split`),
-    and with --ema_decay the same of the moving average's weights (loss_ema, accuracy_ema).
-
-    The test batches run in compiled chunks: `next_chunk(batches_done)` says how many batches
-    the next one runs, or 0 to abandon the evaluation (a stop request), which then returns
-    None. Without it (and under multi_worker_mirrored, whose workers must run the same calls)
-    one call runs them all.
-    """
-    if next_chunk is None or self._settings.strategy == "multi_worker_mirrored":
-      next_chunk = lambda batches_done: _ALL_BATCHES
-    dataset = self._eval_dataset
-    if whole_split and self._whole_split is not None:
-      dataset = self._whole_split
-    figures = self._evaluate_weights(dataset, next_chunk)
-    if figures is None:
-      return None
-    if self.ema is not None:
-      with self.ema.swapped():
-        averaged = self._evaluate_weights(dataset, next_chunk)
-      if averaged is None:
-        return None
-      figures.update({f"{name}_ema": value for name, value in averaged.items()})
-    return figures
-
   def _evaluate_weights(self, dataset, next_chunk: Callable[[int], int]
                         ) -> Optional[Dict[str, float]]:
     self._eval_loss.reset_state()
@@ -209,23 +166,12 @@ class Task:
     return {"loss": float(self._eval_loss.result()),
             "accuracy": float(self._eval_accuracy.result())}
 
-  def agreed_stop(self, local_signal: int) -> Tuple[int, bool]:
-    """Whether any worker was asked to stop: (signal number, whether it reached this process).
-
-    Under multi_worker_mirrored every worker calls this at the same loop boundary and one small
-    all-reduce tells them all, so a SIGTERM to any one worker (how preemption arrives) makes
-    every worker save the same step and stop, as TensorFlow's PreemptionCheckpointHandler
-    guarantees. A worker that got no signal itself stops as if by SIGTERM.
-    """
-    if self._settings.strategy != "multi_worker_mirrored":
-      return local_signal, bool(local_signal)
-    if self._count_stop_requests is None:
-      self._count_stop_requests = tf.function(lambda flag: self._strategy.reduce(
+  def _count_stop_requests(self, flag: int) -> float:
+    """The workers' stop requests summed over the cluster (agreed_stop's collective)."""
+    if self._stop_requests_sum is None:
+      self._stop_requests_sum = tf.function(lambda flag: self._strategy.reduce(
           tf.distribute.ReduceOp.SUM, self._strategy.run(lambda: flag), axis=None))
-    requests = float(self._count_stop_requests(tf.constant(1.0 if local_signal else 0.0)))
-    if not requests:
-      return 0, False
-    return (local_signal or signal.SIGTERM), bool(local_signal)
+    return float(self._stop_requests_sum(tf.constant(float(flag))))
 
   def weights_sha256(self) -> str:
     """A digest of every weight: replicas in sync end with the same one."""
