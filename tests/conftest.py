@@ -10,6 +10,10 @@ import tempfile
 # is unset, and every process a test starts would inherit it: TensorFlow's WARNING lines then
 # reach the console of runs that a user, with it unset, sees filtered at 2. Fix it as users have.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Memory growth before TensorFlow starts its devices: on a GPU machine the session's own ops and
+# each run started in it then share the GPUs with the runs in subprocesses. No test module may
+# start them at import (tests/test_suite_imports.py).
+os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
 
 import numpy as np
 import pytest

@@ -1,5 +1,7 @@
 """Augmentation: what each kind does to a batch, and that its randomness follows the step."""
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,7 +12,12 @@ from trainer.data import input_pipeline
 from trainer.data import preprocessing
 from trainer import errors
 
-IMAGES = tf.constant(np.random.default_rng(0).random((16, 12, 10, 3), dtype=np.float32))
+
+@functools.lru_cache(maxsize=None)
+def images() -> tf.Tensor:
+  """16 random images, made on first use: a tensor made at import would start TensorFlow's
+  devices while pytest collects, before a GPU machine's session can set memory growth."""
+  return tf.constant(np.random.default_rng(0).random((16, 12, 10, 3), dtype=np.float32))
 
 
 def seed(step, epoch=0, run_seed=0):
@@ -19,23 +26,23 @@ def seed(step, epoch=0, run_seed=0):
 
 @pytest.mark.parametrize("kind", ["flip", "crop_flip"])
 def test_the_same_seed_epoch_and_step_give_the_same_batch_and_others_differ(kind):
-  first = augment.augment_batch(IMAGES, seed(3), kind)
-  np.testing.assert_array_equal(first, augment.augment_batch(IMAGES, seed(3), kind))
+  first = augment.augment_batch(images(), seed(3), kind)
+  np.testing.assert_array_equal(first, augment.augment_batch(images(), seed(3), kind))
   for other in (seed(4), seed(3, epoch=1), seed(3, run_seed=1)):
-    assert not np.array_equal(first, augment.augment_batch(IMAGES, other, kind))
+    assert not np.array_equal(first, augment.augment_batch(images(), other, kind))
 
 
 def test_flip_mirrors_about_half_the_images_and_keeps_the_rest():
-  flipped = augment.random_flip(IMAGES, seed(0)).numpy()
-  mirrored = [np.array_equal(out, image[:, ::-1]) for out, image in zip(flipped, IMAGES.numpy())]
-  kept = [np.array_equal(out, image) for out, image in zip(flipped, IMAGES.numpy())]
+  flipped = augment.random_flip(images(), seed(0)).numpy()
+  mirrored = [np.array_equal(out, image[:, ::-1]) for out, image in zip(flipped, images().numpy())]
+  kept = [np.array_equal(out, image) for out, image in zip(flipped, images().numpy())]
   assert all(m or k for m, k in zip(mirrored, kept))
   assert 3 <= sum(mirrored) <= 13
 
 
 def test_pad_and_crop_is_a_shift_of_whole_pixels_within_the_padding():
-  cropped = augment.pad_and_crop(IMAGES, seed(0)).numpy()
-  padded = np.pad(IMAGES.numpy(), [(0, 0), (4, 4), (4, 4), (0, 0)])
+  cropped = augment.pad_and_crop(images(), seed(0)).numpy()
+  padded = np.pad(images().numpy(), [(0, 0), (4, 4), (4, 4), (0, 0)])
   offsets = set()
   for out, source in zip(cropped, padded):
     found = [(dy, dx) for dy in range(9) for dx in range(9)
