@@ -10,7 +10,10 @@ stopped and the launcher exits with that worker's exit code.
 
 On a GPU host, --gpus_per_worker=K gives worker I the GPUs I*K to I*K+K-1 (of those
 CUDA_VISIBLE_DEVICES already allows, if set) through its own CUDA_VISIBLE_DEVICES, so no two
-workers share a GPU:
+workers share a GPU. Without it each worker's device plan divides the host's GPUs among its
+workers the same way (NCCL refuses one GPU in two processes); with fewer GPUs than workers,
+TensorFlow's workers share them over RING and JAX's are refused in one line
+(`python -m trainer.plan` shows either):
 
   python scripts/launch_local.py --workers=4 --gpus_per_worker=2 -- --model=resnet50 ...
 """
@@ -145,7 +148,7 @@ def main() -> int:
   parser.add_argument("--workers", type=int, default=2, help="number of workers to start")
   parser.add_argument("--gpus_per_worker", type=int, default=0,
                       help="give each worker this many GPUs of its own (CUDA_VISIBLE_DEVICES); "
-                      "0: every worker sees every GPU")
+                      "0: each worker's device plan divides the host's GPUs among the workers")
   parser.add_argument("trainer_flags", nargs=argparse.REMAINDER,
                       help="flags for trainer.main, after --")
   args = parser.parse_args()

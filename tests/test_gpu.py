@@ -19,6 +19,7 @@ import tensorflow as tf
 from tests import processes
 from tests import test_loss_scaling
 from tests import test_resume
+from trainer.distribute import distribution
 from trainer.distribute import hardware
 from trainer.distribute import precision
 
@@ -33,6 +34,7 @@ def _gpu_count() -> int:
     ("mlp", "28,28,1", 256), ("cnn", "28,28,1", 256), ("resnet18", "32,32,3", 64)])
 def test_auto_trains_on_every_gpu_at_the_precision_their_compute_capability_asks(
     model, image_shape, batch_size, tmp_path):
+  batch_size = distribution.batch_for_replicas(batch_size, _gpu_count())  # 3, 5, 6, 7 GPUs.
   result = processes.run_trainer(
       f"--model={model}", "--dataset=synthetic", f"--image_shape={image_shape}",
       f"--batch_size={batch_size}", "--epochs=1", "--max_steps_per_epoch=20", "--eval_steps=2",
@@ -55,8 +57,10 @@ def test_an_overflow_on_the_second_gpu_only_is_skipped_on_every_gpu(fashion_subs
 
 
 def test_sigkill_on_gpus_then_rerun_ends_bit_identical(fashion_mnist_dir, tmp_path):
+  # The recipe's batch of 64 in 2 accumulation steps, split by every GPU (3, 5, 6, 7 too).
+  batch_size = distribution.batch_for_replicas(64, 2 * _gpu_count())
   test_resume.test_sigkill_mid_epoch_then_rerun_ends_bit_identical(
-      ("--strategy=auto", "--batch_size=64"), (50,), fashion_mnist_dir, tmp_path)
+      ("--strategy=auto", f"--batch_size={batch_size}"), (50,), fashion_mnist_dir, tmp_path)
 
 
 def test_the_quick_benchmark_measures_the_gpus(tmp_path):

@@ -102,6 +102,16 @@ def describe_exit_code(code: int) -> str:
   return "unknown exit code"
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+  """Whether `error` is a framework running out of memory: Python's MemoryError, TensorFlow's
+  ResourceExhaustedError, or JAX's XlaRuntimeError (JaxRuntimeError) of RESOURCE_EXHAUSTED.
+  By class name, so this module imports neither framework."""
+  kind = type(error).__name__
+  if isinstance(error, MemoryError) or kind == "ResourceExhaustedError":
+    return True
+  return kind in ("XlaRuntimeError", "JaxRuntimeError") and "RESOURCE_EXHAUSTED" in str(error)
+
+
 class Terminated(KeyboardInterrupt):
   """SIGTERM outside the training loop, raised where the process is, as Ctrl-C is."""
 

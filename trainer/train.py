@@ -103,6 +103,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     profiler = profiling.ProfileWindow(config.output.profile_steps, config.output.workdir,
                                        settings.is_chief, backend.profiler())
     stack.callback(profiler.stop)
+    runtime.compiling()  # The first call compiles: not counted against --worker_timeout.
     with preemption.StopRequests() as stop_requests:
       outcome = controller_lib.Controller(
           task, plan, meter, writer, checkpointer,
@@ -460,14 +461,17 @@ def _out_of_memory_reported(config: config_lib.Config, pipeline: input_pipeline.
   how large the model and the batch were, and what to lower."""
   try:
     yield
-  except (tf.errors.ResourceExhaustedError, MemoryError) as e:
+  except Exception as e:  # pylint: disable=broad-except
+    if not errors.is_out_of_memory(e):
+      raise
     if "task" in built:
       params = built["task"].model.count_params()
     else:
       params = factory.parameter_count(config.model, pipeline.image_shape, pipeline.num_classes)
     model = (f"the model ({params:,} parameters)" if params
              else f"the model ({config.model.name})")
-    allocation = re.search(r"OOM when allocating tensor with shape\[[^\]]*\]", str(e))
+    allocation = re.search(r"OOM when allocating tensor with shape\[[^\]]*\]|"
+                           r"Out of memory while trying to allocate \d+ bytes", str(e))
     detail = allocation.group(0) if allocation else type(e).__name__
     raise errors.UserError(
         f"Out of memory: {model} with --batch_size={config.data.batch_size} does not fit in "

@@ -23,6 +23,7 @@ class Runtime(Protocol):
 
   settings: config_lib.RunSettings
   heartbeat: Callable[[], None]  # Call at every sign of progress; a no-op on one host.
+  compiling: Callable[[], None]  # Call before the first call: the watchdog gives it longer.
 
 
 class Task(Protocol):

@@ -436,7 +436,7 @@ def run_quick(root: str, log_dir: Optional[str] = None) -> dict:
   print("ceilings: " + ", ".join(f"{dtype} {c['flops_per_sec'] / 1e9:,.0f} GFLOP/s"
                                  for dtype, c in found.items()), flush=True)
   # The strategy a user gets (mirrored over every GPU), each window lasting seconds.
-  rows = model_benchmark.run_workloads(model_benchmark.QUICK_WORKLOADS, root,
+  rows = model_benchmark.run_workloads(model_benchmark.quick_workloads(), root,
                                        strategies=("auto",),
                                        window_seconds=model_benchmark.WINDOW_SECONDS,
                                        log_dir=log_dir)

@@ -17,7 +17,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from trainer import config as config_lib
 from trainer.bench import op_ceiling
@@ -47,6 +47,19 @@ QUICK_WORKLOADS = (Workload("mlp", (28, 28, 1), 1024, 100, 200),
                    Workload("cnn", (28, 28, 1), 256, 10, 60),
                    Workload("resnet18", (32, 32, 3), 128, 2, 8),
                    Workload("resnet50", (224, 224, 3), 16, 2, 4))
+
+
+def quick_workloads() -> Tuple[Workload, ...]:
+  """QUICK_WORKLOADS with each batch rounded up to a multiple of this machine's GPUs, which
+  auto mirrors over: 3, 5, 6 or 7 GPUs cannot split 1024, 256, 128 or 16."""
+  from trainer.distribute import distribution  # pylint: disable=g-import-not-at-top
+  from trainer.distribute import hardware  # pylint: disable=g-import-not-at-top
+  replicas = len(hardware.gpus()) or 1
+  return tuple(dataclasses.replace(
+      workload, batch_size=distribution.batch_for_replicas(workload.batch_size, replicas))
+               for workload in QUICK_WORKLOADS)
+
+
 # The benchmark's --tiny: checks every path in seconds, figures meaningless.
 TINY_WORKLOADS = (Workload("mlp", (28, 28, 1), 32, 2, 4), Workload("cnn", (28, 28, 1), 32, 2, 4))
 

@@ -120,6 +120,12 @@ def average_replica_copies(variables: Sequence[tf.Variable]) -> None:
     copy.assign(mean)
 
 
+def batch_for_replicas(batch_size: int, replicas: int) -> int:
+  """`batch_size` rounded up to a multiple of `replicas`: a fixed batch (the benchmark's, the
+  GPU tests') that 3, 5, 6 or 7 GPUs can split."""
+  return -(-batch_size // replicas) * replicas
+
+
 def check_batch_size(global_batch_size: int, replicas: int, grad_accum_steps: int = 1) -> None:
   """Refuses a global batch the replicas (and each replica's accumulation steps) cannot split
   evenly (TF would fail mid-step)."""

@@ -15,6 +15,13 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Callable, Optional
+
+
+BEAT, COMPILING = b".", b"c"
+# What the first call of a cluster may take beyond --worker_timeout: it traces, compiles and
+# autotunes every kernel before its first collective, minutes for a large model on GPUs.
+COMPILE_GRACE_S = 1800.0
 
 
 class ProgressWatchdog:
@@ -31,7 +38,12 @@ class ProgressWatchdog:
 
   def beat(self) -> None:
     """Records progress."""
-    self._child.stdin.write(b".")
+    self._child.stdin.write(BEAT)
+    self._child.stdin.flush()
+
+  def compiling(self) -> None:
+    """Records progress, and that the next call compiles: it gets COMPILE_GRACE_S more."""
+    self._child.stdin.write(COMPILING)
     self._child.stdin.flush()
 
   def stop(self) -> None:
@@ -40,21 +52,26 @@ class ProgressWatchdog:
     self._child.wait()
 
 
-def watch(parent_pid: int, timeout_s: float, who: str) -> int:
-  """Waits for heartbeats on stdin; kills `parent_pid` after `timeout_s` seconds without one."""
+def watch(parent_pid: int, timeout_s: float, who: str, source: Optional[int] = None,
+          kill: Callable[[int, int], None] = os.kill) -> int:
+  """Waits for heartbeats on stdin (or the file descriptor `source`); kills `parent_pid` after
+  `timeout_s` seconds without one, or `timeout_s` + COMPILE_GRACE_S after a compiling one."""
+  source = sys.stdin.fileno() if source is None else source
   deadline = time.monotonic() + timeout_s
   while True:
-    ready, _, _ = select.select([sys.stdin.buffer], [], [], max(0.0, deadline - time.monotonic()))
+    ready, _, _ = select.select([source], [], [], max(0.0, deadline - time.monotonic()))
     if ready:
-      if not os.read(sys.stdin.fileno(), 4096):
+      received = os.read(source, 4096)
+      if not received:
         return 0  # The trainer closed the pipe or ended.
-      deadline = time.monotonic() + timeout_s
+      grace = COMPILE_GRACE_S if received.endswith(COMPILING) else 0.0
+      deadline = time.monotonic() + timeout_s + grace
       continue
     print(f"error: {who} made no progress for {timeout_s:.0f} s: a peer worker did not start or "
           "has stopped. Start every worker of the cluster (TF_CONFIG) together, or raise "
           "--worker_timeout if a step really takes this long. Stopping this worker.",
           file=sys.stderr, flush=True)
-    os.kill(parent_pid, signal.SIGKILL)
+    kill(parent_pid, signal.SIGKILL)
     return 0
 
 

@@ -41,7 +41,7 @@ def open_runtime(config: config_lib.Config, plan) -> Iterator[runtime_lib.Runtim
   task = None
   input_index, num_inputs, hosts = 0, 1, 1
   with contextlib.ExitStack() as stack:
-    heartbeat = lambda: None
+    heartbeat = compiling = lambda: None
     if runtime.strategy == "multi_worker_mirrored":
       tf_config = cluster.tf_config_from_environment(runtime.worker_hosts, runtime.task_index)
       task = cluster.describe_task(tf_config)
@@ -49,7 +49,7 @@ def open_runtime(config: config_lib.Config, plan) -> Iterator[runtime_lib.Runtim
       hosts = device_plan.host_count(cluster.worker_addresses(tf_config))
       watchdog = watchdog_lib.ProgressWatchdog(runtime.worker_timeout, task)
       stack.callback(watchdog.stop)
-      heartbeat = watchdog.beat
+      heartbeat, compiling = watchdog.beat, watchdog.compiling
       _join_cluster(jax, keras, cluster.worker_addresses(tf_config), input_index, num_inputs,
                     config.data.seed)
       heartbeat()
@@ -67,7 +67,7 @@ def open_runtime(config: config_lib.Config, plan) -> Iterator[runtime_lib.Runtim
         num_inputs=num_inputs, hosts=hosts, device_plan=plan)
     logging.info("Keras on JAX %s over %s.", jax.__version__,
                  errors.summarized([str(device) for device in devices]))
-    yield runtime_lib.Runtime(None, settings, heartbeat)
+    yield runtime_lib.Runtime(None, settings, heartbeat, compiling)
 
 
 def _join_cluster(jax, keras, addresses, process_id: int, num_processes: int,

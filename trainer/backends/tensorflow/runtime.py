@@ -27,6 +27,8 @@ class Runtime:
   strategy: tf.distribute.Strategy
   settings: config_lib.RunSettings
   heartbeat: Callable[[], None]  # Call at every sign of progress; a no-op on one host.
+  # Call before the first call, which compiles: the watchdog gives it longer.
+  compiling: Callable[[], None] = lambda: None
 
 
 def check_replicas(started: int, plan) -> None:
@@ -56,13 +58,13 @@ def open_runtime(config: config_lib.Config, plan) -> Iterator[Runtime]:
     input_index, num_inputs = cluster.input_position(tf_config)
     hosts = device_plan.host_count(cluster.worker_addresses(tf_config))
   with contextlib.ExitStack() as stack:
-    heartbeat = lambda: None
+    heartbeat = compiling = lambda: None
     if task:
       # A worker whose peers never come (or die) blocks inside TensorFlow; the watchdog bounds
       # that.
       watchdog = watchdog_lib.ProgressWatchdog(runtime.worker_timeout, task)
       stack.callback(watchdog.stop)
-      heartbeat = watchdog.beat
+      heartbeat, compiling = watchdog.beat, watchdog.compiling
     stack.enter_context(cluster.peer_failures_reported(task))
     strategy = distribution.make_strategy(plan.strategy, tf_config,
                                           local_devices=plan.num_replicas // num_inputs,
@@ -75,4 +77,4 @@ def open_runtime(config: config_lib.Config, plan) -> Iterator[Runtime]:
         precision_reason=plan.precision_reason, device=hardware.describe_devices(),
         is_chief=distribution.is_chief(strategy), task=task, input_index=input_index,
         num_inputs=num_inputs, hosts=hosts, device_plan=plan)
-    yield Runtime(strategy, settings, heartbeat)
+    yield Runtime(strategy, settings, heartbeat, compiling)
