@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 
 from tests import processes
 from tests.processes import ROOT
@@ -18,6 +19,7 @@ from trainer import evaluate
 from trainer.bench import flops
 from trainer.distribute import keras_backend
 from trainer.models import factory
+from trainer.records import export
 from trainer.records import run_record
 from trainer.records import workdir as workdir_lib
 
@@ -98,6 +100,10 @@ def jax_runs(fashion_mnist_dir, tmp_path_factory) -> dict:
   for precision in ("mixed_float16", "mixed_bfloat16"):
     runs[precision] = _mlp("functional", fashion_mnist_dir, root / precision, **short,
                            precision=precision)
+  # --strategy=one_device on the process's two host devices: one replica.
+  runs["one_device"] = dict(dataset="synthetic", epochs=1, max_steps_per_epoch=4, batch_size=32,
+                            num_test_examples=32, strategy="one_device", progress="none",
+                            workdir=str(root / "one_device"))
   with open(root / "runs.json", "w") as f:
     # Two host devices for the process, so the mirrored run spans two replicas.
     json.dump([{"backend": "jax", "cpu_devices": 2, **settings} for settings in runs.values()],
@@ -163,6 +169,24 @@ def test_a_jax_runs_exports_reproduce_its_test_accuracy_on_tensorflow(jax_runs, 
   figures = evaluate.evaluate_export(results["workdir"], export_format)
   assert figures["num_examples"] == 10_000
   assert figures["test_accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-4)
+
+
+def test_one_device_trains_one_replica_of_the_hosts_devices(jax_runs):
+  results = jax_runs["one_device"]
+  assert (results["strategy"], results["num_replicas"]) == ("one_device", 1)
+
+
+def test_a_jax_export_serves_on_cpus_and_cuda_gpus(jax_runs):
+  # jax2tf lowers for the plan's platforms; a GPU run's export without "cpu" would not serve on
+  # a CPU, and this CPU run's now serves on GPUs too.
+  loaded = export.load_saved_model(jax_runs["mlp_functional"]["workdir"])
+  graph = loaded.serve.get_concrete_function(
+      tf.TensorSpec([None, 28, 28, 1], tf.float32)).graph
+  graphs = [graph] + [function.graph for function in graph._functions.values()]  # pylint: disable=protected-access
+  platforms = {platform.decode() for each in graphs for operation in each.get_operations()
+               if operation.type == "XlaCallModule"
+               for platform in operation.get_attr("platforms")}
+  assert platforms == {"CPU", "CUDA"}
 
 
 @pytest.mark.slow

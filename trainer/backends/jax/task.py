@@ -121,21 +121,32 @@ class JaxTask(interface.TaskPolicy):
     state = self._state()
     packed = self._pack > 1
     train = self._train_pack if packed else self._train_step
+    calls = num_steps // self._pack
     flags = []
     try:
-      for _ in range(num_steps // self._pack):
-        if flags:
-          flags[-1].block_until_ready()  # The wait below is then the call's own.
-        asked = time.perf_counter()
-        images, labels = next(self._iterator)
-        self.input_wait_s += time.perf_counter() - asked
-        state, flag = train(state, self._global(images, packed, self._per_process),
-                            self._global(labels, packed, self._per_process))
+      batch = self._next_batch(packed, running=None)
+      for call in range(calls):
+        state, flag = train(state, *batch)  # Dispatched: runs while the next pack is read.
         flags.append(flag)
+        if call + 1 < calls:
+          # The next pack is read and copied onto the devices while this call computes, so
+          # the devices do not idle through the copy.
+          batch = self._next_batch(packed, running=flag)
     finally:
       self._set_state(state)
     bad = np.flatnonzero(np.concatenate([np.ravel(flag) for flag in jax.device_get(flags)]))
     return int(bad[0]) + 1 if bad.size else 0
+
+  def _next_batch(self, packed: bool, running: Optional[jax.Array]) -> Tuple[jax.Array, ...]:
+    """The next batch (or pack) on the devices. Its wait counts as input wait unless the call
+    `running` was still computing when it arrived (the devices were busy meanwhile)."""
+    asked = time.perf_counter()
+    images, labels = next(self._iterator)
+    placed = (self._global(images, packed, self._per_process),
+              self._global(labels, packed, self._per_process))
+    if running is None or running.is_ready():
+      self.input_wait_s += time.perf_counter() - asked
+    return placed
 
   def _train_figures(self) -> Tuple[float, float, float, Optional[float]]:
     """(loss, accuracy, learning rate now, mean gradient norm): train_metrics's."""
