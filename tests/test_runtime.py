@@ -28,6 +28,9 @@ class FakeWatchdog:
   def beat(self):
     self.beats += 1
 
+  def compiling(self):
+    self.beats += 1
+
   def stop(self):
     self.stopped = True
 

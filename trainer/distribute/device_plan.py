@@ -325,18 +325,32 @@ def plan_run(config: config_lib.Config, facts: Optional[DeviceFacts] = None) -> 
   footprint built with shapes only. Starts no device, so the plan's environment can still be
   applied (`apply_environment`)."""
   from trainer.data import metadata  # pylint: disable=g-import-not-at-top
-  from trainer.models import factory  # pylint: disable=g-import-not-at-top
   if facts is None:
     facts = this_workers_facts(config.runtime)
   image_shape, num_classes = metadata.image_shape_and_classes(config.data)
   if config_lib.brings_its_own_api(config.model.name):
-    build = factory.model_builder(config.model, config.data.seed)
-    footprint = memory_estimate.footprint_of(
-        lambda: build(image_shape, num_classes, "float32").model)
+    footprint = _own_footprint(config.model, image_shape, num_classes)
   else:  # Functional: its graph of layers gives the activations, whatever --api builds.
     footprint = memory_estimate.built_in_footprint(config.model.name, image_shape, num_classes,
                                                    config.model.hidden_units)
   return make_device_plan(facts, PlanRequest.from_config(config), footprint)
+
+
+def _own_footprint(model: config_lib.ModelConfig, image_shape, num_classes: int
+                   ) -> memory_estimate.ModelFootprint:
+  """The footprint of the user's model or an application, from its function alone: its seed
+  and its check on a batch (own_model.build) would run a computation, which starts a device."""
+  from trainer.models import applications  # pylint: disable=g-import-not-at-top
+  from trainer.models import own_model  # pylint: disable=g-import-not-at-top
+  function = (applications.load_function(model.name) if model.application
+              else own_model.load_function(model.name))
+  try:
+    return memory_estimate.footprint_of(lambda: function.function(
+        input_shape=tuple(image_shape), num_classes=num_classes))
+  except errors.UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # The user's code: any error at all.
+    raise errors.UserError(f"--model={model.name} raised {type(e).__name__}: {e}") from None
 
 
 def this_workers_facts(runtime: config_lib.RuntimeConfig) -> DeviceFacts:
@@ -400,7 +414,7 @@ def describe(plan: DevicePlan) -> List[str]:
       f"  precision {plan.precision} ({plan.precision_reason})",
       f"  XLA {'on' if plan.xla else 'off'}, up to {errors.plural(plan.pack_steps, 'step')} a "
       f"compiled call; all-reduce {plan.collective}; exported for "
-      f"{', '.join(plan.export_platforms)}",
+      f"{', '.join(platform.upper() for platform in plan.export_platforms)}",
       f"  environment: {environment}",
       f"  memory a device: {_size(memory.per_device_bytes)} ({parts}){against}",
       *(f"  note: {note}" for note in plan.notes)]
