@@ -74,7 +74,11 @@ def _image_folder(data_dir: str, resize: Sequence[int]) -> Tuple[Tuple[int, int,
 
 
 def _tfrecords(data_dir: str, resize: Sequence[int]) -> Tuple[Tuple[int, int, int], int]:
-  path = tfrecords._files(data_dir, tfrecords.TRAIN_PATTERN)[0]  # pylint: disable=protected-access
+  # The test split's first shard: every worker reads it, where the training shards are split
+  # among the workers, each opening only its own.
+  find = tfrecords._files  # pylint: disable=protected-access
+  path = next(files for files in (find(data_dir, pattern) for pattern in tfrecords.TEST_PATTERNS)
+              if files)[0]
   size, channels = _header_of(_first_image(path), path)
   recorded = tfrecords._metadata(data_dir).get("num_classes")  # pylint: disable=protected-access
   return (_resized(size, _decoded_channels(channels), resize),
