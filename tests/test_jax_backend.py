@@ -178,11 +178,13 @@ def test_a_jax_runs_exports_reproduce_its_test_accuracy_on_tensorflow(jax_runs, 
   assert figures["test_accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-4)
 
 
+@pytest.mark.slow  # It reads the JAX runs, a process of its own: tens of seconds.
 def test_one_device_trains_one_replica_of_the_hosts_devices(jax_runs):
   results = jax_runs["one_device"]
   assert (results["strategy"], results["num_replicas"]) == ("one_device", 1)
 
 
+@pytest.mark.slow  # It reads the JAX runs, a process of its own: tens of seconds.
 def test_a_jax_export_serves_on_cpus_and_cuda_gpus(jax_runs):
   # jax2tf lowers for the plan's platforms; a GPU run's export without "cpu" would not serve on
   # a CPU, and this CPU run's now serves on GPUs too.
