@@ -56,11 +56,11 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     # ---------------------------------------------------------------- Device plan and runtime.
     # Every device decision, made once from facts read before a framework starts its devices;
     # the runtime and the task follow it (docs/gpu.md).
-    plan = device_plan.plan_run(config)
-    device_plan.apply_environment(plan.environment)
-    logging.info("%s\n%s", device_plan.LOG_HEADING, "\n".join(device_plan.describe(plan)))
+    devices = device_plan.plan_run(config)
+    device_plan.apply_environment(devices.environment)
+    logging.info("%s\n%s", device_plan.LOG_HEADING, "\n".join(device_plan.describe(devices)))
     backend = interface.get(config.runtime.backend)  # The one place that picks it.
-    runtime, peak = _open_runtime(stack, config, backend, plan)
+    runtime, peak = _open_runtime(stack, config, backend, devices)
     settings = runtime.settings
 
     # ---------------------------------------------------------------- Input.
@@ -274,7 +274,8 @@ def _environment(settings: config_lib.RunSettings, plan: schedule.LoopPlan) -> d
   """The TEXT tab's description of what the run executes on."""
   return {"tf_version": tf.__version__, "keras_version": keras.__version__,
           "backend": keras.backend.backend(), "python_version": sys.version.split()[0],
-          "device": settings.device, "devices": interface.get(keras.backend.backend()).device_names(),
+          "device": settings.device,
+          "devices": interface.get(keras.backend.backend()).device_names(),
           "num_replicas": settings.num_replicas, "precision_reason": settings.precision_reason,
           "steps_per_loop": settings.steps_per_loop, "jit_compile": settings.jit_compile,
           "steps_per_xla_call": plan.pack}
