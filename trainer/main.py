@@ -223,10 +223,17 @@ def main(argv):
   signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
     _run()
-  except SystemExit:
+  except SystemExit as stopped:
     # The run is ending with its one line said: a Ctrl-C still pending must not raise a second
     # KeyboardInterrupt during shutdown (seen once: exit by SIGINT after the line).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if stopped.code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+      # Stopped by a signal, whose line is said and whose files are whole: a Ctrl-C inside a
+      # native import can leave threads that crash the interpreter's shutdown (a fatal error in
+      # PyThreadState_Get, exit by SIGABRT), so the process ends without it, as before main.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(stopped.code)  # pylint: disable=protected-access
     raise
 
 
