@@ -6,6 +6,8 @@ per backend (trainer/backends/tensorflow/, trainer/backends/jax/), chosen once b
 leaves its cluster, what an out-of-memory error looks like. `Task` is the seam the controller
 drives. `TaskPolicy` holds what both tasks decide alike, once: the moving average's evaluation
 beside the weights', the stop every worker agrees on, the training figures reported.
+`DeviceRules` is a backend's part of the device plan (`device_rules`, importing no framework),
+which trainer/distribute/device_plan.py composes with the decisions every backend shares.
 """
 
 import importlib
@@ -14,6 +16,8 @@ from typing import (Any, Callable, ContextManager, Dict, List, Optional, Protoco
                     Tuple)
 
 from trainer import config as config_lib
+from trainer.distribute import memory_estimate
+from trainer.distribute import plan_inputs
 
 ALL_BATCHES = 2**62  # One evaluation call that runs to the end of the test split.
 
@@ -72,12 +76,46 @@ class Backend(Protocol):
   def export_options(self, platforms: Sequence[str]) -> dict: ...
 
 
+class DeviceRules(Protocol):
+  """One backend's device decisions where the backends differ, each a pure function of device
+  facts and the run's settings. distribute/device_plan composes them with what every backend
+  decides alike (GPUs each worker takes, replicas and per-replica batch, precision on GPUs,
+  the all-reduce between GPUs, memory, the host bytes a pack may stack). A rules module imports
+  no framework: the plan is made before TensorFlow or JAX starts its devices."""
+
+  cuda_missing: str  # Why this backend cannot use the GPUs it sees, and what to install.
+
+  def can_use_gpus(self, facts: plan_inputs.DeviceFacts) -> bool: ...
+  def check_gpus_shared(self, workers_per_host: int, gpus: int) -> None: ...
+  def one_device_strategy(self, on_gpu: bool) -> str: ...  # auto's on one device.
+  def compiles_with_xla(self, request: plan_inputs.PlanRequest, num_replicas: int) -> bool: ...
+  def cpu_precision(self, facts: plan_inputs.DeviceFacts,
+                    request: plan_inputs.PlanRequest) -> Tuple[str, str]: ...
+  def check_on_gpus(self, request: plan_inputs.PlanRequest,
+                    footprint: memory_estimate.ModelFootprint, xla: bool,
+                    num_replicas: int) -> None: ...
+  def environment(self, request: plan_inputs.PlanRequest, on_gpu: bool,
+                  local_devices: int) -> Dict[str, str]: ...
+  def cpu_collective(self, workers: int) -> str: ...
+  def pack_limit(self, footprint: memory_estimate.ModelFootprint, on_gpu: bool, xla: bool,
+                 num_replicas: int, strategy: str, batch_bytes: int) -> int: ...
+
+
 def get(name: str) -> Backend:
   """The backend called `name` (one of config.BACKENDS): the one place that picks one, importing
   only its own framework's code."""
+  return _backend_module(name, "backend").BACKEND
+
+
+def device_rules(name: str) -> DeviceRules:
+  """The device rules of the backend called `name`, importing no framework (the device plan's)."""
+  return _backend_module(name, "device_rules").RULES
+
+
+def _backend_module(name: str, module: str):
   if name not in config_lib.BACKENDS:
     raise ValueError(f"Unknown backend {name!r}; expected one of {', '.join(config_lib.BACKENDS)}.")
-  return importlib.import_module(f"trainer.backends.{name}.backend").BACKEND
+  return importlib.import_module(f"trainer.backends.{name}.{module}")
 
 
 class TaskPolicy:

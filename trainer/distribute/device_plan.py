@@ -10,8 +10,13 @@ compiled call may pack, the export's platforms, and the memory of a step against
 the unit tests and a user read the plan of any GPU machine without one. A setting the machine
 cannot run is refused here, as a UserError of one line.
 
-auto's choices are those the runtimes make (distribution.make_strategy, backends/jax/runtime,
-precision.resolve_precision), so a run planned here trains as before.
+What the backends decide alike is decided here once; where they differ (whether they can use
+the GPUs, auto's strategy on one device, XLA, CPU precision, the settings refused on GPUs, the
+environment their framework reads, the all-reduce between CPU devices, packs), the backend's
+device rules say: trainer/backends/tensorflow/device_rules.py and trainer/backends/jax/
+device_rules.py, each a backends/interface.DeviceRules. auto's choices are those the runtimes
+make (distribution.make_strategy, backends/jax/runtime, precision.resolve_precision), so a run
+planned here trains as before.
 """
 
 import dataclasses
@@ -26,20 +31,18 @@ import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer import errors
+from trainer.backends import interface
 from trainer.distribute import distribution
 from trainer.distribute import gpu_specs
 from trainer.distribute import hardware
-from trainer.distribute import keras_backend
 from trainer.distribute import memory_estimate
 from trainer.distribute import plan_inputs
 from trainer.distribute import precision as precision_lib
-from trainer.loop import schedule
 
 # A pack of steps is stacked on the host and copied to the devices whole, and tf.data prefetches
 # the next: bounding a pack's bytes bounds the host memory it takes and the copy the devices
 # wait for between calls.
 PACK_HOST_BYTES = 512 * 2**20
-DETERMINISTIC_XLA_ON_GPUS = "--xla_gpu_deterministic_ops=true"
 # nvidia-smi's compute capability per GPU (driver 510 and newer); a query of its own, so an
 # older driver that refuses the field still answers hardware.NVIDIA_SMI_QUERY.
 NVIDIA_SMI_CAPABILITY_QUERY = ("--query-gpu=pci.bus_id,compute_cap", "--format=csv,noheader")
@@ -49,11 +52,6 @@ _LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
 # The plan's inputs, named here too: its callers read one module.
 DeviceFacts = plan_inputs.DeviceFacts
 PlanRequest = plan_inputs.PlanRequest
-
-
-def _compiles_with_xla(request: PlanRequest, num_replicas: int) -> bool:
-  return config_lib.compiles_with_xla(request.jit_compile, request.model, request.batch_size,
-                                      num_replicas)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,12 +85,14 @@ class DevicePlan:
 def make_device_plan(facts: DeviceFacts, request: PlanRequest,
                      footprint: memory_estimate.ModelFootprint) -> DevicePlan:
   """The plan of `request` on a worker of `facts` for a model of `footprint`; a UserError of
-  one line for a setting these devices cannot run."""
+  one line for a setting these devices cannot run. What the backends decide alike is decided
+  here; where they differ, the backend's device rules (backends/interface.DeviceRules) say."""
   backend, notes = request.backend, []
+  rules = interface.device_rules(backend)
   environment = {"KERAS_BACKEND": backend}
-  usable = facts.gpus if _backend_has_cuda(facts, backend) else 0
+  usable = facts.gpus if rules.can_use_gpus(facts) else 0
   if facts.gpus and not usable:
-    notes.append(f"{errors.plural(facts.gpus, 'GPU')} here, but {_cuda_missing(backend)}: "
+    notes.append(f"{errors.plural(facts.gpus, 'GPU')} here, but {rules.cuda_missing}: "
                  "it trains on the CPU.")
   on_gpu = usable > 0
   is_cluster = request.strategy == "multi_worker_mirrored"
@@ -109,22 +109,18 @@ def make_device_plan(facts: DeviceFacts, request: PlanRequest,
       notes.append(f"{errors.plural(usable % facts.workers_per_host, 'GPU')} of the host's "
                    f"{usable} left idle: {facts.workers_per_host} workers take "
                    f"{gpus_per_worker} each.")
-  if shared and backend == "jax":
-    raise errors.UserError(
-        f"{facts.workers_per_host} JAX workers on one host share its "
-        f"{errors.plural(usable, 'GPU')}, and NCCL refuses a GPU in two processes: run at most "
-        f"{usable} workers there, each with GPUs of its own (scripts/launch_local.py "
-        "--gpus_per_worker).")
+  if shared:
+    rules.check_gpus_shared(facts.workers_per_host, usable)
   local_devices = gpus_per_worker if on_gpu else request.cpu_devices
-  strategy = _strategy(backend, request.strategy, local_devices, on_gpu)
+  strategy = _strategy(rules, request.strategy, local_devices, on_gpu)
   num_replicas = {"default": 1, "one_device": 1, "mirrored": local_devices,
                   "multi_worker_mirrored": local_devices * workers}[strategy]
   distribution.check_batch_size(request.batch_size, num_replicas, request.grad_accum_steps)
-  xla = backend == "jax" or _compiles_with_xla(request, num_replicas)
-  precision, reason = _precision(facts, request, on_gpu)
-  if backend == "tensorflow" and on_gpu:
-    _refuse_untrusted_xla_on_gpus(request, footprint, xla, num_replicas)
-  environment.update(_framework_environment(request, on_gpu, local_devices))
+  xla = rules.compiles_with_xla(request, num_replicas)
+  precision, reason = _precision(rules, facts, request, on_gpu)
+  if on_gpu:
+    rules.check_on_gpus(request, footprint, xla, num_replicas)
+  environment.update(rules.environment(request, on_gpu, local_devices))
   device_bytes = _device_memory(facts, on_gpu, local_devices)
   memory = memory_estimate.estimate(
       footprint, request.batch_size // num_replicas, precision, request.optimizer,
@@ -138,112 +134,55 @@ def make_device_plan(facts: DeviceFacts, request: PlanRequest,
       devices=_describe(facts, on_gpu, local_devices, workers), strategy=strategy,
       num_replicas=num_replicas, per_replica_batch=request.batch_size // num_replicas,
       precision=precision, precision_reason=reason, xla=xla,
-      collective=_collective(backend, on_gpu, num_replicas, workers, shared),
+      collective=_collective(rules, on_gpu, num_replicas, workers, shared),
       environment=environment,
-      pack_steps=_pack_steps(request, footprint, on_gpu, xla, num_replicas, strategy, workers),
+      pack_steps=_pack_steps(rules, request, footprint, on_gpu, xla, num_replicas, strategy,
+                             workers),
       # JAX lowers for every platform named, on any machine: a CPU run's export serves GPUs too.
       export_platforms=("cpu", "cuda"),
       memory=memory, notes=tuple(notes))
 
 
-def _backend_has_cuda(facts: DeviceFacts, backend: str) -> bool:
-  return facts.jax_cuda if backend == "jax" else facts.tensorflow_cuda
-
-
-def _cuda_missing(backend: str) -> str:
-  if backend == "jax":
-    return "JAX has no CUDA plugin (pip install -e '.[jax-cuda]')"
-  return "this TensorFlow is built without CUDA (pip install 'tensorflow[and-cuda]')"
-
-
-def _strategy(backend: str, requested: str, local_devices: int, on_gpu: bool) -> str:
-  """auto as each runtime resolves it: mirrored over several devices; on one, TensorFlow's
-  one_device on a GPU and the default strategy elsewhere (JAX: the default everywhere)."""
+def _strategy(rules: interface.DeviceRules, requested: str, local_devices: int,
+              on_gpu: bool) -> str:
+  """auto as each runtime resolves it: mirrored over several devices; on one, the backend's
+  choice."""
   if requested != "auto":
     return requested
   if local_devices > 1:
     return "mirrored"
-  return "one_device" if on_gpu and backend == "tensorflow" else "default"
+  return rules.one_device_strategy(on_gpu)
 
 
-def _precision(facts: DeviceFacts, request: PlanRequest, on_gpu: bool) -> Tuple[str, str]:
+def _precision(rules: interface.DeviceRules, facts: DeviceFacts, request: PlanRequest,
+               on_gpu: bool) -> Tuple[str, str]:
+  """auto on GPUs by the oldest GPU's compute capability, whatever the backend; on CPUs the
+  backend's rule."""
   if request.precision != "auto":
     return request.precision, "asked for with --precision"
   if on_gpu:
     return precision_lib.gpu_precision([facts.compute_capability or (0, 0)])
-  if request.backend == "jax":
-    return precision_lib.JAX_CPU_PRECISION
-  # XLA as on one replica, so every strategy of the same settings gets the same precision.
-  return precision_lib.cpu_precision(facts.cpu_bfloat16, request.model,
-                                     _compiles_with_xla(request, 1))
+  return rules.cpu_precision(facts, request)
 
 
-def _refuse_untrusted_xla_on_gpus(request: PlanRequest,
-                                  footprint: memory_estimate.ModelFootprint, xla: bool,
-                                  num_replicas: int) -> None:
-  """TensorFlow's XLA paths on GPUs that no CPU run can check, refused rather than trusted."""
-  if not xla:
-    return
-  pools = sorted(kind for kind in footprint.layer_kinds if "MaxPool" in kind)
-  if request.deterministic and pools:
-    raise errors.UserError(
-        f"--deterministic --jit_compile: XLA has no deterministic gradient of {pools[0]} "
-        f"(in --model={request.model}) on GPUs. Leave out --jit_compile (TensorFlow's own "
-        "kernels are deterministic) or --deterministic.")
-  if request.sync_batchnorm and num_replicas > 1:
-    raise errors.UserError(
-        f"--sync_batchnorm --jit_compile over {num_replicas} GPU replicas: BatchNorm's "
-        "cross-replica statistics inside an XLA-compiled step are not checked on GPUs. Leave "
-        "out --jit_compile, or --sync_batchnorm.")
-
-
-def _framework_environment(request: PlanRequest, on_gpu: bool,
-                           local_devices: int) -> Dict[str, str]:
-  """The variables TensorFlow or JAX read when they start their devices."""
-  if request.backend == "tensorflow":
-    return {"TF_FORCE_GPU_ALLOW_GROWTH": "true"} if on_gpu and request.gpu_memory_growth else {}
-  environment, xla_flags = {}, []
-  if on_gpu:
-    if request.gpu_memory_growth:
-      # JAX takes 75% of every GPU at start unless told; this is --gpu_memory_growth for it.
-      environment["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-    if request.deterministic:
-      xla_flags.append(DETERMINISTIC_XLA_ON_GPUS)
-  elif local_devices > 1:
-    xla_flags.append(keras_backend.with_host_devices("", local_devices))
-  if xla_flags:
-    environment["XLA_FLAGS"] = " ".join(xla_flags)
-  return environment
-
-
-def _collective(backend: str, on_gpu: bool, num_replicas: int, workers: int,
+def _collective(rules: interface.DeviceRules, on_gpu: bool, num_replicas: int, workers: int,
                 shared: bool) -> str:
-  """The all-reduce's implementation: NCCL between GPUs (RING where TensorFlow's workers share
-  a GPU, which NCCL refuses), RING between TensorFlow's CPU devices, gloo between JAX's CPU
-  processes, XLA's own within one JAX process on host devices."""
+  """The all-reduce's implementation: NCCL between GPUs (RING where workers share a GPU, which
+  NCCL refuses), the backend's own between CPU devices."""
   if num_replicas == 1:
     return "none"
   if on_gpu:
     return "RING" if shared else "NCCL"
-  if backend == "tensorflow":
-    return "RING"
-  return "gloo" if workers > 1 else "in-process"
+  return rules.cpu_collective(workers)
 
 
-def _pack_steps(request: PlanRequest, footprint: memory_estimate.ModelFootprint, on_gpu: bool,
-                xla: bool, num_replicas: int, strategy: str, workers: int) -> int:
-  """The most steps one compiled call runs: JAX's schedule.pack_limit (on CPUs within its
-  CPU_PACK_BYTES); on TensorFlow packs only under XLA on one replica
-  (backends/tensorflow/task.Task.max_pack); either bounded by PACK_HOST_BYTES."""
+def _pack_steps(rules: interface.DeviceRules, request: PlanRequest,
+                footprint: memory_estimate.ModelFootprint, on_gpu: bool, xla: bool,
+                num_replicas: int, strategy: str, workers: int) -> int:
+  """The most steps one compiled call runs: the backend's limit, bounded by PACK_HOST_BYTES."""
   # A worker stacks its own part of each global batch, as float32.
   batch_bytes = 4 * footprint.input_per_example * (request.batch_size // workers)
-  if request.backend == "jax":
-    limit = schedule.pack_limit("gpu" if on_gpu else "cpu",
-                                schedule.has_convolutions(footprint.layer_kinds), batch_bytes)
-  elif xla and num_replicas == 1 and strategy != "multi_worker_mirrored":
-    limit = schedule.MAX_PACK
-  else:
-    limit = 1
+  limit = rules.pack_limit(footprint, on_gpu, xla, num_replicas, strategy, batch_bytes)
   return max(1, min(limit, PACK_HOST_BYTES // max(1, batch_bytes)))
 
 

@@ -2,8 +2,6 @@
 
 from typing import Optional, Tuple
 
-from trainer.distribute import hardware
-
 # The built-in models that train faster in mixed_bfloat16 on a CPU with bfloat16 matrix
 # instructions, which oneDNN uses for convolutions and matmuls; the mlp only without XLA, whose
 # fused step gains nothing from bfloat16's narrower matmuls (docs/measurements.md, "bfloat16 on
@@ -28,6 +26,9 @@ def resolve_precision(requested: str, model: str = "mlp",
   """
   if requested != "auto":
     return requested, "asked for with --precision"
+  # Here, not at the top: the rules below are pure, and the backends' device rules, which the
+  # device plan reads before a framework starts, take them without TensorFlow.
+  from trainer.distribute import hardware  # pylint: disable=g-import-not-at-top
   capabilities = hardware.gpu_compute_capabilities()
   if capabilities:
     return gpu_precision(capabilities)
