@@ -275,6 +275,17 @@ def apply_environment(environment: Mapping[str, str]) -> None:
     os.environ[name] = wanted
 
 
+def check_replicas(started: int, plan: DevicePlan) -> None:
+  """Stops a run whose devices are not those its plan counted (a framework that started its
+  devices before the plan's environment was set): the batch split and precision assume them.
+  Both runtimes call it once their devices are up."""
+  if started != plan.num_replicas:
+    raise errors.UserError(
+        f"The device plan counted {errors.plural(plan.num_replicas, 'replica')} ({plan.devices}),"
+        f" but {started} started: this process set up its devices before the plan. Run the "
+        "trainer in a process of its own.")
+
+
 def devices_started() -> bool:
   """Whether TensorFlow's context or a JAX backend exists in this process."""
   from tensorflow.python.eager import context  # pylint: disable=g-import-not-at-top

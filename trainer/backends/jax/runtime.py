@@ -13,7 +13,8 @@ pipeline takes no accelerator memory. CPU collectives between processes go throu
 """
 
 import contextlib
-from typing import Iterator
+import dataclasses
+from typing import Callable, Iterator
 
 from absl import logging
 import tensorflow as tf
@@ -23,12 +24,21 @@ from trainer import errors
 from trainer.distribute import cluster
 from trainer.distribute import device_plan
 from trainer.distribute import hardware
-from trainer.backends.tensorflow import runtime as runtime_lib
 from trainer.distribute import watchdog as watchdog_lib
 
 
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+  """A JAX run's devices and cluster, opened (interface.Runtime): what its config resolved to,
+  and how to report progress. No strategy: the distribution is Keras's global one."""
+
+  settings: config_lib.RunSettings
+  heartbeat: Callable[[], None]  # Call at every sign of progress; a no-op on one host.
+  compiling: Callable[[], None]  # Call before the first call: the watchdog gives it longer.
+
+
 @contextlib.contextmanager
-def open_runtime(config: config_lib.Config, plan) -> Iterator[runtime_lib.Runtime]:
+def open_runtime(config: config_lib.Config, plan) -> Iterator[Runtime]:
   """Sets up JAX's devices and Keras's distribution for `config` as its device plan says
   (strategy, replicas, precision; JAX's environment was set from the plan before JAX started);
   yields the Runtime."""
@@ -56,7 +66,7 @@ def open_runtime(config: config_lib.Config, plan) -> Iterator[runtime_lib.Runtim
     spread = plan.strategy in ("mirrored", "multi_worker_mirrored")
     # default and one_device run on one device: the first.
     devices = jax.devices() if spread else jax.devices()[:1]
-    runtime_lib.check_replicas(len(devices), plan)
+    device_plan.check_replicas(len(devices), plan)
     if spread:
       keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
       stack.callback(keras.distribution.set_distribution, None)  # The next run starts clean.
@@ -67,7 +77,7 @@ def open_runtime(config: config_lib.Config, plan) -> Iterator[runtime_lib.Runtim
         num_inputs=num_inputs, hosts=hosts, device_plan=plan)
     logging.info("Keras on JAX %s over %s.", jax.__version__,
                  errors.summarized([str(device) for device in devices]))
-    yield runtime_lib.Runtime(None, settings, heartbeat, compiling)
+    yield Runtime(settings, heartbeat, compiling)
 
 
 def _join_cluster(jax, keras, addresses, process_id: int, num_processes: int,

@@ -12,7 +12,6 @@ from typing import Callable, Iterator
 import tensorflow as tf
 
 from trainer import config as config_lib
-from trainer import errors
 from trainer.distribute import cluster
 from trainer.distribute import device_plan
 from trainer.distribute import distribution
@@ -22,23 +21,14 @@ from trainer.distribute import watchdog as watchdog_lib
 
 @dataclasses.dataclass(frozen=True)
 class Runtime:
-  """The strategy of a run, what its config resolved to, and how to report progress."""
+  """A TensorFlow run's devices and cluster, opened (interface.Runtime): its strategy, what its
+  config resolved to, and how to report progress."""
 
   strategy: tf.distribute.Strategy
   settings: config_lib.RunSettings
   heartbeat: Callable[[], None]  # Call at every sign of progress; a no-op on one host.
   # Call before the first call, which compiles: the watchdog gives it longer.
   compiling: Callable[[], None] = lambda: None
-
-
-def check_replicas(started: int, plan) -> None:
-  """Stops a run whose devices are not those its plan counted (a framework that started its
-  devices before the plan's environment was set): the batch split and precision assume them."""
-  if started != plan.num_replicas:
-    raise errors.UserError(
-        f"The device plan counted {errors.plural(plan.num_replicas, 'replica')} ({plan.devices}),"
-        f" but {started} started: this process set up its devices before the plan. Run the "
-        "trainer in a process of its own.")
 
 
 @contextlib.contextmanager
@@ -70,7 +60,7 @@ def open_runtime(config: config_lib.Config, plan) -> Iterator[Runtime]:
                                           local_devices=plan.num_replicas // num_inputs,
                                           collective=plan.collective)
     heartbeat()
-    check_replicas(strategy.num_replicas_in_sync, plan)
+    device_plan.check_replicas(strategy.num_replicas_in_sync, plan)
     settings = config_lib.RunSettings(
         config=config, strategy=distribution.strategy_name(strategy),
         num_replicas=strategy.num_replicas_in_sync, precision=plan.precision,
