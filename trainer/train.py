@@ -80,7 +80,10 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     hparams = run_record.hparams(settings, task.api, pipeline)
     meter = throughput.ThroughputMeter(config.data.batch_size, start_time,
                                        input_wait=lambda: task.input_wait_s)
-    checkpointer, best = _open_checkpointer(stack, settings, task, pipeline, meter, start_time)
+    # For the platforms the device plan exports for: --keep_best's exports and the final ones.
+    export_options = backend.export_options(devices.export_platforms)
+    checkpointer, best = _open_checkpointer(stack, settings, task, pipeline, meter, start_time,
+                                            export_options)
     step = 0 if config.output.overwrite else checkpointer.restore_latest()
     plan = _loop_plan(settings, pipeline.steps_per_epoch, task.max_pack, step)
     # Every worker restored the chief's step, so all leave here together; a worker that went on
@@ -92,7 +95,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
       return run_record.read_results(config.output.workdir)
 
     # ---------------------------------------------------------------- Workdir.
-    writer = _open_workdir(stack, settings, plan, step, hparams)
+    writer = _open_workdir(stack, settings, backend, plan, step, hparams)
     clock.mark("model")
     events = _open_event_log(stack, settings, step, start_time, clock)
 
@@ -113,7 +116,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
 
     # ---------------------------------------------------------------- Export and results.
     return _finish(settings, plan, task, pipeline, hparams, outcome, meter, writer, checkpointer,
-                   start_time, clock, best, events, peak)
+                   start_time, clock, best, events, peak, export_options)
 
 
 def _open_runtime(stack: contextlib.ExitStack, config: config_lib.Config,
@@ -167,7 +170,8 @@ def _flops_per_second(flops: float) -> str:
 
 
 def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
-                  plan: schedule.LoopPlan, step: int, hparams: dict) -> summaries.RunWriter:
+                  backend: interface.Backend, plan: schedule.LoopPlan, step: int,
+                  hparams: dict) -> summaries.RunWriter:
   """Readies the workdir for training from `step`; returns its writer, closed by `stack`.
 
   Called only once the input has loaded and the checkpoint is known, so bad input leaves nothing
@@ -179,7 +183,7 @@ def _open_workdir(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
   writer = stack.enter_context(summaries.RunWriter(workdir, enabled=settings.is_chief))
   if step == 0:
     writer.run_info(run_record.hparams_entry(settings, hparams), run_record.trial_id(workdir),
-                    settings.run_config(), _environment(settings, plan))
+                    settings.run_config(), _environment(settings, backend, plan))
   else:
     changes = (workdir_lib.record_changes(workdir, settings.run_config(), step)
                if settings.is_chief else [])
@@ -205,13 +209,15 @@ def _open_event_log(stack: contextlib.ExitStack, settings: config_lib.RunSetting
 def _open_checkpointer(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
                        task: interface.Task,
                        pipeline: input_pipeline.InputPipeline,
-                       meter: throughput.ThroughputMeter, start_time: float
+                       meter: throughput.ThroughputMeter, start_time: float,
+                       export_options: dict
                        ) -> Tuple[checkpointing.Checkpointer, Optional[best_model.BestModel]]:
   """The run's checkpointer (closed by `stack`) over the task's state, and under --keep_best
-  the keeper of the best model, whose record it holds too; both made in the strategy's scope."""
+  the keeper of the best model (exported with `export_options`), whose record it holds too;
+  both made in the strategy's scope."""
   config = settings.config
   with task.scope():
-    best = _best_model(settings, task, pipeline)
+    best = _best_model(settings, task, pipeline, export_options)
     checkpointer = checkpointing.Checkpointer(
         config.output.workdir, settings.is_chief, config.output.keep_checkpoints,
         this_process=lambda: {**meter.totals(), "wall_time_s": time.time() - start_time},
@@ -227,7 +233,8 @@ def _trackables(task: interface.Task, best: Optional[best_model.BestModel]) -> d
 
 
 def _best_model(settings: config_lib.RunSettings, task: interface.Task,
-                pipeline: input_pipeline.InputPipeline) -> Optional[best_model.BestModel]:
+                pipeline: input_pipeline.InputPipeline,
+                export_options: dict) -> Optional[best_model.BestModel]:
   """The keeper of WORKDIR/best/ under --keep_best, else None."""
   config = settings.config
   if config.output.keep_best == "none":
@@ -235,17 +242,11 @@ def _best_model(settings: config_lib.RunSettings, task: interface.Task,
 
   def write_exports(folder: str) -> None:
     with _exported_weights(task, config):
-      export.export_model(task.model, folder, pipeline.image_shape, _export_options(settings))
+      export.export_model(task.model, folder, pipeline.image_shape, export_options)
 
   return best_model.BestModel(config.output.workdir, config.output.keep_best,
                               config.output.export_ema,
                               settings.is_chief, write_exports)
-
-
-def _export_options(settings: config_lib.RunSettings) -> dict:
-  """The backend's export options for the platforms the device plan exports for."""
-  return interface.get(settings.config.runtime.backend).export_options(
-      settings.device_plan.export_platforms)
 
 
 def _exported_weights(task: interface.Task, config: config_lib.Config):
@@ -270,12 +271,13 @@ def _loop_plan(settings: config_lib.RunSettings, steps_per_epoch: int, max_pack:
       timed=settings.calls_sized_by_time)
 
 
-def _environment(settings: config_lib.RunSettings, plan: schedule.LoopPlan) -> dict:
+def _environment(settings: config_lib.RunSettings, backend: interface.Backend,
+                 plan: schedule.LoopPlan) -> dict:
   """The TEXT tab's description of what the run executes on."""
   return {"tf_version": tf.__version__, "keras_version": keras.__version__,
           "backend": keras.backend.backend(), "python_version": sys.version.split()[0],
           "device": settings.device,
-          "devices": interface.get(keras.backend.backend()).device_names(),
+          "devices": backend.device_names(),
           "num_replicas": settings.num_replicas, "precision_reason": settings.precision_reason,
           "steps_per_loop": settings.steps_per_loop, "jit_compile": settings.jit_compile,
           "steps_per_xla_call": plan.pack}
@@ -287,7 +289,7 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: int
             writer: summaries.RunWriter, checkpointer: checkpointing.Checkpointer,
             start_time: float, clock: startup.StartupClock,
             best: Optional[best_model.BestModel], events: events_lib.EventLog,
-            peak: Optional[mfu_lib.Peak]) -> dict:
+            peak: Optional[mfu_lib.Peak], export_options: dict) -> dict:
   """Records the run: on the chief the exports, its goodput and MFU, the final scalars and
   results.json."""
   config = settings.config
@@ -327,7 +329,7 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: int
   if settings.is_chief:
     with _exported_weights(task, config):
       exports = export.export_model(task.model, config.output.workdir, pipeline.image_shape,
-                                    _export_options(settings))
+                                    export_options)
     flops_per_step = _training_flops(task, pipeline.image_shape)
     events.stop("finished")  # The end of the run's wall time: what follows takes milliseconds.
     results = dataclasses.replace(results, exports=exports,
