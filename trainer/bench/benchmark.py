@@ -504,16 +504,21 @@ def measure_backends(log_dir: str, root: str) -> Dict[str, dict]:
                            "precision": policy, "precision_reason": reason,
                            "strategy": "default", "peers": {}}
   precisions = {name: row["precision"] for name, row in rows.items()}
-  for backend in ["tensorflow", *others]:
+
+  def measure(backend: str, timed: list, window_seconds: Optional[float] = None) -> None:
+    """Times the `timed` workloads on `backend`, in its own process, into the rows."""
     measured = backend_benchmark.measure_backend(
-        backend, workloads, precisions, log_dir, os.path.join(root, f"{backend}.json"),
-        window_seconds=model_benchmark.WINDOW_SECONDS if backend == "tensorflow" else None)
+        backend, timed, precisions, log_dir, os.path.join(root, f"{backend}.json"),
+        window_seconds=window_seconds)
     for name, peers in measured.items():
       rows[name]["timed_steps"] = peers.pop("timed_steps")
       rows[name]["peers"][backend] = peers
-    if backend == "tensorflow":  # The others time the steps TensorFlow's ceilings sized.
-      workloads = [dataclasses.replace(w, timed_steps=rows[w.name]["timed_steps"])
-                   for w in workloads]
+
+  measure("tensorflow", workloads, window_seconds=model_benchmark.WINDOW_SECONDS)
+  # The others time the steps TensorFlow's windows sized.
+  sized = [dataclasses.replace(w, timed_steps=rows[w.name]["timed_steps"]) for w in workloads]
+  for backend in others:
+    measure(backend, sized)
   return rows
 
 
