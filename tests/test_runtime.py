@@ -1,11 +1,15 @@
 """Cleanup on every way out: the watchdog, lost peers, and a non-chief worker's scratch folder."""
 
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 
 import pytest
 import tensorflow as tf
 
+from tests.processes import ROOT
 from trainer import config as config_lib
 from trainer.distribute import device_plan
 from trainer.distribute import distribution
@@ -82,3 +86,16 @@ def test_a_non_chief_removes_its_scratch_checkpoints_when_the_run_diverges(small
     train.train_and_evaluate(small_config.replace(learning_rate=float("inf"),
                                                   checkpoint_every=1))
   assert len(scratch) == 1 and not os.path.exists(scratch[0])
+
+
+def test_the_real_watchdog_kills_a_stalled_process_run_from_a_checkout(tmp_path):
+  # `python -S`: no site-packages, so the trainer package is found only in the checkout, as
+  # for a user who runs it without installing; the watchdog's own process must find it too.
+  stalled = subprocess.run(
+      [sys.executable, "-S", "-c",
+       f"import sys, time; sys.path.insert(0, {ROOT!r}); "
+       "from trainer.distribute import watchdog; "
+       "dog = watchdog.ProgressWatchdog(0.5, 'worker 1 of 2'); dog.beat(); time.sleep(10)"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=60)
+  assert stalled.returncode == -signal.SIGKILL, stalled.stderr[-2000:]
+  assert "error: worker 1 of 2 made no progress for 0 s" in stalled.stderr

@@ -24,6 +24,11 @@ BEAT, COMPILING = b".", b"c"
 COMPILE_GRACE_S = 1800.0
 
 
+# The folder that holds the trainer package, so `-m trainer...` finds it when it is not
+# installed (run from a checkout).
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 class ProgressWatchdog:
   """Kills this process when beat() is not called for `timeout_s` seconds."""
 
@@ -31,7 +36,7 @@ class ProgressWatchdog:
     self._child = subprocess.Popen(
         [sys.executable, "-m", "trainer.distribute.watchdog", str(os.getpid()), str(timeout_s),
          who],
-        stdin=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        stdin=subprocess.PIPE, cwd=_PROJECT_ROOT,
         # Python's stderr, the console itself: file descriptor 2 may lead to trainer.console's
         # filter thread, which cannot run while this process blocks holding the GIL.
         stderr=sys.stderr)
