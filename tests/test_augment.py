@@ -95,9 +95,3 @@ def test_normalization_standardises_train_and_test_images_alike():
   np.testing.assert_allclose(train.reshape(-1, 3).mean(0), 0.0, atol=0.05)
   np.testing.assert_allclose(train.reshape(-1, 3).std(0), 1.0, atol=0.05)
   np.testing.assert_allclose(test[0], (images[0] / 255 - mean) / std, rtol=1e-5, atol=1e-6)
-
-
-def test_augmenting_synthetic_data_is_refused():
-  with pytest.raises(errors.UserError, match="apply to real images"):
-    input_pipeline.make_input_pipeline(config_lib.Config.from_flags(dataset="synthetic",
-                                                         augment="flip").data)

@@ -11,6 +11,7 @@ import pytest
 
 from tests.processes import ROOT
 from trainer import config as config_lib
+from trainer import errors
 from trainer.records import workdir as workdir_lib
 
 # Run in a process of its own: other entry points define some of the same flag names in absl's
@@ -176,3 +177,14 @@ def test_what_an_unset_default_is_said_to_mean_is_what_the_code_does():
                                     num_replicas=1, precision="float32", precision_reason="",
                                     device="CPU", is_chief=True)
   assert shown("steps_per_loop") == "auto" and settings.calls_sized_by_time
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(dataset="synthetic", augment="flip"), "--augment and --normalize apply to real images"),
+    (dict(dataset="synthetic", normalize=True), "--augment and --normalize apply to real images"),
+    (dict(dataset="fashion_mnist", validation_split=0.1),
+     "--validation_split applies to a folder of images, not to --dataset=fashion_mnist"),
+])
+def test_settings_the_flags_alone_rule_out_are_refused_before_any_data_is_read(flags, message):
+  with pytest.raises(errors.UserError, match=re.escape(message)):
+    config_lib.Config.from_flags(**flags)

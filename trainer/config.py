@@ -170,6 +170,14 @@ class DataConfig:
     if self.validation_split is not None and not 0 < self.validation_split < 1:
       raise errors.UserError(f"--validation_split={self.validation_split} must lie between 0 "
                              "and 1, e.g. 0.2.")
+    # What the flags alone rule out; what --data_dir holds is checked by the source that reads it.
+    if self.dataset == "synthetic" and (self.augment != "none" or self.normalize):
+      raise errors.UserError("--augment and --normalize apply to real images; synthetic data "
+                             "measures compute. Leave them out.")
+    if not self.data_dir and self.validation_split is not None:
+      raise errors.UserError(
+          f"--validation_split applies to a folder of images, not to "
+          f"--dataset={self.dataset or 'mnist'}, which has its own test split. Leave it out.")
 
 
 

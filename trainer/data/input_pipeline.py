@@ -409,7 +409,6 @@ def _load(data: config_lib.DataConfig, input_index: int, num_inputs: int) -> sou
                                        data.seed, limit)
     _refuse_folder_flags(data, "--data_dir with IDX files")
     return sources.load_idx(data_dir, data.dataset, data.image_size)
-  _refuse_folder_flags(data, f"--dataset={data.dataset or 'mnist'}")
   return sources.load_tfds(data.dataset or "mnist", data.tfds_data_dir,
                            data.image_size, data.seed, limit)
 
@@ -472,9 +471,6 @@ def make_input_pipeline(data: config_lib.DataConfig, input_index: int = 0, num_i
   if data.data_service:
     service.check_reachable(data.data_service)  # Before the data loads: seconds, not minutes.
   if data.dataset == "synthetic":
-    if data.augment != "none" or data.normalize:
-      raise errors.UserError("--augment and --normalize apply to real images; synthetic data "
-                             "measures compute. Leave them out.")
     num_test = data.num_test_examples or SYNTHETIC_TEST_BATCHES * data.batch_size
     loaded = sources.Loaded("synthetic", tuple(data.image_shape) or IMAGE_SHAPE,
                             data.num_classes or NUM_CLASSES, SYNTHETIC_TRAIN_SIZE, num_test)
