@@ -16,6 +16,7 @@ import time
 import pytest
 
 from tests.processes import ROOT
+from tests.processes import run_module
 from tests.processes import run_trainer
 from trainer import config as config_lib
 from trainer.data import input_pipeline
@@ -145,6 +146,19 @@ def test_a_run_through_the_service_says_at_start_that_it_is_not_bit_identical(mo
 def test_a_data_service_that_cannot_work_is_refused(settings, message):
   with pytest.raises(errors.UserError, match=message):
     config_lib.Config.from_flags(**settings)
+
+
+@pytest.mark.parametrize("make_unreadable", [
+    pytest.param(lambda path: None, id="missing"), pytest.param(os.makedirs, id="empty")])
+def test_a_service_worker_that_cannot_read_the_shared_data_exits_2_with_one_line(
+    tmp_path, make_unreadable):
+  shared = tmp_path / "imagenet"
+  make_unreadable(shared)
+  result = run_module("trainer.data_service", "--worker", "--dispatcher=127.0.0.1:1",
+                      f"--shared_data_dir={shared}", timeout=60)
+  assert result.returncode == errors.BAD_INPUT
+  assert result.stderr.startswith(f"error: --shared_data_dir={shared} ")
+  assert len(result.stderr.splitlines()) == 1 and "mount the training data there" in result.stderr
 
 
 @pytest.mark.slow

@@ -3,15 +3,19 @@
 One dispatcher, on a machine every worker and trainer can reach; its journal in --work_dir lets a
 restarted dispatcher resume the jobs it was serving:
   python -m trainer.data_service --dispatcher --port=5050 --work_dir=/shared/data_service
-Any number of workers, each on its own machine (they do the preprocessing):
-  python -m trainer.data_service --worker --dispatcher=HOST:5050 --port=5051
+Any number of workers, each on its own machine (they do the preprocessing), each with the
+training data mounted at the path the trainer reads it from:
+  python -m trainer.data_service --worker --dispatcher=HOST:5050 --port=5051 \
+      --shared_data_dir=/shared/imagenet
 Then the trainer sends its training pipeline there:
-  python -m trainer.main ... --data_service=HOST:5050
+  python -m trainer.main ... --data_dir=/shared/imagenet --data_service=HOST:5050
 
 Each process serves until SIGTERM or Ctrl-C. Workers run the trainer's tf.data graph, so a
-worker needs this project's TensorFlow version (the graph holds the data when it is in memory).
+worker needs this project's TensorFlow version. For an image folder or TFRecord shards the graph
+holds their paths and the worker reads the files itself; other data is held in the graph.
 """
 
+import os
 import signal
 import socket
 import sys
@@ -35,6 +39,11 @@ flags.DEFINE_string("host", socket.gethostname(), "Worker: the name trainers rea
 # Not --worker_timeout: trainer.main's watchdog flag has that name, and tests import both.
 flags.DEFINE_integer("lost_worker_timeout", 10, "Dispatcher: seconds without a worker's "
                      "heartbeat before it counts as lost and gets no more work.", lower_bound=1)
+# Not --data_dir: trainer.main's flag has that name, and tests import both.
+flags.DEFINE_string("shared_data_dir", "", "Worker: the folder of training data (an image "
+                    "folder, TFRecord shards, or a folder of them) that trainers name by "
+                    "--data_dir, mounted here at the same path; a worker that cannot read it "
+                    "says so and exits at start. Empty: no check.")
 FLAGS = flags.FLAGS
 
 
@@ -65,6 +74,20 @@ def _refuse(message: str) -> None:
   sys.exit(errors.BAD_INPUT)
 
 
+def _check_shared_data(path: str) -> None:
+  """A worker must read the trainers' files at their path: an unmounted share is often an empty
+  or missing folder, and it would fail only later, at a trainer's first batch."""
+  try:
+    readable = bool(os.listdir(path))
+  except OSError as e:
+    reason = (e.strerror or str(e)).lower()
+    _refuse(f"--shared_data_dir={path} cannot be read on {socket.gethostname()} ({reason}): "
+            "mount the training data there, at the path the trainers read it from.")
+  if not readable:
+    _refuse(f"--shared_data_dir={path} is empty on {socket.gethostname()}: mount the training "
+            "data there, at the path the trainers read it from.")
+
+
 def main(argv) -> None:
   del argv  # Unused.
   if FLAGS.dispatcher == FLAGS.worker:
@@ -72,6 +95,8 @@ def main(argv) -> None:
             "--dispatcher=HOST:PORT), one of the two.")
   if FLAGS.worker and not FLAGS.dispatcher_address:
     _refuse("A worker needs its dispatcher: add --dispatcher=HOST:PORT.")
+  if FLAGS.worker and FLAGS.shared_data_dir:
+    _check_shared_data(FLAGS.shared_data_dir)
   from trainer import console  # pylint: disable=g-import-not-at-top
   console.quiet()
   stopped = threading.Event()
@@ -90,8 +115,9 @@ def main(argv) -> None:
     print(f"tf.data service dispatcher listening on {socket.gethostname()}:"
           f"{server.target.rpartition(':')[2]}{journal}.", flush=True)
   else:
+    reads = f", reading {FLAGS.shared_data_dir}" if FLAGS.shared_data_dir else ""
     print(f"tf.data service worker listening on {FLAGS.host}:{server._address.rpartition(':')[2]}"
-          f", serving dispatcher {FLAGS.dispatcher_address}.", flush=True)
+          f", serving dispatcher {FLAGS.dispatcher_address}{reads}.", flush=True)
   while not stopped.wait(0.2):
     pass
   server.stop()
