@@ -1,26 +1,38 @@
 """--data_service: training batches made by a real tf.data service on 127.0.0.1.
 
-One dispatcher and two workers (`python -m trainer.data_service`) serve the whole module; the
+One dispatcher and two workers (`python -m trainer.data_service`) serve the whole module, the
+workers reading the module's small image folder and shards as from shared storage; the
 killed-worker test runs last, since it takes one of the two away.
 """
 
+import collections
+import contextlib
+import dataclasses
 import hashlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
+from tests import datasets
 from tests.processes import ROOT
 from tests.processes import run_module
 from tests.processes import run_trainer
 from trainer import config as config_lib
+from trainer.data import idx_files
 from trainer.data import input_pipeline
+from trainer.data import preprocessing
 from trainer.data import service
+from trainer.data import sources
+from trainer.data import tfrecords
 from trainer import errors
 from trainer import train
 
@@ -36,17 +48,22 @@ ACCURACY_TOLERANCE = 0.02
 # Batches that can be on their way from the workers at once: the run takes the first to arrive,
 # so this many of its last steps at most may be left out for the first steps after it.
 IN_FLIGHT = 32
+# The shared data: a few hundred Fashion-MNIST images, as a folder and as shards; batches of 32.
+NUM_TRAIN, NUM_TEST, NUM_SHARDS, BATCH = 320, 64, 16, 32
+STEPS_PER_EPOCH = NUM_TRAIN // BATCH
 
 
 class Cluster:
-  """A dispatcher and its workers, real processes; `address` is the dispatcher's HOST:PORT."""
+  """A dispatcher and its workers, real processes; `address` is the dispatcher's HOST:PORT. The
+  workers check at start that they can read `shared_data_dir`."""
 
-  def __init__(self, work_dir: str, num_workers: int):
+  def __init__(self, work_dir: str, num_workers: int, shared_data_dir: str):
     ports = launch_local.free_ports(num_workers + 1)
     self.address = f"127.0.0.1:{ports[0]}"
     self.dispatcher = self._start("--dispatcher", f"--port={ports[0]}", f"--work_dir={work_dir}")
     self.workers = [self._start("--worker", f"--dispatcher={self.address}", f"--port={port}",
-                                "--host=127.0.0.1") for port in ports[1:]]
+                                "--host=127.0.0.1", f"--shared_data_dir={shared_data_dir}")
+                    for port in ports[1:]]
     self.lines = [_first_line(process) for process in [self.dispatcher, *self.workers]]
 
   @staticmethod
@@ -77,10 +94,34 @@ def _first_line(process: subprocess.Popen) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-  running = Cluster(str(tmp_path_factory.mktemp("journal")), num_workers=2)
+def shared_data(fashion_mnist_dir, tmp_path_factory) -> str:
+  """What the service workers read as from shared storage: the first NUM_TRAIN training and
+  NUM_TEST test images of Fashion-MNIST as an image folder (folder/, PNGs) and the same files as
+  NUM_SHARDS training shards (shards/)."""
+  root = tmp_path_factory.mktemp("shared")
+  train_images, train_labels, test_images, test_labels = idx_files.read_mnist_format(
+      fashion_mnist_dir)
+  for split, images, labels in (("train", train_images[:NUM_TRAIN], train_labels[:NUM_TRAIN]),
+                                ("test", test_images[:NUM_TEST], test_labels[:NUM_TEST])):
+    for label in range(10):
+      datasets.write_images(root / "folder" / split / str(label), images[labels == label])
+  tfrecords.convert(str(root / "folder"), str(root / "shards"), num_shards=NUM_SHARDS)
+  return str(root)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, shared_data):
+  running = Cluster(str(tmp_path_factory.mktemp("journal")), num_workers=2,
+                    shared_data_dir=shared_data)
   yield running
   running.stop()
+
+
+@contextlib.contextmanager
+def _reachable_address():
+  """A HOST:PORT that accepts connections, for the dispatcher check; nothing is read there."""
+  with socket.create_server(("127.0.0.1", 0)) as listening:
+    yield f"127.0.0.1:{listening.getsockname()[1]}"
 
 
 def _pipeline(config: config_lib.Config) -> input_pipeline.InputPipeline:
@@ -97,7 +138,22 @@ def _config(fashion_mnist_dir, **settings) -> config_lib.Config:
 
 
 def _fingerprint(batch) -> str:
-  return hashlib.sha256(batch[0].numpy().tobytes() + batch[1].numpy().tobytes()).hexdigest()
+  return hashlib.sha256(np.asarray(batch[0]).tobytes() + np.asarray(batch[1]).tobytes()
+                        ).hexdigest()
+
+
+def _small(data_dir, input_index=0, num_inputs=1, **settings) -> input_pipeline.InputPipeline:
+  """A pipeline of the module's shared data, batches of BATCH."""
+  config = config_lib.Config.from_flags(data_dir=data_dir, batch_size=BATCH, **settings)
+  return input_pipeline.make_input_pipeline(config.data, input_index, num_inputs)
+
+
+# Read from the folder's files as a local run makes them: held decoded and augmented by batch,
+# and streamed, each image cropped from its original (72x72 of the 28x28 PNGs) with its seed.
+FOLDER_SETTINGS = [
+    pytest.param({"augment": "crop_flip"}, id="held-decoded"),
+    pytest.param({"image_size": (72, 72), "augment": "crop_flip", "memory_limit_mb": 0.01},
+                 id="streamed-encoded")]
 
 
 def _local_steps(pipeline: input_pipeline.InputPipeline, num_steps: int) -> dict:
@@ -138,6 +194,67 @@ def test_a_run_through_the_service_says_at_start_that_it_is_not_bit_identical(mo
   assert len(said) == 1 and "not bit-identical" in said[0], said
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", FOLDER_SETTINGS)
+def test_the_service_gets_a_folders_paths_and_makes_each_workers_rows_of_the_local_batch(
+    shared_data, settings):
+  folder = os.path.join(shared_data, "folder")
+  local = _small(folder, **settings)
+  assert (local.stream is not None) == ("memory_limit_mb" in settings)
+  with _reachable_address() as address:
+    served = [_small(folder, index, 2, data_service=address, **settings) for index in (0, 1)]
+  # What the service's workers get: the files' paths, never their images.
+  graph = served[0].service_batches(0)._as_serialized_graph().numpy()
+  first = sorted(os.listdir(os.path.join(folder, "train", "0")))[0]
+  path = os.path.join(folder, "train", "0", first)
+  assert path.encode() in graph
+  with open(path, "rb") as image:
+    assert image.read() not in graph
+  if local.train is not None:  # Held data without its files would travel in the graph.
+    pixels = local.train.images[local.train.labels == 0][0].tobytes()
+    assert pixels not in graph and pixels in dataclasses.replace(
+        served[0], files=None).service_batches(0)._as_serialized_graph().numpy()
+  # From step 3 (a resumed run) into the next epoch: each trainer worker's job makes its rows
+  # of the local global batch, the two together the whole.
+  whole = list(local.training_batches(3, 2))
+  parts = [list(pipeline.service_batches(3).take(len(whole))) for pipeline in served]
+  for step, (images, labels) in enumerate(whole):
+    np.testing.assert_array_equal(np.concatenate([part[step][0] for part in parts]), images)
+    np.testing.assert_array_equal(np.concatenate([part[step][1] for part in parts]), labels)
+
+
+def _shard_epochs(records, num_records):
+  """{epoch: {position: record}} of the first `num_records` of `records` (epoch, position,
+  record); a position met twice in an epoch fails."""
+  epochs = collections.defaultdict(dict)
+  for epoch, position, record in records.take(num_records):
+    assert int(position) not in epochs[int(epoch)], "a record twice in an epoch"
+    epochs[int(epoch)][int(position)] = record.numpy()
+  return epochs
+
+
+@pytest.mark.slow
+def test_shards_go_to_the_service_file_by_file_each_record_once_an_epoch(shared_data):
+  shards = os.path.join(shared_data, "shards")
+  every_record = sorted(record.numpy() for record in tf.data.TFRecordDataset(
+      sorted(tf.io.gfile.glob(os.path.join(shards, "train-*")))))
+  with _reachable_address() as address:
+    one = _small(shards, data_service=address, memory_limit_mb=0.01)
+    by_file = [_small(shards, index, 2, data_service=address) for index in (0, 1)]
+  assert one.stream is not None and [part.sharding for part in by_file] == ["file", "file"]
+  epochs = _shard_epochs(one.files.records_by_file(0, 0, NUM_TRAIN), 3 * NUM_TRAIN)
+  for epoch in (0, 1):
+    assert sorted(epochs[epoch].values()) == every_record, f"epoch {epoch}"
+  # Resumed at step 3 of epoch 1: that epoch's records from position 3 x 32 of its file order.
+  resumed = _shard_epochs(one.files.records_by_file(1, 3 * BATCH, NUM_TRAIN), 2 * NUM_TRAIN)
+  assert resumed[1] == {position: record for position, record in epochs[1].items()
+                        if position >= 3 * BATCH}
+  # Two trainer workers: each job reads only its worker's files, the two together every record.
+  parts = [_shard_epochs(part.files.records_by_file(0, 0, NUM_TRAIN // 2), 2 * NUM_TRAIN)
+           for part in by_file]
+  assert sorted([*parts[0][0].values(), *parts[1][0].values()]) == every_record
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"data_service": "node1"}, "must be HOST:PORT"),
     ({"data_service": "node1:http"}, "must be HOST:PORT"),
@@ -146,6 +263,15 @@ def test_a_run_through_the_service_says_at_start_that_it_is_not_bit_identical(mo
 def test_a_data_service_that_cannot_work_is_refused(settings, message):
   with pytest.raises(errors.UserError, match=message):
     config_lib.Config.from_flags(**settings)
+
+
+def test_a_tfds_stream_is_refused_and_folders_and_shards_are_served_at_any_size():
+  streamed = sources.Loaded("tiny_shapes", (12, 10, 3), 3, 300, 50, stream=sources.Stream())
+  with pytest.raises(errors.UserError, match=r"^--data_service=node1:5050 serves image folders "
+                     r"and TFRecord shards.*tiny_shapes streams through tfds's reader"):
+    service.check_servable("node1:5050", streamed)
+  service.check_servable("node1:5050", dataclasses.replace(  # Read by the workers: not refused.
+      streamed, files=sources.Stream(), encoded=True, encoded_bytes=2**40))
 
 
 @pytest.mark.parametrize("make_unreadable", [
@@ -177,11 +303,13 @@ def test_the_trainer_exits_2_with_one_line_when_no_dispatcher_answers(tmp_path):
 
 # ---------------------------------------------------------------- A real service.
 @pytest.mark.slow
-def test_the_service_makes_each_batch_once_and_as_locally(fashion_mnist_dir, cluster):
+def test_the_service_makes_each_batch_once_and_as_locally(fashion_mnist_dir, cluster,
+                                                         shared_data):
   assert re.fullmatch(r"tf\.data service dispatcher listening on \S+:\d+, journal in .+\.",
                       cluster.lines[0])
   assert all(re.fullmatch(r"tf\.data service worker listening on 127\.0\.0\.1:\d+, serving "
-                          rf"dispatcher {cluster.address}\.", line) for line in cluster.lines[1:])
+                          rf"dispatcher {cluster.address}, reading {re.escape(shared_data)}\.",
+                          line) for line in cluster.lines[1:])
   pipeline = _pipeline(_config(
       fashion_mnist_dir, data_service=cluster.address, augment="crop_flip"))
   local = _local_steps(pipeline, 300 + IN_FLIGHT)
@@ -207,6 +335,77 @@ def test_a_run_through_the_service_reaches_the_local_accuracy(fashion_mnist_dir,
         f"served {served['test_accuracy']:.4f}")
   assert served["test_accuracy"] == pytest.approx(local["test_accuracy"],
                                                    abs=ACCURACY_TOLERANCE)
+
+
+@pytest.mark.slow
+def test_the_service_reads_a_streamed_folder_and_makes_each_local_batch_once(shared_data,
+                                                                             cluster):
+  settings = {"image_size": (72, 72), "augment": "crop_flip", "memory_limit_mb": 0.01}
+  folder = os.path.join(shared_data, "folder")
+  pipeline = _small(folder, data_service=cluster.address, **settings)
+  assert pipeline.stream is not None and pipeline.encoded
+  num_steps = 3 * STEPS_PER_EPOCH
+  local = {_fingerprint(batch): step for step, batch in enumerate(
+      _small(folder, **settings).training_batches(0, 3 + -(-IN_FLIGHT // STEPS_PER_EPOCH)))}
+  served = [local.get(_fingerprint(batch)) for batch in pipeline.training_batches(0, 3)]
+  assert len(served) == num_steps and None not in served and len(set(served)) == num_steps
+  assert min(set(range(num_steps)) - set(served), default=num_steps) >= num_steps - IN_FLIGHT
+
+
+@pytest.mark.slow
+def test_the_service_reads_streamed_shards_and_makes_each_record_of_an_epoch_once(shared_data,
+                                                                                  cluster):
+  pipeline = _small(os.path.join(shared_data, "shards"), data_service=cluster.address,
+                    image_size=(72, 72), augment="crop_flip", memory_limit_mb=0.01)
+  assert pipeline.stream is not None and pipeline.encoded
+  # A record of epoch e arrives by the time the run has taken IN_FLIGHT batches past the epoch:
+  # epochs 0 and 1 are whole in this many epochs of steps, and none served lies past `made`.
+  num_epochs = 2 + -(-IN_FLIGHT // STEPS_PER_EPOCH)
+  made = num_epochs + -(-IN_FLIGHT // STEPS_PER_EPOCH)
+  # What each (epoch, position) must give: its record cropped with its own seed, computed here.
+  # A few crops look alike (8% of a black corner), so a fingerprint may have several.
+  expected = collections.defaultdict(list)
+  for epoch, position, image, label in pipeline.files.records_by_file(0, 0, NUM_TRAIN).take(
+      made * NUM_TRAIN).map(lambda epoch, position, record: (
+          epoch, position, *pipeline.files.decode(record))).map(
+              lambda epoch, position, image, label: (
+                  epoch, position, preprocessing.training_image(
+                      image, preprocessing.example_seed(pipeline.seed, epoch, position),
+                      pipeline.image_shape, "crop_flip"), label),
+              num_parallel_calls=tf.data.AUTOTUNE):
+    expected[_fingerprint((image, label))].append(int(epoch))
+  served = collections.Counter(
+      _fingerprint(example) for images, labels in pipeline.training_batches(0, num_epochs)
+      for example in zip(images.numpy(), labels.numpy()))
+  # Every step ran; each example is an epoch's record as made, none twice; epochs 0 and 1 whole.
+  assert sum(served.values()) == num_epochs * NUM_TRAIN
+  assert all(count <= len(expected[fingerprint]) for fingerprint, count in served.items())
+  assert all(served[fingerprint] >= sum(epoch <= 1 for epoch in epochs)
+             for fingerprint, epochs in expected.items())
+
+
+@pytest.mark.slow
+def test_a_service_worker_that_cannot_read_the_data_stops_the_run_with_one_line(
+    shared_data, cluster, tmp_path, monkeypatch):
+  # The trainer reads the folder; then it moves away, as if the service workers had not mounted it.
+  folder = shutil.copytree(os.path.join(shared_data, "folder"), tmp_path / "folder")
+  loaded = input_pipeline.make_input_pipeline
+
+  def loaded_then_gone(*args, **kwargs):
+    pipeline = loaded(*args, **kwargs)
+    os.rename(folder, tmp_path / "elsewhere")
+    return pipeline
+  monkeypatch.setattr(input_pipeline, "make_input_pipeline", loaded_then_gone)
+  config = config_lib.Config.from_flags(
+      data_dir=str(folder), batch_size=BATCH, epochs=1, model="mlp", strategy="default",
+      data_service=cluster.address, workdir=str(tmp_path / "run"))
+  with pytest.raises(errors.UserError) as raised:
+    train.train_and_evaluate(config)
+  message = str(raised.value)
+  assert "\n" not in message and re.match(
+      rf"--data_service={cluster.address}: the service worker 127\.0\.0\.1:\d+ cannot read "
+      rf"the training data \({re.escape(str(folder))}/train/\d/\d+\.png; No such file or "
+      r"directory\)\. Mount it at the same path on every service worker", message), message
 
 
 @pytest.mark.slow

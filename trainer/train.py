@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer.data import input_pipeline
+from trainer.data import service
 from trainer.backends import interface
 from trainer.distribute import device_plan
 from trainer import errors
@@ -74,6 +75,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     runtime.heartbeat()
     built = {}  # The task, once it exists, for the out-of-memory message.
     stack.enter_context(_out_of_memory_reported(config, pipeline, built))
+    stack.enter_context(service.worker_errors_reported(config.data.data_service))
 
     # ---------------------------------------------------------------- Task and checkpoint.
     task = built["task"] = backend.make_task(settings, runtime, pipeline, build_model)

@@ -98,6 +98,9 @@ class InputPipeline:
   encoded: bool = False
   eval_crop: float = preprocessing.DEFAULT_EVAL_CROP
   data_service: str = ""  # A tf.data service dispatcher's HOST:PORT makes the training batches.
+  # The training split as files read by path (image folders, TFRecord shards; see
+  # sources.Loaded.files): what a tf.data service's workers read, instead of data in its graph.
+  files: Optional[sources.Stream] = None
 
   def final_test_split(self) -> "InputPipeline":
     """This pipeline with --eval_steps lifted: its eval_dataset covers the examples of the run's
@@ -205,7 +208,8 @@ class InputPipeline:
     first_epoch, steps_into_it = divmod(start_step, self.steps_per_epoch)
     if self.data_service:
       # Endless: later batches replace those a lost worker took (see trainer.data.service).
-      dataset = service.served(self.batches_by_step(start_step), self.data_service).take(num_steps)
+      dataset = service.served(self.service_batches(start_step), self.data_service).take(
+          num_steps)
     elif self.synthetic:
       # A few batches drawn once and cycled: serving them costs a copy, so synthetic runs
       # measure compute alone, at any image size.
@@ -232,27 +236,46 @@ class InputPipeline:
       dataset = dataset.batch(pack, drop_remainder=True)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
 
+  def service_batches(self, start_step: int) -> tf.data.Dataset:
+    """What a tf.data service runs for this process from `start_step` on, without end: each
+    step's batch alone (batches_by_step), or for TFRecord shards, which cannot be read by
+    position, batches of each epoch's records read file by file (_batches_by_file)."""
+    if self.files is not None and not self.files.by_position:
+      return self._batches_by_file(start_step)
+    return self.batches_by_step(start_step)
+
   def batches_by_step(self, start_step: int) -> tf.data.Dataset:
     """Every global batch from `start_step` on, without end, each made from its step alone.
 
     The batch of a step equals training_batches' (same permutation, same augmentation seeds),
     but nothing carries from one step to the next, so a tf.data service may hand the steps to
     its workers in any split. Each step redoes its epoch's permutation (a shuffle of the split's
-    indices: milliseconds) instead of gathering a whole epoch. Data held in memory only.
+    indices: milliseconds) instead of gathering a whole epoch. An image folder's examples are
+    read from their files by path, so only paths travel in the graph; other data is held.
     """
     if self.synthetic:
       pool_batches = self._synthetic_pool_batches()
       return tf.data.Dataset.range(start_step, tf.int64.max).map(
           lambda step: self._synthetic_rows([self.seed, 0, step % pool_batches]))
-    images, labels = self._tensors[:2]  # Eager here: flat_map traces its function.
+    # Eager here: flat_map traces its function.
+    images, labels = self._tensors[:2] if self.files is None else (None, None)
     return tf.data.Dataset.range(start_step, tf.int64.max).flat_map(
         lambda step: self._batch_of_step(step, images, labels))
 
-  def _batch_of_step(self, step: tf.Tensor, images: tf.Tensor,
-                     labels: tf.Tensor) -> tf.data.Dataset:
-    """A dataset of the one batch of global `step`, as _epoch_batches makes it."""
+  def _batch_of_step(self, step: tf.Tensor, images: Optional[tf.Tensor],
+                     labels: Optional[tf.Tensor]) -> tf.data.Dataset:
+    """A dataset of the one batch of global `step`, as _epoch_batches makes it (or, from an
+    image folder's files, as _streamed_epoch makes it)."""
     epoch, step_in_epoch = step // self.steps_per_epoch, step % self.steps_per_epoch
     positions = self._positions(1, step_in_epoch)
+    if self.files is not None:
+      examples = self.files.examples_at(epoch, positions)
+      if self.encoded:
+        return self._encoded_batches(epoch, examples)
+      return examples.map(lambda position, image, label: (image, label)).batch(
+          self.train_batch_size).map(
+              lambda batch_images, batch_labels: self._training_batch(
+                  epoch, step_in_epoch, batch_images, batch_labels))
     taken = tf.gather(sources.epoch_order(len(self.train.labels), self.seed, epoch), positions)
     if self.encoded:
       return self._encoded_batches(epoch, tf.data.Dataset.from_tensor_slices((
@@ -261,6 +284,32 @@ class InputPipeline:
     if self._plain:
       return tf.data.Dataset.from_tensors((_scale(batch[0]), batch[1]))
     return tf.data.Dataset.from_tensors(self._training_batch(epoch, step_in_epoch, *batch))
+
+  def _batches_by_file(self, start_step: int) -> tf.data.Dataset:
+    """TFRecord shards for a tf.data service, from `start_step` on, without end: each epoch's
+    records (this process's files, or its slice of each global batch's positions), each made
+    once by the worker that reads its file, cropped and flipped on its own seed (seed, epoch,
+    position), normalised and batched there. The batches are not the local run's, whose order
+    comes from one reader's interleave and shuffle; see trainer.data.service."""
+    first_epoch, steps_into_it = divmod(start_step, self.steps_per_epoch)
+    stride = self._rows[1]
+    records = self.files.records_by_file(first_epoch, steps_into_it * stride,
+                                         self.steps_per_epoch * stride)
+    if self.sharding == "data":
+      records = records.filter(lambda epoch, position, record: self._mine(position))
+
+    def prepared(epoch, position, record):
+      image, label = self.files.decode(record)
+      seed = preprocessing.example_seed(self.seed, epoch, position)
+      if self.encoded:
+        image = preprocessing.training_image(image, seed, self.image_shape, self.augment,
+                                             self.eval_crop)
+      else:  # The batch augmentation, drawn for this one example.
+        image = augment.augment_batch(_scale(image)[None], seed, self.augment)[0]
+      return self._normalized(image), label
+
+    return records.map(prepared, num_parallel_calls=PARALLEL_DECODES).batch(
+        self.train_batch_size, drop_remainder=True)
 
   def _epoch_batches(self, epoch: tf.Tensor, images: tf.Tensor, labels: tf.Tensor,
                      skipped: tf.Tensor) -> tf.data.Dataset:
@@ -479,9 +528,8 @@ def make_input_pipeline(data: config_lib.DataConfig, input_index: int = 0, num_i
   if loaded.train is not None or loaded.stream is not None:
     logging.info("%s", loaded.describe())
   if data.data_service:
-    service.check_servable(data.data_service, loaded.stream is not None,
-                           loaded.held_bytes if loaded.train is not None else 0)
-    service.log_guarantees(data.data_service)
+    service.check_servable(data.data_service, loaded)
+    service.log_guarantees(data.data_service, loaded, data.data_dir)
   sharding = loaded.sharding if loaded.sharding == "file" else (
       "data" if num_inputs > 1 else "none")
   if sharding != "none":
@@ -509,4 +557,5 @@ def make_input_pipeline(data: config_lib.DataConfig, input_index: int = 0, num_i
       normalization=_normalization(data, loaded), sharding=sharding,
       num_inputs=num_inputs, input_index=input_index, test_split_size=loaded.num_test,
       final_test_limit=data.num_test_examples, encoded=loaded.encoded,
-      eval_crop=data.eval_crop, data_service=data.data_service)
+      eval_crop=data.eval_crop, data_service=data.data_service,
+      files=loaded.files if data.data_service else None)

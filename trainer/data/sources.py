@@ -9,6 +9,10 @@ into memory when it fits under the memory limit (--memory_limit_mb, by default a
 machine's RAM; the bytes held count), and otherwise streamed from disk at every epoch: an image
 folder by its file list (in the same order as in memory, so both give the same batches), a tfds dataset through tfds's own reader (files shuffled by a per-epoch
 seed, then a shuffle buffer).
+
+Image folders and TFRecord shards also keep their training split as files (`Loaded.files`),
+held or streamed: a tf.data service's workers read those themselves, by path, so only paths and
+labels travel to them (trainer.data.service).
 """
 
 import dataclasses
@@ -30,6 +34,10 @@ from trainer import errors
 _NETWORK_PROBE_SECONDS = 5.0
 _DECODE_BATCH = 1024
 STREAM_SHUFFLE_BUFFER = 10_000
+# A tf.data service worker reading shards holds at most this share of an epoch's files open and
+# of its records in its shuffle window, so that on a small dataset the epochs overlap little;
+# ImageNet's 1,024 files still get the local stream's 16 files and 10,000 records.
+SERVED_SHARE_IN_FLIGHT = 1 / 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +72,9 @@ class Loaded:
   # (see the module docstring); `encoded_bytes` is what both splits' bytes take.
   encoded: bool = False
   encoded_bytes: int = 0
+  # The training split as files read by path (image folders, TFRecord shards), held or streamed:
+  # what a tf.data service's workers read from shared storage. None for other sources.
+  files: Optional["Stream"] = None
 
   @property
   def decoded_bytes(self) -> int:
@@ -102,6 +113,10 @@ class Stream:
   one into (image, label): uint8 pixels of the size trained on, or the image's encoded bytes
   when the images are held encoded. `test_examples` gives the test split decoded.
   """
+
+  # True when any example can be read alone by its position in the epoch's order (a file's
+  # path): a tf.data service can then make each step's batch alone, as a local run makes it.
+  by_position = False
 
   def train_records(self, epoch: int) -> tf.data.Dataset:
     raise NotImplementedError
@@ -202,8 +217,21 @@ def _first_bad_image(files: _ImageFiles, paths: np.ndarray) -> str:
 class _FolderStream(Stream):
   """An image folder decoded at every epoch, in the order the in-memory path would use."""
 
+  by_position = True
+
   def __init__(self, folder: image_folder.ImageFolder, files: _ImageFiles, seed: int):
     self._folder, self._files, self._seed = folder, files, seed
+
+  def examples_at(self, epoch, positions: tf.Tensor) -> tf.data.Dataset:
+    """(position, image, label) of the examples at `positions` of the epoch's order, each read
+    from its file by its absolute path, which a tf.data service worker elsewhere reads too."""
+    split = self._folder.train
+    taken = tf.gather(epoch_order(len(split.labels), self._seed, epoch), positions)
+    paths = np.array([os.path.abspath(path) for path in split.paths])
+    return tf.data.Dataset.from_tensor_slices((
+        positions, tf.gather(paths, taken), tf.gather(split.labels, taken))).map(
+            lambda position, *record: (position, *self.decode(record)),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   def train_records(self, epoch: int) -> tf.data.Dataset:
     split = self._folder.train
@@ -233,10 +261,11 @@ def load_image_folder(data_dir: str, resize: Sequence[int], validation_split: Op
   name = "folder:" + os.path.basename(os.path.normpath(data_dir))
   encoded_bytes = sum(os.path.getsize(path) for split in (folder.train, folder.test)
                       for path in split.paths) if encoded else 0
+  stream = _FolderStream(folder, files, seed)
   loaded = Loaded(name, image_shape, len(folder.class_names), num_train, num_test,
-                  encoded=encoded, encoded_bytes=encoded_bytes)
+                  encoded=encoded, encoded_bytes=encoded_bytes, files=stream)
   if loaded.held_bytes > limit_bytes:
-    return dataclasses.replace(loaded, stream=_FolderStream(folder, files, seed))
+    return dataclasses.replace(loaded, stream=stream)
   return dataclasses.replace(
       loaded, train=Split(files.load_all(folder.train.paths), folder.train.labels),
       test=Split(files.load_all(folder.test.paths), folder.test.labels))
@@ -269,6 +298,58 @@ class _ShardStream(Stream):
                              shuffle_buffer=STREAM_SHUFFLE_BUFFER,
                              shuffle_seed=_epoch_seed(self._seed, epoch))
 
+  def records_by_file(self, first_epoch: int, first_position: int,
+                      per_epoch: int) -> tf.data.Dataset:
+    """(epoch, position, record) of every epoch from `first_position` of `first_epoch` on,
+    without end, for a tf.data service: the records in each epoch's file order, numbered by
+    their position in it and cut at `per_epoch` positions.
+
+    The source is one element per file of each epoch (its order seeded by (seed, epoch), as the
+    local stream's), which the service's distributed_epoch mode hands to one worker at a time:
+    each file, so each record, of an epoch is read once. A worker interleaves the files it was
+    handed (at most SERVED_SHARE_IN_FLIGHT of an epoch's open) and shuffles their records in
+    windows of as large a share of an epoch: unlike a shuffle buffer, where a record may stay
+    for epochs, each leaves with its window, so the epochs overlap only by what is in flight.
+    Files before `first_position` are skipped unread, the first file's records before it
+    undecoded.
+    """
+    files = tf.constant([os.path.abspath(path) for path in self._shards.train_files])
+    counts = np.array(self._shards.train_counts, np.int64)
+    num_files = len(counts)
+    order = epoch_order(num_files, self._seed, first_epoch).numpy()
+    first_slot = first_epoch * num_files + int(
+        np.sum(np.cumsum(counts[order]) <= first_position))
+    counts = tf.constant(counts)
+
+    def slot(index):
+      """The file at place `index` of the endless sequence of epochs, and which of its records
+      (by index) are read: those from `first_position` on, below `per_epoch`."""
+      epoch, place = index // num_files, index % num_files
+      file_order = epoch_order(num_files, self._seed, epoch)
+      ordered = tf.gather(counts, file_order)
+      offset, count = tf.reduce_sum(ordered[:place]), ordered[place]
+      skipped = tf.clip_by_value(tf.where(epoch == first_epoch, first_position - offset, 0),
+                                 0, count)
+      kept = tf.clip_by_value(per_epoch - offset, 0, count)
+      return epoch, offset, files[file_order[place]], skipped, kept
+
+    def file_records(epoch, offset, path, skipped, kept):
+      return tf.data.TFRecordDataset(path).take(kept).enumerate().skip(skipped).map(
+          lambda index, record: (epoch, offset + index, record))
+
+    def shuffled(epochs, positions, records):
+      order = tf.random.experimental.stateless_shuffle(
+          tf.range(tf.shape(records)[0]),
+          seed=preprocessing.example_seed(self._seed, epochs[0], positions[0]))
+      return tuple(tf.gather(part, order) for part in (epochs, positions, records))
+
+    open_files = max(1, int(num_files * SERVED_SHARE_IN_FLIGHT))
+    window = max(1, int(per_epoch * SERVED_SHARE_IN_FLIGHT))
+    return tf.data.Dataset.range(first_slot, tf.int64.max).map(slot).interleave(
+        file_records, cycle_length=min(tfrecords.INTERLEAVE_FILES, open_files),
+        num_parallel_calls=tf.data.AUTOTUNE).batch(
+            min(STREAM_SHUFFLE_BUFFER, window)).map(shuffled).unbatch()
+
   def decode(self, record):
     return tfrecords.decode_record(record, self._shards, self._resize, self._encoded)
 
@@ -289,12 +370,13 @@ def load_tfrecords(data_dir: str, label_offset: int, resize: Sequence[int], seed
   encoded = holds_encoded(shards.stored_sizes, resize)
   encoded_bytes = sum(os.path.getsize(path) for path in shards.train_files + shards.test_files
                       ) if encoded else 0
+  stream = _ShardStream(shards, bool(resize), seed, encoded)
   loaded = Loaded("tfrecord:" + os.path.basename(os.path.normpath(data_dir)), shards.image_shape,
                   shards.num_classes, num_train, sum(shards.test_counts),
                   sharding=shards.sharding, recorded_normalization=shards.normalization,
-                  encoded=encoded, encoded_bytes=encoded_bytes)
+                  encoded=encoded, encoded_bytes=encoded_bytes, files=stream)
   if loaded.held_bytes > limit_bytes:
-    return dataclasses.replace(loaded, stream=_ShardStream(shards, bool(resize), seed, encoded))
+    return dataclasses.replace(loaded, stream=stream)
   return dataclasses.replace(
       loaded, train=Split(*tfrecords.load_split(shards.train_files, shards.train_counts, shards,
                                                 bool(resize), encoded)),
