@@ -77,9 +77,10 @@ def test_the_tfjob_gives_each_pod_its_place_in_one_cluster():
              for mount in container["volumeMounts"])  # The workdir is on the shared volume.
 
 
-def _check_data_service(dispatcher, workers, dispatcher_address: str) -> None:
-  """A dispatcher with a journal, and workers of the dispatcher at `dispatcher_address`, each
-  flag one of trainer.data_service's."""
+def _check_data_service(dispatcher, workers, dispatcher_address: str) -> str:
+  """A dispatcher with a journal, and workers of the dispatcher at `dispatcher_address` that
+  check the shared training data, each flag one of trainer.data_service's; returns the data's
+  path."""
   for words in (dispatcher, workers):
     assert words[:3] == ["python", "-m", "trainer.data_service"]
     for word in words[3:]:
@@ -89,6 +90,9 @@ def _check_data_service(dispatcher, workers, dispatcher_address: str) -> None:
   assert "--dispatcher" in dispatcher and any(w.startswith("--work_dir=") for w in dispatcher)
   assert "--worker" in workers and f"--dispatcher={dispatcher_address}" in workers
   assert dispatcher_address.endswith(f":{port}")
+  shared = [word.partition("=")[2] for word in workers if word.startswith("--shared_data_dir=")]
+  assert len(shared) == 1 and shared[0]
+  return shared[0]
 
 
 def test_the_slurm_data_service_starts_a_dispatcher_and_workers_that_find_it():
@@ -98,7 +102,8 @@ def test_the_slurm_data_service_starts_a_dispatcher_and_workers_that_find_it():
   workers = shlex.split(steps[1][steps[1].index("-c") + 1])
   workers = workers[workers.index("exec") + 1:]
   written = re.search(r'echo "(\S+)" > (\S+)', script)
-  _check_data_service(dispatcher, workers, written.group(1))
+  assert _check_data_service(dispatcher, workers, written.group(1)) == "$DATA_DIR"
+  assert re.search(r"^DATA_DIR=\S+", script, re.MULTILINE)
   assert "--nodelist=$DISPATCHER_NODE" in steps[0] and "--ntasks-per-node=1" in steps[1]
   # The trainer's script says how to read the address the service script writes.
   train = open(os.path.join(EXAMPLES, "slurm", "train.sbatch")).read()
@@ -113,7 +118,12 @@ def test_the_kubernetes_data_service_serves_the_address_the_tfjob_names():
   port = service["spec"]["ports"][0]["port"]
   assert service["spec"]["selector"] == dispatcher["spec"]["template"]["metadata"]["labels"]
   address = f"{name}.{namespace}.svc:{port}"
-  _check_data_service(dispatcher["spec"]["template"]["spec"]["containers"][0]["command"],
-                      workers["spec"]["template"]["spec"]["containers"][0]["command"], address)
+  worker = workers["spec"]["template"]["spec"]
+  shared = _check_data_service(dispatcher["spec"]["template"]["spec"]["containers"][0]["command"],
+                               worker["containers"][0]["command"], address)
+  # The workers read the shared data from a volume mounted where --shared_data_dir points.
+  mounts = {mount["name"]: mount["mountPath"] for mount in worker["containers"][0]["volumeMounts"]}
+  assert any(shared.startswith(path.rstrip("/") + "/") for path in mounts.values())
+  assert set(mounts) <= {volume["name"] for volume in worker["volumes"]}
   with open(os.path.join(EXAMPLES, "kubernetes", "tfjob.yaml")) as f:
     assert f'"--data_service={address}"' in f.read()
