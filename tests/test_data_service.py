@@ -186,14 +186,14 @@ def test_a_run_through_the_service_says_at_start_that_it_is_not_bit_identical(mo
   logged = []  # What absl's logging.info was given: other tests may have quietened its handler.
   monkeypatch.setattr(service.logging, "info", lambda message, *args: logged.append(
       message % args))
-  with socket.create_server(("127.0.0.1", 0)) as listening:  # Reachable; nothing is read.
-    address = f"127.0.0.1:{listening.getsockname()[1]}"
+  with _reachable_address() as address:
     input_pipeline.make_input_pipeline(config_lib.Config.from_flags(dataset="synthetic",
                                                          data_service=address).data)
   said = [line for line in logged if address in line]
   assert len(said) == 1 and "not bit-identical" in said[0], said
 
 
+# ---------------------------------------------------------------- What the service's workers run.
 @pytest.mark.slow
 @pytest.mark.parametrize("settings", FOLDER_SETTINGS)
 def test_the_service_gets_a_folders_paths_and_makes_each_workers_rows_of_the_local_batch(
@@ -255,6 +255,7 @@ def test_shards_go_to_the_service_file_by_file_each_record_once_an_epoch(shared_
   assert sorted([*parts[0][0].values(), *parts[1][0].values()]) == every_record
 
 
+# ---------------------------------------------------------------- Refusals: fast.
 @pytest.mark.parametrize("settings, message", [
     ({"data_service": "node1"}, "must be HOST:PORT"),
     ({"data_service": "node1:http"}, "must be HOST:PORT"),
