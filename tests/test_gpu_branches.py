@@ -2,8 +2,6 @@
 checked on its own code with the devices or the framework faked (docs/gpu.md lists them)."""
 
 import os
-import threading
-import time
 import types
 
 import pytest
@@ -72,18 +70,32 @@ def test_an_out_of_memory_error_of_either_backend_gets_the_advice(small_config, 
 
 
 def _watched(monkeypatch, first: bytes, grace_s: float) -> list:
-  """Runs the watchdog over a pipe with a 0.3 s timeout, sends `first`, then waits 0.6 s;
-  returns the kills it made."""
+  """Runs the watchdog with a 0.3 s timeout on a clock of its own: `first` arrives at once and
+  the pipe closes 0.6 s later; returns the kills it made."""
   monkeypatch.setattr(watchdog, "COMPILE_GRACE_S", grace_s)
   read, write = os.pipe()
+  now, waits = [0.0], []
+  arrivals = [(0.0, lambda: os.write(write, first)), (0.6, lambda: os.close(write))]
+
+  def select(readers, writers, exceptional, timeout):
+    """select.select, with the waiting done by the clock: what arrives within `timeout` is
+    written to the pipe then, else the whole timeout passes."""
+    del writers, exceptional  # Unused: the watchdog waits on one reader.
+    waits.append(timeout)
+    assert len(waits) < 100, "the watchdog neither killed nor ended"
+    if arrivals and arrivals[0][0] <= now[0] + timeout:
+      now[0], arrive = max(now[0], arrivals[0][0]), arrivals.pop(0)[1]
+      arrive()
+      return readers, [], []
+    now[0] += timeout
+    return [], [], []
+
+  monkeypatch.setattr(watchdog, "select", types.SimpleNamespace(select=select))
+  monkeypatch.setattr(watchdog, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
   kills = []
-  thread = threading.Thread(target=watchdog.watch, args=(123, 0.3, "worker 0", read,
-                                                          lambda pid, sig: kills.append(pid)))
-  thread.start()
-  os.write(write, first)
-  time.sleep(0.6)
-  os.close(write)
-  thread.join(5)
+  watchdog.watch(123, 0.3, "worker 0", read, lambda pid, sig: kills.append(pid))
+  if arrivals:  # Killed before the pipe closed.
+    os.close(write)
   os.close(read)
   return kills
 
