@@ -185,3 +185,22 @@ def test_a_damaged_record_is_named_not_a_json_traceback(small_config, tmp_path, 
     with pytest.raises(errors.UserError, match="is damaged"):
       train.train_and_evaluate(config.replace(workdir=str(damaged)))
     assert set(os.listdir(damaged)) == {name, workdir_lib.LOCK_FILE}
+
+
+def test_a_nan_input_that_leaves_the_loss_finite_still_stops_the_run_at_its_step(small_config,
+                                                                                 monkeypatch):
+  # Without XLA, TensorFlow's CPU ReLU turns a NaN into 0: the loss of the poisoned batch stays
+  # finite while its gradients, and then the weights, become NaN. The run must stop there, as
+  # for a NaN loss, instead of finishing and exporting NaN weights.
+  original = input_pipeline.InputPipeline.training_batches
+
+  def poisoned(self, start_step, num_epochs, pack=1):
+    batches = original(self, start_step, num_epochs).enumerate(start_step).map(
+        lambda index, batch: (tf.where(index == 14, float("nan"), batch[0]), batch[1]))
+    return batches.batch(pack, drop_remainder=True) if pack > 1 else batches
+
+  monkeypatch.setattr(input_pipeline.InputPipeline, "training_batches", poisoned)
+  config = small_config.replace(checkpoint_every=10, steps_per_loop=4, jit_compile=False)
+  with pytest.raises(errors.Diverged, match="at step 15.*checkpoint \\(step 10\\)"):
+    train.train_and_evaluate(config)
+  assert not os.path.exists(os.path.join(config.output.workdir, run_record.RESULTS_FILE))

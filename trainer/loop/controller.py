@@ -177,8 +177,10 @@ class Controller:
 
   def _check_finite(self, step: int, call: schedule.Call, bad_step: int, loss: float) -> None:
     if bad_step or not math.isfinite(loss):
+      what = (f"The training loss became {loss}" if not math.isfinite(loss) else
+              f"The gradients became NaN or infinite (the loss was {loss:.4g})")
       raise errors.Diverged(
-          f"The training loss became {loss} at step {step + (bad_step or call.num_steps)}. "
+          f"{what} at step {step + (bad_step or call.num_steps)}. "
           f"Stopped without saving; the last good checkpoint (step "
           f"{self._checkpointer.last_step}) is kept. Lower --learning_rate, or use "
           "--precision=float32, and rerun the same command to resume from it.")

@@ -319,6 +319,9 @@ class JaxTask(interface.TaskPolicy):
     sums = sums + jnp.stack([jnp.sum(per_example_loss), correct.astype(jnp.float32),
                              jnp.float32(labels.shape[0]), norm, jnp.float32(1.0)])
     not_finite = jnp.any(~jnp.isfinite(per_example_loss))
+    if not self.loss_scaling:  # As TensorFlow's task: NaN gradients under a finite loss.
+      not_finite = jnp.any(jnp.stack([not_finite] + [jnp.any(~jnp.isfinite(gradient))
+                                                      for gradient in gradients]))
     return (trainable, non_trainable, optimizer_values, averages, sums), not_finite
 
   def _train_pack_fn(self, state, images, labels):

@@ -236,7 +236,13 @@ class Task(interface.TaskPolicy):
     self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
     self._train_loss.update_state(per_example_loss)
     self._train_accuracy.update_state(labels, outputs)
-    return tf.cast(tf.reduce_any(~tf.math.is_finite(per_example_loss)), tf.float32)
+    not_finite = tf.reduce_any(~tf.math.is_finite(per_example_loss))
+    if not self.loss_scaling:
+      # A NaN can leave the loss finite (TensorFlow's CPU ReLU makes it 0) and still reach the
+      # weights through the gradients; with loss scaling such a step is skipped instead.
+      not_finite = tf.reduce_any([not_finite] + [
+          tf.reduce_any(~tf.math.is_finite(gradient)) for gradient in gradients])
+    return tf.cast(not_finite, tf.float32)
 
   def _train_step(self, images, labels, index=None):
     # Trains on the batch (or the index-th batch of the pack) of each replica; returns 1.0 if
