@@ -19,13 +19,13 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import config as config_lib
-from trainer.data import augment
 from trainer.data import idx_files
 from trainer.data import image_folder
 from trainer.data import preprocessing
 from trainer.data import service
 from trainer.data import sources
 from trainer.data import tfrecords
+from trainer.data import transforms
 from trainer import errors
 
 IMAGE_SHAPE = (*idx_files.IMAGE_SHAPE, 1)  # One channel, as Keras image layers expect.
@@ -39,11 +39,7 @@ SYNTHETIC_POOL_BATCHES = 16
 # ImageNet-shaped batch of 256 is 154 MB, so such a pool is 3 batches).
 CACHE_BYTES = 512 * 2**20
 NORMALIZATION_EXAMPLES = 10_000  # A stream's per-channel statistics come from its first ones.
-# Images decoded and cropped at once from their originals: tf.data's AUTOTUNE, which beat a
-# fixed 2x the cores. Each image is flipped and scaled in the same map, since tf.data runs a
-# batch's ops on one thread; the order is kept, as resuming needs (docs/measurements.md,
-# "Data: image folders, input pipeline, data service").
-PARALLEL_DECODES = tf.data.AUTOTUNE
+PARALLEL_DECODES = transforms.PARALLEL_DECODES
 Split = sources.Split
 
 
@@ -54,10 +50,6 @@ def _dataset_options() -> tf.data.Options:
   options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
   options.deterministic = True
   return options
-
-
-def _scale(images: tf.Tensor) -> tf.Tensor:
-  return tf.cast(images, tf.float32) / 255.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,43 +121,21 @@ class InputPipeline:
     return self.global_batch_size
 
   @property
-  def _rows(self) -> Tuple[int, int]:
-    """(first row, rows a step) of the epoch's order that this process's batches come from:
-    its slice of each global batch, or, reading only its own files, all of its own order."""
+  def _rows(self) -> transforms.Rows:
+    """This process's rows of the epoch's order: its slice of each global batch, or, reading
+    only its own files (or alone), all of its own order."""
     if self.sharding == "data":
-      return self.input_index * self.train_batch_size, self.global_batch_size
-    return 0, self.train_batch_size
-
-  def _positions(self, num_steps, first_step=0) -> tf.Tensor:
-    """This process's positions in the epoch's order over `num_steps` steps from `first_step`:
-    the seeds of its examples' crops (preprocessing.example_seed) and what it gathers."""
-    first, stride = self._rows
-    steps = tf.range(first_step, first_step + num_steps, dtype=tf.int64)
-    return tf.reshape(steps[:, None] * stride + first
-                      + tf.range(self.train_batch_size, dtype=tf.int64)[None, :], [-1])
-
-  def _mine(self, position: tf.Tensor) -> tf.Tensor:
-    """Whether the example at `position` of the epoch's order is in this process's slice."""
-    first, stride = self._rows
-    column = position % stride
-    return tf.logical_and(column >= first, column < first + self.train_batch_size)
-
-  def _normalized(self, images: tf.Tensor) -> tf.Tensor:
-    if self.normalization is None:
-      return images
-    mean, std = self.normalization
-    return (images - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+      return transforms.Rows(self.input_index * self.train_batch_size, self.global_batch_size,
+                             self.train_batch_size)
+    return transforms.Rows(0, self.train_batch_size, self.train_batch_size)
 
   def _prepare(self, images: tf.Tensor) -> tf.Tensor:
     """uint8 test images scaled to [0, 1] and, with a normalization, standardised."""
-    return self._normalized(_scale(images))
+    return transforms.normalise(transforms.scale(images), self.normalization)
 
   def _training_batch(self, epoch, step, images, labels):
-    """One training batch of uint8 images made ready: scaled, augmented with the batch's own
-    seed (seed, epoch, step in the epoch) as the rows of the global batch they are, normalised."""
-    images = augment.augment_batch(_scale(images), augment.batch_seed(self.seed, epoch, step),
-                                   self.augment, rows=self._rows)
-    return self._normalized(images), labels
+    return transforms.augmented_batch(images, self.seed, epoch, step, self.augment, self._rows,
+                                      self.normalization), labels
 
   @property
   def _plain(self) -> bool:
@@ -175,14 +145,11 @@ class InputPipeline:
     """Training batches from (position in the epoch, encoded image, label) examples: each image
     decoded, cropped, resized and flipped on its own seed (seed, epoch, position), normalised,
     then batched."""
-    def prepared(position, image_bytes, label):
-      image = preprocessing.training_image(
-          image_bytes, preprocessing.example_seed(self.seed, epoch, position), self.image_shape,
-          self.augment, self.eval_crop)
-      return self._normalized(image), label
-
-    return examples.map(prepared, num_parallel_calls=PARALLEL_DECODES,
-                        deterministic=True).batch(self.train_batch_size, drop_remainder=True)
+    return transforms.batched(examples.map(
+        lambda position, image_bytes, label: (transforms.decoded_and_cropped(
+            image_bytes, self.seed, epoch, position, self.image_shape, self.augment,
+            self.eval_crop, self.normalization), label),
+        num_parallel_calls=PARALLEL_DECODES, deterministic=True), self.train_batch_size)
 
   @functools.cached_property
   def _tensors(self) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -267,13 +234,13 @@ class InputPipeline:
     """A dataset of the one batch of global `step`, as _epoch_batches makes it (or, from an
     image folder's files, as _streamed_epoch makes it)."""
     epoch, step_in_epoch = step // self.steps_per_epoch, step % self.steps_per_epoch
-    positions = self._positions(1, step_in_epoch)
+    positions = self._rows.positions(1, step_in_epoch)
     if self.files is not None:
       examples = self.files.examples_at(epoch, positions)
       if self.encoded:
         return self._encoded_batches(epoch, examples)
-      return examples.map(lambda position, image, label: (image, label)).batch(
-          self.train_batch_size).map(
+      return transforms.batched(examples.map(lambda position, image, label: (image, label)),
+                                self.train_batch_size).map(
               lambda batch_images, batch_labels: self._training_batch(
                   epoch, step_in_epoch, batch_images, batch_labels))
     taken = tf.gather(sources.epoch_order(len(self.train.labels), self.seed, epoch), positions)
@@ -282,7 +249,7 @@ class InputPipeline:
           positions, tf.gather(images, taken), tf.gather(labels, taken))))
     batch = tf.gather(images, taken), tf.gather(labels, taken)
     if self._plain:
-      return tf.data.Dataset.from_tensors((_scale(batch[0]), batch[1]))
+      return tf.data.Dataset.from_tensors((transforms.scale(batch[0]), batch[1]))
     return tf.data.Dataset.from_tensors(self._training_batch(epoch, step_in_epoch, *batch))
 
   def _batches_by_file(self, start_step: int) -> tf.data.Dataset:
@@ -292,24 +259,23 @@ class InputPipeline:
     position), normalised and batched there. The batches are not the local run's, whose order
     comes from one reader's interleave and shuffle; see trainer.data.service."""
     first_epoch, steps_into_it = divmod(start_step, self.steps_per_epoch)
-    stride = self._rows[1]
+    stride = self._rows.stride
     records = self.files.records_by_file(first_epoch, steps_into_it * stride,
                                          self.steps_per_epoch * stride)
     if self.sharding == "data":
-      records = records.filter(lambda epoch, position, record: self._mine(position))
+      records = records.filter(lambda epoch, position, record: self._rows.mine(position))
 
     def prepared(epoch, position, record):
       image, label = self.files.decode(record)
-      seed = preprocessing.example_seed(self.seed, epoch, position)
       if self.encoded:
-        image = preprocessing.training_image(image, seed, self.image_shape, self.augment,
-                                             self.eval_crop)
-      else:  # The batch augmentation, drawn for this one example.
-        image = augment.augment_batch(_scale(image)[None], seed, self.augment)[0]
-      return self._normalized(image), label
+        return transforms.decoded_and_cropped(
+            image, self.seed, epoch, position, self.image_shape, self.augment, self.eval_crop,
+            self.normalization), label
+      return transforms.augmented_example(image, self.seed, epoch, position, self.augment,
+                                          self.normalization), label
 
-    return records.map(prepared, num_parallel_calls=PARALLEL_DECODES).batch(
-        self.train_batch_size, drop_remainder=True)
+    return transforms.batched(records.map(prepared, num_parallel_calls=PARALLEL_DECODES),
+                              self.train_batch_size)
 
   def _epoch_batches(self, epoch: tf.Tensor, images: tf.Tensor, labels: tf.Tensor,
                      skipped: tf.Tensor) -> tf.data.Dataset:
@@ -320,7 +286,7 @@ class InputPipeline:
     bytes and prepared one by one, after the first `skipped` examples.
     """
     order = sources.epoch_order(len(self.train.labels), self.seed, epoch)
-    positions = self._positions(self.steps_per_epoch)  # This process's share alone.
+    positions = self._rows.positions(self.steps_per_epoch)  # This process's share alone.
     taken = tf.gather(order, positions)
     if self.encoded:
       examples = tf.data.Dataset.from_tensor_slices((
@@ -329,7 +295,7 @@ class InputPipeline:
     batches = tf.reshape(taken, [self.steps_per_epoch, self.train_batch_size])
     if self._plain:
       return tf.data.Dataset.from_tensor_slices((
-          _scale(tf.gather(images, batches)), tf.gather(labels, batches)))
+          transforms.scale(tf.gather(images, batches)), tf.gather(labels, batches)))
     # Augmented or normalised batch by batch: the epoch stays uint8 until then.
     return tf.data.Dataset.from_tensor_slices((
         tf.gather(images, batches), tf.gather(labels, batches))).enumerate().map(
@@ -340,18 +306,19 @@ class InputPipeline:
     """One epoch's batches of a stream from step `skipped_steps` on. Its records are numbered
     by their position in the epoch; this process keeps its own (its slice of each global
     batch) and those from the start step on before decoding any."""
-    stride = self._rows[1]
+    stride = self._rows.stride
     records = self.stream.train_records(epoch).take(self.steps_per_epoch * stride).enumerate()
     if self.sharding == "data":
-      records = records.filter(lambda position, record: self._mine(position))
+      records = records.filter(lambda position, record: self._rows.mine(position))
     records = records.skip(skipped_steps * self.train_batch_size)
     if self.encoded:
       return self._encoded_batches(epoch, records.map(
           lambda position, record: (position, *self.stream.decode(record)),
           num_parallel_calls=PARALLEL_DECODES, deterministic=True))
-    return records.map(lambda position, record: self.stream.decode(record),
-                       num_parallel_calls=PARALLEL_DECODES, deterministic=True).batch(
-        self.train_batch_size, drop_remainder=True).enumerate(skipped_steps).map(
+    return transforms.batched(records.map(
+        lambda position, record: self.stream.decode(record),
+        num_parallel_calls=PARALLEL_DECODES, deterministic=True),
+                              self.train_batch_size).enumerate(skipped_steps).map(
             lambda step, batch: self._training_batch(epoch, step, *batch),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
@@ -380,8 +347,8 @@ class InputPipeline:
       examples = (self.stream.test_examples() if self.stream is not None
                   else tf.data.Dataset.from_tensor_slices(self._tensors[2:]))
       examples = examples.take(self.num_test_examples).map(
-          lambda image_bytes, label: (self._normalized(preprocessing.evaluation_image(
-              image_bytes, self.image_shape, self.eval_crop)), label),
+          lambda image_bytes, label: (transforms.evaluation_image(
+              image_bytes, self.image_shape, self.eval_crop, self.normalization), label),
           num_parallel_calls=PARALLEL_DECODES, deterministic=True).concatenate(padding)
       dataset = tf.data.Dataset.zip(examples, tf.data.Dataset.from_tensor_slices(weights)).map(
           lambda example, weight: (*example, weight)).batch(self.global_batch_size)
@@ -407,8 +374,8 @@ class InputPipeline:
     images, labels = self._synthetic_batch(key)
     if self.sharding != "data":
       return images, labels
-    first, width = self._rows[0], self.train_batch_size
-    return images[first:first + width], labels[first:first + width]
+    rows = self._rows
+    return images[rows.first:rows.first + rows.width], labels[rows.first:rows.first + rows.width]
 
   def _synthetic_pool_batches(self) -> int:
     return min(SYNTHETIC_POOL_BATCHES, self.steps_per_epoch,
