@@ -10,6 +10,7 @@ from trainer import config as config_lib
 from trainer.data import augment
 from trainer.data import input_pipeline
 from trainer.data import preprocessing
+from trainer.data import sources
 from trainer import errors
 
 
@@ -67,7 +68,7 @@ def _pipeline(**settings):
   return input_pipeline.InputPipeline(
       global_batch_size=32, seed=0, steps_per_epoch=8, eval_steps=1, num_test_examples=32,
       image_shape=(8, 8, 3), num_classes=4, name="test",
-      train=input_pipeline.Split(images, labels), test=input_pipeline.Split(images, labels),
+      source=sources.Held(sources.Split(images, labels), sources.Split(images, labels), 0),
       **settings)
 
 

@@ -58,7 +58,7 @@ def _held(input_index=0, num_inputs=1, **settings) -> input_pipeline.InputPipeli
   return input_pipeline.InputPipeline(
       global_batch_size=16, seed=0, steps_per_epoch=6, eval_steps=1, num_test_examples=16,
       image_shape=(8, 8, 3), num_classes=4, name="test",
-      train=input_pipeline.Split(images, labels), test=input_pipeline.Split(images, labels),
+      source=sources.Held(sources.Split(images, labels), sources.Split(images, labels), 0),
       sharding="data" if num_inputs > 1 else "none", num_inputs=num_inputs,
       input_index=input_index, **settings)
 

@@ -39,7 +39,6 @@ SYNTHETIC_POOL_BATCHES = 16
 # ImageNet-shaped batch of 256 is 154 MB, so such a pool is 3 batches).
 CACHE_BYTES = 512 * 2**20
 NORMALIZATION_EXAMPLES = 10_000  # A stream's per-channel statistics come from its first ones.
-PARALLEL_DECODES = transforms.PARALLEL_DECODES
 Split = sources.Split
 
 
@@ -56,9 +55,12 @@ def _dataset_options() -> tf.data.Options:
 class InputPipeline:
   """What a run trains and evaluates on, and the datasets that serve it in global batches.
 
-  Real data is held in memory as uint8 arrays (MNIST is 55 MB), or as encoded bytes when each
-  image is cropped from its original (`encoded`, see trainer.data.sources), or, above the memory
-  limit, streamed from disk; synthetic data has neither and is made inside tf.data.
+  A real dataset's examples come from its `source` (trainer.data.sources: held in memory as
+  uint8 arrays or encoded bytes, or streamed from disk), each epoch's as this process's rows;
+  the pipeline makes them ready with trainer.data.transforms: decode-and-crop each encoded image
+  on its own seed, or augment each batch of pixels on the batch's, normalise, batch; and
+  serves them here, or through a tf.data service. Synthetic data has no source: it is made
+  inside tf.data.
   """
 
   global_batch_size: int
@@ -69,13 +71,11 @@ class InputPipeline:
   image_shape: Tuple[int, int, int]
   num_classes: int
   name: str = "synthetic"  # What the records call the dataset, e.g. mnist or folder:flowers.
-  train: Optional[Split] = None  # In memory; None when synthetic or streamed.
-  test: Optional[Split] = None
-  stream: Optional[sources.Stream] = None
+  source: Optional[sources.Source] = None  # None: synthetic.
   augment: str = "none"  # trainer.data.augment's kinds; training batches only.
   # Per-channel (mean, std) of the training split on the [0, 1] scale, or None: subtracted and
   # divided out of training and test images alike.
-  normalization: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
+  normalization: transforms.Normalization = None
   # How the processes share the training data (see the module docstring): "none" (one
   # process), "data" (each makes its slice of every global batch) or "file" (its own files).
   sharding: str = "none"
@@ -86,7 +86,7 @@ class InputPipeline:
   # in its order; 0 covers it whole.
   final_test_limit: int = 0
   # Images are JPEG/PNG bytes, transformed one by one from the original
-  # (preprocessing.training_image, evaluation_image); eval_crop is the evaluation's centre crop.
+  # (transforms.decoded_and_cropped, evaluation_image); eval_crop is the evaluation's centre crop.
   encoded: bool = False
   eval_crop: float = preprocessing.DEFAULT_EVAL_CROP
   data_service: str = ""  # A tf.data service dispatcher's HOST:PORT makes the training batches.
@@ -106,7 +106,21 @@ class InputPipeline:
 
   @property
   def synthetic(self) -> bool:
-    return self.train is None and self.stream is None
+    return self.source is None
+
+  @property
+  def stream(self) -> Optional[sources.Stream]:
+    """The source when it is read from disk at every epoch; None when held or synthetic."""
+    return self.source if isinstance(self.source, sources.Stream) else None
+
+  @property
+  def train(self) -> Optional[sources.Split]:
+    """The training split held in memory (this process's files' alone, sharded by file)."""
+    return getattr(self.source, "train", None)
+
+  @property
+  def test(self) -> Optional[sources.Split]:
+    return getattr(self.source, "test", None)
 
   @property
   def per_process(self) -> bool:
@@ -129,34 +143,29 @@ class InputPipeline:
                              self.train_batch_size)
     return transforms.Rows(0, self.train_batch_size, self.train_batch_size)
 
-  def _prepare(self, images: tf.Tensor) -> tf.Tensor:
-    """uint8 test images scaled to [0, 1] and, with a normalization, standardised."""
-    return transforms.normalise(transforms.scale(images), self.normalization)
+  def _ready(self, epoch, batches: tf.data.Dataset) -> tf.data.Dataset:
+    """A source's batches of `epoch` (positions, images, labels) made ready for training: each
+    encoded image decoded and cropped on its own seed, then batched again; or each batch of
+    pixels scaled, augmented on its step's seed and normalised."""
+    if self.encoded:
+      return transforms.batched(batches.unbatch().map(
+          lambda position, image_bytes, label: (transforms.decoded_and_cropped(
+              image_bytes, self.seed, epoch, position, self.image_shape, self.augment,
+              self.eval_crop, self.normalization), label),
+          num_parallel_calls=transforms.PARALLEL_DECODES, deterministic=True),
+        self.train_batch_size)
+    stride = self._rows.stride
+    return batches.map(
+        lambda positions, images, labels: (transforms.augmented_batch(
+            images, self.seed, epoch, positions[0] // stride, self.augment, self._rows,
+            self.normalization), labels),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-  def _training_batch(self, epoch, step, images, labels):
-    return transforms.augmented_batch(images, self.seed, epoch, step, self.augment, self._rows,
-                                      self.normalization), labels
-
-  @property
-  def _plain(self) -> bool:
-    return self.augment == "none" and self.normalization is None and not self.encoded
-
-  def _encoded_batches(self, epoch, examples: tf.data.Dataset) -> tf.data.Dataset:
-    """Training batches from (position in the epoch, encoded image, label) examples: each image
-    decoded, cropped, resized and flipped on its own seed (seed, epoch, position), normalised,
-    then batched."""
-    return transforms.batched(examples.map(
-        lambda position, image_bytes, label: (transforms.decoded_and_cropped(
-            image_bytes, self.seed, epoch, position, self.image_shape, self.augment,
-            self.eval_crop, self.normalization), label),
-        num_parallel_calls=PARALLEL_DECODES, deterministic=True), self.train_batch_size)
-
-  @functools.cached_property
-  def _tensors(self) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    # Made once: dataset functions capture eager tensors by reference, while NumPy arrays would
-    # be copied into every traced graph as constants (seconds for 47 MB).
-    return tuple(tf.constant(array) for array in (
-        self.train.images, self.train.labels, self.test.images, self.test.labels))
+  def _epoch(self, epoch, first_step) -> tf.data.Dataset:
+    """This process's batches of `epoch` from step `first_step` on, ready: examples before it
+    are never decoded."""
+    return self._ready(epoch, self.source.epoch_batches(epoch, self._rows, first_step,
+                                                        self.steps_per_epoch - first_step))
 
   def train_dataset(self, epoch: int, start_step: int = 0) -> tf.data.Dataset:
     """Returns the global batches of `epoch` from `start_step` on: (images, labels)."""
@@ -183,22 +192,14 @@ class InputPipeline:
       pool = tf.data.Dataset.range(self._synthetic_pool_batches()).map(
           lambda index: self._synthetic_rows([self.seed, 0, index]))
       dataset = pool.cache().repeat().skip(start_step).take(num_steps)
-    elif self.stream is not None:
-      # Records before the start step, and other processes' records, are skipped undecoded.
-      epochs = [self._streamed_epoch(epoch, steps_into_it if epoch == first_epoch else 0)
-                for epoch in range(first_epoch, num_epochs)]
-      dataset = functools.reduce(tf.data.Dataset.concatenate, epochs)
-    else:
-      # Encoded images skip the examples before the start step undecoded; decoded batches are
-      # slices of the epoch's gather, cheap to skip whole.
-      skipped = steps_into_it * self.train_batch_size if self.encoded else 0
-      images, labels = self._tensors[:2]  # Made here, eagerly: flat_map traces its function.
+    elif self.source.by_position:  # One dataset over the epochs, traced once.
       dataset = tf.data.Dataset.range(first_epoch, num_epochs).flat_map(
-          lambda epoch: self._epoch_batches(
-              epoch, images, labels,
-              tf.where(epoch == first_epoch, tf.constant(skipped, tf.int64), 0)))
-      if not self.encoded:
-        dataset = dataset.skip(steps_into_it)
+          lambda epoch: self._epoch(epoch, tf.where(
+              epoch == first_epoch, tf.constant(steps_into_it, tf.int64), 0)))
+    else:  # A stream's epochs are read one by one, each in its own order.
+      dataset = functools.reduce(tf.data.Dataset.concatenate, [
+          self._epoch(epoch, steps_into_it if epoch == first_epoch else 0)
+          for epoch in range(first_epoch, num_epochs)])
     if pack > 1:
       dataset = dataset.batch(pack, drop_remainder=True)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
@@ -224,33 +225,10 @@ class InputPipeline:
       pool_batches = self._synthetic_pool_batches()
       return tf.data.Dataset.range(start_step, tf.int64.max).map(
           lambda step: self._synthetic_rows([self.seed, 0, step % pool_batches]))
-    # Eager here: flat_map traces its function.
-    images, labels = self._tensors[:2] if self.files is None else (None, None)
+    source = self.files or self.source
     return tf.data.Dataset.range(start_step, tf.int64.max).flat_map(
-        lambda step: self._batch_of_step(step, images, labels))
-
-  def _batch_of_step(self, step: tf.Tensor, images: Optional[tf.Tensor],
-                     labels: Optional[tf.Tensor]) -> tf.data.Dataset:
-    """A dataset of the one batch of global `step`, as _epoch_batches makes it (or, from an
-    image folder's files, as _streamed_epoch makes it)."""
-    epoch, step_in_epoch = step // self.steps_per_epoch, step % self.steps_per_epoch
-    positions = self._rows.positions(1, step_in_epoch)
-    if self.files is not None:
-      examples = self.files.examples_at(epoch, positions)
-      if self.encoded:
-        return self._encoded_batches(epoch, examples)
-      return transforms.batched(examples.map(lambda position, image, label: (image, label)),
-                                self.train_batch_size).map(
-              lambda batch_images, batch_labels: self._training_batch(
-                  epoch, step_in_epoch, batch_images, batch_labels))
-    taken = tf.gather(sources.epoch_order(len(self.train.labels), self.seed, epoch), positions)
-    if self.encoded:
-      return self._encoded_batches(epoch, tf.data.Dataset.from_tensor_slices((
-          positions, tf.gather(images, taken), tf.gather(labels, taken))))
-    batch = tf.gather(images, taken), tf.gather(labels, taken)
-    if self._plain:
-      return tf.data.Dataset.from_tensors((transforms.scale(batch[0]), batch[1]))
-    return tf.data.Dataset.from_tensors(self._training_batch(epoch, step_in_epoch, *batch))
+        lambda step: self._ready(step // self.steps_per_epoch, source.epoch_batches(
+            step // self.steps_per_epoch, self._rows, step % self.steps_per_epoch, 1)))
 
   def _batches_by_file(self, start_step: int) -> tf.data.Dataset:
     """TFRecord shards for a tf.data service, from `start_step` on, without end: each epoch's
@@ -274,53 +252,9 @@ class InputPipeline:
       return transforms.augmented_example(image, self.seed, epoch, position, self.augment,
                                           self.normalization), label
 
-    return transforms.batched(records.map(prepared, num_parallel_calls=PARALLEL_DECODES),
-                              self.train_batch_size)
-
-  def _epoch_batches(self, epoch: tf.Tensor, images: tf.Tensor, labels: tf.Tensor,
-                     skipped: tf.Tensor) -> tf.data.Dataset:
-    """One epoch's batches: a permutation seeded by (seed, epoch), gathered and scaled at once.
-
-    Gathering the whole epoch in one op makes serving a batch a slice, cheaper than a gather per
-    batch. Encoded images are gathered as
-    bytes and prepared one by one, after the first `skipped` examples.
-    """
-    order = sources.epoch_order(len(self.train.labels), self.seed, epoch)
-    positions = self._rows.positions(self.steps_per_epoch)  # This process's share alone.
-    taken = tf.gather(order, positions)
-    if self.encoded:
-      examples = tf.data.Dataset.from_tensor_slices((
-          positions, tf.gather(images, taken), tf.gather(labels, taken)))
-      return self._encoded_batches(epoch, examples.skip(skipped))
-    batches = tf.reshape(taken, [self.steps_per_epoch, self.train_batch_size])
-    if self._plain:
-      return tf.data.Dataset.from_tensor_slices((
-          transforms.scale(tf.gather(images, batches)), tf.gather(labels, batches)))
-    # Augmented or normalised batch by batch: the epoch stays uint8 until then.
-    return tf.data.Dataset.from_tensor_slices((
-        tf.gather(images, batches), tf.gather(labels, batches))).enumerate().map(
-            lambda step, batch: self._training_batch(epoch, step, *batch),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-  def _streamed_epoch(self, epoch: int, skipped_steps: int = 0) -> tf.data.Dataset:
-    """One epoch's batches of a stream from step `skipped_steps` on. Its records are numbered
-    by their position in the epoch; this process keeps its own (its slice of each global
-    batch) and those from the start step on before decoding any."""
-    stride = self._rows.stride
-    records = self.stream.train_records(epoch).take(self.steps_per_epoch * stride).enumerate()
-    if self.sharding == "data":
-      records = records.filter(lambda position, record: self._rows.mine(position))
-    records = records.skip(skipped_steps * self.train_batch_size)
-    if self.encoded:
-      return self._encoded_batches(epoch, records.map(
-          lambda position, record: (position, *self.stream.decode(record)),
-          num_parallel_calls=PARALLEL_DECODES, deterministic=True))
-    return transforms.batched(records.map(
-        lambda position, record: self.stream.decode(record),
-        num_parallel_calls=PARALLEL_DECODES, deterministic=True),
-                              self.train_batch_size).enumerate(skipped_steps).map(
-            lambda step, batch: self._training_batch(epoch, step, *batch),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return transforms.batched(
+        records.map(prepared, num_parallel_calls=transforms.PARALLEL_DECODES),
+        self.train_batch_size)
 
   def eval_dataset(self) -> tf.data.Dataset:
     """Returns the whole test split in global batches: (images, labels, weights).
@@ -339,35 +273,34 @@ class InputPipeline:
       # A fixed test set, drawn from a seed stream the training batches never use.
       dataset = batches.enumerate().map(lambda step, batch: (*self._synthetic_batch(
           [self.seed, -1, step]), batch[1]))
-    elif self.encoded:
-      # Each image's centre crop at its own aspect ratio, resized: never squashed.
-      padding = tf.data.Dataset.from_tensors(
-          (tf.zeros(self.image_shape, tf.float32), tf.constant(0, tf.int32))).repeat(
-              num_padded - self.num_test_examples)
-      examples = (self.stream.test_examples() if self.stream is not None
-                  else tf.data.Dataset.from_tensor_slices(self._tensors[2:]))
-      examples = examples.take(self.num_test_examples).map(
-          lambda image_bytes, label: (transforms.evaluation_image(
-              image_bytes, self.image_shape, self.eval_crop, self.normalization), label),
-          num_parallel_calls=PARALLEL_DECODES, deterministic=True).concatenate(padding)
+    elif self.encoded or self.stream is not None:
+      examples = self.source.test_examples().take(self.num_test_examples)
+      if self.encoded:  # Each image's centre crop at its own aspect ratio: never squashed.
+        examples = examples.map(
+            lambda image_bytes, label: (transforms.evaluation_image(
+                image_bytes, self.image_shape, self.eval_crop, self.normalization), label),
+            num_parallel_calls=transforms.PARALLEL_DECODES, deterministic=True)
+        padding, prepared = tf.zeros(self.image_shape, tf.float32), lambda images: images
+      else:
+        padding, prepared = tf.zeros(self.image_shape, tf.uint8), self._prepare
+      examples = examples.concatenate(tf.data.Dataset.from_tensors(
+          (padding, tf.constant(0, tf.int32))).repeat(num_padded - self.num_test_examples))
       dataset = tf.data.Dataset.zip(examples, tf.data.Dataset.from_tensor_slices(weights)).map(
-          lambda example, weight: (*example, weight)).batch(self.global_batch_size)
-    elif self.stream is not None:
-      padding = tf.data.Dataset.from_tensors(
-          (tf.zeros(self.image_shape, tf.uint8), tf.constant(0, tf.int32))).repeat(
-              num_padded - self.num_test_examples)
-      examples = self.stream.test_examples().take(self.num_test_examples).concatenate(padding)
-      dataset = tf.data.Dataset.zip(examples, tf.data.Dataset.from_tensor_slices(weights)).map(
-          lambda example, weight: (self._prepare(example[0]), example[1], weight)).batch(
+          lambda example, weight: (prepared(example[0]), example[1], weight)).batch(
               self.global_batch_size)
-    else:
-      images, labels = self._tensors[2:]  # Eager here: eval_dataset runs outside any trace.
-      dataset = batches.map(lambda index, weight: (
-          self._prepare(tf.gather(images, index)), tf.gather(labels, index), weight))
+    else:  # Pixels held in memory: each batch one gather.
+      def gathered(index, weight):
+        images, labels = self.source.test_batch(index)
+        return self._prepare(images), labels, weight
+      dataset = batches.map(gathered)
     if self.stream is None and self._float_bytes(num_padded) <= CACHE_BYTES:
       # Scaled once; a streamed test split, or a large one, is made again at each evaluation.
       dataset = dataset.cache()
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
+
+  def _prepare(self, images: tf.Tensor) -> tf.Tensor:
+    """uint8 test images scaled to [0, 1] and, with a normalization, standardised."""
+    return transforms.normalise(transforms.scale(images), self.normalization)
 
   def _synthetic_rows(self, key) -> Tuple[tf.Tensor, tf.Tensor]:
     """This process's rows of the synthetic global batch of `key`."""
@@ -377,31 +310,16 @@ class InputPipeline:
     rows = self._rows
     return images[rows.first:rows.first + rows.width], labels[rows.first:rows.first + rows.width]
 
+  def _synthetic_batch(self, key) -> Tuple[tf.Tensor, tf.Tensor]:
+    return sources.synthetic_batch(key, self.global_batch_size, self.image_shape,
+                                   self.num_classes)
+
   def _synthetic_pool_batches(self) -> int:
     return min(SYNTHETIC_POOL_BATCHES, self.steps_per_epoch,
                max(1, CACHE_BYTES // self._float_bytes(self.global_batch_size)))
 
   def _float_bytes(self, num_examples: int) -> int:
     return num_examples * int(np.prod(self.image_shape)) * 4
-
-  def _synthetic_batch(self, key) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Random images with a learnable label: the label's band of pixels is brighter.
-
-    `key` is [seed, stream, index]: stream 0 is the training pool, -1 the test set, so the two
-    never share a batch.
-    """
-    batch_size, num_classes = self.global_batch_size, self.num_classes
-    num_pixels = int(np.prod(self.image_shape))
-    band = num_pixels // num_classes  # 78 of MNIST's 784 pixels for each of 10 classes.
-    seed = tf.random.experimental.stateless_fold_in(
-        tf.random.experimental.stateless_fold_in(tf.cast(key[:2], tf.int64), key[2]), 0)
-    label_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    labels = tf.random.stateless_uniform([batch_size], label_seed, maxval=num_classes,
-                                         dtype=tf.int32)
-    noise = tf.random.stateless_uniform([batch_size, num_pixels], noise_seed)
-    bands = tf.repeat(tf.one_hot(labels, num_classes), band, axis=1)
-    images = 0.75 * noise + 0.25 * tf.pad(bands, [[0, 0], [0, num_pixels - band * num_classes]])
-    return tf.reshape(images, (batch_size, *self.image_shape)), labels
 
 
 def _load(data: config_lib.DataConfig, input_index: int, num_inputs: int) -> sources.Loaded:
@@ -519,8 +437,9 @@ def make_input_pipeline(data: config_lib.DataConfig, input_index: int = 0, num_i
       global_batch_size=batch, seed=data.seed, steps_per_epoch=steps_per_epoch,
       eval_steps=-(-num_test // batch), num_test_examples=num_test,
       image_shape=tuple(int(size) for size in loaded.image_shape),
-      num_classes=int(loaded.num_classes), name=loaded.name, train=loaded.train,
-      test=loaded.test, stream=loaded.stream, augment=data.augment,
+      num_classes=int(loaded.num_classes), name=loaded.name,
+      source=sources.Held(loaded.train, loaded.test, data.seed) if loaded.train is not None
+      else loaded.stream, augment=data.augment,
       normalization=_normalization(data, loaded), sharding=sharding,
       num_inputs=num_inputs, input_index=input_index, test_split_size=loaded.num_test,
       final_test_limit=data.num_test_examples, encoded=loaded.encoded,

@@ -2,8 +2,8 @@
 PNG) decoded into uint8 tensors of one shape, resizing, and per-channel statistics.
 
 data/ flows one way: this module and the format readers (idx_files, image_folder) at the
-bottom, tfrecords and sources above them, input_pipeline on top. Nothing here imports another
-module of data/.
+bottom, augment and transforms above them, then tfrecords and sources, input_pipeline on top.
+Nothing here imports another module of data/.
 """
 
 from typing import Sequence

@@ -1,4 +1,6 @@
-"""Where a run's images come from: IDX files, tensorflow-datasets, or a folder of images.
+"""Where a run's images come from: IDX files, tensorflow-datasets, a folder of images or TFRecord
+shards, read into a `Source` that the input pipeline composes its transforms onto; and the
+synthetic source's random batches.
 
 What is held: images resized to a size above preprocessing.SMALL_IMAGE_MAX that are not all
 stored at that size are held *encoded* (their JPEG or PNG bytes), and the pipeline decodes,
@@ -6,9 +8,10 @@ crops and resizes each from the original at every epoch; squashing them to the s
 lose what the crops and the aspect-preserving evaluation need. Every other dataset is held as
 decoded uint8 images of the size trained on, since nothing is lost. Either way a source is read
 into memory when it fits under the memory limit (--memory_limit_mb, by default a quarter of this
-machine's RAM; the bytes held count), and otherwise streamed from disk at every epoch: an image
-folder by its file list (in the same order as in memory, so both give the same batches), a tfds dataset through tfds's own reader (files shuffled by a per-epoch
-seed, then a shuffle buffer).
+machine's RAM; the bytes held count): `Held`, read by position; and otherwise streamed from disk
+at every epoch (a `Stream`): an image folder by its file list, by position too (in the same
+order as in memory, so both give the same batches), shards and tfds datasets through their
+readers (files shuffled by a per-epoch seed, then a shuffle buffer).
 
 Image folders and TFRecord shards also keep their training split as files (`Loaded.files`),
 held or streamed: a tf.data service's workers read those themselves, by path, so only paths and
@@ -29,6 +32,7 @@ from trainer.data import idx_files
 from trainer.data import image_folder
 from trainer.data import preprocessing
 from trainer.data import tfrecords
+from trainer.data import transforms
 from trainer import errors
 
 _NETWORK_PROBE_SECONDS = 5.0
@@ -105,7 +109,60 @@ def holds_encoded(stored_sizes, resize: Sequence[int]) -> bool:
       tuple(size) != tuple(resize) for size in stored_sizes)
 
 
-class Stream:
+class Source:
+  """Where the pipeline reads a real dataset's examples from (trainer.data.input_pipeline
+  composes the rest): this process's training examples of an epoch, and the test examples.
+
+  `epoch_batches` gives a process's examples of `epoch` from `first_step` on as batches of its
+  rows (transforms.Rows) of each step: (positions in the epoch's order, images, labels), where
+  images are uint8 pixels of the size trained on, or the images' encoded bytes when held
+  encoded; the positions seed each example's crop. `test_examples` gives (image, label) in the
+  test split's order.
+  """
+
+  # True when any example can be read alone by its position in the epoch's order: `epoch` may
+  # then be a tensor (one dataset over the run's epochs), and a tf.data service can make each
+  # step's batch alone, as a local run makes it.
+  by_position = False
+
+  def epoch_batches(self, epoch, rows: transforms.Rows, first_step,
+                    num_steps) -> tf.data.Dataset:
+    raise NotImplementedError
+
+  def test_examples(self) -> tf.data.Dataset:
+    raise NotImplementedError
+
+
+class Held(Source):
+  """Both splits held in memory (Split), each epoch's examples gathered at once, by position,
+  from the epoch's seeded permutation: serving a batch is then a slice."""
+
+  by_position = True
+
+  def __init__(self, train: Split, test: Split, seed: int):
+    self.train, self.test, self._seed = train, test, seed
+    # Made once, eagerly: dataset functions capture eager tensors by reference, while NumPy
+    # arrays would be copied into every traced graph as constants (seconds for 47 MB).
+    self._tensors = tuple(tf.constant(array) for array in (
+        train.images, train.labels, test.images, test.labels))
+
+  def epoch_batches(self, epoch, rows, first_step, num_steps):
+    positions = tf.reshape(rows.positions(num_steps, first_step), [-1, rows.width])
+    taken = tf.gather(epoch_order(len(self.train.labels), self._seed, epoch), positions)
+    images, labels = self._tensors[:2]
+    return tf.data.Dataset.from_tensor_slices((
+        positions, tf.gather(images, taken), tf.gather(labels, taken)))
+
+  def test_examples(self) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices(self._tensors[2:])
+
+  def test_batch(self, index: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """The test examples at `index` in one gather: an evaluation batch without a pass over the
+    examples one by one."""
+    return tf.gather(self._tensors[2], index), tf.gather(self._tensors[3], index)
+
+
+class Stream(Source):
   """A dataset read from disk at every epoch.
 
   `train_records(epoch)` gives the epoch's examples undecoded (a file's path, a record, a tfds
@@ -113,10 +170,6 @@ class Stream:
   one into (image, label): uint8 pixels of the size trained on, or the image's encoded bytes
   when the images are held encoded. `test_examples` gives the test split decoded.
   """
-
-  # True when any example can be read alone by its position in the epoch's order (a file's
-  # path): a tf.data service can then make each step's batch alone, as a local run makes it.
-  by_position = False
 
   def train_records(self, epoch: int) -> tf.data.Dataset:
     raise NotImplementedError
@@ -126,6 +179,17 @@ class Stream:
 
   def test_examples(self) -> tf.data.Dataset:
     raise NotImplementedError
+
+  def epoch_batches(self, epoch: int, rows, first_step, num_steps):
+    """The epoch's records numbered by their position in it; this process keeps its own (its
+    slice of each global batch) and those from `first_step` on before decoding any."""
+    records = self.train_records(epoch).take((first_step + num_steps) * rows.stride).enumerate()
+    if rows.width != rows.stride:
+      records = records.filter(lambda position, record: rows.mine(position))
+    return records.skip(first_step * rows.width).map(
+        lambda position, record: (position, *self.decode(record)),
+        num_parallel_calls=transforms.PARALLEL_DECODES, deterministic=True).batch(
+            rows.width, drop_remainder=True)
 
   def train_examples(self, epoch: int) -> tf.data.Dataset:
     """The epoch's training examples decoded, in order."""
@@ -140,6 +204,28 @@ def memory_limit_bytes(limit_mb: float) -> int:
   if limit_mb:
     return int(limit_mb * 2**20)
   return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+# ---------------------------------------------------------------- Synthetic data.
+def synthetic_batch(key, batch_size: int, image_shape: Sequence[int],
+                    num_classes: int) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Random float32 images with a learnable label: the label's band of pixels is brighter.
+  Made inside tf.data, so that a synthetic run needs no data at all.
+
+  `key` is [seed, stream, index]: stream 0 is the training pool, -1 the test set, so the two
+  never share a batch.
+  """
+  num_pixels = int(np.prod(image_shape))
+  band = num_pixels // num_classes  # 78 of MNIST's 784 pixels for each of 10 classes.
+  seed = tf.random.experimental.stateless_fold_in(
+      tf.random.experimental.stateless_fold_in(tf.cast(key[:2], tf.int64), key[2]), 0)
+  label_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  labels = tf.random.stateless_uniform([batch_size], label_seed, maxval=num_classes,
+                                       dtype=tf.int32)
+  noise = tf.random.stateless_uniform([batch_size, num_pixels], noise_seed)
+  bands = tf.repeat(tf.one_hot(labels, num_classes), band, axis=1)
+  images = 0.75 * noise + 0.25 * tf.pad(bands, [[0, 0], [0, num_pixels - band * num_classes]])
+  return tf.reshape(images, (batch_size, *image_shape)), labels
 
 
 # ---------------------------------------------------------------- IDX files.
@@ -232,6 +318,10 @@ class _FolderStream(Stream):
         positions, tf.gather(paths, taken), tf.gather(split.labels, taken))).map(
             lambda position, *record: (position, *self.decode(record)),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+  def epoch_batches(self, epoch, rows, first_step, num_steps):
+    return self.examples_at(epoch, rows.positions(num_steps, first_step)).batch(
+        rows.width, drop_remainder=True)
 
   def train_records(self, epoch: int) -> tf.data.Dataset:
     split = self._folder.train
