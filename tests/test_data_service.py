@@ -125,9 +125,8 @@ def _reachable_address():
 
 
 def _pipeline(config: config_lib.Config) -> input_pipeline.InputPipeline:
-  return input_pipeline.make_input_pipeline(
-      config.data, max_steps_per_epoch=config.loop.max_steps_per_epoch,
-      eval_steps=config.loop.eval_steps)
+  return input_pipeline.make_input_pipeline(config.data).bounded(
+      config.loop.max_steps_per_epoch, config.loop.eval_steps)
 
 
 def _config(fashion_mnist_dir, **settings) -> config_lib.Config:

@@ -17,9 +17,8 @@ from trainer import errors
 def make_pipeline(**settings) -> input_pipeline.InputPipeline:
   """The pipeline of a Config with `settings`."""
   config = config_lib.Config.from_flags(**settings)
-  return input_pipeline.make_input_pipeline(
-      config.data, max_steps_per_epoch=config.loop.max_steps_per_epoch,
-      eval_steps=config.loop.eval_steps)
+  return input_pipeline.make_input_pipeline(config.data).bounded(
+      config.loop.max_steps_per_epoch, config.loop.eval_steps)
 
 
 @pytest.fixture(scope="module")

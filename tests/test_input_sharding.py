@@ -46,9 +46,8 @@ class Calls:
 
 def _pipeline(input_index=0, num_inputs=1, **flags) -> input_pipeline.InputPipeline:
   config = config_lib.Config.from_flags(**flags)
-  return input_pipeline.make_input_pipeline(
-      config.data, input_index, num_inputs,
-      max_steps_per_epoch=config.loop.max_steps_per_epoch)
+  return input_pipeline.make_input_pipeline(config.data, input_index, num_inputs).bounded(
+      config.loop.max_steps_per_epoch)
 
 
 def _held(input_index=0, num_inputs=1, **settings) -> input_pipeline.InputPipeline:

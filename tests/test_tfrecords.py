@@ -70,7 +70,8 @@ def test_streamed_shards_give_the_same_batches_from_any_step(fashion_shards):
   # shuffle buffer: not the in-memory order, but the same at every call, so a resumed run
   # skips to exactly the batches an uninterrupted run trains on.
   pipeline = input_pipeline.make_input_pipeline(config_lib.Config.from_flags(
-      data_dir=fashion_shards, batch_size=100, memory_limit_mb=1).data, max_steps_per_epoch=6)
+      data_dir=fashion_shards, batch_size=100, memory_limit_mb=1).data).bounded(
+          max_steps_per_epoch=6)
   assert pipeline.stream is not None and pipeline.train is None
   whole = [labels.numpy() for _, labels in pipeline.training_batches(0, 2)]
   for start in (4, 6, 9):

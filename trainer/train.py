@@ -69,8 +69,8 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     build_model = factory.model_builder(config.model, config.data.seed)
     clock.mark("runtime")
     pipeline = input_pipeline.make_input_pipeline(
-        config.data, settings.input_index, settings.num_inputs,
-        max_steps_per_epoch=config.loop.max_steps_per_epoch, eval_steps=config.loop.eval_steps)
+        config.data, settings.input_index, settings.num_inputs).bounded(
+            config.loop.max_steps_per_epoch, config.loop.eval_steps)
     clock.mark("data")
     runtime.heartbeat()
     built = {}  # The task, once it exists, for the out-of-memory message.

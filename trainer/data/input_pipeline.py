@@ -94,6 +94,17 @@ class InputPipeline:
   # sources.Loaded.files): what a tf.data service's workers read, instead of data in its graph.
   files: Optional[sources.Stream] = None
 
+  def bounded(self, max_steps_per_epoch: int = 0, eval_steps: int = 0) -> "InputPipeline":
+    """This pipeline within the loop's bounds (--max_steps_per_epoch, --eval_steps; 0: none):
+    epochs of at most that many steps, evaluations during training of that many batches."""
+    steps_per_epoch, num_test = self.steps_per_epoch, self.num_test_examples
+    if max_steps_per_epoch:
+      steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
+    if eval_steps:
+      num_test = min(num_test, eval_steps * self.global_batch_size)
+    return dataclasses.replace(self, steps_per_epoch=steps_per_epoch, num_test_examples=num_test,
+                               eval_steps=-(-num_test // self.global_batch_size))
+
   def final_test_split(self) -> "InputPipeline":
     """This pipeline with --eval_steps lifted: its eval_dataset covers the examples of the run's
     last evaluation (results.json's figures, trainer.evaluate): the whole test split, or its
@@ -396,12 +407,13 @@ def _normalization(data: config_lib.DataConfig, loaded: sources.Loaded):
   return preprocessing.channel_statistics(images)
 
 
-def make_input_pipeline(data: config_lib.DataConfig, input_index: int = 0, num_inputs: int = 1,
-                        max_steps_per_epoch: int = 0, eval_steps: int = 0) -> InputPipeline:
+def make_input_pipeline(data: config_lib.DataConfig, input_index: int = 0,
+                        num_inputs: int = 1) -> InputPipeline:
   """Loads the dataset that `data` names and returns the pipeline that batches it, for
   process `input_index` of the `num_inputs` that read training data (the workers of a cluster:
-  TFRecord shards are then split among them by file), with epochs of at most
-  `max_steps_per_epoch` steps and evaluations during training of `eval_steps` batches (0: all)."""
+  TFRecord shards are then split among them by file): whole epochs, evaluations of the whole
+  test split (or its first --num_test_examples); `InputPipeline.bounded` applies the loop's
+  bounds."""
   if data.data_service:
     service.check_reachable(data.data_service)  # Before the data loads: seconds, not minutes.
   if data.dataset == "synthetic":
@@ -426,13 +438,9 @@ def make_input_pipeline(data: config_lib.DataConfig, input_index: int = 0, num_i
   if steps_per_epoch == 0:
     raise errors.UserError(
         f"--batch_size={batch} is larger than the {loaded.num_train} training examples.")
-  if max_steps_per_epoch:
-    steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
   num_test = loaded.num_test
   if data.num_test_examples:
     num_test = min(num_test, data.num_test_examples)
-  if eval_steps:
-    num_test = min(num_test, eval_steps * batch)
   return InputPipeline(
       global_batch_size=batch, seed=data.seed, steps_per_epoch=steps_per_epoch,
       eval_steps=-(-num_test // batch), num_test_examples=num_test,
