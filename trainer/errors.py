@@ -26,7 +26,8 @@ EXIT_CODES = {
     BUG_OR_USAGE: "absl usage error (a bad flag value) or a bug (with traceback)",
     BAD_INPUT: "bad input: the message says what and how to fix it",
     PEER_LOST: "a peer worker died or became unreachable",
-    DIVERGED: "the loss became NaN or infinite (last good checkpoint kept)",
+    DIVERGED: "the loss, or without loss scaling a gradient, became NaN or infinite (last good "
+              "checkpoint kept)",
     DISK_FULL: "the disk filled up while writing: free space and rerun to resume",
     128 + signal.SIGINT: "stopped by Ctrl-C after saving: rerun to resume",
     128 + signal.SIGTERM: "stopped by SIGTERM after saving: rerun to resume",
