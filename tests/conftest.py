@@ -165,3 +165,49 @@ def fashion_subset_folder(fashion_subset):
       datasets.write_images(fashion_subset / "images" / split / str(label),
                             images[labels == label])
   return fashion_subset
+
+
+@pytest.fixture(scope="session")
+def fashion_shards(fashion_subset, tmp_path_factory) -> str:
+  """fashion_subset's IDX files (4,000 training, 1,000 test images) as 4 + 1 TFRecord shards."""
+  from trainer.data import tfrecords  # pylint: disable=g-import-not-at-top
+  output = tmp_path_factory.mktemp("shards") / "fashion"
+  tfrecords.convert(str(fashion_subset / "idx"), str(output), num_shards=4)
+  return str(output)
+
+
+@pytest.fixture(scope="session")
+def spiking_cluster(fashion_shards, tmp_path_factory) -> dict:
+  """One run of two real workers, read by the tests of what it shows (loss scaling, file
+  sharding): tests/spiking_model.py in mixed_float16, whose gradient overflows on replica 1, the
+  second worker, only; on fashion_shards streamed, so each worker reads only its own files; one
+  shared workdir, 30 steps. Under strace where it may trace, so each worker's opened files are
+  known. {"workdir", "outputs", "returncodes", "traces": one per worker, or None and "untraced"
+  saying why}. Read-only."""
+  from tests import processes  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("spiking_cluster")
+  workdir, traces = root / "run", [root / f"worker{index}.trace" for index in range(2)]
+  flags = ["--strategy=multi_worker_mirrored",
+           f"--model={os.path.join(processes.ROOT, 'tests', 'spiking_model.py')}:build",
+           "--precision=mixed_float16", f"--data_dir={fashion_shards}", "--memory_limit_mb=1",
+           "--epochs=1", "--batch_size=64", "--max_steps_per_epoch=30", "--eval_steps=2",
+           "--log_every=10", "--worker_timeout=60", f"--workdir={workdir}"]
+  untraced = None if shutil.which("strace") else "strace is not installed (apt-get install strace)"
+  while True:
+    hosts = processes.local_hosts(2)
+    workers = [processes.start_worker(hosts, index, *flags, wrapper=() if untraced else (
+        "strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=openat", "-o", str(traces[index])))
+               for index in range(2)]
+    try:
+      outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+    finally:
+      for worker in workers:
+        processes.kill(worker)
+    if untraced or not any("PTRACE" in output or "Operation not permitted" in output
+                           for output in outputs):
+      break
+    untraced = "strace may not trace here: " + outputs[0][-300:]
+    shutil.rmtree(workdir, ignore_errors=True)
+  return {"workdir": workdir, "outputs": outputs,
+          "returncodes": [worker.returncode for worker in workers],
+          "traces": None if untraced else traces, "untraced": untraced}

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from tests import test_multi_worker
+from tests import processes
 from tests import test_resume
 from tests.processes import ROOT
 from trainer import config as config_lib
@@ -64,25 +64,14 @@ def test_a_resumed_run_keeps_the_loss_scale_and_the_skip_count(fashion_subset, t
 
 
 @pytest.mark.slow
-def test_two_workers_skip_the_same_steps_when_only_the_second_overflows(fashion_subset,
-                                                                         tmp_path):
-  hosts = test_multi_worker.local_hosts(2)
-  workers = [test_multi_worker.start_worker(
-      hosts, index, "--strategy=multi_worker_mirrored", f"--model={SPIKING_MODEL}",
-      "--precision=mixed_float16", "--dataset=fashion_mnist",
-      f"--data_dir={fashion_subset / 'idx'}", "--epochs=1", "--max_steps_per_epoch=30",
-      "--batch_size=64", "--log_every=10", "--worker_timeout=60",
-      f"--workdir={tmp_path / f'worker{index}'}") for index in range(2)]
-  try:
-    outputs = [worker.communicate(timeout=180)[0] for worker in workers]
-  finally:
-    for worker in workers:
-      worker.kill()
-  assert [worker.returncode for worker in workers] == [0, 0], outputs[1][-3000:]
-  finals = [test_multi_worker.FINAL_LINE.search(output).groups() for output in outputs]
+def test_two_workers_skip_the_same_steps_when_only_the_second_overflows(spiking_cluster):
+  # The shared two-worker run of the spiking model in mixed_float16 (conftest).
+  outputs = spiking_cluster["outputs"]
+  assert spiking_cluster["returncodes"] == [0, 0], outputs[1][-3000:]
+  finals = [processes.FINAL_LINE.search(output).groups() for output in outputs]
   assert finals[0] == finals[1]  # The same final loss and bit-identical weights.
   assert all(math.isfinite(float(loss)) for loss, _ in finals)
-  results = json.loads((tmp_path / "worker0" / "results.json").read_text())
+  results = json.loads((spiking_cluster["workdir"] / "results.json").read_text())
   assert results["skipped_steps"] >= 1 and results["loss_scale"] < INITIAL_SCALE
 
 

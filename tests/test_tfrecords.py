@@ -5,28 +5,17 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tests import processes
-from tests.processes import ROOT
 from trainer import config as config_lib
 from trainer.data import input_pipeline
 from trainer.data import tfrecords
 from trainer import errors
 from trainer import train
-
-
-@pytest.fixture(scope="session")
-def fashion_shards(fashion_subset, tmp_path_factory) -> str:
-  """fashion_subset's IDX files (4,000 training, 1,000 test images) as 4 + 1 shards."""
-  output = tmp_path_factory.mktemp("shards") / "fashion"
-  tfrecords.convert(str(fashion_subset / "idx"), str(output), num_shards=4)
-  return str(output)
 
 
 def copy_shards(source, destination) -> str:
@@ -189,32 +178,19 @@ def _opened_shards(trace: str) -> set:
 
 
 @pytest.mark.slow
-def test_two_workers_each_open_only_their_own_training_files(fashion_shards, tmp_path):
-  if not shutil.which("strace"):
-    pytest.skip("strace is not installed (apt-get install strace)")
-  sys.path.insert(0, os.path.join(ROOT, "scripts"))
-  import launch_local  # pylint: disable=g-import-not-at-top
-  hosts = [f"127.0.0.1:{port}" for port in launch_local.free_ports(2)]
-  workdir = tmp_path / "run"
-  traces = [tmp_path / f"worker{index}.trace" for index in range(2)]
-  # Streamed (the ImageNet case), so files are opened as the interleave reaches them.
-  workers = [subprocess.Popen(
-      ["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=openat", "-o", str(traces[index]),
-       sys.executable, "-m", "trainer.main", "--strategy=multi_worker_mirrored",
-       f"--data_dir={fashion_shards}", "--memory_limit_mb=1", "--epochs=1", "--batch_size=64",
-       "--max_steps_per_epoch=30", "--eval_steps=2", "--log_every=10", f"--workdir={workdir}"],
-      cwd=ROOT, env=launch_local.worker_environment(hosts, index), stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for index in range(2)]
-  outputs = [worker.communicate(timeout=300)[0] for worker in workers]
-  if any("PTRACE" in output or "Operation not permitted" in output for output in outputs):
-    pytest.skip("strace may not trace here: " + outputs[0][-300:])
-  assert [worker.returncode for worker in workers] == [0, 0], outputs[0][-3000:]
-  opened = [_opened_shards(trace.read_text()) for trace in traces]
+def test_two_workers_each_open_only_their_own_training_files(spiking_cluster):
+  # The shared two-worker run (conftest): streamed, the ImageNet case, so files are opened as
+  # the interleave reaches them.
+  if spiking_cluster["traces"] is None:
+    pytest.skip(spiking_cluster["untraced"])
+  outputs = spiking_cluster["outputs"]
+  assert spiking_cluster["returncodes"] == [0, 0], outputs[0][-3000:]
+  opened = [_opened_shards(trace.read_text()) for trace in spiking_cluster["traces"]]
   assert opened[0] == {"train-00000-of-00004", "train-00002-of-00004", "test-00000-of-00001"}
   assert opened[1] == {"train-00001-of-00004", "train-00003-of-00004", "test-00000-of-00001"}
-  results = json.loads((workdir / "results.json").read_text())
+  results = json.loads((spiking_cluster["workdir"] / "results.json").read_text())
   assert results["data_sharding"] == "file" and results["steps"] == 30
   assert "sharded by file over 2 workers" in outputs[0]
   # Replicas in sync: both workers end with the same weights.
-  finals = [re.search(r"weights sha256 (\w+)", output).group(1) for output in outputs]
+  finals = [processes.FINAL_LINE.search(output).group(2) for output in outputs]
   assert finals[0] == finals[1] == results["weights_sha256"]
