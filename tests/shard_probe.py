@@ -1,22 +1,23 @@
-"""Run as one worker of a cluster (TF_CONFIG set): prints which training examples it receives.
+"""The trainer's command line, as one worker of a cluster, printing which training examples its
+replicas receive first.
 
-Used by tests/test_multi_worker.py to check that each worker receives its slice of each global
-batch, made by its own pipeline as a run makes it (distribute_per_process).
-Prints one JSON line: {"worker": I, "batches": [[image digest, ...] per global batch]}, where an
-image's digest is image_digest's.
+  python -m tests.shard_probe NUM_BATCHES FLAGS...
+
+Runs trainer.main with FLAGS. When the run hands this worker's training batches to the strategy
+(distribution.distribute_per_process), it reads the first NUM_BATCHES of them as the strategy
+gives them to this worker's replicas, from a second iterator over the same batches, and prints
+one line before training on: "shard probe: " and the JSON {"batches": [[image digest, ...] per
+global batch]}, this worker's rows replica by replica. Used by tests/test_multi_worker.py to
+check, in a real run, that each worker receives its slice of each global batch.
 """
 
 import hashlib
 import json
-import os
 import sys
 
 import numpy as np
 
-from trainer import config as config_lib
-from trainer.data import input_pipeline
-from trainer.distribute import cluster
-from trainer.distribute import distribution
+PREFIX = "shard probe: "
 
 
 def image_digest(image) -> str:
@@ -24,23 +25,34 @@ def image_digest(image) -> str:
   return hashlib.sha256(np.asarray(image, np.float32).tobytes()).hexdigest()
 
 
-def main(data_dir: str, global_batch_size: int, num_batches: int) -> None:
-  tf_config = cluster.parse_tf_config(os.environ.get("TF_CONFIG"))
-  strategy = cluster.make_multi_worker_strategy(tf_config)
-  input_index, num_inputs = cluster.input_position(tf_config)
-  pipeline = input_pipeline.make_input_pipeline(config_lib.Config.from_flags(
-      dataset="fashion_mnist", data_dir=data_dir, batch_size=global_batch_size,
-      augment="crop_flip").data, input_index, num_inputs)
-  dataset = distribution.distribute_per_process(strategy, pipeline.train_dataset(epoch=0),
-                                                global_batch_size)
-  batches = []
-  for images, _ in dataset:
-    local = strategy.experimental_local_results(images)
-    batches.append([image_digest(image) for part in local for image in part])
-    if len(batches) == num_batches:
-      break
-  print(json.dumps({"worker": tf_config["task"]["index"], "batches": batches}), flush=True)
+def main() -> None:
+  num_batches = int(sys.argv[1])
+  sys.argv = ["trainer.main", *sys.argv[2:]]
+  from trainer import main as trainer_main  # pylint: disable=g-import-not-at-top
+  from trainer.distribute import keras_backend  # pylint: disable=g-import-not-at-top
+  select = keras_backend.select
+
+  def select_then_probe(config) -> None:
+    # After the backend is chosen, as the trainer imports its modules only then.
+    select(config)
+    from trainer.distribute import distribution  # pylint: disable=g-import-not-at-top
+    distribute = distribution.distribute_per_process
+
+    def distribute_and_probe(strategy, dataset, global_batch_size):
+      batches = []
+      for images, _ in distribute(strategy, dataset, global_batch_size):
+        batches.append([image_digest(image) for part in strategy.experimental_local_results(
+            images) for image in part.numpy()])
+        if len(batches) == num_batches:
+          break
+      print(PREFIX + json.dumps({"batches": batches}), flush=True)
+      return distribute(strategy, dataset, global_batch_size)
+
+    distribution.distribute_per_process = distribute_and_probe
+
+  keras_backend.select = select_then_probe
+  trainer_main.app.run(trainer_main.main)
 
 
 if __name__ == "__main__":
-  main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+  main()

@@ -1,4 +1,11 @@
-"""MultiWorkerMirroredStrategy with real worker processes on 127.0.0.1, and its failure bounds."""
+"""MultiWorkerMirroredStrategy with real worker processes on 127.0.0.1, and its failure bounds.
+
+A worker is a process of its own, seconds of imports and start-up whatever it trains, so each
+cluster below runs once and every test that only reads what it did shares it: the users' model
+per backend (the TensorFlow one also reports the rows its replicas receive), and the SIGTERMed
+run that the launcher resumes and then reruns finished. The spiking model's cluster, shared with
+test_loss_scaling.py and test_tfrecords.py, is conftest's.
+"""
 
 import ipaddress
 import json
@@ -9,31 +16,25 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from tests import shard_probe
+from tests.processes import FINAL_LINE
 from tests.processes import ROOT
+from tests.processes import local_hosts
+from tests.processes import start_worker
 from trainer import config as config_lib
 from trainer.data import input_pipeline
 from trainer.distribute import cluster
+from trainer.distribute import device_plan
 from trainer import errors
+from trainer.loop import schedule
 from trainer import train
 from trainer.records import events as events_lib
 
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import launch_local  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-FINAL_LINE = re.compile(r"final train loss (\S+), weights sha256 (\w+)")
-
-
-def start_worker(hosts, index, *flags, module="trainer.main", temp_dir=None):
-  """Starts worker `index` of the cluster `hosts` as a real process."""
-  env = launch_local.worker_environment(hosts, index)
-  if temp_dir:
-    env["TMPDIR"] = str(temp_dir)
-  return subprocess.Popen([sys.executable, "-m", module, *flags], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+LAUNCHER = os.path.join(ROOT, "scripts", "launch_local.py")
+USERS_MODEL = "examples/residual_subclass.py:build"
+PROBED_BATCHES = 3
 
 
 def listening_addresses(port: int) -> set:
@@ -55,140 +56,192 @@ def _tcp6_bytes(address: str) -> bytes:
   return b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, 32, 8))
 
 
-def local_hosts(count):
-  return [f"127.0.0.1:{port}" for port in launch_local.free_ports(count)]
+def _finished(workers, timeout: float) -> list:
+  """Each worker's output once all have ended; any still running at `timeout` is killed."""
+  try:
+    return [worker.communicate(timeout=timeout)[0] for worker in workers]
+  finally:
+    for worker in workers:
+      worker.kill()
+
+
+def _users_model_cluster(backend: str, data_dir: str, root, *flags: str,
+                         module: str = "trainer.main") -> dict:
+  """Two workers of `backend` train the user's subclassed model for 20 steps, each in a workdir
+  and a TMPDIR of its own (on one disk the non-chief's would stay empty)."""
+  hosts = local_hosts(2)
+  temp_dirs = [root / f"tmp{index}" for index in range(2)]
+  for temp_dir in temp_dirs:
+    temp_dir.mkdir()
+  workers = [start_worker(hosts, index, *flags, "--strategy=multi_worker_mirrored",
+                          f"--backend={backend}", f"--model={USERS_MODEL}",
+                          "--dataset=fashion_mnist", f"--data_dir={data_dir}", "--epochs=1",
+                          "--max_steps_per_epoch=20", "--log_every=10", "--checkpoint_every=10",
+                          "--num_test_examples=128", f"--workdir={root / f'worker{index}'}",
+                          module=module, temp_dir=temp_dirs[index]) for index in range(2)]
+  outputs = _finished(workers, timeout=300)
+  return {"root": root, "temp_dirs": temp_dirs, "outputs": outputs,
+          "returncodes": [worker.returncode for worker in workers]}
+
+
+@pytest.fixture(scope="module")
+def tensorflow_cluster(fashion_subset, tmp_path_factory) -> dict:
+  """The users' model on TensorFlow, two CPU devices a worker (four replicas of 16 examples),
+  crop_flip, run as tests.shard_probe: each worker prints the rows of the first global batches
+  its replicas get."""
+  return _users_model_cluster(
+      "tensorflow", str(fashion_subset / "idx"), tmp_path_factory.mktemp("tensorflow_cluster"),
+      str(PROBED_BATCHES), "--cpu_devices=2", "--batch_size=64", "--augment=crop_flip",
+      module="tests.shard_probe")
+
+
+@pytest.fixture(scope="module")
+def jax_cluster(fashion_subset, tmp_path_factory) -> dict:
+  """The users' model on JAX, one device a worker."""
+  return _users_model_cluster("jax", str(fashion_subset / "idx"),
+                              tmp_path_factory.mktemp("jax_cluster"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", config_lib.BACKENDS)
-def test_two_workers_train_a_users_model_in_sync_and_only_the_chief_writes(backend,
-                                                                         fashion_mnist_dir,
-                                                                         tmp_path):
-  hosts = local_hosts(2)
-  temp_dirs = [tmp_path / f"tmp{i}" for i in range(2)]
-  for temp_dir in temp_dirs:
-    temp_dir.mkdir()
-  workers = [start_worker(hosts, i, "--strategy=multi_worker_mirrored", f"--backend={backend}",
-                          "--model=examples/residual_subclass.py:build",
-                          "--dataset=fashion_mnist", f"--data_dir={fashion_mnist_dir}",
-                          "--epochs=1", "--max_steps_per_epoch=60", "--log_every=30",
-                          "--checkpoint_every=30", f"--workdir={tmp_path / f'worker{i}'}",
-                          temp_dir=temp_dirs[i]) for i in range(2)]
-  outputs = [worker.communicate(timeout=240)[0] for worker in workers]
-  assert [worker.returncode for worker in workers] == [0, 0], outputs[1][-3000:]
+@pytest.mark.parametrize("backend, replicas", [("tensorflow", 4), ("jax", 2)])
+def test_two_workers_train_a_users_model_in_sync_and_only_the_chief_writes(backend, replicas,
+                                                                         request):
+  assert tuple(config_lib.BACKENDS) == ("tensorflow", "jax")  # Each backend has its cluster.
+  run = request.getfixturevalue(f"{backend}_cluster")
+  outputs, root = run["outputs"], run["root"]
+  assert run["returncodes"] == [0, 0], outputs[1][-3000:]
   finals = [FINAL_LINE.search(output).groups() for output in outputs]
   assert finals[0] == finals[1]  # Same final loss and bit-identical weights on both workers.
 
-  chief_results = json.loads((tmp_path / "worker0" / "results.json").read_text())
-  assert chief_results["num_replicas"] == 2
+  chief_results = json.loads((root / "worker0" / "results.json").read_text())
+  assert chief_results["num_replicas"] == replicas
   assert chief_results["strategy"] == "multi_worker_mirrored"
   assert chief_results["backend"] == backend
   assert chief_results["api"] == "subclass"  # Detected from the user's model.
   assert chief_results["weights_sha256"] == finals[0][1]
-  assert os.listdir(tmp_path / "worker0" / "train")
-  assert {"checkpoints", "model.keras", "saved_model"} <= set(os.listdir(tmp_path / "worker0"))
-  assert not (tmp_path / "worker1").exists() or not os.listdir(tmp_path / "worker1")
+  assert os.listdir(root / "worker0" / "train")
+  assert {"checkpoints", "model.keras", "saved_model"} <= set(os.listdir(root / "worker0"))
+  assert not (root / "worker1").exists() or not os.listdir(root / "worker1")
   # The non-chief saved its share of each checkpoint to a temporary folder, then removed it.
-  assert [os.listdir(temp_dir) for temp_dir in temp_dirs] == [[], []]
+  assert [os.listdir(temp_dir) for temp_dir in run["temp_dirs"]] == [[], []]
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_worker_stops_all_at_one_step_and_the_rerun_is_bit_identical(tmp_path):
-  hosts = local_hosts(2)
-  # One shared workdir, as on a cluster's shared disk (and as the launcher runs them).
-  flags = ("--strategy=multi_worker_mirrored", "--dataset=synthetic", "--epochs=1",
-           "--max_steps_per_epoch=120", "--batch_size=64", "--checkpoint_every=20",
-           "--steps_per_loop=10", "--log_every=50",
-           f"--workdir={tmp_path / 'run'}")
-  workers = [start_worker(hosts, i, *flags) for i in range(2)]
-  checkpoints = tmp_path / "run" / "checkpoints"
-  deadline = time.monotonic() + 120
-  while not (checkpoints.is_dir() and any(name.endswith(".index")
-                                          for name in os.listdir(checkpoints))):
-    assert time.monotonic() < deadline and workers[0].poll() is None, "no checkpoint in time"
-    time.sleep(0.05)
-  workers[1].send_signal(signal.SIGTERM)  # Preemption of the non-chief only.
-  outputs = [worker.communicate(timeout=120)[0] for worker in workers]
-  assert [worker.returncode for worker in workers] == [143, 143], outputs[0][-2000:]
-  saved = [re.search(r"saved at step (\d+) of 120", output).group(1) for output in outputs]
-  assert saved[0] == saved[1]  # Both saved the same step.
-  assert "Stopped by a signal to another worker" in outputs[0]
-
-  reruns = [start_worker(hosts, i, *flags) for i in range(2)]
-  outputs = [rerun.communicate(timeout=120)[0] for rerun in reruns]
-  assert [rerun.returncode for rerun in reruns] == [0, 0], outputs[0][-2000:]
-  resumed = json.loads((tmp_path / "run" / "results.json").read_text())
-  # The uninterrupted reference: mirrored over two replicas in this process computes the same
-  # sums in the same order (measured equal to an uninterrupted two-worker run).
-  straight = train.train_and_evaluate(config_lib.Config.from_flags(
-      strategy="mirrored", cpu_devices=2, dataset="synthetic", epochs=1, max_steps_per_epoch=120,
-      batch_size=64, checkpoint_every=20, steps_per_loop=10, log_every=50,
-      workdir=str(tmp_path / "straight")))
-  assert resumed["steps"] == 120
-  assert resumed["weights_sha256"] == straight["weights_sha256"]
-  # The chief's log covers the run: the preempted cluster was one process, the rerun another;
-  # a clean stop saved where it stopped, so nothing was trained twice.
-  events = events_lib.read_events(str(tmp_path / "run" / events_lib.EVENTS_FILE))
-  assert [event["why"] for event in events if event["event"] == "stop"] == [
-      "preempted", "finished"]
-  assert resumed["processes"] == resumed["goodput"]["processes"] == 2
-  assert resumed["goodput"]["lost_steps"] == 0
-
-
-@pytest.mark.slow
-def test_each_worker_receives_its_slice_of_every_global_batch(fashion_mnist_dir):
-  # Each worker's own pipeline decodes and augments only its rows of each global batch: the rows
-  # one process gives the same replica (tests/test_input_sharding.py checks every source).
-  hosts = local_hosts(2)
-  probes = [start_worker(hosts, i, fashion_mnist_dir, "64", "3", module="tests.shard_probe")
-            for i in range(2)]
-  outputs = [probe.communicate(timeout=120)[0] for probe in probes]
-  assert [probe.returncode for probe in probes] == [0, 0], outputs
-  seen = [json.loads(output.strip().splitlines()[-1])["batches"] for output in outputs]
-
+def test_each_worker_receives_its_slice_of_every_global_batch(tensorflow_cluster, fashion_subset):
+  # Each worker's own pipeline decodes and augments only its rows of each global batch, and its
+  # two replicas get them in order: the rows one process gives the same replicas
+  # (tests/test_input_sharding.py checks every source).
+  outputs = tensorflow_cluster["outputs"]
+  assert tensorflow_cluster["returncodes"] == [0, 0], outputs[1][-3000:]
+  seen = [json.loads(next(line[len(shard_probe.PREFIX):] for line in output.splitlines()
+                          if line.startswith(shard_probe.PREFIX)))["batches"]
+          for output in outputs]
   pipeline = input_pipeline.make_input_pipeline(config_lib.Config.from_flags(
-      dataset="fashion_mnist", data_dir=fashion_mnist_dir, batch_size=64,
+      dataset="fashion_mnist", data_dir=str(fashion_subset / "idx"), batch_size=64,
       augment="crop_flip").data)
   expected = [[shard_probe.image_digest(image) for image in images.numpy()]
-              for images, _ in pipeline.train_dataset(epoch=0).take(3)]
+              for images, _ in pipeline.train_dataset(epoch=0).take(PROBED_BATCHES)]
+  assert [len(batches) for batches in seen] == [PROBED_BATCHES] * 2
   for batch, (first, second) in enumerate(zip(*seen)):
     assert len(first) == len(second) == 32
     assert first + second == expected[batch]  # Bit-identical, row for row.
 
 
+# ---------------------------------------------------------------- Preempted, resumed, rerun.
+PREEMPTED_FLAGS = ("--dataset=synthetic", "--epochs=1", "--max_steps_per_epoch=120",
+                   "--batch_size=64", "--checkpoint_every=20", "--steps_per_loop=10",
+                   "--log_every=50")
+
+
+@pytest.fixture(scope="module")
+def preempted_cluster(tmp_path_factory) -> dict:
+  """Two workers on one shared workdir, as on a cluster's shared disk: the non-chief SIGTERMed
+  once a checkpoint exists; then the launcher reruns the same command, which resumes and
+  finishes, and reruns it once more on the finished run. Outputs of each stage."""
+  run = tmp_path_factory.mktemp("preempted") / "run"
+  flags = (*PREEMPTED_FLAGS, f"--workdir={run}")
+  hosts = local_hosts(2)
+  workers = [start_worker(hosts, index, "--strategy=multi_worker_mirrored", *flags)
+             for index in range(2)]
+  checkpoints = run / "checkpoints"
+  deadline = time.monotonic() + 120
+  while not (checkpoints.is_dir() and any(name.endswith(".index")
+                                          for name in os.listdir(checkpoints))):
+    if time.monotonic() > deadline or workers[0].poll() is not None:
+      pytest.fail("no checkpoint in time:\n" + _finished(workers, timeout=1)[0][-3000:])
+    time.sleep(0.05)
+  workers[1].send_signal(signal.SIGTERM)  # Preemption of the non-chief only.
+  preempted = _finished(workers, timeout=120)
+  launch = [sys.executable, LAUNCHER, "--workers=2", "--", *flags]
+  resumed = subprocess.run(launch, cwd=ROOT, capture_output=True, text=True, timeout=240)
+  rerun = subprocess.run(launch, cwd=ROOT, capture_output=True, text=True, timeout=240)
+  return {"run": run, "preempted": preempted,
+          "preempted_returncodes": [worker.returncode for worker in workers],
+          "resumed": resumed, "rerun": rerun}
+
+
 @pytest.mark.slow
-def test_launcher_runs_two_workers_of_two_cpu_devices_as_four_replicas_and_reruns_cleanly(
-    tmp_path):
-  command = [sys.executable, "scripts/launch_local.py", "--workers=2", "--",
-             "--dataset=synthetic", "--cpu_devices=2", "--batch_size=64", "--epochs=1",
-             "--max_steps_per_epoch=40", f"--workdir={tmp_path}"]
-  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
-  assert result.returncode == 0, result.stdout[-3000:]
-  assert json.loads((tmp_path / "results.json").read_text())["num_replicas"] == 4
-  lines = result.stdout.splitlines()
+def test_sigterm_to_one_worker_stops_all_at_one_step(preempted_cluster):
+  outputs = preempted_cluster["preempted"]
+  assert preempted_cluster["preempted_returncodes"] == [143, 143], outputs[0][-2000:]
+  saved = [re.search(r"saved at step (\d+) of 120", output).group(1) for output in outputs]
+  assert saved[0] == saved[1]  # Both saved the same step.
+  assert "Stopped by a signal to another worker" in outputs[0]
+
+
+@pytest.mark.slow
+def test_the_launcher_resumes_a_preempted_run_bit_identical_and_quietly(preempted_cluster,
+                                                                       tmp_path):
+  resumed, run = preempted_cluster["resumed"], preempted_cluster["run"]
+  assert resumed.returncode == 0, resumed.stdout[-3000:]
+  lines = resumed.stdout.splitlines()
   assert any(line.startswith("[worker 0] ") for line in lines)
   assert any(line.startswith("[worker 1] ") for line in lines)
   # Nothing a user would take for an error: no C++ error lines (the coordination service's
   # "Connection refused" at shutdown was one), no CUDA or oneDNN notes, no Python warnings.
   noise = re.compile(r"\] [EW]\d{4}|^\[worker \d\] [EWF]\d{4} |Connection refused|cuInit|cuda|"
                      r"oneDNN|InitializeLog|Warning|Traceback")
-  assert not [line for line in lines if noise.search(line)], result.stdout[-3000:]
-  # Rerunning a finished run ends cleanly on every worker, the non-chief included.
-  again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
-  assert again.returncode == 0, again.stdout[-3000:]
-  assert "[worker 0] " + str(tmp_path) + " already finished all 40 steps" in again.stdout
+  assert not [line for line in lines if noise.search(line)], resumed.stdout[-3000:]
+
+  results = json.loads((run / "results.json").read_text())
+  # The uninterrupted reference: mirrored over two replicas in this process computes the same
+  # sums in the same order (measured equal to an uninterrupted two-worker run).
+  straight = train.train_and_evaluate(config_lib.Config.from_flags(
+      strategy="mirrored", cpu_devices=2, dataset="synthetic", epochs=1, max_steps_per_epoch=120,
+      batch_size=64, checkpoint_every=20, steps_per_loop=10, log_every=50,
+      workdir=str(tmp_path / "straight")))
+  assert results["steps"] == 120
+  assert results["weights_sha256"] == straight["weights_sha256"]
+  # The chief's log covers the run: the preempted cluster was one process, the rerun another;
+  # a clean stop saved where it stopped, so nothing was trained twice.
+  events = events_lib.read_events(str(run / events_lib.EVENTS_FILE))
+  assert [event["why"] for event in events if event["event"] == "stop"] == [
+      "preempted", "finished"]
+  assert results["processes"] == results["goodput"]["processes"] == 2
+  assert results["goodput"]["lost_steps"] == 0
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_run_ends_cleanly_on_every_worker(preempted_cluster):
+  rerun = preempted_cluster["rerun"]
+  assert rerun.returncode == 0, rerun.stdout[-3000:]  # The non-chief included.
+  assert (f"[worker 0] {preempted_cluster['run']} already finished all 120 steps"
+          in rerun.stdout)
 
 
 @pytest.mark.slow
 def test_launcher_fails_when_a_worker_fails(tmp_path):
+  # A flag value refused before TensorFlow loads: the workers fail in a fraction of a second.
   result = subprocess.run(
-      [sys.executable, "scripts/launch_local.py", "--workers=2", "--", "--dataset=fashion_mnist",
-       f"--data_dir={tmp_path / 'missing'}", f"--workdir={tmp_path / 'run'}"],
+      [sys.executable, LAUNCHER, "--workers=2", "--", "--dataset=synthetic",
+       "--image_shape=28,28,x", f"--workdir={tmp_path / 'run'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
-  assert "is not a folder" in result.stdout and "[launcher] worker" in result.stdout
+  assert "must be a comma-separated list of integers" in result.stdout
+  assert re.search(r"^\[launcher\] worker \d exited with code 2", result.stdout, re.MULTILINE)
 
 
+# ---------------------------------------------------------------- Failure bounds.
 @pytest.mark.slow
 def test_killing_a_worker_stops_the_other_within_the_bound(tmp_path):
   hosts = local_hosts(2)
@@ -201,7 +254,7 @@ def test_killing_a_worker_stops_the_other_within_the_bound(tmp_path):
   time.sleep(2)
   workers[1].kill()
   killed_at = time.monotonic()
-  output = workers[0].communicate(timeout=90)[0]
+  output = _finished(workers, timeout=90)[0]
   assert workers[0].returncode != 0
   assert time.monotonic() - killed_at < 15 + 10
   assert "error: worker 0 of 2" in output
@@ -225,12 +278,38 @@ def test_a_peer_that_never_starts_ends_the_wait_within_the_bound(tmp_path):
   while not listening_addresses(port) and time.monotonic() < deadline:
     time.sleep(0.2)
   assert listening_addresses(port) == {"0.0.0.0"} or listening_addresses(port) == {"::"}
-  output = lonely.communicate(timeout=90)[0]
+  output = _finished([lonely], timeout=90)[0]
   assert lonely.returncode != 0
   assert time.monotonic() - started < 5 + 30  # The bound, plus start-up.
   assert "made no progress for 5 s: a peer worker did not start" in output
 
 
+@pytest.mark.slow
+def test_a_one_worker_cluster_trains_one_step_a_call(tmp_path):
+  # One replica, XLA on by default: it must still run one step per call (the plan's rule,
+  # checked below in milliseconds), and a real one-worker cluster trains so. Its 10 steps
+  # would take packs of 10 on the default strategy.
+  worker = start_worker(local_hosts(1), 0, "--strategy=multi_worker_mirrored",
+                        "--dataset=synthetic", "--epochs=1", "--max_steps_per_epoch=10",
+                        f"--workdir={tmp_path}")
+  output = _finished([worker], timeout=120)[0]
+  assert worker.returncode == 0, output[-3000:]
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert (results["num_replicas"], results["steps"], results["jit_compile"],
+          results["steps_per_xla_call"]) == (1, 10, True, 1)
+
+
+def test_a_one_worker_cluster_plans_one_step_a_compiled_call():
+  # The mirrored strategies sync the optimizer in a way an in-graph loop of steps cannot hold,
+  # so one replica under XLA packs steps on the default strategy only.
+  facts = device_plan.DeviceFacts(host_memory_bytes=2**34)
+  for strategy, pack in (("multi_worker_mirrored", 1), ("default", schedule.MAX_PACK)):
+    plan = device_plan.plan_run(
+        config_lib.Config.from_flags(strategy=strategy, dataset="synthetic"), facts)
+    assert (plan.num_replicas, plan.xla, plan.pack_steps) == (1, True, pack), strategy
+
+
+# ---------------------------------------------------------------- The cluster's description.
 @pytest.mark.parametrize("tf_config, message", [
     ("{not json", "TF_CONFIG is not valid JSON"),
     ('["worker"]', "must be a JSON object"),
@@ -286,16 +365,3 @@ def test_slurm_helper_turns_slurms_variables_into_tf_config():
   tf_config = cluster.parse_tf_config(result.stdout.strip().splitlines()[-1])
   assert tf_config == {"cluster": {"worker": ["node07:2300", "node08:2300"]},
                        "task": {"type": "worker", "index": 1}}
-
-
-@pytest.mark.slow
-def test_a_one_worker_cluster_trains(tmp_path):
-  # One replica, XLA on by default: it must still run one step per call, as the mirrored
-  # strategies sync the optimizer in a way an in-graph loop of steps cannot hold.
-  worker = start_worker(local_hosts(1), 0, "--strategy=multi_worker_mirrored",
-                        "--dataset=synthetic", "--epochs=1", "--max_steps_per_epoch=50",
-                        f"--workdir={tmp_path}")
-  output = worker.communicate(timeout=120)[0]
-  assert worker.returncode == 0, output[-3000:]
-  results = json.loads((tmp_path / "results.json").read_text())
-  assert (results["num_replicas"], results["steps"], results["steps_per_xla_call"]) == (1, 50, 1)
