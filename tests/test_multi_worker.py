@@ -66,6 +66,18 @@ def _finished(workers, timeout: float) -> list:
       worker.kill()
 
 
+def _wait_for(condition, workers, what: str, seconds: float = 120) -> None:
+  """Waits until `condition()`; fails with the chief's output, all workers killed, if the chief
+  ends first or `seconds` pass."""
+  deadline = time.monotonic() + seconds
+  while not condition():
+    if time.monotonic() > deadline or workers[0].poll() is not None:
+      for worker in workers:
+        worker.kill()
+      pytest.fail(f"no {what} in time:\n" + _finished(workers, timeout=30)[0][-3000:])
+    time.sleep(0.05)
+
+
 def _users_model_cluster(backend: str, data_dir: str, root, *flags: str,
                          module: str = "trainer.main") -> dict:
   """Two workers of `backend` train the user's subclassed model for 20 steps, each in a workdir
@@ -165,12 +177,9 @@ def preempted_cluster(tmp_path_factory) -> dict:
   workers = [start_worker(hosts, index, "--strategy=multi_worker_mirrored", *flags)
              for index in range(2)]
   checkpoints = run / "checkpoints"
-  deadline = time.monotonic() + 120
-  while not (checkpoints.is_dir() and any(name.endswith(".index")
-                                          for name in os.listdir(checkpoints))):
-    if time.monotonic() > deadline or workers[0].poll() is not None:
-      pytest.fail("no checkpoint in time:\n" + _finished(workers, timeout=1)[0][-3000:])
-    time.sleep(0.05)
+  _wait_for(lambda: checkpoints.is_dir() and any(name.endswith(".index")
+                                                 for name in os.listdir(checkpoints)),
+            workers, "checkpoint")
   workers[1].send_signal(signal.SIGTERM)  # Preemption of the non-chief only.
   preempted = _finished(workers, timeout=120)
   launch = [sys.executable, LAUNCHER, "--workers=2", "--", *flags]
@@ -250,10 +259,9 @@ def test_killing_a_worker_stops_the_other_within_the_bound(tmp_path):
   flags = ["--strategy=multi_worker_mirrored", "--dataset=synthetic", "--epochs=100",
            "--worker_timeout=15"]
   workers = [start_worker(hosts, i, *flags, f"--workdir={tmp_path / str(i)}") for i in range(2)]
-  deadline = time.monotonic() + 120
-  while not (tmp_path / "0" / "train").exists() and time.monotonic() < deadline:
-    time.sleep(0.5)  # The chief writes train/ once the cluster trains.
-  time.sleep(2)
+  log = tmp_path / "0" / events_lib.EVENTS_FILE
+  # The chief logs the cluster's first step: it trains.
+  _wait_for(lambda: log.exists() and '"first_step"' in log.read_text(), workers, "first step")
   workers[1].kill()
   killed_at = time.monotonic()
   output = _finished(workers, timeout=90)[0]
