@@ -56,7 +56,7 @@ def _run_straight_and_killed(flags, tmp_path, kill_at) -> str:
   killed_dir = tmp_path / "killed"
   for step in kill_at:
     killed = subprocess.Popen(
-        [sys.executable, "-m", "tests.killed_at_step", str(step), *flags,
+        [sys.executable, "-m", "tests.signalled_at_step", str(step), *flags,
          f"--workdir={killed_dir}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     _, killed_err = killed.communicate(timeout=240)

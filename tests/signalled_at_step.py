@@ -1,6 +1,6 @@
 """The trainer's command line, killed with SIGKILL once it has logged a given training step.
 
-  python -m tests.killed_at_step STEP FLAGS...
+  python -m tests.signalled_at_step STEP FLAGS...
 
 A kill -9 at a known step rather than at whatever moment a watching test gets to it: the run
 dies right after writing the training scalars of the first log point at or past STEP, so the
