@@ -1,11 +1,13 @@
-"""The trainer's command line, killed with SIGKILL once it has logged a given training step.
+"""The trainer's command line, sent a signal by itself once it has logged a given training step.
 
-  python -m tests.signalled_at_step STEP FLAGS...
+  python -m tests.signalled_at_step SIGNAL STEP FLAGS...
 
-A kill -9 at a known step rather than at whatever moment a watching test gets to it: the run
-dies right after writing the training scalars of the first log point at or past STEP, so the
-steps since its last checkpoint are logged and lost, as in a real crash, and a test need not
-give the run thousands of steps to be sure of catching it mid-epoch.
+SIGNAL is KILL or STOP. A kill -9 at a known step rather than at whatever moment a watching test
+gets to it: the run dies right after writing the training scalars of the first log point at or
+past STEP, so the steps since its last checkpoint are logged and lost, as in a real crash, and a
+test need not give the run thousands of steps to be sure of catching it mid-epoch. STOP halts it
+there instead, holding its workdir, until the test sends SIGCONT (after any signal it wants the
+run to find when it goes on).
 """
 
 import os
@@ -14,8 +16,9 @@ import sys
 
 
 def main() -> None:
-  kill_at = int(sys.argv[1])
-  sys.argv = ["trainer.main", *sys.argv[2:]]
+  sent = getattr(signal, f"SIG{sys.argv[1]}")
+  at_step = int(sys.argv[2])
+  sys.argv = ["trainer.main", *sys.argv[3:]]
   from trainer import main as trainer_main  # pylint: disable=g-import-not-at-top
   from trainer.distribute import keras_backend  # pylint: disable=g-import-not-at-top
   select = keras_backend.select
@@ -26,12 +29,14 @@ def main() -> None:
     from trainer.records import summaries  # pylint: disable=g-import-not-at-top
     scalars = summaries.RunWriter.scalars
 
-    def scalars_then_kill(self, writer, step, values):
+    def scalars_then_signal(self, writer, step, values):
+      nonlocal at_step
       scalars(self, writer, step, values)
-      if writer == "train" and step >= kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
+      if writer == "train" and step >= at_step:
+        at_step = sys.maxsize  # Once: a stopped run goes on when continued.
+        os.kill(os.getpid(), sent)
 
-    summaries.RunWriter.scalars = scalars_then_kill
+    summaries.RunWriter.scalars = scalars_then_signal
 
   keras_backend.select = select_then_arm
   trainer_main.app.run(trainer_main.main)
