@@ -211,3 +211,16 @@ def spiking_cluster(fashion_shards, tmp_path_factory) -> dict:
   return {"workdir": workdir, "outputs": outputs,
           "returncodes": [worker.returncode for worker in workers],
           "traces": None if untraced else traces, "untraced": untraced}
+
+
+@pytest.fixture
+def restores_op_determinism():
+  """For a test that trains with --deterministic in this process: the run turns TensorFlow's
+  op determinism on for the rest of the process, and this turns it back off after the test, so
+  the tests after it run as a user's run without the flag does (not serialised, and free to
+  use unseeded random ops)."""
+  from tensorflow.python.framework import config as framework_config
+  was_on = framework_config.is_op_determinism_enabled()
+  yield
+  if not was_on:
+    framework_config.disable_op_determinism()

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -26,7 +25,6 @@ from trainer.records import events as events_lib
 from trainer.records import export
 from trainer.records import goodput as goodput_lib
 from trainer.records import run_record
-from trainer.records import summaries
 from trainer.records import workdir as workdir_lib
 from trainer import train
 
@@ -43,44 +41,42 @@ def logged_steps(folder, tag="loss") -> list:
   return [event.step for event in accumulator.Tensors(tag)]
 
 
-def start_trainer(*flags):
-  return subprocess.Popen([sys.executable, "-m", "trainer.main", *flags], cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def command_line(settings: dict) -> list:
+  """The trainer's flags that give the Config keywords `settings`, as a user types them."""
+  flags = []
+  for name, value in settings.items():
+    if isinstance(value, bool):
+      flags.append(f"--{'' if value else 'no'}{name}")
+    elif isinstance(value, tuple):
+      flags.append(f"--{name}={','.join(map(str, value))}")
+    else:
+      flags.append(f"--{name}={value}")
+  return flags
 
 
-def _run_straight_and_killed(flags, tmp_path, kill_at) -> str:
-  """Trains `flags` straight through in tmp_path/straight and, at the same time, in
-  tmp_path/killed: kill -9 once it has logged each step of `kill_at` in turn (rerun after each
-  kill), then rerun to the end. Returns the straight run's stderr."""
-  straight = start_trainer(*flags, f"--workdir={tmp_path / 'straight'}")
-  killed_dir = tmp_path / "killed"
+def _killed_at(settings: dict, workdir, kill_at) -> None:
+  """Runs the trainer's command line on `settings` in `workdir`, killed with kill -9 once it
+  has logged each step of `kill_at` in turn: a process each, each after the first resuming."""
   for step in kill_at:
-    killed = subprocess.Popen(
-        [sys.executable, "-m", "tests.signalled_at_step", str(step), *flags,
-         f"--workdir={killed_dir}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
-    _, killed_err = killed.communicate(timeout=240)
+    killed = processes.run_module("tests.signalled_at_step", "KILL", str(step),
+                                  *command_line(settings), f"--workdir={workdir}")
     # SIGKILL: its workdir lock goes with it, so the rerun can take it.
-    assert killed.returncode == -signal.SIGKILL, killed_err[-3000:]
-    assert checkpoint_steps(killed_dir)[-1] < step  # The steps since were trained and lost.
-    assert not os.path.exists(killed_dir / run_record.RESULTS_FILE)
-  resumed = start_trainer(*flags, f"--workdir={killed_dir}")
-  _, resumed_err = resumed.communicate(timeout=240)
-  _, straight_err = straight.communicate(timeout=240)
-  assert resumed.returncode == 0 and straight.returncode == 0, resumed_err[-3000:]
-  assert "Resuming from step" in resumed_err
-  return straight_err
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert checkpoint_steps(workdir)[-1] < step  # The steps since were trained and lost.
+    assert not os.path.exists(workdir / run_record.RESULTS_FILE)
 
 
 # Every setting of the training recipe at once: each keeps state across the kill (momentum, the
 # schedule's step, the moving average, the best so far) or changes where boundaries fall.
-RECIPE_FLAGS = ("--optimizer=sgd", "--nesterov", "--learning_rate=0.05", "--weight_decay=1e-4",
-                "--warmup_steps=30", "--lr_schedule=cosine", "--label_smoothing=0.1",
-                "--clip_norm=2.0", "--grad_accum_steps=2", "--ema_decay=0.99",
-                "--keep_best=accuracy")
+RECIPE = dict(optimizer="sgd", nesterov=True, learning_rate=0.05, weight_decay=1e-4,
+              warmup_steps=30, lr_schedule="cosine", label_smoothing=0.1, clip_norm=2.0,
+              grad_accum_steps=2, ema_decay=0.99, keep_best="accuracy")
 # 3 epochs of 40 steps: a checkpoint and an evaluation every 20 steps, the scalars every 10.
-RESUMABLE_FLAGS = ("--epochs=3", "--max_steps_per_epoch=40", "--checkpoint_every=20",
-                   "--eval_every=20", "--log_every=10", "--deterministic", *RECIPE_FLAGS)
+# The evaluations during training (the best model's) cover 2 batches, the last one the first
+# 1,000 test examples: what is compared is their figures, not how good they are.
+RESUMABLE = dict(epochs=3, max_steps_per_epoch=40, checkpoint_every=20, eval_every=20,
+                 eval_steps=2, num_test_examples=1000, log_every=10, deterministic=True,
+                 progress="none", **RECIPE)
 TOTAL_STEPS = 120
 
 
@@ -96,28 +92,50 @@ def _write_shapes(data_dir) -> None:
 # encoded) in packs of steps: each example's box and flip must follow (seed, epoch, its
 # position in the epoch), not the process that drew it; it is killed twice, in epochs 1 and 2.
 # Mirrored and JAX augment and normalise whole batches, which must follow the step. Each kill
-# falls between two checkpoints, after a logged call.
+# falls between two checkpoints, after a logged call, and each rerun resumes inside an epoch
+# (from step 20 or 60; 40 would be an epoch's start). The kills are processes of the trainer's
+# command line; the rerun after the last and the straight run to compare with run in this
+# process (TensorFlow's) or in one JAX process (tests/runs_in_a_process.py): neither can inherit
+# anything from a killed process, and the rerun goes first, so the straight run cannot leave it
+# anything either.
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy_flags, kill_at", [
-    (("--strategy=default", "--image_size=72,72", "--augment=crop_flip", "--normalize",
-      "--eval_crop=0.9", "--batch_size=16"), (30, 70)),
-    (("--strategy=mirrored", "--cpu_devices=2", "--augment=crop_flip", "--normalize",
-      "--batch_size=64"), (50,)),
-    (("--backend=jax", "--strategy=default", "--augment=crop_flip", "--normalize",
-      "--batch_size=64"), (50,))],
+@pytest.mark.parametrize("strategy_settings, kill_at", [
+    (dict(strategy="default", image_size=(72, 72), augment="crop_flip", normalize=True,
+          eval_crop=0.9, batch_size=16), (30, 70)),
+    (dict(strategy="mirrored", cpu_devices=2, augment="crop_flip", normalize=True,
+          batch_size=64), (70,)),
+    (dict(backend="jax", strategy="default", augment="crop_flip", normalize=True,
+          batch_size=64), (70,))],
     ids=["default", "mirrored", "jax"])
-def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_flags, kill_at,
-                                                         fashion_mnist_dir, tmp_path):
-  if "--image_size=72,72" in strategy_flags:
+def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_settings, kill_at,
+                                                         fashion_subset, tmp_path, caplog,
+                                                         restores_op_determinism):
+  if "image_size" in strategy_settings:
     _write_shapes(tmp_path / "shapes")
-    data_flags = (f"--data_dir={tmp_path / 'shapes'}",)
+    data_settings = dict(data_dir=str(tmp_path / "shapes"))
+  else:  # 4,000 training images: an epoch of 40 steps of 64 draws from all of them.
+    data_settings = dict(dataset="fashion_mnist", data_dir=str(fashion_subset / "idx"))
+  settings = {**RESUMABLE, **data_settings, **strategy_settings}
+  killed_dir, straight_dir = tmp_path / "killed", tmp_path / "straight"
+  _killed_at(settings, killed_dir, kill_at)
+  if strategy_settings.get("backend") == "jax":
+    runs = [{**settings, "workdir": str(workdir)} for workdir in (killed_dir, straight_dir)]
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    done = processes.run_module("tests.runs_in_a_process", str(tmp_path / "runs.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
   else:
-    data_flags = ("--dataset=fashion_mnist", f"--data_dir={fashion_mnist_dir}")
-  flags = (*RESUMABLE_FLAGS, *data_flags, *strategy_flags)
-  killed_dir = tmp_path / "killed"
-  straight_err = _run_straight_and_killed(flags, tmp_path, kill_at)
+    last_checkpoint = checkpoint_steps(killed_dir)[-1]
+    with caplog.at_level(logging.INFO, logger="absl"):
+      train.train_and_evaluate(config_lib.Config.from_flags(**settings,
+                                                            workdir=str(killed_dir)))
+    assert f"Resuming from step {last_checkpoint} of {TOTAL_STEPS}." in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="absl"):
+      train.train_and_evaluate(config_lib.Config.from_flags(**settings,
+                                                            workdir=str(straight_dir)))
+    straight_log = caplog.text
 
-  expected = run_record.read_results(tmp_path / "straight")
+  expected = run_record.read_results(straight_dir)
   got = run_record.read_results(killed_dir)
   assert got["steps"] == expected["steps"] == TOTAL_STEPS
   assert (got["processes"], expected["processes"]) == (len(kill_at) + 1, 1)
@@ -127,14 +145,14 @@ def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_flags, kill_at
     assert got[field] == expected[field], field
   assert expected["ema_weights_sha256"] and expected["best_step"]
   assert _digest(export.load_keras_model(str(killed_dir / "best"))) == _digest(
-      export.load_keras_model(str(tmp_path / "straight" / "best")))
+      export.load_keras_model(str(straight_dir / "best")))
   # TensorBoard: every logged step once, in order, across the kills.
   assert logged_steps(killed_dir / "train") == list(range(10, TOTAL_STEPS + 1, 10))
   _assert_the_kills_goodput(got, expected, killed_dir)
   assert logged_steps(killed_dir / "eval", "accuracy_ema") == list(
       range(20, TOTAL_STEPS + 1, 20))
-  if "--image_size=72,72" in strategy_flags:
-    assert "held in memory" in straight_err and "encoded" in straight_err
+  if "image_size" in strategy_settings:
+    assert "held in memory" in straight_log and "encoded" in straight_log
     assert expected["input_wait_share"] > 0  # Measured under --deterministic too.
     assert expected["steps_per_xla_call"] > 1
 
@@ -201,35 +219,38 @@ def _digest(model) -> str:
 
 @pytest.mark.slow
 def test_sigterm_saves_at_the_next_step_and_says_how_to_resume(tmp_path):
-  workdir = tmp_path / "run"
-  # Epochs of 7,500 steps with checkpoints only at their ends: any other saved step was saved
-  # because of the signal.
-  steps_per_epoch = input_pipeline.SYNTHETIC_TRAIN_SIZE // 8
-  flags = ("--dataset=synthetic", "--epochs=50", "--batch_size=8", "--checkpoint_every=0",
-           f"--workdir={workdir}")
-  process = start_trainer(*flags)
-  deadline = time.monotonic() + 120
-  while summaries.last_logged_step(str(workdir / "train")) <= steps_per_epoch:
-    assert process.poll() is None, process.communicate()[1][-3000:]
-    assert time.monotonic() < deadline, "not training in epoch 2 in time"
-    time.sleep(0.05)
-  # A second trainer on the live workdir: refused at once, naming the holder.
-  second = processes.run_trainer(*flags, timeout=120)
-  assert second.returncode == errors.BAD_INPUT, second.stderr[-2000:]
-  assert f"is in use by process {process.pid} on " in second.stderr
-  assert process.poll() is None  # The holder trains on, undisturbed.
-  # Signal well inside an epoch, so the save it causes cannot fall on an epoch's end.
-  while not 500 <= summaries.last_logged_step(str(workdir / "train")) % steps_per_epoch <= 4000:
-    assert process.poll() is None and time.monotonic() < deadline + 120
-    time.sleep(0.05)
-  process.send_signal(signal.SIGTERM)
-  _, stderr = process.communicate(timeout=60)
-  assert process.returncode == 128 + signal.SIGTERM
+  # Epochs of 100 steps with checkpoints only at their ends: any other saved step was saved
+  # because of the signal. The run stops itself at step 150, well inside epoch 2, so the save
+  # the signal causes cannot fall on an epoch's end, and holds its workdir there.
+  settings = dict(dataset="synthetic", epochs=5, batch_size=8, max_steps_per_epoch=100,
+                  log_every=10, checkpoint_every=0, progress="none",
+                  workdir=str(tmp_path / "run"))
+  with open(tmp_path / "stderr.txt", "w") as stderr:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.signalled_at_step", "STOP", "150",
+         *command_line(settings)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+  try:
+    _, status = os.waitpid(process.pid, os.WUNTRACED)
+    if not os.WIFSTOPPED(status):
+      process.returncode = os.waitstatus_to_exitcode(status)  # It ended, and is reaped here.
+      pytest.fail((tmp_path / "stderr.txt").read_text()[-3000:])
+    # A second trainer on the live workdir: refused at once, naming the holder.
+    with pytest.raises(errors.UserError,
+                       match=f"is in use by process {process.pid} on ") as refused:
+      train.train_and_evaluate(config_lib.Config.from_flags(**settings))
+    assert refused.value.exit_code == errors.BAD_INPUT
+    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGCONT)
+    process.wait(timeout=60)
+  finally:
+    process.kill()  # Only if it is still there, stopped or hung; a no-op once it has ended.
+  stderr = (tmp_path / "stderr.txt").read_text()
+  assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
   assert "Rerun the same command to resume" in stderr
-  saved_step = checkpoint_steps(workdir)[-1]
-  assert saved_step > steps_per_epoch and saved_step % steps_per_epoch != 0
-  assert f"saved at step {saved_step} of" in stderr
-  assert logged_steps(workdir / "train")[-1] <= saved_step
+  saved_step = checkpoint_steps(settings["workdir"])[-1]
+  assert saved_step > 100 and saved_step % 100 != 0
+  assert f"saved at step {saved_step} of 500" in stderr
+  assert logged_steps(os.path.join(settings["workdir"], "train"))[-1] <= saved_step
 
 
 @pytest.mark.slow
