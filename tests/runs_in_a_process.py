@@ -5,8 +5,8 @@
 RUNS.json holds a list of Config keyword dicts, all on one backend; each run writes its workdir
 as the trainer does. One process serves them all, which saves a start-up per run, for runs that
 cannot share the test process: JAX's (Keras keeps the backend of its first import, and the test
-process has TensorFlow's) and --deterministic ones (op determinism, once on, stays on for the
-rest of a process).
+process has TensorFlow's). TensorFlow's --deterministic runs train in the test process, which
+conftest's restores_op_determinism turns back to a user's default afterwards.
 
 A run's dict may also hold "resnet_blocks_per_stage": its ResNet is then built from the same
 builder with that many blocks per stage, for tests that check the ResNets' wiring, not their

@@ -1,8 +1,8 @@
 """The ResNets in the three APIs: structure, parameter counts, identical weights, BatchNorm under
 several replicas, and one training step of ResNet-50 on tiny inputs."""
 
-import json
 import os
+from unittest import mock
 
 import keras
 import numpy as np
@@ -108,8 +108,10 @@ def test_resnet50_takes_one_training_step_on_tiny_inputs():
 
 
 def _stem_statistics(strategy, sync_batchnorm, images):
-  # As the task runs a step: the forward pass, then the replicas' copies averaged.
-  with strategy.scope():
+  # As the task runs a step: the forward pass, then the replicas' copies averaged. One block per
+  # stage: only the stem's statistics are read.
+  with mock.patch.dict(resnet.RESNET_SPECS, {"resnet18": ("basic", (1, 1, 1, 1))}), \
+      strategy.scope():
     model = factory.build_model("resnet18", "functional", images.shape[1:], 10,
                                 sync_batchnorm=sync_batchnorm)
   averaged = distribution.replica_averaged(model.non_trainable_variables)
@@ -138,9 +140,16 @@ def two_halves():
   return images
 
 
+@pytest.fixture(scope="module")
+def one_device_statistics(two_halves):
+  """The stem's moving (mean, [variance]) after one step on the whole batch on one device."""
+  return _stem_statistics(tf.distribute.get_strategy(), False, two_halves)
+
+
 @pytest.mark.slow
-def test_batchnorm_under_mirrored_uses_each_replicas_statistics_by_default(two_halves):
-  mean, (variance,) = _stem_statistics(tf.distribute.get_strategy(), False, two_halves)
+def test_batchnorm_under_mirrored_uses_each_replicas_statistics_by_default(
+    two_halves, one_device_statistics):
+  mean, (variance,) = one_device_statistics
   mirrored_mean, copies = _stem_statistics(distribution.make_strategy("mirrored"), False,
                                            two_halves)
   assert len(copies) == 2
@@ -152,8 +161,8 @@ def test_batchnorm_under_mirrored_uses_each_replicas_statistics_by_default(two_h
 
 
 @pytest.mark.slow
-def test_sync_batchnorm_under_mirrored_uses_the_global_batch(two_halves):
-  _, (variance,) = _stem_statistics(tf.distribute.get_strategy(), False, two_halves)
+def test_sync_batchnorm_under_mirrored_uses_the_global_batch(two_halves, one_device_statistics):
+  _, (variance,) = one_device_statistics
   _, copies = _stem_statistics(distribution.make_strategy("mirrored"), True, two_halves)
   for copy in copies:
     np.testing.assert_allclose(copy, variance, atol=1e-6)
@@ -165,24 +174,19 @@ def test_sync_batchnorm_is_refused_for_models_without_our_batchnorm():
 
 
 @pytest.mark.slow
-def test_three_apis_train_to_identical_weights_under_deterministic(tmp_path, monkeypatch):
-  # 20 steps with --deterministic on CIFAR-stem images, the three APIs in one process of their
-  # own (op determinism, once on, stays on for the rest of a process): one digest of every
-  # weight. One block per stage, built by the same code: the APIs' wiring is compared here (the
-  # full depth's structure and weights are, above), and each block more only lengthened the
-  # compiles.
-  runs = [dict(model="resnet18", resnet_blocks_per_stage=(1, 1, 1, 1), api=api,
-               dataset="synthetic", image_shape=(16, 16, 3), epochs=1, batch_size=8,
-               max_steps_per_epoch=20, eval_steps=1, num_test_examples=8, strategy="default",
-               deterministic=True, log_every=10, progress="none", workdir=str(tmp_path / api))
-          for api in config_lib.APIS]
-  (tmp_path / "runs.json").write_text(json.dumps(runs))
-  done = processes.run_module("tests.runs_in_a_process", str(tmp_path / "runs.json"),
-                              timeout=300)
-  assert done.returncode == 0, done.stderr[-2000:]
-  results = {api: json.loads((tmp_path / api / "results.json").read_text())
-             for api in config_lib.APIS}
+def test_three_apis_train_to_identical_weights_under_deterministic(tmp_path, monkeypatch,
+                                                                   restores_op_determinism):
+  # 6 steps with --deterministic on CIFAR-stem images, the three APIs in this process: one
+  # digest of every weight. One block per stage, built by the same code: the APIs' wiring is
+  # compared here (the full depth's structure and weights are, above), and each block more only
+  # lengthened the compiles.
+  from trainer import train  # pylint: disable=g-import-not-at-top
   monkeypatch.setitem(resnet.RESNET_SPECS, "resnet18", ("basic", (1, 1, 1, 1)))
+  results = {api: train.train_and_evaluate(config_lib.Config.from_flags(
+      model="resnet18", api=api, dataset="synthetic", image_shape=(16, 16, 3), epochs=1,
+      batch_size=8, max_steps_per_epoch=6, eval_steps=1, num_test_examples=8,
+      strategy="default", deterministic=True, log_every=3, progress="none",
+      workdir=str(tmp_path / api))) for api in config_lib.APIS}
   model = factory.build_model("resnet18", "functional", (16, 16, 3), 10)
   assert model.count_params() > trainable_count(model)
   assert {r["params"] for r in results.values()} == {model.count_params()}  # With BN statistics.
