@@ -9,7 +9,6 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from tests.processes import run_trainer
 from trainer import config as config_lib
 from trainer import errors
 from trainer.records import run_record
@@ -65,19 +64,13 @@ def test_mirrored_over_two_cpu_devices_matches_the_default_strategy(fashion_mnis
 
 @pytest.mark.slow
 def test_every_single_replica_strategy_trains_the_same_weights_in_packs(small_config, tmp_path):
+  # Mirrored too: --cpu_devices=1 (the default) gives it one of this process's two CPU devices.
   config = small_config.replace(max_steps_per_epoch=50, log_every=25)
   runs = {strategy: train.train_and_evaluate(
       config.replace(strategy=strategy, workdir=str(tmp_path / strategy)))
-          for strategy in ("default", "one_device")}
-  # Mirrored over one device in its own process: this one has two CPU devices, and mirrored
-  # would use both.
-  result = run_trainer("--dataset=synthetic", "--epochs=1", "--batch_size=64",
-                       "--max_steps_per_epoch=50", "--log_every=25", "--strategy=mirrored",
-                       f"--workdir={tmp_path / 'mirrored'}")
-  assert result.returncode == 0, result.stderr[-2000:]
-  runs["mirrored"] = run_record.read_results(str(tmp_path / "mirrored"))
-  assert {name: (r["num_replicas"], r["steps_per_xla_call"]) for name, r in runs.items()} == {
-      name: (1, 25) for name in runs}
+          for strategy in ("default", "one_device", "mirrored")}
+  assert {name: (r["strategy"], r["num_replicas"], r["steps_per_xla_call"])
+          for name, r in runs.items()} == {name: (name, 1, 25) for name in runs}
   assert len({r["weights_sha256"] for r in runs.values()}) == 1
 
 
@@ -157,7 +150,8 @@ def test_a_workdir_holding_something_else_is_not_touched(small_config):
 
 
 @pytest.mark.slow
-def test_calls_sized_by_time_train_the_same_weights_as_fixed_calls(small_config):
+def test_calls_sized_by_time_train_the_same_weights_as_fixed_calls(small_config,
+                                                                   restores_op_determinism):
   # Where calls end is the only thing time decides: auto, 100 and 7 steps per loop (the pack of
   # 25 then) give bit-identical weights.
   digests = {train.train_and_evaluate(small_config.replace(
