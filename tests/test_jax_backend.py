@@ -69,12 +69,12 @@ def _mlp(api, fashion_mnist_dir, workdir, **settings):
           "workdir": str(workdir), **settings}
 
 
-def _resnet18(api, workdir):
+def _resnet18(api, workdir, strategy="default"):
   # One block per stage: the APIs' wiring (stem, identity and projection shortcuts, head) is
   # what is compared; each stage's second block only lengthened the three compiles.
   return dict(api=api, model="resnet18", resnet_blocks_per_stage=(1, 1, 1, 1),
               dataset="synthetic", image_shape=(32, 32, 3), num_test_examples=16, batch_size=8,
-              epochs=1, max_steps_per_epoch=3, strategy="default", progress="none",
+              epochs=1, max_steps_per_epoch=3, strategy=strategy, progress="none",
               workdir=str(workdir))
 
 
@@ -82,29 +82,30 @@ def _resnet18(api, workdir):
 def jax_runs(fashion_mnist_dir, tmp_path_factory) -> dict:
   """name -> results.json (and "workdir") of runs trained in one JAX process: the mlp one epoch
   of Fashion-MNIST at batch 128 in each API and mirrored over two host devices, resnet18 (one
-  block per stage) three steps in each API, and 150 steps of the mlp for each optimizer and
-  precision setting the recipe's kill test leaves out."""
+  block per stage) three steps in each API (the subclass under --strategy=one_device), and 150
+  steps of the mlp for each optimizer, schedule and precision the recipe's kill test leaves
+  out."""
   root = tmp_path_factory.mktemp("jax")
   runs = {f"mlp_{api}": _mlp(api, fashion_mnist_dir, root / f"mlp_{api}")
           for api in config_lib.APIS}
   runs["mlp_mirrored"] = _mlp("functional", fashion_mnist_dir, root / "mlp_mirrored",
                               strategy="mirrored")
-  runs.update({f"resnet18_{api}": _resnet18(api, root / f"resnet18_{api}")
+  # one_device on the process's two host devices: one replica, on which the subclass must
+  # step as the other APIs do on the default strategy's device.
+  runs.update({f"resnet18_{api}": _resnet18(
+      api, root / f"resnet18_{api}", "one_device" if api == "subclass" else "default")
                for api in config_lib.APIS})
   # The parts of the recipe the kill test in test_resume.py does not run (it runs sgd, warm-up,
-  # cosine, smoothing, clipping, accumulation, EMA and keep_best).
+  # cosine, smoothing, clipping, accumulation, EMA and keep_best): adamw with its schedule in
+  # bfloat16, and float16's loss scaling.
   short = dict(epochs=3, max_steps_per_epoch=50, log_every=50)
-  runs["adamw_step"] = _mlp("functional", fashion_mnist_dir, root / "adamw_step", **short,
-                            optimizer="adamw", weight_decay=0.01, lr_schedule="step",
-                            lr_drops=(2,), warmup_epochs=1, lr_scaling="linear",
-                            profile_steps=(11, 20))
-  for precision in ("mixed_float16", "mixed_bfloat16"):
-    runs[precision] = _mlp("functional", fashion_mnist_dir, root / precision, **short,
-                           precision=precision)
-  # --strategy=one_device on the process's two host devices: one replica.
-  runs["one_device"] = dict(dataset="synthetic", epochs=1, max_steps_per_epoch=4, batch_size=32,
-                            num_test_examples=32, strategy="one_device", progress="none",
-                            workdir=str(root / "one_device"))
+  runs["adamw_bfloat16"] = _mlp("functional", fashion_mnist_dir, root / "adamw_bfloat16",
+                                **short, optimizer="adamw", weight_decay=0.01,
+                                lr_schedule="step", lr_drops=(2,), warmup_epochs=1,
+                                lr_scaling="linear", profile_steps=(11, 20),
+                                precision="mixed_bfloat16")
+  runs["mixed_float16"] = _mlp("functional", fashion_mnist_dir, root / "mixed_float16", **short,
+                               precision="mixed_float16")
   with open(root / "runs.json", "w") as f:
     # Two host devices for the process, so the mirrored run spans two replicas.
     json.dump([{"backend": "jax", "cpu_devices": 2, **settings} for settings in runs.values()],
@@ -180,7 +181,7 @@ def test_a_jax_runs_exports_reproduce_its_test_accuracy_on_tensorflow(jax_runs, 
 
 @pytest.mark.slow  # It reads the JAX runs, a process of its own: tens of seconds.
 def test_one_device_trains_one_replica_of_the_hosts_devices(jax_runs):
-  results = jax_runs["one_device"]
+  results = jax_runs["resnet18_subclass"]  # Its weights: test_resnet18_steps_identically_...
   assert (results["strategy"], results["num_replicas"]) == ("one_device", 1)
 
 
@@ -199,10 +200,12 @@ def test_a_jax_export_serves_on_cpus_and_cuda_gpus(jax_runs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["adamw_step", "mixed_float16", "mixed_bfloat16"])
-def test_the_other_optimizers_schedules_and_precisions_learn_on_jax(jax_runs, name):
+@pytest.mark.parametrize("name, precision", [("adamw_bfloat16", "mixed_bfloat16"),
+                                             ("mixed_float16", "mixed_float16")])
+def test_the_other_optimizers_schedules_and_precisions_learn_on_jax(jax_runs, name, precision):
   results = jax_runs[name]
   assert results["steps"] == 150  # 3 epochs of 50.
+  assert results["precision"] == precision
   assert results["test_accuracy"] > 0.70
   if name == "mixed_float16":  # Loss scaling on the global gradient, as on TensorFlow.
     assert results["loss_scale"] > 1
@@ -212,6 +215,6 @@ def test_the_other_optimizers_schedules_and_precisions_learn_on_jax(jax_runs, na
 
 @pytest.mark.slow
 def test_profile_steps_write_a_profile_of_the_jax_steps(jax_runs):
-  workdir = jax_runs["adamw_step"]["workdir"]
+  workdir = jax_runs["adamw_bfloat16"]["workdir"]
   traces = glob.glob(os.path.join(workdir, "plugins", "profile", "*", "*.xplane.pb"))
   assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
