@@ -115,20 +115,23 @@ def test_a_module_that_is_not_there_is_named():
     own_model.load_function("no_such.models:build")
 
 
-@pytest.mark.slow
-def test_the_trainer_exits_2_with_one_line_for_a_bad_plug_in(tmp_path):
+def test_a_bad_plug_in_stops_the_run_with_one_line_before_anything_is_written(small_config,
+                                                                            tmp_path, capsys):
+  # As trainer.main runs it: a UserError inside shown_as_one_line is one "error:" line and exit
+  # 2 (tests/test_main.py runs that in a real process for bad data and a bad batch).
   bad = _write(tmp_path, """
       def build(input_shape, num_classes):
         return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
                                  keras.layers.Dense(7)])
       """, name="seven_outputs")
-  process = processes.run_trainer(f"--model={bad}:build", "--dataset=synthetic",
-                                 f"--workdir={tmp_path / 'run'}", timeout=120)
-  assert process.returncode == errors.BAD_INPUT
-  assert "Traceback" not in process.stderr
-  error_lines = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+  with pytest.raises(SystemExit) as exited, errors.shown_as_one_line():
+    train.train_and_evaluate(small_config.replace(model=f"{bad}:build", api=None))
+  assert exited.value.code == errors.BAD_INPUT
+  stderr = capsys.readouterr().err
+  assert "Traceback" not in stderr
+  error_lines = [line for line in stderr.splitlines() if line.startswith("error:")]
   assert len(error_lines) == 1 and "it must output (batch, 10)" in error_lines[0]
-  assert not os.path.exists(tmp_path / "run")  # Nothing written for a run that never started.
+  assert not os.path.exists(small_config.output.workdir)  # Nothing written: it never started.
 
 
 def test_api_is_refused_beside_your_own_model():
