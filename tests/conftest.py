@@ -118,7 +118,8 @@ def own_model_runs(fashion_mnist_dir, tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def fashion_subset(fashion_mnist_dir, tmp_path_factory):
   """4,000 training and 1,000 test images of Fashion-MNIST as IDX files under idx/, class by
-  class (the order an image folder lists them in: see fashion_subset_folder)."""
+  class (the order an image folder lists them in: tests/test_image_folder.py writes a part of
+  them as both)."""
   root = tmp_path_factory.mktemp("fashion_subset")
   train_images, train_labels, test_images, test_labels = idx_files.read_mnist_format(
       fashion_mnist_dir)
@@ -225,3 +226,5 @@ def restores_op_determinism():
   yield
   if not was_on:
     framework_config.disable_op_determinism()
+
+
