@@ -228,3 +228,36 @@ def restores_op_determinism():
     framework_config.disable_op_determinism()
 
 
+# One process answers every question for a TensorFlow that no test has started: importing it
+# costs seconds. Each answer is caught apart, so that one failing fails only its own test.
+_FRESH_PROCESS_PROBE = """
+import json
+import tensorflow as tf
+from trainer.distribute import hardware
+answers = {}
+hardware.split_cpu(2)  # Fixes the threads before TensorFlow starts, as a run does.
+answers["split_cpu_threads"] = tf.config.threading.get_intra_op_parallelism_threads()
+tf.config.experimental.enable_op_determinism()  # As --deterministic does, with no global seed.
+try:
+  from trainer.bench import ceiling
+  answers["ceiling_under_determinism"] = ceiling.matmul_ceiling(tiny=True)["flops_per_sec"]
+except Exception as e:
+  answers["ceiling_under_determinism"] = repr(e)
+print(json.dumps(answers))
+"""
+
+
+@pytest.fixture(scope="session")
+def fresh_process_answers() -> dict:
+  """What a fresh TensorFlow process reports (_FRESH_PROCESS_PROBE): the intra-op threads after
+  hardware.split_cpu(2), which are fixed when TensorFlow starts, and the matmul ceiling measured
+  under op determinism, which refuses random ops without a seed unless a global one is set (as
+  every run in the test process sets it)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests import processes  # pylint: disable=g-import-not-at-top
+  result = subprocess.run([sys.executable, "-c", _FRESH_PROCESS_PROBE], cwd=processes.ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])

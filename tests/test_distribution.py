@@ -2,14 +2,11 @@
 tests/conftest.py."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests import processes
 from trainer.distribute import distribution
 
 
@@ -34,11 +31,7 @@ def test_mirrored_strategies_in_one_process_keep_their_collectives_apart():
 
 
 @pytest.mark.slow
-def test_a_split_cpu_gives_each_device_its_share_of_the_cores_as_threads():
+def test_a_split_cpu_gives_each_device_its_share_of_the_cores_as_threads(fresh_process_answers):
   # Without it, two logical devices each ran a thread per core: resnet18 under mirrored x2 lost
   # 10% to the oversubscription. A fresh process: threads are fixed when TensorFlow starts.
-  probe = ("import tensorflow as tf; from trainer.distribute import hardware; "
-           "hardware.split_cpu(2); print(tf.config.threading.get_intra_op_parallelism_threads())")
-  output = subprocess.run([sys.executable, "-c", probe], cwd=processes.ROOT, check=True,
-                          capture_output=True, text=True).stdout
-  assert int(output.split()[-1]) == max(1, os.cpu_count() // 2)
+  assert fresh_process_answers["split_cpu_threads"] == max(1, os.cpu_count() // 2)
