@@ -99,16 +99,19 @@ def test_images_of_other_sizes_are_held_encoded_and_batches_follow_the_step(tmp_
   assert held.encoded and held.train.images.dtype == object
   assert held.train.images[0][:2] == b"\xff\xd8"  # The file's own JPEG bytes, not pixels.
   assert streamed.encoded and streamed.stream is not None
-  whole = [images.numpy() for images, _ in held.training_batches(0, 2)]
-  assert whole[0].shape == (4, 72, 72, 1) and not np.array_equal(whole[0], whole[6])
+  def batches(pipeline, start):
+    return [(images.numpy(), labels.numpy())
+            for images, labels in pipeline.training_batches(start, 2)]
+  whole = batches(held, 0)
+  assert whole[0][0].shape == (4, 72, 72, 1) and not np.array_equal(whole[0][0], whole[6][0])
   for start in (0, 8):
-    for (a_images, a_labels), (b_images, b_labels) in zip(held.training_batches(start, 2),
-                                                          streamed.training_batches(start, 2)):
-      np.testing.assert_array_equal(a_images, b_images)
-      np.testing.assert_array_equal(a_labels, b_labels)
-    resumed = [images.numpy() for images, _ in held.training_batches(start, 2)]
-    for ours, theirs in zip(resumed, whole[start:], strict=True):
-      np.testing.assert_array_equal(ours, theirs)
+    resumed = whole if start == 0 else batches(held, start)
+    # Held and streamed give the same batches, and from a step on those of the whole run.
+    for (ours, theirs), expected in zip(zip(resumed, batches(streamed, start), strict=True),
+                                        whole[start:], strict=True):
+      for a, b, c in zip(ours, theirs, expected):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
   images, labels, weights = next(iter(held.eval_dataset()))
   assert images.shape == (4, 72, 72, 1) and weights.numpy().sum() == 4
 
