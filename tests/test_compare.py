@@ -1,13 +1,16 @@
 """Comparing runs: a real TensorBoard server and the report files, both on the suite's shared
 finished runs (conftest), and a sweep run again."""
 
+import contextlib
 import csv
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
+import threading
+from typing import Iterator
 import urllib.parse
 import urllib.request
 
@@ -18,9 +21,6 @@ from trainer import compare
 from trainer import config as config_lib
 from trainer import sweep
 
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import launch_local  # pylint: disable=g-import-not-at-top,wrong-import-position
-
 
 def _get_json(url: str, data: bytes = None):
   request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -28,31 +28,39 @@ def _get_json(url: str, data: bytes = None):
     return json.loads(response.read())
 
 
-@pytest.mark.slow
-def test_tensorboard_server_serves_the_runs_scalars_and_hparams(finished_runs, tmp_path):
-  logdir = os.path.dirname(finished_runs["functional"][0].output.workdir)
-  port = launch_local.free_ports(1)[0]
-  server = subprocess.Popen(
-      [sys.executable, "-m", "tensorboard.main", f"--logdir={logdir}", "--host=127.0.0.1",
-       f"--port={port}", "--load_fast=false", "--reload_interval=1"],
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  base = f"http://127.0.0.1:{port}/data/plugin"
-  run = "functional"
+@contextlib.contextmanager
+def _tensorboard(logdir: str, monkeypatch) -> Iterator[str]:
+  """A real TensorBoard server on 127.0.0.1 over `logdir`, as the tensorboard command starts
+  it but in this process, whose TensorFlow it shares (its own process imports TensorFlow
+  again: seconds); every run is read before it serves. Yields its data URL."""
+  from absl.flags import argparse_flags  # pylint: disable=g-import-not-at-top
+  from tensorboard import program  # pylint: disable=g-import-not-at-top
+  # Its flags alone: this process's absl flags (trainer.compare's --logdir too) are not its own.
+  monkeypatch.setattr(program.argparse_flags, "ArgumentParser", functools.partial(
+      argparse_flags.ArgumentParser, inherited_absl_flags=None))
+  board = program.TensorBoard()
+  board.configure(argv=[None, f"--logdir={logdir}", "--host=127.0.0.1", "--port=0",
+                        "--load_fast=false", "--reload_task=blocking", "--reload_interval=0"])
+  server = board._make_server()  # pylint: disable=protected-access  # launch() cannot stop it.
+  thread = threading.Thread(target=server.serve_forever, name="TensorBoard")
+  thread.start()
   try:
-    deadline = time.monotonic() + 90
-    tags = {}
-    while time.monotonic() < deadline:
-      try:
-        tags = _get_json(f"{base}/scalars/tags")
-        if f"{run}/eval" in tags and f"{run}/train" in tags:
-          break
-      except OSError:
-        pass  # Not listening yet.
-      assert server.poll() is None, server.communicate()[0][-2000:]
-      time.sleep(0.5)
-    assert "accuracy" in tags[f"{run}/eval"] and "loss" in tags[f"{run}/train"]
+    yield server.get_url() + "data/plugin"
+  finally:
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=30)
 
-    results = finished_runs[run][1]
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:html5lib's sanitizer is deprecated:DeprecationWarning")
+def test_tensorboard_server_serves_the_runs_scalars_and_hparams(finished_runs, monkeypatch):
+  logdir = os.path.dirname(finished_runs["functional"][0].output.workdir)
+  run = "functional"
+  results = finished_runs[run][1]
+  with _tensorboard(logdir, monkeypatch) as base:
+    tags = _get_json(f"{base}/scalars/tags")
+    assert "accuracy" in tags[f"{run}/eval"] and "loss" in tags[f"{run}/train"]
     for tag in ("accuracy", "loss"):
       query = urllib.parse.urlencode({"run": f"{run}/eval", "tag": tag})
       points = _get_json(f"{base}/scalars/scalars?{query}")
@@ -63,17 +71,14 @@ def test_tensorboard_server_serves_the_runs_scalars_and_hparams(finished_runs, t
     groups = _get_json(f"{base}/hparams/session_groups", json.dumps(
         {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN"],
          "colParams": [], "startIndex": 0, "sliceSize": 100}).encode())
-    sessions = {session["name"]: group for group in groups["sessionGroups"]
-                for session in group["sessions"]}
-    assert len(sessions) == len(config_lib.APIS)
-    group = sessions[run]
-    assert group["hparams"]["api"] == "functional" and group["hparams"]["seed"] == "0"
-    metrics = {value["name"]["tag"]: value["value"] for value in group["metricValues"]}
-    assert metrics["test_accuracy"] == pytest.approx(results["test_accuracy"])
-    assert metrics["examples_per_sec"] > 0
-  finally:
-    server.terminate()
-    server.wait(timeout=30)
+  sessions = {session["name"]: group for group in groups["sessionGroups"]
+              for session in group["sessions"]}
+  assert len(sessions) == len(config_lib.APIS)
+  group = sessions[run]
+  assert group["hparams"]["api"] == "functional" and group["hparams"]["seed"] == "0"
+  metrics = {value["name"]["tag"]: value["value"] for value in group["metricValues"]}
+  assert metrics["test_accuracy"] == pytest.approx(results["test_accuracy"])
+  assert metrics["examples_per_sec"] > 0
 
 
 @pytest.mark.slow
