@@ -95,9 +95,9 @@ def finished_runs(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def own_model_runs(fashion_mnist_dir, tmp_path_factory) -> dict:
-  """name -> (config, results) of the example user models trained on Fashion-MNIST for 40 steps
-  and evaluated on the first 1,000 test examples: "two_branch" (Functional) under the default
+def own_model_runs(fashion_subset, tmp_path_factory) -> dict:
+  """name -> (config, results) of the example user models trained for 40 steps on fashion_subset
+  and evaluated on its 1,000 test examples: "two_branch" (Functional) under the default
   strategy, "residual" (subclassed) mirrored over two logical CPU devices. Read-only, like
   finished_runs."""
   from trainer import train  # pylint: disable=g-import-not-at-top
@@ -108,9 +108,9 @@ def own_model_runs(fashion_mnist_dir, tmp_path_factory) -> dict:
       ("residual", "examples/residual_subclass.py:build",
        dict(strategy="mirrored", cpu_devices=2))):
     config = config_lib.Config.from_flags(
-        model=model, dataset="fashion_mnist", data_dir=fashion_mnist_dir,
+        model=model, dataset="fashion_mnist", data_dir=str(fashion_subset / "idx"),
                                epochs=1, batch_size=64, max_steps_per_epoch=40, log_every=20,
-                               num_test_examples=1000, workdir=str(root / name), **strategy)
+                               workdir=str(root / name), **strategy)
     runs[name] = (config, train.train_and_evaluate(config))
   return runs
 
