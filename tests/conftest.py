@@ -155,21 +155,6 @@ def tiny_tfds(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def fashion_subset_folder(fashion_subset):
-  """fashion_subset's images written again as an image folder under images/ (train/<label>/,
-  test/<label>/), in the IDX files' order, so the two must give the same batches. Apart from
-  fashion_subset: only a slow test needs its 5,000 PNG files."""
-  train_images, train_labels, test_images, test_labels = idx_files.read_mnist_format(
-      str(fashion_subset / "idx"))
-  for split, images, labels in (("train", train_images, train_labels),
-                                ("test", test_images, test_labels)):
-    for label in range(10):
-      datasets.write_images(fashion_subset / "images" / split / str(label),
-                            images[labels == label])
-  return fashion_subset
-
-
-@pytest.fixture(scope="session")
 def fashion_shards(fashion_subset, tmp_path_factory) -> str:
   """fashion_subset's IDX files (4,000 training, 1,000 test images) as 4 + 1 TFRecord shards."""
   from trainer.data import tfrecords  # pylint: disable=g-import-not-at-top
