@@ -10,6 +10,7 @@ from trainer.bench import benchmark
 from trainer.bench import flops
 from trainer.bench import model_benchmark
 from trainer.bench import op_ceiling
+from trainer.data import input_pipeline
 from trainer.models import factory
 
 
@@ -195,3 +196,28 @@ def test_another_backend_is_timed_in_a_process_of_its_own(tmp_path, capfd):
   assert peers["harness"]["examples_per_sec"] > 0 and peers["fit"]["examples_per_sec"] > 0
   assert capfd.readouterr().out.startswith("  mlp/32 on jax (mixed_bfloat16): harness ")
   assert "Epoch" in (tmp_path / "logs" / "mlp-32-jax.log").read_text()
+
+
+@pytest.mark.parametrize("workload", model_benchmark.QUICK_WORKLOADS, ids=lambda w: w.name)
+def test_the_harness_trains_every_warm_up_and_timed_step_in_whole_calls(workload):
+  config = model_benchmark.settings_for(workload)
+  loop = config.loop
+  steps = workload.warmup_steps + workload.timed_steps
+  # One synthetic epoch of the mlp is 58 batches: a run of one epoch would stop short of them.
+  epoch = min(loop.max_steps_per_epoch,
+              input_pipeline.SYNTHETIC_TRAIN_SIZE // workload.batch_size)
+  assert steps <= loop.epochs * epoch < steps + epoch
+  assert loop.max_steps_per_epoch % workload.warmup_steps == 0
+  assert loop.steps_per_loop == config.output.log_every == workload.warmup_steps
+
+
+def test_the_harness_rate_leaves_out_its_first_warm_up_steps_as_fit_does():
+  workload = model_benchmark.Workload("mlp", (28, 28, 1), 1024, 50, 100)
+  # Windows of 45 steps (after a first call of one pack of 5), then 50 and 50.
+  results = {"examples_per_sec_windows": [10_000.0, 30_000.0, 60_000.0],
+             "steps_per_xla_call": 5, "examples_per_sec": 25_000.0}
+  assert model_benchmark.steady_rate(results, workload) == pytest.approx(40_000.0)
+  # A first call that was the whole warm-up is in no window: every window counts.
+  results["steps_per_xla_call"] = 50
+  assert model_benchmark.steady_rate(results, workload) == pytest.approx(3 / (
+      1 / 10_000 + 1 / 30_000 + 1 / 60_000))

@@ -54,20 +54,16 @@ def measure_backend(backend: str, workloads: Sequence["model_benchmark.Workload"
     return json.load(f)
 
 
-def _measure(workload, backend: str, precision: str, root: str) -> dict:
-  from trainer import train  # pylint: disable=g-import-not-at-top
+def _measure(workload, backend: str, precision: str, root: str, seconds: dict) -> dict:
   from trainer.bench import model_benchmark  # pylint: disable=g-import-not-at-top
-  config = model_benchmark.settings_for(workload).replace(
-      backend=backend, precision=precision, workdir=os.path.join(root, workload.model))
-  results = train.train_and_evaluate(config)
-  startup = results["startup_s"]
-  harness = {"examples_per_sec": results["examples_per_sec"],
-             "first_step_s": startup["model"] + startup["first_step"],
-             "precision": results["precision"], "jit_compile": results["jit_compile"],
-             "strategy": results["strategy"], "replicas": results["num_replicas"]}
-  fit = model_benchmark.measure_fit(workload, precision, results["jit_compile"],
-                                    workload.warmup_steps)
-  return {"harness": harness, "fit": {**fit, "jit_compile": results["jit_compile"]}}
+  from trainer.bench import timing  # pylint: disable=g-import-not-at-top
+  with timing.spent(seconds, "harness"):
+    harness = model_benchmark.measure_harness(
+        workload, os.path.join(root, workload.model), backend=backend, precision=precision)
+  with timing.spent(seconds, "fit"):
+    fit = model_benchmark.measure_fit(workload, precision, harness["jit_compile"],
+                                      workload.warmup_steps)
+  return {"harness": harness, "fit": {**fit, "jit_compile": harness["jit_compile"]}}
 
 
 def _sized(workload, precision: str, window_seconds: float):
@@ -85,6 +81,7 @@ def main(argv) -> None:
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   keras_backend.select(config_lib.RuntimeConfig(backend=FLAGS.backend))  # Before Keras loads.
   from trainer.bench import model_benchmark  # pylint: disable=g-import-not-at-top
+  from trainer.bench import timing  # pylint: disable=g-import-not-at-top
   workloads = [model_benchmark.Workload(**{**w, "image_shape": tuple(w["image_shape"])})
                for w in json.loads(FLAGS.workloads)]
   precisions = json.loads(FLAGS.precisions)
@@ -93,11 +90,13 @@ def main(argv) -> None:
     for workload in workloads:
       precision = precisions[workload.name]
       log_name = f"{workload.name.replace('/', '-')}-{FLAGS.backend}.log"
+      seconds = {}
       with sub_run_log.captured(os.path.join(FLAGS.run_logs, log_name)):
         if FLAGS.window_seconds:
-          workload = _sized(workload, precision, FLAGS.window_seconds)
-        rows[workload.name] = {**_measure(workload, FLAGS.backend, precision, root),
-                               "timed_steps": workload.timed_steps}
+          with timing.spent(seconds, "ceiling"):
+            workload = _sized(workload, precision, FLAGS.window_seconds)
+        rows[workload.name] = {**_measure(workload, FLAGS.backend, precision, root, seconds),
+                               "timed_steps": workload.timed_steps, "seconds": seconds}
       print(f"  {workload.name} on {FLAGS.backend} ({precision}): harness "
             f"{rows[workload.name]['harness']['examples_per_sec']:,.1f}, fit "
             f"{rows[workload.name]['fit']['examples_per_sec']:,.1f} examples/s", flush=True)

@@ -42,8 +42,10 @@ from trainer import safe_files
 from trainer.bench import ceiling as ceiling_lib
 from trainer.bench import input_benchmark
 from trainer.bench import machine as machine_lib
+from trainer.bench import timing
 from trainer.loop import startup
 
+_STARTED = time.perf_counter()  # Imported first thing by trainer.benchmark: the process's start.
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PEERS = ("plain_fit", "tuned_fit", "minimal_loop", "harness")
 STEPS_PER_CALL = 100  # tuned_fit's steps_per_execution, minimal_loop's steps per call.
@@ -424,8 +426,11 @@ def run_quick(root: str, log_dir: Optional[str] = None) -> dict:
   from trainer.distribute import hardware  # pylint: disable=g-import-not-at-top
   # The backend table first, each backend in a process of its own, while this process holds no
   # device memory: TensorFlow keeps a GPU's memory until its process ends.
-  backends = measure_backends(log_dir or os.path.join(root, "logs"), root)
-  found = ceilings(tiny=False, quick=True)
+  seconds = {}
+  with timing.spent(seconds, "backends"):
+    backends = measure_backends(log_dir or os.path.join(root, "logs"), root)
+  with timing.spent(seconds, "ceilings"):
+    found = ceilings(tiny=False, quick=True)
   if not hardware.gpus():
     # The same measurement a run's MFU takes on a CPU: kept where runs find it, so no timed
     # harness run below measures it again in its start-up.
@@ -436,10 +441,11 @@ def run_quick(root: str, log_dir: Optional[str] = None) -> dict:
   print("ceilings: " + ", ".join(f"{dtype} {c['flops_per_sec'] / 1e9:,.0f} GFLOP/s"
                                  for dtype, c in found.items()), flush=True)
   # The strategy a user gets (mirrored over every GPU), each window lasting seconds.
-  rows = model_benchmark.run_workloads(model_benchmark.quick_workloads(), root,
-                                       strategies=("auto",),
-                                       window_seconds=model_benchmark.WINDOW_SECONDS,
-                                       log_dir=log_dir)
+  with timing.spent(seconds, "models"):
+    rows = model_benchmark.run_workloads(model_benchmark.quick_workloads(), root,
+                                         strategies=("auto",),
+                                         window_seconds=model_benchmark.WINDOW_SECONDS,
+                                         log_dir=log_dir)
   for row in rows.values():
     # The big square of the row's own precision; none where that was not measured.
     square = found.get(row["precision"].replace("mixed_", ""))
@@ -447,7 +453,7 @@ def run_quick(root: str, log_dir: Optional[str] = None) -> dict:
   return {"date": time.strftime("%Y-%m-%d"), "machine": machine_lib.machine(),
           "gpus": hardware.describe_gpus(), "device": hardware.describe_devices(),
           "tf_version": tf.__version__, "keras_version": keras.__version__,
-          "ceilings": found, "models": rows, "backends": backends}
+          "ceilings": found, "models": rows, "backends": backends, "seconds": seconds}
 
 
 # On CPUs the other backends time the mlp and the cnn only: XLA's CPU convolutions, which JAX
@@ -512,6 +518,7 @@ def measure_backends(log_dir: str, root: str) -> Dict[str, dict]:
         window_seconds=window_seconds)
     for name, peers in measured.items():
       rows[name]["timed_steps"] = peers.pop("timed_steps")
+      rows[name].setdefault("seconds", {})[backend] = peers.pop("seconds")
       rows[name]["peers"][backend] = peers
 
   measure("tensorflow", workloads, window_seconds=model_benchmark.WINDOW_SECONDS)
@@ -609,7 +616,28 @@ def format_quick_report(record: dict) -> str:
               "execution, XLA as the harness ran):", ""] + backend_lines
   reasons = {row["precision_reason"] for row in record["models"].values()}
   lines += [""] + [f"- precision {reason}" for reason in sorted(reasons)]
+  if "total" in record.get("seconds", {}):
+    lines += ["", format_seconds(record)]
   return "\n".join(lines)
+
+
+def format_seconds(record: dict) -> str:
+  """Where the quick benchmark's time went: wall and CPU seconds (this process and the ones it
+  started), in all and by part. On a shared machine the CPU seconds are the steadier figure."""
+  def spent(part: dict) -> str:
+    return f"{part['wall_s']:,.0f} s ({part['cpu_s']:,.0f} CPU s)"
+
+  def summed(parts) -> dict:
+    parts = list(parts)
+    return {key: sum(part[key] for part in parts) for key in ("wall_s", "cpu_s")}
+
+  seconds = record["seconds"]
+  parts = [f"the backend table {spent(seconds['backends'])}"] if record.get("backends") else []
+  parts.append(f"ceilings {spent(seconds['ceilings'])}")
+  parts += [f"{name} {spent(summed(row['seconds'].values()))}"
+            for name, row in record["models"].items()]
+  return (f"Took {spent(seconds['total'])}, this process and those it started: "
+          + ", ".join(parts) + ".")
 
 
 def define_flags() -> None:
@@ -655,6 +683,8 @@ def main(argv):
       log_dir = os.path.splitext(FLAGS.output)[0] + "-logs"
       print(f"Each run's output: {log_dir}/", flush=True)
       record = run_quick(root, log_dir)
+      record["seconds"]["total"] = {"wall_s": round(time.perf_counter() - _STARTED, 1),
+                                    "cpu_s": round(timing.cpu_seconds(), 1)}
     else:
       record = run_benchmark(FLAGS.data_dir, [int(b) for b in FLAGS.batch_sizes],
                              FLAGS.strategies, FLAGS.repeats, FLAGS.accuracy_repeats, FLAGS.tiny,

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from trainer import config as config_lib
 from trainer.bench import op_ceiling
 from trainer.bench import sub_run_log
+from trainer.bench import timing
 
 NUM_CLASSES = 10
 
@@ -33,7 +34,10 @@ class Workload:
   model: str
   image_shape: tuple
   batch_size: int
-  warmup_steps: int  # Also the steps per call of every peer: the first call is the warm-up.
+  # Also the steps per call of every peer. Each peer leaves its first warmup_steps out: fit its
+  # first execution, the harness its first log window (its first call, which compiles, is one
+  # pack, and the calls after it would otherwise count the steps still warming up).
+  warmup_steps: int
   timed_steps: int
 
   @property
@@ -41,11 +45,12 @@ class Workload:
     return f"{self.model}/{self.batch_size}"
 
 
-# Timed steps sized to a few seconds each on a 2-core CPU: the fewest each peer times. A faster
-# machine times more (timed_steps_for), so that a GPU's window is not tens of milliseconds.
-QUICK_WORKLOADS = (Workload("mlp", (28, 28, 1), 1024, 100, 200),
-                   Workload("cnn", (28, 28, 1), 256, 10, 60),
-                   Workload("resnet18", (32, 32, 3), 128, 2, 8),
+# The fewest steps each peer times: two calls. timed_steps_for sizes every window to last
+# seconds at the model's own ceiling, so a faster machine (a GPU) times more. The mlp's call is
+# 50 steps, so that whole calls fill its synthetic epoch (58 batches of 1024).
+QUICK_WORKLOADS = (Workload("mlp", (28, 28, 1), 1024, 50, 100),
+                   Workload("cnn", (28, 28, 1), 256, 10, 20),
+                   Workload("resnet18", (32, 32, 3), 128, 2, 4),
                    Workload("resnet50", (224, 224, 3), 16, 2, 4))
 
 
@@ -79,13 +84,20 @@ def timed_steps_for(workload: Workload, ceiling_examples_per_sec: float,
 
 
 def settings_for(workload: Workload, strategy: str = "default") -> config_lib.Config:
-  """The harness's Config for `workload`: its defaults but for the model, data and length."""
+  """The harness's Config for `workload`: its defaults but for the model, data and length. It
+  trains warmup_steps + timed_steps, in calls of warmup_steps, over as many epochs of whole
+  calls as the synthetic data needs (each epoch's evaluation and checkpoint are not timed)."""
+  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  steps = workload.warmup_steps + workload.timed_steps
+  calls_an_epoch = max(1, input_pipeline.SYNTHETIC_TRAIN_SIZE // workload.batch_size
+                       // workload.warmup_steps)
+  epoch = min(steps, calls_an_epoch * workload.warmup_steps)
   return config_lib.Config.from_flags(
       model=workload.model, dataset="synthetic", image_shape=workload.image_shape,
       num_classes=NUM_CLASSES, batch_size=workload.batch_size, strategy=strategy,
       # auto is what a user gets: mirrored over every GPU, default on a CPU.
-      cpu_devices=2 if strategy == "mirrored" else 1, epochs=1,
-      max_steps_per_epoch=workload.warmup_steps + workload.timed_steps, eval_steps=1,
+      cpu_devices=2 if strategy == "mirrored" else 1, epochs=-(-steps // epoch),
+      max_steps_per_epoch=epoch, eval_steps=1,
       num_test_examples=workload.batch_size,  # The run's last evaluation covers it whole.
       steps_per_loop=workload.warmup_steps, log_every=workload.warmup_steps,
       checkpoint_every=0, progress="none")
@@ -103,16 +115,34 @@ def resolved(workload: Workload) -> config_lib.RunSettings:
                                 is_chief=True)
 
 
-def measure_harness(workload: Workload, workdir: str, strategy: str = "default") -> dict:
-  """examples/s of the harness (first call left out) and its seconds before the first step,
-  counted from building the model, as the fit peers count theirs."""
+def measure_harness(workload: Workload, workdir: str, strategy: str = "default",
+                    **settings) -> dict:
+  """examples/s of the harness after its first warmup_steps, as fit's are timed, and its
+  seconds before the first step, counted from building the model, as the fit peers count
+  theirs. `settings`: flags to change (backend, precision)."""
   from trainer import train  # pylint: disable=g-import-not-at-top
-  results = train.train_and_evaluate(settings_for(workload, strategy).replace(workdir=workdir))
+  results = train.train_and_evaluate(
+      settings_for(workload, strategy).replace(workdir=workdir, **settings))
   startup = results["startup_s"]
-  return {"examples_per_sec": results["examples_per_sec"],
+  return {"examples_per_sec": steady_rate(results, workload),
           "first_step_s": startup["model"] + startup["first_step"],
           "precision": results["precision"], "jit_compile": results["jit_compile"],
           "strategy": results["strategy"], "replicas": results["num_replicas"]}
+
+
+def steady_rate(results: dict, workload: Workload) -> float:
+  """The harness's examples/s over its log windows after its first warmup_steps steps.
+
+  Its windows end at each call of warmup_steps (the log interval), and its first call, one
+  pack, is in none; the first window holds the rest of the first warmup_steps unless that pack
+  was the whole of them. The windows after it are alike in length, so their rate together is
+  their harmonic mean."""
+  windows = results["examples_per_sec_windows"]
+  if results["steps_per_xla_call"] < workload.warmup_steps:
+    windows = windows[1:]
+  if not windows:  # Too short a run to leave a window out.
+    return results["examples_per_sec"]
+  return len(windows) / sum(1.0 / rate for rate in windows)
 
 
 def _synthetic_dataset(workload: Workload):
@@ -222,7 +252,9 @@ def run_workloads(workloads: Sequence[Workload], root: str, jit_both: bool = Fal
     row = {"model": workload.model, "image_shape": list(workload.image_shape),
            "batch_size": workload.batch_size, "precision": chosen.precision,
            "precision_reason": chosen.precision_reason}
-    row["ceiling"] = measure_ceiling(workload, chosen.precision)
+    seconds = row["seconds"] = {}
+    with timing.spent(seconds, "ceiling"):
+      row["ceiling"] = measure_ceiling(workload, chosen.precision)
     if window_seconds:
       # The ceiling is one device's; the first strategy may train on several.
       devices = distribution.make_strategy(strategies[0]).num_replicas_in_sync
@@ -233,12 +265,14 @@ def run_workloads(workloads: Sequence[Workload], root: str, jit_both: bool = Fal
       suffix = "" if strategy_name == strategies[0] else f"/{strategy_name}"
       strategy = distribution.make_strategy(strategy_name)
       peers = {}
-      with logged(f"{workload.name}{suffix}-harness"):
+      with logged(f"{workload.name}{suffix}-harness"), timing.spent(seconds, f"harness{suffix}"):
         peers["harness"] = measure_harness(
             workload, os.path.join(root, workload.model + strategy_name), strategy_name)
-      with logged(f"{workload.name}{suffix}-tuned_fit"):
+      with logged(f"{workload.name}{suffix}-tuned_fit"), timing.spent(seconds,
+                                                                      f"tuned_fit{suffix}"):
         peers["tuned_fit"] = measure_tuned_fit(workload, chosen, jit_both, strategy)
-      with logged(f"{workload.name}{suffix}-plain_fit"):
+      with logged(f"{workload.name}{suffix}-plain_fit"), timing.spent(seconds,
+                                                                      f"plain_fit{suffix}"):
         peers["plain_fit"] = measure_plain_fit(workload, strategy)
       for name in ("harness", "tuned_fit", "plain_fit"):
         print(f"  {workload.name}{suffix} {name}: {peers[name]['examples_per_sec']:,.1f} "

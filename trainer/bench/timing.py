@@ -7,9 +7,11 @@ then read 5-20x slower than it is. So the count is grown from a first measuremen
 lasts at least MIN_CALL_SECONDS, and the best of several calls of that count is kept.
 """
 
+import contextlib
 import math
+import resource
 import time
-from typing import Callable
+from typing import Callable, Dict, Iterator
 
 MIN_CALL_SECONDS = 0.1  # Against ~1 ms of fixed cost a call: 1% at most.
 
@@ -36,3 +38,22 @@ def seconds_per_iteration(run: Callable[[int], None], min_call_seconds: float = 
     run(count)
     best = min(best, (clock() - start) / count)
   return best
+
+
+def cpu_seconds() -> float:
+  """CPU seconds (user and system) of this process and of the child processes it waited for:
+  on a shared machine the measure of work that the load does not stretch."""
+  own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+      resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@contextlib.contextmanager
+def spent(into: Dict[str, dict], name: str) -> Iterator[None]:
+  """Records into[name] the wall and CPU seconds the block took: {"wall_s", "cpu_s"}."""
+  wall, cpu = time.perf_counter(), cpu_seconds()
+  try:
+    yield
+  finally:
+    into[name] = {"wall_s": round(time.perf_counter() - wall, 1),
+                  "cpu_s": round(cpu_seconds() - cpu, 1)}
