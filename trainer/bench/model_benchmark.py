@@ -45,13 +45,14 @@ class Workload:
     return f"{self.model}/{self.batch_size}"
 
 
-# The fewest steps each peer times: two calls. timed_steps_for sizes every window to last
-# seconds at the model's own ceiling, so a faster machine (a GPU) times more. The mlp's call is
-# 50 steps, so that whole calls fill its synthetic epoch (58 batches of 1024).
+# The fewest steps each peer times: two calls, or for a resnet one (a step of a second or more
+# on a CPU). timed_steps_for sizes every window to last seconds at the model's own ceiling, so a
+# faster machine (a GPU) times more. The mlp's call is 50 steps, so that whole calls fill its
+# synthetic epoch (58 batches of 1024).
 QUICK_WORKLOADS = (Workload("mlp", (28, 28, 1), 1024, 50, 100),
                    Workload("cnn", (28, 28, 1), 256, 10, 20),
-                   Workload("resnet18", (32, 32, 3), 128, 2, 4),
-                   Workload("resnet50", (224, 224, 3), 16, 2, 4))
+                   Workload("resnet18", (32, 32, 3), 128, 2, 2),
+                   Workload("resnet50", (224, 224, 3), 16, 2, 2))
 
 
 def quick_workloads() -> Tuple[Workload, ...]:

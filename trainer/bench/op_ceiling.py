@@ -90,7 +90,7 @@ def _run(op: HeavyOp, x, w):
   return tf.raw_ops.BatchMatMulV2(x=x, y=w, **attrs)
 
 
-def time_ops(ops: Sequence[HeavyOp], jit_compile: bool = False, calls: int = 5,
+def time_ops(ops: Sequence[HeavyOp], jit_compile: bool = False, calls: int = 3,
              min_call_seconds: float = timing.MIN_CALL_SECONDS) -> dict:
   """Seconds of one pass of `ops` forward and backward (the best of `calls` timed calls after a
   warm-up, each holding passes for at least `min_call_seconds`), and its FLOPs:
