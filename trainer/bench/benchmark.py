@@ -653,7 +653,7 @@ def define_flags() -> None:
                        lower_bound=0)
   flags.DEFINE_boolean("tiny", False, "Seconds-long: a slice of the data, short measurements "
                        "and time-to-accuracy runs; checks that it works, figures meaningless.")
-  flags.DEFINE_boolean("quick", False, "About 5 minutes on 2 CPU cores, any machine (CPU or GPUs): "
+  flags.DEFINE_boolean("quick", False, "Minutes on 2 CPU cores, any machine (CPU or GPUs): "
                        "the machine, its ceilings, and one row per model (mlp, cnn, resnet18, "
                        "resnet50 on synthetic data) for the harness, a tuned fit and fit's "
                        "defaults; where another Keras backend is installed, first the harness "
