@@ -14,6 +14,7 @@ import sys
 def main() -> None:
   seconds = float(sys.argv[1])
   sys.argv = ["trainer.main", *sys.argv[2:]]
+  from trainer import command  # pylint: disable=g-import-not-at-top
   from trainer import main as trainer_main  # pylint: disable=g-import-not-at-top
   from trainer.distribute import keras_backend  # pylint: disable=g-import-not-at-top
   select = keras_backend.select
@@ -25,7 +26,7 @@ def main() -> None:
     progress.LINE_SECONDS = seconds
 
   keras_backend.select = select_then_shorten
-  trainer_main.app.run(trainer_main.main)
+  command.run(trainer_main.main)
 
 
 if __name__ == "__main__":

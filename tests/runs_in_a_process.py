@@ -38,3 +38,5 @@ def main(path: str) -> None:
 
 if __name__ == "__main__":
   main(sys.argv[1])
+  from trainer import command  # pylint: disable=g-import-not-at-top
+  command.exit_now()  # As the trainer's command ends.

@@ -28,6 +28,7 @@ def image_digest(image) -> str:
 def main() -> None:
   num_batches = int(sys.argv[1])
   sys.argv = ["trainer.main", *sys.argv[2:]]
+  from trainer import command  # pylint: disable=g-import-not-at-top
   from trainer import main as trainer_main  # pylint: disable=g-import-not-at-top
   from trainer.distribute import keras_backend  # pylint: disable=g-import-not-at-top
   select = keras_backend.select
@@ -51,7 +52,7 @@ def main() -> None:
     distribution.distribute_per_process = distribute_and_probe
 
   keras_backend.select = select_then_probe
-  trainer_main.app.run(trainer_main.main)
+  command.run(trainer_main.main)
 
 
 if __name__ == "__main__":

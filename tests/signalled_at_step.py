@@ -19,6 +19,7 @@ def main() -> None:
   sent = getattr(signal, f"SIG{sys.argv[1]}")
   at_step = int(sys.argv[2])
   sys.argv = ["trainer.main", *sys.argv[3:]]
+  from trainer import command  # pylint: disable=g-import-not-at-top
   from trainer import main as trainer_main  # pylint: disable=g-import-not-at-top
   from trainer.distribute import keras_backend  # pylint: disable=g-import-not-at-top
   select = keras_backend.select
@@ -39,7 +40,7 @@ def main() -> None:
     summaries.RunWriter.scalars = scalars_then_signal
 
   keras_backend.select = select_then_arm
-  trainer_main.app.run(trainer_main.main)
+  command.run(trainer_main.main)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,8 @@
 """Entry point: `python -m trainer.benchmark`; the benchmark itself is trainer/bench/benchmark.py."""
 
-from absl import app
-
+from trainer import command
 from trainer.bench import benchmark
 
 if __name__ == "__main__":
   benchmark.define_flags()
-  app.run(benchmark.main)
+  command.run(benchmark.main)

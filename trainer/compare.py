@@ -22,10 +22,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads, v
 import statistics
 from typing import Dict, List, Optional, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 
+from trainer import command
 from trainer import errors
 from trainer.records import goodput as goodput_lib
 from trainer.records import run_record
@@ -457,4 +457,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command.run(main)

@@ -21,9 +21,9 @@ import socket
 import sys
 import threading
 
-from absl import app
 from absl import flags
 
+from trainer import command
 from trainer import errors
 
 flags.DEFINE_bool("dispatcher", False, "Run the dispatcher: it hands work to the workers.")
@@ -126,4 +126,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   sys.argv = _split_role(sys.argv)
-  app.run(main)
+  command.run(main)

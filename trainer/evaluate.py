@@ -10,8 +10,9 @@ in its results.json, which it prints beside it.
 
 import os
 
-from absl import app
 from absl import flags
+
+from trainer import command
 
 flags.DEFINE_string("workdir", None, "Workdir of a finished run.", required=True)
 flags.DEFINE_enum("format", "keras", ["keras", "saved_model"],
@@ -115,4 +116,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command.run(main)

@@ -40,6 +40,7 @@ signal.signal(signal.SIGINT, _stopped_before_main)
 from absl import app
 from absl import flags
 
+from trainer import command
 from trainer import config as config_lib
 from trainer import console
 from trainer.distribute import keras_backend
@@ -254,4 +255,4 @@ if __name__ == "__main__":
   if any(argument in HELP_ARGUMENTS for argument in sys.argv[1:]):
     print(grouped_help())
     sys.exit(0)
-  app.run(main)
+  command.run(main)

@@ -24,6 +24,7 @@ from typing import Sequence
 from absl import app
 from absl import flags
 
+from trainer import command
 from trainer import errors
 from trainer import main as main_lib
 
@@ -67,4 +68,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command.run(main)

@@ -21,9 +21,9 @@ import sys
 import time
 from typing import Dict, List, Sequence
 
-from absl import app
 from absl import flags
 
+from trainer import command
 from trainer import config as config_lib
 from trainer import errors
 from trainer.records import run_record
@@ -168,4 +168,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command.run(main)

@@ -14,8 +14,9 @@ and counts. Every file is written under a temporary name and renamed when comple
 
 import os
 
-from absl import app
 from absl import flags
+
+from trainer import command
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "An image folder (one subfolder per class) or a folder of "
@@ -46,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command.run(main)

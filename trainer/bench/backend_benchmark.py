@@ -24,9 +24,9 @@ import subprocess
 import sys
 from typing import Dict, Mapping, Optional, Sequence
 
-from absl import app
 from absl import flags
 
+from trainer import command
 from trainer.bench import sub_run_log
 
 
@@ -113,4 +113,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("run_logs", "backend-logs", "Where each run's output goes.")
   flags.DEFINE_float("window_seconds", 0.0, "Size each workload's timed steps to last this long "
                      "at its own ceiling (TensorFlow only); 0: its own count.")
-  app.run(main)
+  command.run(main)

@@ -34,9 +34,9 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from absl import app
 from absl import flags
 
+from trainer import command
 from trainer import console
 from trainer import safe_files
 from trainer.bench import ceiling as ceiling_lib
@@ -700,4 +700,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  command.run(main)

@@ -4,7 +4,6 @@ TF_CONFIG is what Kubeflow's TFJob, Vertex AI and most launchers set; --worker_h
 thing by hand. Malformed input is refused here, before TensorFlow would block waiting for peers.
 """
 
-import atexit
 import contextlib
 import ipaddress
 import json
@@ -22,7 +21,7 @@ import tensorflow as tf
 from tensorflow.python.distribute import collective_all_reduce_strategy  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.distribute import distribute_lib  # pylint: disable=g-direct-tensorflow-import
 
-from trainer import console
+from trainer import command
 from trainer.distribute import hardware
 from trainer import errors
 
@@ -226,11 +225,7 @@ def leave_cluster(runtime) -> None:
   if chief:
     time.sleep(_CHIEF_GRACE_S)
     return
-  atexit._run_exitfuncs()  # pylint: disable=protected-access  # Temp files, the console.
-  sys.stdout.flush()
-  sys.stderr.flush()
-  console.drain()
-  os._exit(0)  # pylint: disable=protected-access
+  command.exit_now(errors.FINISHED)
 
 
 _CHIEF_GRACE_S = 1.0
