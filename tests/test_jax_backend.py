@@ -69,10 +69,14 @@ def _mlp(api, fashion_mnist_dir, workdir, **settings):
           "workdir": str(workdir), **settings}
 
 
+# The fixture's resnet18: one block in each of its first two stages. The APIs' wiring (the stem,
+# an identity block, a projection block with its stride, the head) is what its runs compare; the
+# later stages repeat the second's wiring at other widths, and each only lengthened the compiles.
+WIRING_BLOCKS = (1, 1)
+
+
 def _resnet18(api, workdir, strategy="default"):
-  # One block per stage: the APIs' wiring (stem, identity and projection shortcuts, head) is
-  # what is compared; each stage's second block only lengthened the three compiles.
-  return dict(api=api, model="resnet18", resnet_blocks_per_stage=(1, 1, 1, 1),
+  return dict(api=api, model="resnet18", resnet_blocks_per_stage=WIRING_BLOCKS,
               dataset="synthetic", image_shape=(32, 32, 3), num_test_examples=16, batch_size=8,
               epochs=1, max_steps_per_epoch=3, strategy=strategy, progress="none",
               workdir=str(workdir))
@@ -81,8 +85,8 @@ def _resnet18(api, workdir, strategy="default"):
 @pytest.fixture(scope="module")
 def jax_runs(fashion_mnist_dir, tmp_path_factory) -> dict:
   """name -> results.json (and "workdir") of runs trained in one JAX process: the mlp one epoch
-  of Fashion-MNIST at batch 128 in each API and mirrored over two host devices, resnet18 (one
-  block per stage) three steps in each API (the subclass under --strategy=one_device), and 150
+  of Fashion-MNIST at batch 128 in each API and mirrored over two host devices, resnet18
+  (WIRING_BLOCKS) three steps in each API (the subclass under --strategy=one_device), and 150
   steps of the mlp for each optimizer, schedule and precision the recipe's kill test leaves
   out."""
   root = tmp_path_factory.mktemp("jax")
@@ -148,10 +152,10 @@ def test_a_steps_flops_are_counted_as_on_tensorflow_and_make_an_mfu_against_the_
   # test_mfu.py's TensorFlow runs count it; resnet18 as TensorFlow counts the same model.
   for name in ("mlp_functional", "mlp_subclass", "mlp_mirrored"):
     assert jax_runs[name]["flops_per_step"] == 128 * 818_176, name
-  # The fixture's resnet18 has one block per stage (its runs check the wiring): count the same.
+  # The fixture's resnet18 has WIRING_BLOCKS (its runs check the wiring): count the same.
   specs = dict(resnet.RESNET_SPECS)
   try:
-    resnet.RESNET_SPECS["resnet18"] = (specs["resnet18"][0], (1, 1, 1, 1))
+    resnet.RESNET_SPECS["resnet18"] = (specs["resnet18"][0], WIRING_BLOCKS)
     model = factory.build_model("resnet18", "functional", (32, 32, 3), 10)
   finally:
     resnet.RESNET_SPECS.update(specs)
