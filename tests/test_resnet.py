@@ -16,6 +16,12 @@ from trainer.models import factory
 from trainer.models import resnet
 
 
+# resnet18 with one block in each of its first two stages: every kind of wiring (the stem, an
+# identity block, a projection block with its stride, the head) for tests that train or step it,
+# where the later stages, the second's wiring again at other widths, only lengthened the compiles.
+WIRING_ONLY = ("basic", (1, 1))
+
+
 def trainable_count(model: keras.Model) -> int:
   # torchvision's and Model Garden's counts are trainable parameters: BatchNorm's moving
   # statistics are buffers there.
@@ -108,9 +114,9 @@ def test_resnet50_takes_one_training_step_on_tiny_inputs():
 
 
 def _stem_statistics(strategy, sync_batchnorm, images):
-  # As the task runs a step: the forward pass, then the replicas' copies averaged. One block per
-  # stage: only the stem's statistics are read.
-  with mock.patch.dict(resnet.RESNET_SPECS, {"resnet18": ("basic", (1, 1, 1, 1))}), \
+  # As the task runs a step: the forward pass, then the replicas' copies averaged. Only the
+  # stem's statistics are read.
+  with mock.patch.dict(resnet.RESNET_SPECS, {"resnet18": WIRING_ONLY}), \
       strategy.scope():
     model = factory.build_model("resnet18", "functional", images.shape[1:], 10,
                                 sync_batchnorm=sync_batchnorm)
@@ -177,11 +183,10 @@ def test_sync_batchnorm_is_refused_for_models_without_our_batchnorm():
 def test_three_apis_train_to_identical_weights_under_deterministic(tmp_path, monkeypatch,
                                                                    restores_op_determinism):
   # 6 steps with --deterministic on CIFAR-stem images, the three APIs in this process: one
-  # digest of every weight. One block per stage, built by the same code: the APIs' wiring is
-  # compared here (the full depth's structure and weights are, above), and each block more only
-  # lengthened the compiles.
+  # digest of every weight. WIRING_ONLY, built by the same code: the APIs' wiring is compared
+  # here (the full depth's structure and weights are, above).
   from trainer import train  # pylint: disable=g-import-not-at-top
-  monkeypatch.setitem(resnet.RESNET_SPECS, "resnet18", ("basic", (1, 1, 1, 1)))
+  monkeypatch.setitem(resnet.RESNET_SPECS, "resnet18", WIRING_ONLY)
   results = {api: train.train_and_evaluate(config_lib.Config.from_flags(
       model="resnet18", api=api, dataset="synthetic", image_shape=(16, 16, 3), epochs=1,
       batch_size=8, max_steps_per_epoch=6, eval_steps=1, num_test_examples=8,
