@@ -9,8 +9,8 @@ process has TensorFlow's). TensorFlow's --deterministic runs train in the test p
 conftest's restores_op_determinism turns back to a user's default afterwards.
 
 A run's dict may also hold "resnet_blocks_per_stage": its ResNet is then built from the same
-builder with that many blocks per stage, for tests that check the ResNets' wiring, not their
-depth (a deep one's compile is most of such a run).
+builder with those blocks in its first stages (as many stages as it lists), for tests that check
+the ResNets' wiring, not their depth (a deep one's compile is most of such a run).
 """
 
 import json
