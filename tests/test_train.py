@@ -1,5 +1,6 @@
 """End-to-end training: accuracy on real data, strategies, precisions, TensorBoard, results.json."""
 
+import gc
 import math
 import os
 
@@ -45,14 +46,29 @@ def test_each_api_learns_synthetic_data(api, finished_runs):
   assert results["test_accuracy"] > 0.9 and math.isfinite(results["test_loss"])
 
 
+def _live_iterators() -> int:
+  """tf.data iterators alive in this process (one-device, multi-device and distributed)."""
+  return sum(1 for value in gc.get_objects()
+             if type(value).__name__.endswith("Iterator")
+             and type(value).__module__.startswith("tensorflow"))
+
+
 @pytest.mark.slow
 def test_mirrored_over_two_cpu_devices_matches_the_default_strategy(fashion_mnist_dir, tmp_path):
   base = config_lib.Config.from_flags(dataset="fashion_mnist", data_dir=fashion_mnist_dir, epochs=1,
                            batch_size=64, max_steps_per_epoch=100, log_every=20, jit_compile=False,
                            precision="float32")
-  single = train.train_and_evaluate(base.replace(strategy="default", workdir=str(tmp_path / "1")))
-  mirrored = train.train_and_evaluate(
-      base.replace(strategy="mirrored", cpu_devices=2, workdir=str(tmp_path / "2")))
+  # A finished run leaves no iterator to a later garbage collection, whose destruction of one
+  # can wait up to a minute for tf.data's autotuning thread.
+  gc.disable()
+  try:
+    before = _live_iterators()
+    single = train.train_and_evaluate(base.replace(strategy="default", workdir=str(tmp_path / "1")))
+    mirrored = train.train_and_evaluate(
+        base.replace(strategy="mirrored", cpu_devices=2, workdir=str(tmp_path / "2")))
+    assert _live_iterators() == before
+  finally:
+    gc.enable()
   assert (single["num_replicas"], mirrored["num_replicas"]) == (1, 2)
   single_losses = _scalar_steps(str(tmp_path / "1" / "train"), "loss")
   mirrored_losses = _scalar_steps(str(tmp_path / "2" / "train"), "loss")

@@ -105,6 +105,7 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     # One dataset for the whole run: the next epoch is prepared while this one trains.
     task.start_training(pipeline.training_batches(step, config.loop.epochs, plan.pack), plan.pack,
                         per_process=pipeline.per_process)
+    stack.callback(task.stop_training)
     profiler = profiling.ProfileWindow(config.output.profile_steps, config.output.workdir,
                                        settings.is_chief, backend.profiler())
     stack.callback(profiler.stop)

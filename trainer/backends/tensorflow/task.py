@@ -117,6 +117,12 @@ class Task(interface.TaskPolicy):
     self._pack = pack
     self._train_loop = self._compile_train_loop(pack)
 
+  def stop_training(self) -> None:
+    """Drops the training iterator as the run ends, with its prefetched batches. Left to a later
+    garbage collection (the task lives in reference cycles), tf.data's destruction of an old
+    iterator can wait up to a minute for its autotuning thread."""
+    self._iterator = None
+
   def train_loop(self, num_steps: int) -> int:
     """Trains `num_steps` steps (a multiple of the pack) in one call.
 
