@@ -3,6 +3,7 @@
 import gc
 import math
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -66,6 +67,9 @@ def test_mirrored_over_two_cpu_devices_matches_the_default_strategy(fashion_mnis
     single = train.train_and_evaluate(base.replace(strategy="default", workdir=str(tmp_path / "1")))
     mirrored = train.train_and_evaluate(
         base.replace(strategy="mirrored", cpu_devices=2, workdir=str(tmp_path / "2")))
+    for thread in threading.enumerate():  # The iterators are destroyed on threads of their own.
+      if thread.name == "tf.data-release":
+        thread.join()
     assert _live_iterators() == before
   finally:
     gc.enable()

@@ -117,7 +117,8 @@ class JaxTask(interface.TaskPolicy):
 
   def stop_training(self) -> None:
     """Drops the training iterator as the run ends (as TensorFlowTask.stop_training)."""
-    self._iterator = None
+    iterators, self._iterator = [self._iterator], None
+    input_pipeline.release(iterators)
 
   def train_loop(self, num_steps: int) -> int:
     """Trains `num_steps` steps (a multiple of the pack); returns 0, or the 1-based step whose
