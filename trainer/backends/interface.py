@@ -12,6 +12,7 @@ which trainer/distribute/device_plan.py composes with the decisions every backen
 
 import importlib
 import signal
+import threading
 from typing import (Any, Callable, ContextManager, Dict, List, Optional, Protocol, Sequence,
                     Tuple)
 
@@ -42,7 +43,7 @@ class Task(Protocol):
   test_split_examples: int
 
   def start_training(self, dataset, pack: int, per_process: bool = False) -> None: ...
-  def stop_training(self) -> None: ...  # Drops the training iterator (see the tasks').
+  def stop_training(self) -> None: ...  # Drops the training iterator (TaskPolicy's).
   def train_loop(self, num_steps: int) -> int: ...
   def train_metrics(self) -> Dict[str, float]: ...
   def reset_train_metrics(self) -> None: ...
@@ -122,7 +123,21 @@ def _backend_module(name: str, module: str):
 class TaskPolicy:
   """What both tasks decide alike, written once: a task subclasses it and supplies
   `_evaluate_weights(dataset, next_chunk)`, `_count_stop_requests(flag)` and
-  `_train_figures()`, with `_settings`, `ema`, `_eval_dataset` and `_whole_split` set."""
+  `_train_figures()`, with `_settings`, `ema`, `_eval_dataset`, `_whole_split` and `_iterator`
+  (the training batches' tf.data iterator) set."""
+
+  def stop_training(self) -> None:
+    """Drops the training iterator as the run ends, with its prefetched batches, and destroys it
+    on a thread of its own, which nothing waits for.
+
+    Left to a later garbage collection (a task lives in reference cycles), that destruction came
+    at any moment in a process that trains again (a notebook, the suite), and it waits for the
+    iterator's autotuning thread: now and then (a race inside tf.data) until that thread's next
+    optimisation is due, up to a minute for an iterator as old as a run's.
+    """
+    doomed = [self._iterator]
+    self._iterator = None
+    threading.Thread(target=doomed.clear, name="tf.data-release", daemon=True).start()
 
   def evaluate(self, next_chunk: Optional[Callable[[int], int]] = None,
                whole_split: bool = False) -> Optional[Dict[str, float]]:

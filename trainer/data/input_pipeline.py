@@ -12,8 +12,7 @@ on can be rebuilt exactly.
 import dataclasses
 import functools
 import os
-import threading
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 from absl import logging
 import numpy as np
@@ -406,19 +405,6 @@ def _normalization(data: config_lib.DataConfig, loaded: sources.Loaded):
     images = np.concatenate([batch.numpy() for batch, _ in stream_examples().take(
         NORMALIZATION_EXAMPLES).batch(1024)])
   return preprocessing.channel_statistics(images)
-
-
-def release(iterators: List) -> None:
-  """Destroys the tf.data iterators in `iterators` (emptying it) on a thread of their own; the
-  caller holds no other reference to them.
-
-  Destroying an iterator waits for its autotuning thread, and now and then (a race inside
-  tf.data) that thread answers only when its next optimisation is due: up to a minute for an
-  iterator as old as a run's. Nothing waits for the thread that does it.
-  """
-  doomed = list(iterators)
-  iterators.clear()
-  threading.Thread(target=doomed.clear, name="tf.data-release", daemon=True).start()
 
 
 def make_input_pipeline(data: config_lib.DataConfig, input_index: int = 0,

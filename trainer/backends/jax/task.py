@@ -115,11 +115,6 @@ class JaxTask(interface.TaskPolicy):
     self._per_process = per_process
     self._pack = pack
 
-  def stop_training(self) -> None:
-    """Drops the training iterator as the run ends (as TensorFlowTask.stop_training)."""
-    iterators, self._iterator = [self._iterator], None
-    input_pipeline.release(iterators)
-
   def train_loop(self, num_steps: int) -> int:
     """Trains `num_steps` steps (a multiple of the pack); returns 0, or the 1-based step whose
     loss was not finite."""

@@ -117,13 +117,6 @@ class Task(interface.TaskPolicy):
     self._pack = pack
     self._train_loop = self._compile_train_loop(pack)
 
-  def stop_training(self) -> None:
-    """Drops the training iterator as the run ends, with its prefetched batches, destroyed on a
-    thread of its own (input_pipeline.release). Left to a later garbage collection (the task
-    lives in reference cycles), that destruction came at any moment and could wait there."""
-    iterators, self._iterator = [self._iterator], None
-    input_pipeline.release(iterators)
-
   def train_loop(self, num_steps: int) -> int:
     """Trains `num_steps` steps (a multiple of the pack) in one call.
 
