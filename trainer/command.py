@@ -1,13 +1,12 @@
 """How every command of the project ends: at once, once its work is done and its files closed.
 
-Python's own shutdown then destroys every object the process still holds, and TensorFlow's and
-JAX's native teardown costs about a second a process for nothing (a finished trainer run: 1.1 s
-from its last line to its exit, against 0.05 s ended this way). Worse, a tf.data iterator that
-is destroyed there waits for its autotuning thread: finished runs have hung at exit for tens of
-seconds at 0% CPU, and until killed. Every file of a run is whole and closed before its main returns, so a command
-instead does what Python's shutdown does first (joins its non-daemon threads, runs the exit
-handlers: absl's log flush, the console filter's drain, JAX's distributed shutdown), flushes its
-streams and ends the process with its exit code.
+Python's own shutdown destroys every object the process still holds first, and TensorFlow's and
+JAX's teardown costs about a second a process for nothing (docs/measurements.md); worse, a
+tf.data iterator destroyed there waits for its autotuning thread, and finished runs have hung at
+exit until killed. Every file of a run is whole and closed before its main returns, so a command
+instead does what Python's shutdown does before destroying anything (joins its non-daemon
+threads, runs the exit handlers: absl's log flush, the console filter's drain, JAX's distributed
+shutdown), flushes its streams and ends the process with its exit code.
 """
 
 import atexit

@@ -9,7 +9,6 @@ import ipaddress
 import json
 import os
 import socket
-import sys
 import time
 from typing import List, Optional, Sequence, Tuple
 
