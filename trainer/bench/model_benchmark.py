@@ -266,16 +266,14 @@ def run_workloads(workloads: Sequence[Workload], root: str, jit_both: bool = Fal
       suffix = "" if strategy_name == strategies[0] else f"/{strategy_name}"
       strategy = distribution.make_strategy(strategy_name)
       peers = {}
-      with logged(f"{workload.name}{suffix}-harness"), timing.spent(seconds, f"harness{suffix}"):
-        peers["harness"] = measure_harness(
-            workload, os.path.join(root, workload.model + strategy_name), strategy_name)
-      with logged(f"{workload.name}{suffix}-tuned_fit"), timing.spent(seconds,
-                                                                      f"tuned_fit{suffix}"):
-        peers["tuned_fit"] = measure_tuned_fit(workload, chosen, jit_both, strategy)
-      with logged(f"{workload.name}{suffix}-plain_fit"), timing.spent(seconds,
-                                                                      f"plain_fit{suffix}"):
-        peers["plain_fit"] = measure_plain_fit(workload, strategy)
-      for name in ("harness", "tuned_fit", "plain_fit"):
+      measures = {
+          "harness": lambda: measure_harness(
+              workload, os.path.join(root, workload.model + strategy_name), strategy_name),
+          "tuned_fit": lambda: measure_tuned_fit(workload, chosen, jit_both, strategy),
+          "plain_fit": lambda: measure_plain_fit(workload, strategy)}
+      for name, measure in measures.items():
+        with logged(f"{workload.name}{suffix}-{name}"), timing.spent(seconds, name + suffix):
+          peers[name] = measure()
         print(f"  {workload.name}{suffix} {name}: {peers[name]['examples_per_sec']:,.1f} "
               "examples/s", flush=True)
       row["peers" + suffix.replace("/", "_")] = peers
