@@ -10,23 +10,17 @@ checks the 30 s on a fake clock, so such a test runs the trainer with a shorter 
 
 import sys
 
+from tests import patched_trainer
+
 
 def main() -> None:
   seconds = float(sys.argv[1])
-  sys.argv = ["trainer.main", *sys.argv[2:]]
-  from trainer import command  # pylint: disable=g-import-not-at-top
-  from trainer import main as trainer_main  # pylint: disable=g-import-not-at-top
-  from trainer.distribute import keras_backend  # pylint: disable=g-import-not-at-top
-  select = keras_backend.select
 
-  def select_then_shorten(config) -> None:
-    # After the backend is chosen: trainer.loop.progress imports Keras.
-    select(config)
+  def shorten() -> None:
     from trainer.loop import progress  # pylint: disable=g-import-not-at-top
     progress.LINE_SECONDS = seconds
 
-  keras_backend.select = select_then_shorten
-  command.run(trainer_main.main)
+  patched_trainer.run(sys.argv[2:], shorten)
 
 
 if __name__ == "__main__":

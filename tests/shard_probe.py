@@ -17,6 +17,8 @@ import sys
 
 import numpy as np
 
+from tests import patched_trainer
+
 PREFIX = "shard probe: "
 
 
@@ -27,15 +29,8 @@ def image_digest(image) -> str:
 
 def main() -> None:
   num_batches = int(sys.argv[1])
-  sys.argv = ["trainer.main", *sys.argv[2:]]
-  from trainer import command  # pylint: disable=g-import-not-at-top
-  from trainer import main as trainer_main  # pylint: disable=g-import-not-at-top
-  from trainer.distribute import keras_backend  # pylint: disable=g-import-not-at-top
-  select = keras_backend.select
 
-  def select_then_probe(config) -> None:
-    # After the backend is chosen, as the trainer imports its modules only then.
-    select(config)
+  def probe() -> None:
     from trainer.distribute import distribution  # pylint: disable=g-import-not-at-top
     distribute = distribution.distribute_per_process
 
@@ -51,8 +46,7 @@ def main() -> None:
 
     distribution.distribute_per_process = distribute_and_probe
 
-  keras_backend.select = select_then_probe
-  command.run(trainer_main.main)
+  patched_trainer.run(sys.argv[2:], probe)
 
 
 if __name__ == "__main__":

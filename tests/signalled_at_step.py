@@ -14,19 +14,14 @@ import os
 import signal
 import sys
 
+from tests import patched_trainer
+
 
 def main() -> None:
   sent = getattr(signal, f"SIG{sys.argv[1]}")
   at_step = int(sys.argv[2])
-  sys.argv = ["trainer.main", *sys.argv[3:]]
-  from trainer import command  # pylint: disable=g-import-not-at-top
-  from trainer import main as trainer_main  # pylint: disable=g-import-not-at-top
-  from trainer.distribute import keras_backend  # pylint: disable=g-import-not-at-top
-  select = keras_backend.select
 
-  def select_then_arm(config) -> None:
-    # After the backend is chosen, as the trainer imports its modules only then.
-    select(config)
+  def arm() -> None:
     from trainer.records import summaries  # pylint: disable=g-import-not-at-top
     scalars = summaries.RunWriter.scalars
 
@@ -39,8 +34,7 @@ def main() -> None:
 
     summaries.RunWriter.scalars = scalars_then_signal
 
-  keras_backend.select = select_then_arm
-  command.run(trainer_main.main)
+  patched_trainer.run(sys.argv[3:], arm)
 
 
 if __name__ == "__main__":
