@@ -9,6 +9,19 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def command_line(settings: dict) -> list:
+  """The trainer's flags that give the Config keywords `settings`, as a user types them."""
+  flags = []
+  for name, value in settings.items():
+    if isinstance(value, bool):
+      flags.append(f"--{'' if value else 'no'}{name}")
+    elif isinstance(value, tuple):
+      flags.append(f"--{name}={','.join(map(str, value))}")
+    else:
+      flags.append(f"--{name}={value}")
+  return flags
+
+
 def run_module(module: str, *flags: str, timeout: float = 240) -> subprocess.CompletedProcess:
   """Runs `python -m MODULE FLAGS` to the end; returns its exit code and output."""
   return subprocess.run([sys.executable, "-m", module, *flags], cwd=ROOT,

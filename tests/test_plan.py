@@ -23,17 +23,9 @@ RESNET50_FLAGS = ["--model=resnet50", "--dataset=synthetic", "--image_shape=224,
 
 def arguments(config: config_lib.Config) -> list:
   """The command line of `config`: each flag that differs from its default."""
-  given = []
-  for name, value in config.to_flags().items():
-    if value == config_lib.default(name) or value is None:
-      continue
-    if isinstance(value, bool):
-      given.append(f"--{'' if value else 'no'}{name}")
-    elif isinstance(value, tuple):
-      given.append(f"--{name}={','.join(map(str, value))}")
-    else:
-      given.append(f"--{name}={value}")
-  return given
+  return processes.command_line({
+      name: value for name, value in config.to_flags().items()
+      if value != config_lib.default(name) and value is not None})
 
 
 def on_gpus(count: int, gpu: str = "A100-40GB", **settings) -> device_plan.DevicePlan:

@@ -41,25 +41,12 @@ def logged_steps(folder, tag="loss") -> list:
   return [event.step for event in accumulator.Tensors(tag)]
 
 
-def command_line(settings: dict) -> list:
-  """The trainer's flags that give the Config keywords `settings`, as a user types them."""
-  flags = []
-  for name, value in settings.items():
-    if isinstance(value, bool):
-      flags.append(f"--{'' if value else 'no'}{name}")
-    elif isinstance(value, tuple):
-      flags.append(f"--{name}={','.join(map(str, value))}")
-    else:
-      flags.append(f"--{name}={value}")
-  return flags
-
-
 def _killed_at(settings: dict, workdir, kill_at) -> None:
   """Runs the trainer's command line on `settings` in `workdir`, killed with kill -9 once it
   has logged each step of `kill_at` in turn: a process each, each after the first resuming."""
   for step in kill_at:
     killed = processes.run_module("tests.signalled_at_step", "KILL", str(step),
-                                  *command_line(settings), f"--workdir={workdir}")
+                                  *processes.command_line(settings), f"--workdir={workdir}")
     # SIGKILL: its workdir lock goes with it, so the rerun can take it.
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert checkpoint_steps(workdir)[-1] < step  # The steps since were trained and lost.
@@ -228,7 +215,7 @@ def test_sigterm_saves_at_the_next_step_and_says_how_to_resume(tmp_path):
   with open(tmp_path / "stderr.txt", "w") as stderr:
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.signalled_at_step", "STOP", "150",
-         *command_line(settings)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+         *processes.command_line(settings)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
   try:
     _, status = os.waitpid(process.pid, os.WUNTRACED)
     if not os.WIFSTOPPED(status):
