@@ -68,7 +68,11 @@ def test_a_workdir_written_before_the_sections_resumes_with_the_same_config_json
   settings = config_lib.RunSettings(
       config=config, strategy=saved["strategy"], num_replicas=saved["num_replicas"],
       precision=saved["precision"], precision_reason="asked for", device="CPU", is_chief=True)
-  assert json.loads(json.dumps(settings.run_config())) == saved  # config.json, unchanged.
+  # config.json, unchanged but for the settings added since, at their defaults.
+  written = json.loads(json.dumps(settings.run_config()))
+  assert {name: written[name] for name in saved} == saved
+  assert {name: written[name] for name in set(written) - set(saved)} == {
+      "export_saved_model": True}
   workdir = tmp_path / "run"
   os.makedirs(workdir / "checkpoints")
   with open(workdir / "config.json", "w") as f:

@@ -265,8 +265,10 @@ def test_unreadable_checkpoints_stop_the_run_instead_of_starting_afresh(small_co
 
 
 @pytest.mark.slow
-def test_changed_math_is_refused_and_more_epochs_continue(small_config, caplog):
+def test_changed_math_is_refused_and_more_epochs_continue(small_config, caplog, capsys):
   train.train_and_evaluate(small_config)
+  saved_model = os.path.join(small_config.output.workdir, workdir_lib.SAVED_MODEL_DIR)
+  assert os.path.isdir(saved_model)
   with pytest.raises(errors.UserError) as refused:
     train.train_and_evaluate(small_config.replace(api="subclass", batch_size=32, epochs=2))
   assert "api: 'functional' in the saved run, 'subclass' now" in str(refused.value)
@@ -274,15 +276,25 @@ def test_changed_math_is_refused_and_more_epochs_continue(small_config, caplog):
   assert "seed" not in str(refused.value)
 
   with caplog.at_level(logging.INFO, logger="absl"):
-    continued = train.train_and_evaluate(small_config.replace(epochs=3, eval_steps=2))
+    continued = train.train_and_evaluate(small_config.replace(epochs=3, eval_steps=2,
+                                                              export_saved_model=False))
   assert continued["steps"] == 60
   # Settings that leave the math alone may change; config.json says which, and from which step.
   assert ("Resuming from step 20 of 60 with changed settings, recorded in config.json: "
-          "epochs 1 -> 3, eval_steps 0 -> 2") in caplog.text
+          "epochs 1 -> 3, export_saved_model True -> False, eval_steps 0 -> 2") in caplog.text
   saved = workdir_lib.read_run_config(small_config.output.workdir)
   assert (saved["epochs"], saved["eval_steps"]) == (3, 2)
-  assert saved["changes"] == [{"step": 20, "setting": "epochs", "was": 1, "now": 3},
-                              {"step": 20, "setting": "eval_steps", "was": 0, "now": 2}]
+  assert saved["changes"] == [
+      {"step": 20, "setting": "epochs", "was": 1, "now": 3},
+      {"step": 20, "setting": "export_saved_model", "was": True, "now": False},
+      {"step": 20, "setting": "eval_steps", "was": 0, "now": 2}]
+  # model.keras only: the first end's SavedModel, of the weights of step 20, is gone with it.
+  assert list(continued["exports"]) == ["keras"] and not os.path.exists(saved_model)
+  assert f"{small_config.output.workdir}: results.json, model.keras; tensorboard" in (
+      capsys.readouterr().out)
+  with pytest.raises(errors.UserError, match="holds no saved_model/: its run was made with "
+                     "--noexport_saved_model. Evaluate its model.keras: leave --format out."):
+    evaluate.evaluate_export(small_config.output.workdir, "saved_model")
   assert logged_steps(os.path.join(small_config.output.workdir, "train")) == list(range(10, 61, 10))
 
   fresh = train.train_and_evaluate(small_config.replace(seed=5, overwrite=True))

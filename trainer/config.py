@@ -358,6 +358,10 @@ class OutputConfig:
   export_ema: bool = _setting(
       False, "Export the moving average's weights instead of the trained ones (needs "
       "--ema_decay).")
+  export_saved_model: bool = _setting(
+      True, "Export the inference SavedModel (saved_model/, and best/'s) beside model.keras; "
+      "--noexport_saved_model writes model.keras only, which spares a sweep or a smoke run "
+      "the seconds a large model's SavedModel takes to trace.")
   profile_steps: Tuple[int, ...] = _setting(
       (), "A,B: capture a TensorBoard profile of global training steps A to B (from 1) into "
       "WORKDIR/plugins/profile/, shown in TensorBoard's PROFILE tab (install the [profile] "
@@ -412,6 +416,7 @@ FLAG_FIELDS = {
     "grad_accum_steps": ("optim", "grad_accum_steps"),
     "ema_decay": ("optim", "ema_decay"),
     "export_ema": ("output", "export_ema"),
+    "export_saved_model": ("output", "export_saved_model"),
     "keep_best": ("output", "keep_best"),
     "seed": ("data", "seed"),
     "max_steps_per_epoch": ("loop", "max_steps_per_epoch"),

@@ -138,6 +138,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> list:
   define(flags.DEFINE_enum, "progress", enum_values=config_lib.PROGRESS)
   define(flags.DEFINE_integer, "checkpoint_every", lower_bound=0)
   define(flags.DEFINE_integer, "keep_checkpoints", lower_bound=1)
+  define(flags.DEFINE_boolean, "export_saved_model")
   define(flags.DEFINE_list, "profile_steps")
   define(flags.DEFINE_boolean, "overwrite")
   define(flags.DEFINE_boolean, "deterministic")

@@ -245,7 +245,8 @@ def _best_model(settings: config_lib.RunSettings, task: interface.Task,
 
   def write_exports(folder: str) -> None:
     with _exported_weights(task, config):
-      export.export_model(task.model, folder, pipeline.image_shape, export_options)
+      export.export_model(task.model, folder, pipeline.image_shape, export_options,
+                          config.output.export_saved_model)
 
   return best_model.BestModel(config.output.workdir, config.output.keep_best,
                               config.output.export_ema,
@@ -332,7 +333,7 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: int
   if settings.is_chief:
     with _exported_weights(task, config):
       exports = export.export_model(task.model, config.output.workdir, pipeline.image_shape,
-                                    export_options)
+                                    export_options, config.output.export_saved_model)
     flops_per_step = _training_flops(task, pipeline.image_shape)
     events.stop("finished")  # The end of the run's wall time: what follows takes milliseconds.
     results = dataclasses.replace(results, exports=exports,
@@ -403,7 +404,8 @@ def _summary(settings: config_lib.RunSettings, api: str, results: run_record.Run
       *_goodput_line(results),
       *_mfu_line(results),
       *_loss_scaling_line(results),
-      f"  {config.output.workdir}: results.json, model.keras, saved_model/; "
+      f"  {config.output.workdir}: results.json, model.keras"
+      f"{', saved_model/' if 'saved_model' in results.exports else ''}; "
       f"tensorboard --logdir {config.output.workdir}"])
 
 

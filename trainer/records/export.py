@@ -15,11 +15,14 @@ from trainer.records import workdir as workdir_lib
 
 
 def export_model(model: keras.Model, workdir: str, image_shape: Sequence[int],
-                 options: Optional[dict] = None) -> dict:
-  """Writes both exports into `workdir`, each through a rename so none is ever half-written.
+                 options: Optional[dict] = None, saved_model: bool = True) -> dict:
+  """Writes the exports into `workdir`, each through a rename so none is ever half-written,
+  and returns their paths by format.
 
   The SavedModel's `serve` takes float32 images of `image_shape` in [0, 1], batched;
-  `options` are the backend's for model.export (interface.Backend.export_options).
+  `options` are the backend's for model.export (interface.Backend.export_options). Without
+  `saved_model` only model.keras is written, and a SavedModel of an earlier end of the run is
+  removed: it would serve older weights than model.keras holds.
   """
   keras_path = os.path.join(workdir, workdir_lib.KERAS_FILE)
   with safe_files.writing("model.keras export", keras_path, partial=[keras_path + ".tmp.keras"]):
@@ -29,6 +32,9 @@ def export_model(model: keras.Model, workdir: str, image_shape: Sequence[int],
   saved_model_path = os.path.join(workdir, workdir_lib.SAVED_MODEL_DIR)
   staging = saved_model_path + ".tmp"
   shutil.rmtree(staging, ignore_errors=True)
+  if not saved_model:
+    shutil.rmtree(saved_model_path, ignore_errors=True)
+    return {"keras": keras_path}
   with safe_files.writing("SavedModel export", saved_model_path, partial=[staging]):
     # The signature is given, not inferred: a subclassed model without build() has no record
     # of the shape it was called with.

@@ -139,9 +139,9 @@ def recipe(config: config_lib.Config, steps_per_epoch: int) -> Dict[str, object]
 # Settings that say where or how a run writes, not what it computes: left out of the HParams
 # entry, where they would only add columns that differ between every two runs.
 _NOT_HPARAMS = ("workdir", "overwrite", "progress", "log_every", "checkpoint_every",
-                "gpu_memory_growth",
-                "keep_checkpoints", "profile_steps", "worker_hosts", "task_index",
-                "worker_timeout", "tfds_data_dir", "data_dir", "memory_limit_mb")
+                "gpu_memory_growth", "keep_checkpoints", "export_saved_model", "profile_steps",
+                "worker_hosts", "task_index", "worker_timeout", "tfds_data_dir", "data_dir",
+                "memory_limit_mb")
 # HPARAMS that follow from others (the strategy and the devices): results.json's, not HParams'.
 _DERIVED = ("num_replicas",)
 
