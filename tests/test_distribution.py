@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from trainer.distribute import distribution
+from trainer.distribute import hardware
 
 
 def _all_reduce_ones(strategy: tf.distribute.Strategy, size: int) -> np.ndarray:
@@ -28,6 +29,21 @@ def test_mirrored_strategies_in_one_process_keep_their_collectives_apart():
     strategy = distribution.make_strategy("mirrored")
     assert strategy.num_replicas_in_sync == 2
     np.testing.assert_array_equal(_all_reduce_ones(strategy, size), np.full(size, 2.0))
+
+
+def test_a_cpu_the_process_split_itself_keeps_its_threads(monkeypatch):
+  # As this test process split it (conftest.py): a run's split would fix the threads at a
+  # device's share for every later run in the process, and a --deterministic run resumed here
+  # from a killed process of its own then ended with other weights than the killed one's.
+  monkeypatch.setattr(tf.config, "get_logical_device_configuration",
+                      lambda device: [tf.config.LogicalDeviceConfiguration()] * 2)
+  calls = []
+  monkeypatch.setattr(tf.config, "set_logical_device_configuration",
+                      lambda *args: calls.append("devices"))
+  monkeypatch.setattr(tf.config.threading, "set_intra_op_parallelism_threads",
+                      lambda threads: calls.append(f"{threads} threads"))
+  hardware.split_cpu(2)
+  assert calls == []
 
 
 @pytest.mark.slow

@@ -22,6 +22,13 @@ def split_cpu(num_devices: int, share_threads: bool = True) -> None:
   if num_devices == 1:
     return
   cpu = tf.config.list_physical_devices("CPU")[0]
+  configured = tf.config.get_logical_device_configuration(cpu)
+  if configured and len(configured) == num_devices:
+    # The process split the CPU itself before the run (a test session, a notebook): its
+    # threads stay the process's, as once TensorFlow has started. Sharing them here would fix
+    # them at a device's share for every later run in the process, whose numerics (even under
+    # --deterministic) would then differ from the same run's in a process of its own.
+    return
   try:
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
@@ -31,7 +38,7 @@ def split_cpu(num_devices: int, share_threads: bool = True) -> None:
       tf.config.threading.set_intra_op_parallelism_threads(
           max(1, (os.cpu_count() or 1) // num_devices))
   except RuntimeError:
-    # Already initialised, as in a test process that split the CPU up front: fine if it matches.
+    # Already initialised (a second run in one process): fine if it matches.
     if len(tf.config.list_logical_devices("CPU")) != num_devices:
       raise errors.UserError(
           f"--cpu_devices={num_devices} cannot be applied: TensorFlow already runs with "
