@@ -112,7 +112,8 @@ def _no_space(*args, **kwargs):
 def test_each_write_names_what_filled_the_disk(small_config, monkeypatch, patched, what):
   monkeypatch.setattr(patched, _no_space)
   # Without XLA: the writes are the same, and the compile would be most of each run.
-  config = small_config.replace(checkpoint_every=10, jit_compile=False)
+  config = small_config.replace(checkpoint_every=10, jit_compile=False,
+                                export_saved_model=True)
   with pytest.raises(errors.DiskFull, match=f"writing the {what} to"):
     train.train_and_evaluate(config)
   assert not run_record.has_results(config.output.workdir)

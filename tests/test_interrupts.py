@@ -51,7 +51,8 @@ PHASES = {
 @pytest.mark.slow
 def test_ctrl_c_in_any_phase_exits_130_and_the_rerun_completes(phase, small_config,
                                                                monkeypatch, capsys):
-  config = small_config.replace(epochs=2, max_steps_per_epoch=10, log_every=5)
+  config = small_config.replace(epochs=2, max_steps_per_epoch=10, log_every=5,
+                                export_saved_model=True)
   with monkeypatch.context() as patch:
     _ctrl_c_inside(patch, *PHASES[phase])
     with pytest.raises(SystemExit) as exited:

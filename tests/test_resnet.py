@@ -191,7 +191,7 @@ def test_three_apis_train_to_identical_weights_under_deterministic(tmp_path, mon
       model="resnet18", api=api, dataset="synthetic", image_shape=(16, 16, 3), epochs=1,
       batch_size=8, max_steps_per_epoch=6, eval_steps=1, num_test_examples=8,
       strategy="default", deterministic=True, log_every=3, progress="none",
-      workdir=str(tmp_path / api))) for api in config_lib.APIS}
+      export_saved_model=False, workdir=str(tmp_path / api))) for api in config_lib.APIS}
   model = factory.build_model("resnet18", "functional", (16, 16, 3), 10)
   assert model.count_params() > trainable_count(model)
   assert {r["params"] for r in results.values()} == {model.count_params()}  # With BN statistics.
@@ -240,7 +240,7 @@ def test_jit_compile_over_two_replicas_averages_the_batchnorm_statistics(tmp_pat
         dataset="synthetic", image_shape=(16, 16, 3), batch_size=8, epochs=1,
         max_steps_per_epoch=1, num_test_examples=8, strategy=strategy, cpu_devices=2,
         precision="float32", jit_compile=jit_compile, progress="none",
-        workdir=str(tmp_path / strategy))
+        export_saved_model=False, workdir=str(tmp_path / strategy))
     results = train.train_and_evaluate(config)
     assert results["jit_compile"] == jit_compile
     model = keras.saving.load_model(tmp_path / strategy / "model.keras")

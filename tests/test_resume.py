@@ -60,10 +60,11 @@ RECIPE = dict(optimizer="sgd", nesterov=True, learning_rate=0.05, weight_decay=1
               grad_accum_steps=2, ema_decay=0.99, keep_best="accuracy")
 # 3 epochs of 40 steps: a checkpoint and an evaluation every 20 steps, the scalars every 10.
 # The evaluations during training (the best model's) cover 2 batches, the last one the first
-# 1,000 test examples: what is compared is their figures, not how good they are.
+# 1,000 test examples: what is compared is their figures, not how good they are. The exports
+# (best/'s at each better evaluation too) are model.keras only: their weights are compared.
 RESUMABLE = dict(epochs=3, max_steps_per_epoch=40, checkpoint_every=20, eval_every=20,
                  eval_steps=2, num_test_examples=1000, log_every=10, deterministic=True,
-                 progress="none", **RECIPE)
+                 progress="none", export_saved_model=False, **RECIPE)
 TOTAL_STEPS = 120
 
 
@@ -266,6 +267,7 @@ def test_unreadable_checkpoints_stop_the_run_instead_of_starting_afresh(small_co
 
 @pytest.mark.slow
 def test_changed_math_is_refused_and_more_epochs_continue(small_config, caplog, capsys):
+  small_config = small_config.replace(export_saved_model=True)
   train.train_and_evaluate(small_config)
   saved_model = os.path.join(small_config.output.workdir, workdir_lib.SAVED_MODEL_DIR)
   assert os.path.isdir(saved_model)

@@ -56,9 +56,10 @@ def _live_iterators() -> int:
 
 @pytest.mark.slow
 def test_mirrored_over_two_cpu_devices_matches_the_default_strategy(fashion_mnist_dir, tmp_path):
-  base = config_lib.Config.from_flags(dataset="fashion_mnist", data_dir=fashion_mnist_dir, epochs=1,
-                           batch_size=64, max_steps_per_epoch=100, log_every=20, jit_compile=False,
-                           precision="float32")
+  base = config_lib.Config.from_flags(
+      dataset="fashion_mnist", data_dir=fashion_mnist_dir, epochs=1, batch_size=64,
+      max_steps_per_epoch=100, log_every=20, jit_compile=False, precision="float32",
+      export_saved_model=False)
   # A finished run leaves no iterator to a later garbage collection, whose destruction of one
   # can wait up to a minute for tf.data's autotuning thread.
   gc.disable()
