@@ -218,12 +218,21 @@ def restores_op_determinism():
 # One process answers every question for a TensorFlow that no test has started: importing it
 # costs seconds. Each answer is caught apart, so that one failing fails only its own test.
 _FRESH_PROCESS_PROBE = """
-import json
+import json, os, sys
+import pytest
 import tensorflow as tf
+from tensorflow.python.eager import context
 from trainer.distribute import hardware
 answers = {}
 hardware.split_cpu(2)  # Fixes the threads before TensorFlow starts, as a run does.
 answers["split_cpu_threads"] = tf.config.threading.get_intra_op_parallelism_threads()
+# Collecting the suite, as pytest does before any test runs; then whether a framework started.
+code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "tests"])
+bridge = sys.modules.get("jax._src.xla_bridge")
+answers["collection"] = {
+    "collected": int(code), "tensorflow": context.context()._context_handle is not None,
+    "jax": bool(bridge is not None and bridge._backends),
+    "growth": os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH")}
 tf.config.experimental.enable_op_determinism()  # As --deterministic does, with no global seed.
 try:
   from trainer.bench import ceiling
@@ -237,9 +246,10 @@ print(json.dumps(answers))
 @pytest.fixture(scope="session")
 def fresh_process_answers() -> dict:
   """What a fresh TensorFlow process reports (_FRESH_PROCESS_PROBE): the intra-op threads after
-  hardware.split_cpu(2), which are fixed when TensorFlow starts, and the matmul ceiling measured
-  under op determinism, which refuses random ops without a seed unless a global one is set (as
-  every run in the test process sets it)."""
+  hardware.split_cpu(2), which are fixed when TensorFlow starts; whether collecting the suite
+  started a framework's devices; and the matmul ceiling measured under op determinism, which
+  refuses random ops without a seed unless a global one is set (as every run in the test
+  process sets it)."""
   import json  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
