@@ -47,8 +47,9 @@ def test_constructor_names_are_the_model_constructors():
 
 
 # MobileNet (v1): of the applications that take 32x32 images, the one of fewest layers that is
-# not hundreds of megabytes of weights (VGG16's), since building, tracing and exporting a model
-# cost by its layers.
+# not hundreds of megabytes of weights (VGG16's), since building and tracing a model cost by its
+# layers. It is reloaded from model.keras: its SavedModel, a Functional model's as the built-in
+# ones' (tests/test_resume.py), would add seconds of tracing.
 @pytest.mark.slow
 def test_an_application_trains_and_reloads_with_trainer_evaluate(tmp_path):
   from trainer import evaluate  # pylint: disable=g-import-not-at-top
@@ -57,7 +58,8 @@ def test_an_application_trains_and_reloads_with_trainer_evaluate(tmp_path):
   config = config_lib.Config.from_flags(
       model="applications.MobileNet", dataset="synthetic", image_shape=(32, 32, 3),
       epochs=1, batch_size=16, max_steps_per_epoch=4, eval_steps=2, num_test_examples=64,
-      strategy="default", log_every=2, progress="none", workdir=str(workdir))
+      strategy="default", log_every=2, progress="none", export_saved_model=False,
+      workdir=str(workdir))
   results = train.train_and_evaluate(config)
   assert results["model"] == "applications.MobileNet" and results["api"] == "functional"
   # Reloaded from model.keras (Keras's own classes: no code of ours needed) and measured again.
