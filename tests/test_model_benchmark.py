@@ -209,6 +209,7 @@ def test_the_harness_trains_every_warm_up_and_timed_step_in_whole_calls(workload
   assert steps <= loop.epochs * epoch < steps + epoch
   assert loop.max_steps_per_epoch % workload.warmup_steps == 0
   assert loop.steps_per_loop == config.output.log_every == workload.warmup_steps
+  assert not config.output.export_saved_model  # A resnet50's would take seconds of the run.
 
 
 def test_the_harness_rate_leaves_out_its_first_warm_up_steps_as_fit_does():

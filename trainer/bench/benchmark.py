@@ -180,8 +180,10 @@ def throughput(data, data_dir: str, batch_sizes: Sequence[int], strategies: Sequ
   "strategy/batch/peer" with min / median / max examples/s."""
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   from trainer.distribute import distribution  # pylint: disable=g-import-not-at-top
+  # Its runs are measured, not served: model.keras only.
   base = config_lib.Config.from_flags(dataset="fashion_mnist", data_dir=data_dir,
-                                     log_every=STEPS_PER_CALL, checkpoint_every=0)
+                                     log_every=STEPS_PER_CALL, checkpoint_every=0,
+                                     export_saved_model=False)
   measures = {"plain_fit": measure_plain_fit, "tuned_fit": measure_tuned_fit,
               "minimal_loop": measure_minimal_loop}
   rates: Dict[str, List[float]] = {}

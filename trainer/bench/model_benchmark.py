@@ -101,7 +101,8 @@ def settings_for(workload: Workload, strategy: str = "default") -> config_lib.Co
       max_steps_per_epoch=epoch, eval_steps=1,
       num_test_examples=workload.batch_size,  # The run's last evaluation covers it whole.
       steps_per_loop=workload.warmup_steps, log_every=workload.warmup_steps,
-      checkpoint_every=0, progress="none")
+      checkpoint_every=0, progress="none",
+      export_saved_model=False)  # Measured, not served: a ResNet's SavedModel takes seconds.
 
 
 def resolved(workload: Workload) -> config_lib.RunSettings:
