@@ -44,6 +44,15 @@ for _precision in mfu.COMPUTE_DTYPES:
                                                   "best": "the test suite's figure"})
 
 
+def pytest_sessionstart(session):
+  """Under pytest-xdist this process only hands files to its workers and never collects, so the
+  start-up lines TensorFlow's C++ code wrote while this module imported it stayed in pytest's
+  capture and were printed after the summary; collection drops them in a process that runs
+  tests, and this drops them here."""
+  if session.config.pluginmanager.has_plugin("dsession"):
+    session.config.pluginmanager.getplugin("capturemanager").read_global_capture()
+
+
 def pytest_collection_modifyitems(config, items):
   """Tests marked `gpu` check what only a real GPU can show: skipped on machines without one."""
   del config  # Unused.
