@@ -297,6 +297,15 @@ def test_changed_math_is_refused_and_more_epochs_continue(small_config, caplog, 
   with pytest.raises(errors.UserError, match="holds no saved_model/: its run was made with "
                      "--noexport_saved_model. Evaluate its model.keras: leave --format out."):
     evaluate.evaluate_export(small_config.output.workdir, "saved_model")
+  # Asked for again, the finished run's SavedModel is written from its final checkpoint.
+  again = train.train_and_evaluate(small_config.replace(epochs=3, eval_steps=2))
+  assert "already finished all 60 steps, without a SavedModel: wrote it now (saved_model/)" in (
+      capsys.readouterr().out)
+  assert list(again["exports"]) == ["keras", "saved_model"] and os.path.isdir(saved_model)
+  assert workdir_lib.read_run_config(small_config.output.workdir)["changes"][-1] == {
+      "step": 60, "setting": "export_saved_model", "was": False, "now": True}
+  figures = evaluate.evaluate_export(small_config.output.workdir, "saved_model")
+  assert figures["test_accuracy"] == pytest.approx(continued["test_accuracy"], abs=1e-6)
   assert logged_steps(os.path.join(small_config.output.workdir, "train")) == list(range(10, 61, 10))
 
   fresh = train.train_and_evaluate(small_config.replace(seed=5, overwrite=True))

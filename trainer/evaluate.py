@@ -16,7 +16,8 @@ from trainer import command
 
 flags.DEFINE_string("workdir", None, "Workdir of a finished run.", required=True)
 flags.DEFINE_enum("format", "keras", ["keras", "saved_model"],
-                  "Which export to load: model.keras or the inference SavedModel.")
+                  "Which export to load: model.keras or the inference SavedModel (which a "
+                  "run made with --noexport_saved_model has not).")
 flags.DEFINE_string("data_dir", None, "Read the data from here instead of the saved --data_dir.")
 flags.DEFINE_boolean("best", False, "Evaluate the best evaluation's exports, kept under "
                      "WORKDIR/best/ by --keep_best, instead of the final ones.")
@@ -45,9 +46,10 @@ def evaluate_export(workdir: str, export_format: str = "keras", data_dir=None,
                            f"one, in {exports}.")
   if export_format == "saved_model" and not os.path.isdir(
       os.path.join(exports, workdir_lib.SAVED_MODEL_DIR)):
-    raise errors.UserError(f"{exports} holds no saved_model/: its run was made with "
-                           "--noexport_saved_model. Evaluate its model.keras: leave --format "
-                           "out.")
+    why = ("its run was made with --noexport_saved_model" if not run_config.get(
+        "export_saved_model", True) else "its run stopped before it was written")
+    raise errors.UserError(f"{exports} holds no saved_model/: {why}. Evaluate its model.keras: "
+                           "leave --format out.")
   config = _saved_config(run_config, data_dir)
   pipeline = input_pipeline.make_input_pipeline(config.data)  # Evaluated whole below.
   if export_format == "keras":

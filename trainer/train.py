@@ -92,8 +92,10 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
     # alone would wait for the others in its first collective op.
     if step >= plan.total_steps and run_record.has_results(config.output.workdir):
       if settings.is_chief:
-        print(f"{config.output.workdir} already finished all {plan.total_steps} steps; add "
-              "--epochs to train further.", flush=True)
+        exported = _export_a_finished_runs_saved_model(settings, task, pipeline, export_options,
+                                                       step)
+        print(f"{config.output.workdir} already finished all {plan.total_steps} steps"
+              f"{exported}; add --epochs to train further.", flush=True)
       return run_record.read_results(config.output.workdir)
 
     # ---------------------------------------------------------------- Workdir.
@@ -246,11 +248,30 @@ def _best_model(settings: config_lib.RunSettings, task: interface.Task,
   def write_exports(folder: str) -> None:
     with _exported_weights(task, config):
       export.export_model(task.model, folder, pipeline.image_shape, export_options,
-                          config.output.export_saved_model)
+                          saved_model=config.output.export_saved_model)
 
   return best_model.BestModel(config.output.workdir, config.output.keep_best,
                               config.output.export_ema,
                               settings.is_chief, write_exports)
+
+
+def _export_a_finished_runs_saved_model(settings: config_lib.RunSettings, task: interface.Task,
+                                        pipeline: input_pipeline.InputPipeline,
+                                        export_options: dict, step: int) -> str:
+  """A finished run made with --noexport_saved_model, rerun with --export_saved_model: its
+  SavedModel from the restored final weights (the moving average's under --export_ema), the
+  change recorded in results.json's exports and in config.json; returns the console's word on
+  it ("" when there was nothing to write). best/ stays as it was written."""
+  config = settings.config
+  workdir = config.output.workdir
+  results = run_record.read_results(workdir)
+  if not config.output.export_saved_model or "saved_model" in results.get("exports", {}):
+    return ""
+  with _exported_weights(task, config):
+    exports = export.export_model(task.model, workdir, pipeline.image_shape, export_options)
+  run_record.record_exports(workdir, exports)
+  workdir_lib.record_changes(workdir, settings.run_config(), step)
+  return ", without a SavedModel: wrote it now (saved_model/)"
 
 
 def _exported_weights(task: interface.Task, config: config_lib.Config):
@@ -333,7 +354,7 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: int
   if settings.is_chief:
     with _exported_weights(task, config):
       exports = export.export_model(task.model, config.output.workdir, pipeline.image_shape,
-                                    export_options, config.output.export_saved_model)
+                                    export_options, saved_model=config.output.export_saved_model)
     flops_per_step = _training_flops(task, pipeline.image_shape)
     events.stop("finished")  # The end of the run's wall time: what follows takes milliseconds.
     results = dataclasses.replace(results, exports=exports,

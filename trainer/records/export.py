@@ -5,6 +5,7 @@ import shutil
 
 from typing import Optional, Sequence
 
+from absl import logging
 import keras
 import tensorflow as tf
 
@@ -24,17 +25,23 @@ def export_model(model: keras.Model, workdir: str, image_shape: Sequence[int],
   `saved_model` only model.keras is written, and a SavedModel of an earlier end of the run is
   removed: it would serve older weights than model.keras holds.
   """
+  saved_model_path = os.path.join(workdir, workdir_lib.SAVED_MODEL_DIR)
+  if not saved_model and os.path.isdir(saved_model_path):
+    # Renamed away whole first: a crash leaves no half of it beside the new model.keras.
+    os.replace(saved_model_path, saved_model_path + ".old")
+    logging.info("Removed %s of an earlier end of the run: --noexport_saved_model.",
+                 saved_model_path)
+  shutil.rmtree(saved_model_path + ".old", ignore_errors=True)
+
   keras_path = os.path.join(workdir, workdir_lib.KERAS_FILE)
   with safe_files.writing("model.keras export", keras_path, partial=[keras_path + ".tmp.keras"]):
     model.save(keras_path + ".tmp.keras")
     os.replace(keras_path + ".tmp.keras", keras_path)
+  if not saved_model:
+    return {"keras": keras_path}
 
-  saved_model_path = os.path.join(workdir, workdir_lib.SAVED_MODEL_DIR)
   staging = saved_model_path + ".tmp"
   shutil.rmtree(staging, ignore_errors=True)
-  if not saved_model:
-    shutil.rmtree(saved_model_path, ignore_errors=True)
-    return {"keras": keras_path}
   with safe_files.writing("SavedModel export", saved_model_path, partial=[staging]):
     # The signature is given, not inferred: a subclassed model without build() has no record
     # of the shape it was called with.

@@ -206,6 +206,12 @@ def has_results(workdir: str) -> bool:
   return os.path.isfile(os.path.join(workdir, RESULTS_FILE))
 
 
+def record_exports(workdir: str, exports: Dict[str, str]) -> None:
+  """Replaces the exports of a finished run's results.json (a later export), the rest kept."""
+  safe_files.write_json(os.path.join(workdir, RESULTS_FILE),
+                        {**read_results(workdir), "exports": exports})
+
+
 def read_results(workdir: str) -> dict:
   """Returns the results.json of the run in `workdir` as a dict of RunResults fields."""
   results = safe_files.read_json(os.path.join(workdir, RESULTS_FILE))
