@@ -110,10 +110,11 @@ def jax_runs(fashion_mnist_dir, tmp_path_factory) -> dict:
                                 precision="mixed_bfloat16")
   runs["mixed_float16"] = _mlp("functional", fashion_mnist_dir, root / "mixed_float16", **short,
                                precision="mixed_float16")
-  # The export tests read mlp_functional's; jax2tf's SavedModel of the others would only cost
-  # their tracing.
+  # The export tests read mlp_functional's; jax2tf's SavedModels of the others would repeat its
+  # tracing, but for a bfloat16 model's and a ResNet's.
   for name, settings in runs.items():
-    settings["export_saved_model"] = name == "mlp_functional"
+    settings["export_saved_model"] = name in ("mlp_functional", "adamw_bfloat16",
+                                              "resnet18_subclass")
   with open(root / "runs.json", "w") as f:
     # Two host devices for the process, so the mirrored run spans two replicas.
     json.dump([{"backend": "jax", "cpu_devices": 2, **settings} for settings in runs.values()],

@@ -127,7 +127,8 @@ def test_the_moving_average_equals_numpy_over_the_weight_history(strategy_name):
 
 @pytest.mark.slow
 def test_a_run_evaluates_and_exports_the_moving_average(small_config, tmp_path):
-  config = small_config.replace(ema_decay=0.9, export_ema=True, eval_every=10)
+  config = small_config.replace(ema_decay=0.9, export_ema=True, eval_every=10,
+                                export_saved_model=True)
   results = train.train_and_evaluate(config)
   from tests.test_train import _scalar_steps  # pylint: disable=g-import-not-at-top
   assert [step for step, _ in _scalar_steps(os.path.join(config.output.workdir, "eval"),
@@ -143,6 +144,9 @@ def test_a_run_evaluates_and_exports_the_moving_average(small_config, tmp_path):
   assert len(averages) == len(exported.trainable_weights)
   for name, weight in zip(averages, exported.trainable_weights):
     np.testing.assert_array_equal(reader.get_tensor(name), weight.numpy())
+  images = tf.random.stateless_uniform((4, *results["image_shape"]), seed=(1, 2))
+  loaded = export.load_saved_model(config.output.workdir)  # Referenced while it serves.
+  np.testing.assert_allclose(loaded.serve(images), exported(images, training=False), atol=1e-6)
 
 
 @pytest.mark.slow
@@ -157,7 +161,7 @@ def test_best_holds_the_best_epochs_model_after_a_later_epoch_got_worse(small_co
     return {**figures, "accuracy": [0.5, 0.9, 0.7][len(digests) - 1]}
 
   monkeypatch.setattr(task_lib.Task, "evaluate", evaluate_with_a_worse_last_epoch)
-  config = small_config.replace(epochs=3, keep_best="accuracy")
+  config = small_config.replace(epochs=3, keep_best="accuracy", export_saved_model=True)
   results = train.train_and_evaluate(config)
   assert (results["best_step"], results["best_test_accuracy"]) == (40, 0.9)
   best_dir = os.path.join(config.output.workdir, "best")
@@ -166,15 +170,16 @@ def test_best_holds_the_best_epochs_model_after_a_later_epoch_got_worse(small_co
   best = export.load_keras_model(best_dir)
   assert task_lib._sha256(best.weights) == digests[1] != digests[2]  # pylint: disable=protected-access
   assert sorted(os.listdir(config.output.workdir)).count("best.tmp") == 0
+  assert os.path.isdir(os.path.join(best_dir, "saved_model"))
 
 
-def test_the_best_so_far_survives_a_restore():
+def test_the_best_so_far_survives_a_restore(tmp_path):
   keeper = best_model.BestModel("/nonexistent", "loss", ema=False, is_chief=False,
                                 write_exports=lambda folder: None)
   keeper.consider(10, {"loss": 0.5, "accuracy": 0.8})
   keeper.consider(20, {"loss": 0.7, "accuracy": 0.9})  # Worse loss: not kept.
   checkpoint = tf.train.Checkpoint(best=keeper)
-  path = checkpoint.write(os.path.join(os.environ.get("TMPDIR", "/tmp"), "best-restore-test"))
+  path = checkpoint.write(str(tmp_path / "best-restore-test"))
   restored = best_model.BestModel("/nonexistent", "loss", ema=False, is_chief=False,
                                   write_exports=lambda folder: None)
   tf.train.Checkpoint(best=restored).read(path).assert_consumed()
