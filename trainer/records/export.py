@@ -1,4 +1,5 @@
-"""The finished model as files: model.keras (Keras) and saved_model/ (inference SavedModel)."""
+"""The finished model as files: model.keras (Keras) and saved_model/ (inference SavedModel,
+left out under --noexport_saved_model)."""
 
 import os
 import shutil

@@ -8,7 +8,8 @@
     events.jsonl            what each process of the run did, and when (trainer.records.events)
     trainer.log             every attempt's output, when trainer.sweep ran it
     results.json            the record of a finished run (trainer.records.run_record)
-    model.keras  saved_model/   the exports (trainer.records.export)
+    model.keras  saved_model/   the exports (trainer.records.export; no saved_model/ under
+                                --noexport_saved_model)
     best/                   --keep_best: the best evaluation's exports and best.json
                             (trainer.records.best_model)
 
