@@ -236,12 +236,15 @@ answers = {}
 hardware.split_cpu(2)  # Fixes the threads before TensorFlow starts, as a run does.
 answers["split_cpu_threads"] = tf.config.threading.get_intra_op_parallelism_threads()
 # Collecting the suite, as pytest does before any test runs; then whether a framework started.
-code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "tests"])
-bridge = sys.modules.get("jax._src.xla_bridge")
-answers["collection"] = {
-    "collected": int(code), "tensorflow": context.context()._context_handle is not None,
-    "jax": bool(bridge is not None and bridge._backends),
-    "growth": os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH")}
+try:
+  code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "tests"])
+  bridge = sys.modules.get("jax._src.xla_bridge")
+  answers["collection"] = {
+      "collected": int(code), "tensorflow": context.context()._context_handle is not None,
+      "jax": bool(bridge is not None and bridge._backends),
+      "growth": os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH")}
+except Exception as e:
+  answers["collection"] = repr(e)
 tf.config.experimental.enable_op_determinism()  # As --deterministic does, with no global seed.
 try:
   from trainer.bench import ceiling
@@ -264,6 +267,6 @@ def fresh_process_answers() -> dict:
   import sys  # pylint: disable=g-import-not-at-top
   from tests import processes  # pylint: disable=g-import-not-at-top
   result = subprocess.run([sys.executable, "-c", _FRESH_PROCESS_PROBE], cwd=processes.ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
