@@ -83,9 +83,11 @@ def _write_shapes(data_dir) -> None:
 # falls between two checkpoints, after a logged call, and each rerun resumes inside an epoch
 # (from step 20 or 60; 40 would be an epoch's start). The kills are processes of the trainer's
 # command line; the rerun after the last and the straight run to compare with run in this
-# process (TensorFlow's) or in one JAX process (tests/runs_in_a_process.py): neither can inherit
-# anything from a killed process, and the rerun goes first, so the straight run cannot leave it
-# anything either.
+# process (the default strategy's) or in one process of their own (tests/runs_in_a_process.py):
+# JAX's, and mirrored's, whose split CPU gives each device its share of the threads as in the
+# killed processes (this process split its CPU with the threads left whole, and the thread count
+# moves the sums' rounding). Neither run can inherit anything from a killed process, and the
+# rerun goes first, so the straight run cannot leave it anything either.
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy_settings, kill_at", [
     (dict(strategy="default", image_size=(72, 72), augment="crop_flip", normalize=True,
@@ -106,7 +108,7 @@ def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(strategy_settings, kill
   settings = {**RESUMABLE, **data_settings, **strategy_settings}
   killed_dir, straight_dir = tmp_path / "killed", tmp_path / "straight"
   _killed_at(settings, killed_dir, kill_at)
-  if strategy_settings.get("backend") == "jax":
+  if strategy_settings.get("backend") == "jax" or strategy_settings["strategy"] == "mirrored":
     runs = [{**settings, "workdir": str(workdir)} for workdir in (killed_dir, straight_dir)]
     (tmp_path / "runs.json").write_text(json.dumps(runs))
     done = processes.run_module("tests.runs_in_a_process", str(tmp_path / "runs.json"))
