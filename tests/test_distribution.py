@@ -46,6 +46,23 @@ def test_a_cpu_the_process_split_itself_keeps_its_threads(monkeypatch):
   assert calls == []
 
 
+def test_a_run_on_threads_an_earlier_runs_split_shared_out_says_so(monkeypatch, caplog):
+  # A notebook's mirrored run over --cpu_devices=2 on 8 cores, then a one-device run: TensorFlow
+  # keeps the 4 threads the first one set for the rest of the process.
+  monkeypatch.setattr(tf.config, "get_logical_device_configuration",
+                      lambda device: [tf.config.LogicalDeviceConfiguration()] * 2)
+  monkeypatch.setattr(os, "cpu_count", lambda: 8)
+  monkeypatch.setattr(tf.config.threading, "get_intra_op_parallelism_threads", lambda: 4)
+  hardware.split_cpu(1)
+  assert ("runs 4 intra-op threads of 8 cores, as an earlier run in it with --cpu_devices=2 "
+          "left it") in caplog.text and "restart the kernel" in caplog.text
+  caplog.clear()
+  # This test process split its CPU itself and left the threads whole: nothing to say.
+  monkeypatch.setattr(tf.config.threading, "get_intra_op_parallelism_threads", lambda: 0)
+  hardware.split_cpu(1)
+  assert not caplog.text
+
+
 @pytest.mark.slow
 def test_a_split_cpu_gives_each_device_its_share_of_the_cores_as_threads(fresh_process_answers):
   # Without it, two logical devices each ran a thread per core: resnet18 under mirrored x2 lost

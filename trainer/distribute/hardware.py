@@ -6,6 +6,7 @@ import re
 import subprocess
 from typing import Dict, List, Optional, Sequence, Set
 
+from absl import logging
 import tensorflow as tf
 
 from trainer import errors
@@ -19,10 +20,11 @@ def split_cpu(num_devices: int, share_threads: bool = True) -> None:
   """
   if num_devices < 1:
     raise errors.UserError(f"--cpu_devices={num_devices}: must be at least 1.")
-  if num_devices == 1:
-    return
   cpu = tf.config.list_physical_devices("CPU")[0]
   configured = tf.config.get_logical_device_configuration(cpu)
+  if num_devices == 1:
+    _warn_of_an_earlier_runs_threads(len(configured or ()))
+    return
   if configured and len(configured) == num_devices:
     # The process split the CPU itself before the run (a test session, a notebook): its
     # threads stay the process's, as once TensorFlow has started. Sharing them here would fix
@@ -43,6 +45,21 @@ def split_cpu(num_devices: int, share_threads: bool = True) -> None:
       raise errors.UserError(
           f"--cpu_devices={num_devices} cannot be applied: TensorFlow already runs with "
           f"{len(tf.config.list_logical_devices('CPU'))} CPU devices in this process.") from None
+
+
+def _warn_of_an_earlier_runs_threads(split: int) -> None:
+  """One device, in a process whose CPU an earlier run split into `split` devices and whose
+  threads it shared out (a notebook's second run): TensorFlow keeps them for the process, so
+  this run trains on fewer threads than the same command in a process of its own, slower and,
+  under --deterministic too, to other weights. Said, since it cannot be undone here."""
+  threads = tf.config.threading.get_intra_op_parallelism_threads()
+  cores = os.cpu_count() or 1
+  if split > 1 and threads == max(1, cores // split) < cores:
+    logging.warning("This process's TensorFlow runs %d intra-op thread%s of %d cores, as an "
+                    "earlier run in it with --cpu_devices=%d left it: this run is slower, and "
+                    "its weights differ from the same command's in a process of its own. Run "
+                    "it in a new process (in a notebook, restart the kernel).", threads,
+                    "" if threads == 1 else "s", cores, split)
 
 
 def configure_gpu_memory(growth: bool, devices: Optional[Sequence] = None) -> None:
