@@ -44,13 +44,13 @@ def evaluate_export(workdir: str, export_format: str = "keras", data_dir=None,
   if not export.has_export(exports):
     raise errors.UserError(f"{workdir} holds no best model: only a run with --keep_best keeps "
                            f"one, in {exports}.")
+  config = _saved_config(run_config, data_dir)
   if export_format == "saved_model" and not os.path.isdir(
       os.path.join(exports, workdir_lib.SAVED_MODEL_DIR)):
-    why = ("its run was made with --noexport_saved_model" if not run_config.get(
-        "export_saved_model", True) else "its run stopped before it was written")
+    why = ("its run stopped before it was written" if config.output.export_saved_model
+           else "its run was made with --noexport_saved_model")
     raise errors.UserError(f"{exports} holds no saved_model/: {why}. Evaluate its model.keras: "
                            "leave --format out.")
-  config = _saved_config(run_config, data_dir)
   pipeline = input_pipeline.make_input_pipeline(config.data)  # Evaluated whole below.
   if export_format == "keras":
     model = _load_keras_model(exports, config.model)

@@ -16,7 +16,7 @@ import dataclasses
 import re
 import sys
 import time
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from absl import logging
 import keras
@@ -55,47 +55,27 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
   clock.mark("imports")
   with contextlib.ExitStack() as stack:
     # ---------------------------------------------------------------- Device plan and runtime.
-    # Every device decision, made once from facts read before a framework starts its devices;
-    # the runtime and the task follow it (docs/gpu.md).
-    devices = device_plan.plan_run(config)
-    device_plan.apply_environment(devices.environment)
-    logging.info("%s\n%s", device_plan.LOG_HEADING, "\n".join(device_plan.describe(devices)))
+    devices = _device_plan(config)
     backend = interface.get(config.runtime.backend)  # The one place that picks it.
     runtime, peak = _open_runtime(stack, config, backend, devices)
     settings = runtime.settings
 
     # ---------------------------------------------------------------- Input.
-    # Imports the user's model: fails before the data loads.
-    build_model = factory.model_builder(config.model, config.data.seed)
-    clock.mark("runtime")
-    pipeline = input_pipeline.make_input_pipeline(
-        config.data, settings.input_index, settings.num_inputs).bounded(
-            config.loop.max_steps_per_epoch, config.loop.eval_steps)
-    clock.mark("data")
-    runtime.heartbeat()
     built = {}  # The task, once it exists, for the out-of-memory message.
-    stack.enter_context(_out_of_memory_reported(config, pipeline, built))
-    stack.enter_context(service.worker_errors_reported(config.data.data_service))
+    build_model, pipeline = _open_input(stack, settings, runtime, clock, built)
 
     # ---------------------------------------------------------------- Task and checkpoint.
     task = built["task"] = backend.make_task(settings, runtime, pipeline, build_model)
     hparams = run_record.hparams(settings, task.api, pipeline)
     meter = throughput.ThroughputMeter(config.data.batch_size, start_time,
                                        input_wait=lambda: task.input_wait_s)
-    # For the platforms the device plan exports for: --keep_best's exports and the final ones.
-    export_options = backend.export_options(devices.export_platforms)
-    checkpointer, best = _open_checkpointer(stack, settings, task, pipeline, meter, start_time,
-                                            export_options)
+    write_exports = _exporter(task, config, pipeline.image_shape,
+                              backend.export_options(devices.export_platforms))
+    checkpointer, best = _open_checkpointer(stack, settings, task, meter, start_time,
+                                            write_exports)
     step = 0 if config.output.overwrite else checkpointer.restore_latest()
     plan = _loop_plan(settings, pipeline.steps_per_epoch, task.max_pack, step)
-    # Every worker restored the chief's step, so all leave here together; a worker that went on
-    # alone would wait for the others in its first collective op.
-    if step >= plan.total_steps and run_record.has_results(config.output.workdir):
-      if settings.is_chief:
-        exported = _export_a_finished_runs_saved_model(settings, task, pipeline, export_options,
-                                                       step)
-        print(f"{config.output.workdir} already finished all {plan.total_steps} steps"
-              f"{exported}; add --epochs to train further.", flush=True)
+    if _finished_already(settings, plan, step, write_exports):
       return run_record.read_results(config.output.workdir)
 
     # ---------------------------------------------------------------- Workdir.
@@ -121,7 +101,36 @@ def train_and_evaluate(config: config_lib.Config, start_time: Optional[float] = 
 
     # ---------------------------------------------------------------- Export and results.
     return _finish(settings, plan, task, pipeline, hparams, outcome, meter, writer, checkpointer,
-                   start_time, clock, best, events, peak, export_options)
+                   start_time, clock, best, events, peak, write_exports)
+
+
+def _device_plan(config: config_lib.Config) -> device_plan.DevicePlan:
+  """Every device decision, made once from facts read before a framework starts its devices,
+  its environment set and the plan logged; the runtime and the task follow it (docs/gpu.md)."""
+  devices = device_plan.plan_run(config)
+  device_plan.apply_environment(devices.environment)
+  logging.info("%s\n%s", device_plan.LOG_HEADING, "\n".join(device_plan.describe(devices)))
+  return devices
+
+
+def _open_input(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
+                runtime: interface.Runtime, clock: startup.StartupClock, built: dict
+                ) -> Tuple[Callable, input_pipeline.InputPipeline]:
+  """The model's builder (the user's module is imported first: it fails before the data loads)
+  and this worker's input pipeline, bounded as the loop reads it; from here `stack` turns
+  running out of memory (of the task `built` will hold) and a tf.data service worker's error
+  into one line each."""
+  config = settings.config
+  build_model = factory.model_builder(config.model, config.data.seed)
+  clock.mark("runtime")
+  pipeline = input_pipeline.make_input_pipeline(
+      config.data, settings.input_index, settings.num_inputs).bounded(
+          config.loop.max_steps_per_epoch, config.loop.eval_steps)
+  clock.mark("data")
+  runtime.heartbeat()
+  stack.enter_context(_out_of_memory_reported(config, pipeline, built))
+  stack.enter_context(service.worker_errors_reported(config.data.data_service))
+  return build_model, pipeline
 
 
 def _open_runtime(stack: contextlib.ExitStack, config: config_lib.Config,
@@ -212,17 +221,15 @@ def _open_event_log(stack: contextlib.ExitStack, settings: config_lib.RunSetting
 
 
 def _open_checkpointer(stack: contextlib.ExitStack, settings: config_lib.RunSettings,
-                       task: interface.Task,
-                       pipeline: input_pipeline.InputPipeline,
-                       meter: throughput.ThroughputMeter, start_time: float,
-                       export_options: dict
+                       task: interface.Task, meter: throughput.ThroughputMeter,
+                       start_time: float, write_exports: Callable[[str], dict]
                        ) -> Tuple[checkpointing.Checkpointer, Optional[best_model.BestModel]]:
   """The run's checkpointer (closed by `stack`) over the task's state, and under --keep_best
-  the keeper of the best model (exported with `export_options`), whose record it holds too;
-  both made in the strategy's scope."""
+  the keeper of the best model (written by `write_exports`), whose record it holds too; both
+  made in the strategy's scope."""
   config = settings.config
   with task.scope():
-    best = _best_model(settings, task, pipeline, export_options)
+    best = _best_model(settings, write_exports)
     checkpointer = checkpointing.Checkpointer(
         config.output.workdir, settings.is_chief, config.output.keep_checkpoints,
         this_process=lambda: {**meter.totals(), "wall_time_s": time.time() - start_time},
@@ -237,48 +244,57 @@ def _trackables(task: interface.Task, best: Optional[best_model.BestModel]) -> d
   return {**task.trackables(), **({"best": best} if best is not None else {})}
 
 
-def _best_model(settings: config_lib.RunSettings, task: interface.Task,
-                pipeline: input_pipeline.InputPipeline,
-                export_options: dict) -> Optional[best_model.BestModel]:
+def _best_model(settings: config_lib.RunSettings,
+                write_exports: Callable[[str], dict]) -> Optional[best_model.BestModel]:
   """The keeper of WORKDIR/best/ under --keep_best, else None."""
   config = settings.config
   if config.output.keep_best == "none":
     return None
-
-  def write_exports(folder: str) -> None:
-    with _exported_weights(task, config):
-      export.export_model(task.model, folder, pipeline.image_shape, export_options,
-                          saved_model=config.output.export_saved_model)
-
   return best_model.BestModel(config.output.workdir, config.output.keep_best,
                               config.output.export_ema,
                               settings.is_chief, write_exports)
 
 
-def _export_a_finished_runs_saved_model(settings: config_lib.RunSettings, task: interface.Task,
-                                        pipeline: input_pipeline.InputPipeline,
-                                        export_options: dict, step: int) -> str:
-  """A finished run made with --noexport_saved_model, rerun with --export_saved_model: its
-  SavedModel from the restored final weights (the moving average's under --export_ema), the
-  change recorded in results.json's exports and in config.json; returns the console's word on
-  it ("" when there was nothing to write). best/ stays as it was written."""
-  config = settings.config
-  workdir = config.output.workdir
-  results = run_record.read_results(workdir)
-  if not config.output.export_saved_model or "saved_model" in results.get("exports", {}):
-    return ""
-  with _exported_weights(task, config):
-    exports = export.export_model(task.model, workdir, pipeline.image_shape, export_options)
-  run_record.record_exports(workdir, exports)
-  workdir_lib.record_changes(workdir, settings.run_config(), step)
-  return ", without a SavedModel: wrote it now (saved_model/)"
+def _exporter(task: interface.Task, config: config_lib.Config, image_shape: Sequence[int],
+              export_options: dict) -> Callable[[str], dict]:
+  """The run's one way to write its exports into a folder (the final ones, --keep_best's, a
+  finished run's SavedModel written later), returning their paths: the moving average's
+  weights under --export_ema, else the model's; the formats --export_saved_model asks for;
+  `export_options` the backend's for the platforms the device plan exports for."""
+
+  def write_exports(folder: str) -> dict:
+    swapped = (task.ema.swapped() if task.ema is not None and config.output.export_ema
+               else contextlib.nullcontext())
+    with swapped:
+      return export.export_model(task.model, folder, image_shape, export_options,
+                                 saved_model=config.output.export_saved_model)
+
+  return write_exports
 
 
-def _exported_weights(task: interface.Task, config: config_lib.Config):
-  """The weights the exports hold: the moving average's under --export_ema, else the model's."""
-  if task.ema is not None and config.output.export_ema:
-    return task.ema.swapped()
-  return contextlib.nullcontext()
+def _finished_already(settings: config_lib.RunSettings, plan: schedule.LoopPlan, step: int,
+                      write_exports: Callable[[str], dict]) -> bool:
+  """Whether the run in the workdir had finished all its steps, as the chief then says.
+
+  Every worker restored the chief's step, so all leave together; a worker that went on alone
+  would wait for the others in its first collective op. A run made with
+  --noexport_saved_model and rerun with --export_saved_model gets its SavedModel now, from the
+  restored final weights, recorded in results.json's exports and in config.json (best/ stays
+  as it was written).
+  """
+  workdir = settings.config.output.workdir
+  if step < plan.total_steps or not run_record.has_results(workdir):
+    return False
+  if settings.is_chief:
+    exported = ""
+    if settings.config.output.export_saved_model and "saved_model" not in (
+        run_record.read_results(workdir).get("exports", {})):
+      run_record.record_exports(workdir, write_exports(workdir))
+      workdir_lib.record_changes(workdir, settings.run_config(), step)
+      exported = ", without a SavedModel: wrote it now (saved_model/)"
+    print(f"{workdir} already finished all {plan.total_steps} steps{exported}; add --epochs to "
+          "train further.", flush=True)
+  return True
 
 
 def _loop_plan(settings: config_lib.RunSettings, steps_per_epoch: int, max_pack: int,
@@ -314,7 +330,7 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: int
             writer: summaries.RunWriter, checkpointer: checkpointing.Checkpointer,
             start_time: float, clock: startup.StartupClock,
             best: Optional[best_model.BestModel], events: events_lib.EventLog,
-            peak: Optional[mfu_lib.Peak], export_options: dict) -> dict:
+            peak: Optional[mfu_lib.Peak], write_exports: Callable[[str], dict]) -> dict:
   """Records the run: on the chief the exports, its goodput and MFU, the final scalars and
   results.json."""
   config = settings.config
@@ -352,9 +368,7 @@ def _finish(settings: config_lib.RunSettings, plan: schedule.LoopPlan, task: int
       skipped_steps=task.skipped_steps, loss_scale=task.loss_scale,
       **(best.results() if best else {}))
   if settings.is_chief:
-    with _exported_weights(task, config):
-      exports = export.export_model(task.model, config.output.workdir, pipeline.image_shape,
-                                    export_options, saved_model=config.output.export_saved_model)
+    exports = write_exports(config.output.workdir)
     flops_per_step = _training_flops(task, pipeline.image_shape)
     events.stop("finished")  # The end of the run's wall time: what follows takes milliseconds.
     results = dataclasses.replace(results, exports=exports,
