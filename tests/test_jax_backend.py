@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from tests import processes
 from tests.processes import ROOT
+from tests.test_resnet import WIRING_ONLY
 from trainer import config as config_lib
 from trainer import errors
 from trainer import evaluate
@@ -69,14 +70,9 @@ def _mlp(api, fashion_mnist_dir, workdir, **settings):
           "workdir": str(workdir), **settings}
 
 
-# The fixture's resnet18: one block in each of its first two stages. The APIs' wiring (the stem,
-# an identity block, a projection block with its stride, the head) is what its runs compare; the
-# later stages repeat the second's wiring at other widths, and each only lengthened the compiles.
-WIRING_BLOCKS = (1, 1)
-
-
 def _resnet18(api, workdir, strategy="default"):
-  return dict(api=api, model="resnet18", resnet_blocks_per_stage=WIRING_BLOCKS,
+  """The fixture's resnet18 runs: WIRING_ONLY's blocks, the APIs' wiring being what they check."""
+  return dict(api=api, model="resnet18", resnet_blocks_per_stage=WIRING_ONLY[1],
               dataset="synthetic", image_shape=(32, 32, 3), num_test_examples=16, batch_size=8,
               epochs=1, max_steps_per_epoch=3, strategy=strategy, progress="none",
               workdir=str(workdir))
@@ -86,7 +82,7 @@ def _resnet18(api, workdir, strategy="default"):
 def jax_runs(fashion_mnist_dir, tmp_path_factory) -> dict:
   """name -> results.json (and "workdir") of runs trained in one JAX process: the mlp one epoch
   of Fashion-MNIST at batch 128 in each API and mirrored over two host devices, resnet18
-  (WIRING_BLOCKS) three steps in each API (the subclass under --strategy=one_device), and 150
+  (WIRING_ONLY) three steps in each API (the subclass under --strategy=one_device), and 150
   steps of the mlp for each optimizer, schedule and precision the recipe's kill test leaves
   out."""
   root = tmp_path_factory.mktemp("jax")
@@ -152,18 +148,14 @@ def test_resnet18_steps_identically_in_the_three_apis(jax_runs):
 
 @pytest.mark.slow
 def test_a_steps_flops_are_counted_as_on_tensorflow_and_make_an_mfu_against_the_named_peak(
-    jax_runs):
+    jax_runs, monkeypatch):
   # The mlp at batch 128 in every API and over two devices (the global batch's), as
   # test_mfu.py's TensorFlow runs count it; resnet18 as TensorFlow counts the same model.
   for name in ("mlp_functional", "mlp_subclass", "mlp_mirrored"):
     assert jax_runs[name]["flops_per_step"] == 128 * 818_176, name
-  # The fixture's resnet18 has WIRING_BLOCKS (its runs check the wiring): count the same.
-  specs = dict(resnet.RESNET_SPECS)
-  try:
-    resnet.RESNET_SPECS["resnet18"] = (specs["resnet18"][0], WIRING_BLOCKS)
-    model = factory.build_model("resnet18", "functional", (32, 32, 3), 10)
-  finally:
-    resnet.RESNET_SPECS.update(specs)
+  # The fixture's resnet18 is WIRING_ONLY (its runs check the wiring): count the same.
+  monkeypatch.setitem(resnet.RESNET_SPECS, "resnet18", WIRING_ONLY)
+  model = factory.build_model("resnet18", "functional", (32, 32, 3), 10)
   assert jax_runs["resnet18_functional"]["flops_per_step"] == flops.train_step_flops(
       model, False, (32, 32, 3), 8)
   for name in ("mlp_functional", "mlp_mirrored", "resnet18_subclass"):

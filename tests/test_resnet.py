@@ -18,7 +18,8 @@ from trainer.models import resnet
 
 # resnet18 with one block in each of its first two stages: every kind of wiring (the stem, an
 # identity block, a projection block with its stride, the head) for tests that train or step it,
-# where the later stages, the second's wiring again at other widths, only lengthened the compiles.
+# where the later stages, the second's wiring again at other widths, only lengthened the compiles
+# (test_jax_backend.py's resnet18 runs too).
 WIRING_ONLY = ("basic", (1, 1))
 
 
